@@ -1,0 +1,1 @@
+//! Benchmarks of bbr against its peers (see `benches/`).

@@ -1,0 +1,106 @@
+//! Choosing the extractor from the request's content type.
+
+use bytes::Bytes;
+
+use crate::{
+    Error, ErrorKind, Extraction, ExtractorConfig, ModelExtractor, MultipartExtractor, Status,
+};
+
+/// The extractor for one request body, chosen from its `Content-Type`.
+///
+/// - `application/json`, any `+json` type, or no content type: JSON.
+/// - `multipart/form-data; boundary=…`: the form field `model`.
+/// - anything else: [`ErrorKind::UnsupportedContentType`] (415).
+#[derive(Debug)]
+pub enum BodyExtractor {
+    /// A JSON body.
+    Json(ModelExtractor),
+    /// A `multipart/form-data` body.
+    Multipart(MultipartExtractor),
+}
+
+impl BodyExtractor {
+    /// The extractor for a body of `content_type` (`None` when the request has none).
+    pub fn new(
+        content_type: Option<&str>,
+        config: ExtractorConfig,
+    ) -> Result<BodyExtractor, Error> {
+        let Some(ct) = content_type else {
+            return Ok(BodyExtractor::Json(ModelExtractor::new(config)));
+        };
+        let mut parts = ct.split(';');
+        let essence = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        if essence == "application/json"
+            || (essence.starts_with("application/") && essence.ends_with("+json"))
+        {
+            return Ok(BodyExtractor::Json(ModelExtractor::new(config)));
+        }
+        if essence == "multipart/form-data" {
+            let boundary = parts.find_map(|p| {
+                let (k, v) = p.split_once('=')?;
+                k.trim()
+                    .eq_ignore_ascii_case("boundary")
+                    .then(|| v.trim().trim_matches('"'))
+            });
+            return match boundary {
+                Some(b) => MultipartExtractor::new(b, config).map(BodyExtractor::Multipart),
+                None => Err(Error::new(
+                    ErrorKind::UnsupportedContentType,
+                    0,
+                    "multipart/form-data without a boundary",
+                )),
+            };
+        }
+        Err(Error::with_excerpt(
+            ErrorKind::UnsupportedContentType,
+            0,
+            "unsupported content type",
+            ct.as_bytes(),
+        ))
+    }
+
+    /// Scans the next chunk. See [`ModelExtractor::feed`].
+    pub fn feed(&mut self, chunk: &Bytes) -> Result<Status, Error> {
+        match self {
+            BodyExtractor::Json(x) => x.feed(chunk),
+            BodyExtractor::Multipart(x) => x.feed(chunk),
+        }
+    }
+
+    /// Ends the body. See [`ModelExtractor::finish`].
+    pub fn finish(&mut self) -> Result<&Extraction, Error> {
+        match self {
+            BodyExtractor::Json(x) => x.finish(),
+            BodyExtractor::Multipart(x) => x.finish(),
+        }
+    }
+
+    /// The decision, once made.
+    pub fn extraction(&self) -> Option<&Extraction> {
+        match self {
+            BodyExtractor::Json(x) => x.extraction(),
+            BodyExtractor::Multipart(x) => x.extraction(),
+        }
+    }
+
+    /// Whether later chunks still need [`feed`](Self::feed).
+    pub fn needs_scanning(&self) -> bool {
+        match self {
+            BodyExtractor::Json(x) => x.needs_scanning(),
+            BodyExtractor::Multipart(x) => x.needs_scanning(),
+        }
+    }
+
+    /// Bytes scanned so far.
+    pub fn bytes_scanned(&self) -> u64 {
+        match self {
+            BodyExtractor::Json(x) => x.bytes_scanned(),
+            BodyExtractor::Multipart(x) => x.bytes_scanned(),
+        }
+    }
+
+    /// Whether the body is JSON (a rewrite of the model is possible).
+    pub fn is_json(&self) -> bool {
+        matches!(self, BodyExtractor::Json(_))
+    }
+}

@@ -1,0 +1,167 @@
+//! Extraction configuration: policy and limits.
+
+use std::{fmt, str::FromStr, sync::Arc};
+
+/// How much of the body is checked once the model is known.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Policy {
+    /// Keep scanning every chunk after the decision, before it is released:
+    /// the whole body must be valid JSON and `model` must appear once.
+    /// The default, and the only policy safe against duplicate-key smuggling.
+    #[default]
+    Strict,
+    /// Decide at the model and stop scanning. Faster, but a body such as
+    /// `{"model":"a",…,"model":"b"}` is routed by `a` while a backend that
+    /// keeps the last key serves `b`: do not use where pools differ in trust.
+    Fast,
+}
+
+impl Policy {
+    /// `"strict"` or `"fast"`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Policy::Strict => "strict",
+            Policy::Fast => "fast",
+        }
+    }
+}
+
+impl fmt::Display for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The error of parsing a [`Policy`] from text.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown policy {0:?} (expected \"strict\" or \"fast\")")]
+pub struct ParsePolicyError(String);
+
+impl FromStr for Policy {
+    type Err = ParsePolicyError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "strict" => Ok(Policy::Strict),
+            "fast" => Ok(Policy::Fast),
+            other => Err(ParsePolicyError(other.to_owned())),
+        }
+    }
+}
+
+/// Default limit on the bytes scanned before a decision: 32 MiB.
+pub const DEFAULT_MAX_BODY: u64 = 32 << 20;
+/// Default deepest nesting accepted, counting the top-level object: 127,
+/// exactly what `serde_json` accepts (it refuses 128).
+pub const DEFAULT_MAX_DEPTH: usize = 127;
+/// Default longest model name in bytes: 256, the InferenceModel `modelName` limit.
+pub const DEFAULT_MAX_MODEL_LEN: usize = 256;
+/// The longest name an extra requested field may have, in bytes.
+pub const MAX_FIELD_NAME_LEN: usize = 64;
+
+/// Policy and limits for extraction. Cheap to clone.
+///
+/// ```
+/// use bbr_core::{ExtractorConfig, Policy};
+///
+/// let config = ExtractorConfig::new()
+///     .policy(Policy::Strict)
+///     .max_body(8 << 20)
+///     .field("stream");
+/// assert_eq!(config.get_max_model_len(), 256);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExtractorConfig {
+    policy: Policy,
+    max_body: u64,
+    max_depth: usize,
+    max_model_len: usize,
+    fields: Arc<[Box<str>]>,
+}
+
+impl Default for ExtractorConfig {
+    fn default() -> Self {
+        ExtractorConfig {
+            policy: Policy::Strict,
+            max_body: DEFAULT_MAX_BODY,
+            max_depth: DEFAULT_MAX_DEPTH,
+            max_model_len: DEFAULT_MAX_MODEL_LEN,
+            fields: Arc::from(Vec::new()),
+        }
+    }
+}
+
+impl ExtractorConfig {
+    /// The defaults: strict policy, 32 MiB, depth 127, model up to 256 bytes.
+    pub fn new() -> ExtractorConfig {
+        ExtractorConfig::default()
+    }
+
+    /// Sets the policy.
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Sets the most bytes scanned before a decision; past it the body is
+    /// refused with [`ErrorKind::TooLarge`](crate::ErrorKind::TooLarge).
+    pub fn max_body(mut self, bytes: u64) -> Self {
+        self.max_body = bytes;
+        self
+    }
+
+    /// Sets the deepest nesting accepted (the top-level object counts as 1).
+    /// Values above 127 are clamped to 127 so that bbr never accepts a body
+    /// its backends' parsers refuse.
+    pub fn max_depth(mut self, depth: usize) -> Self {
+        self.max_depth = depth.clamp(1, DEFAULT_MAX_DEPTH);
+        self
+    }
+
+    /// Sets the longest model name accepted, in bytes (at least 1).
+    pub fn max_model_len(mut self, bytes: usize) -> Self {
+        self.max_model_len = bytes.max(1);
+        self
+    }
+
+    /// Asks for another top-level field to be extracted in the same pass
+    /// (for example `stream`). With extra fields the decision waits until
+    /// every requested field has been seen or the top-level object closes.
+    /// Names longer than [`MAX_FIELD_NAME_LEN`] bytes, and `model`, are ignored.
+    pub fn field(mut self, name: &str) -> Self {
+        if name.len() <= MAX_FIELD_NAME_LEN
+            && name != "model"
+            && !self.fields.iter().any(|f| &**f == name)
+        {
+            let mut fields: Vec<Box<str>> = self.fields.iter().cloned().collect();
+            fields.push(name.into());
+            self.fields = fields.into();
+        }
+        self
+    }
+
+    /// The policy.
+    pub fn get_policy(&self) -> Policy {
+        self.policy
+    }
+
+    /// The most bytes scanned before a decision.
+    pub fn get_max_body(&self) -> u64 {
+        self.max_body
+    }
+
+    /// The deepest nesting accepted.
+    pub fn get_max_depth(&self) -> usize {
+        self.max_depth
+    }
+
+    /// The longest model name accepted, in bytes.
+    pub fn get_max_model_len(&self) -> usize {
+        self.max_model_len
+    }
+
+    /// The extra top-level fields requested.
+    pub fn get_fields(&self) -> &[Box<str>] {
+        &self.fields
+    }
+}

@@ -1,0 +1,364 @@
+//! The error taxonomy and the one table that turns an error into an HTTP answer.
+//!
+//! Every adapter (the tower layer, the ext_proc server) answers a rejected
+//! request from this table, so a client sees the same status and the same
+//! OpenAI-style JSON body whichever way bbr is deployed.
+
+use std::fmt;
+
+/// What went wrong with a request body. See [`Error::kind`].
+///
+/// The variants are stable; their `Display` text is not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The body is not valid JSON (syntax, escape, UTF-8, depth, trailing
+    /// data, truncation) or its top level is not an object.
+    InvalidJson,
+    /// The top-level `model` member is not a string.
+    ModelNotString,
+    /// The `model` string is empty, too long, or holds a control character.
+    InvalidModel,
+    /// The top-level `model` member appears more than once.
+    DuplicateModel,
+    /// The body grew past the configured limit before a decision was made.
+    TooLarge,
+    /// No rule and no default matched the model.
+    ModelNotFound,
+    /// The request's content type is not one bbr reads.
+    UnsupportedContentType,
+}
+
+impl ErrorKind {
+    /// Every kind, in a fixed order (for metrics and tests).
+    pub const ALL: [ErrorKind; 7] = [
+        ErrorKind::InvalidJson,
+        ErrorKind::ModelNotString,
+        ErrorKind::InvalidModel,
+        ErrorKind::DuplicateModel,
+        ErrorKind::TooLarge,
+        ErrorKind::ModelNotFound,
+        ErrorKind::UnsupportedContentType,
+    ];
+
+    /// The stable snake_case name, used as the error `code` in responses,
+    /// as a metric label and by the `extract` tool.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidJson => "invalid_json",
+            ErrorKind::ModelNotString => "model_not_string",
+            ErrorKind::InvalidModel => "invalid_model",
+            ErrorKind::DuplicateModel => "duplicate_model",
+            ErrorKind::TooLarge => "too_large",
+            ErrorKind::ModelNotFound => "model_not_found",
+            ErrorKind::UnsupportedContentType => "unsupported_content_type",
+        }
+    }
+
+    /// The HTTP status code this kind is answered with.
+    pub const fn status(self) -> u16 {
+        match self {
+            ErrorKind::InvalidJson
+            | ErrorKind::ModelNotString
+            | ErrorKind::InvalidModel
+            | ErrorKind::DuplicateModel => 400,
+            ErrorKind::ModelNotFound => 404,
+            ErrorKind::TooLarge => 413,
+            ErrorKind::UnsupportedContentType => 415,
+        }
+    }
+
+    /// The OpenAI error `type` field.
+    pub const fn error_type(self) -> &'static str {
+        "invalid_request_error"
+    }
+
+    /// The OpenAI error `param` field, when the error concerns one.
+    pub const fn param(self) -> Option<&'static str> {
+        match self {
+            ErrorKind::ModelNotString
+            | ErrorKind::InvalidModel
+            | ErrorKind::DuplicateModel
+            | ErrorKind::ModelNotFound => Some("model"),
+            ErrorKind::InvalidJson | ErrorKind::TooLarge | ErrorKind::UnsupportedContentType => {
+                None
+            }
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The longest excerpt of client input an error message may carry.
+const MAX_EXCERPT: usize = 48;
+
+/// A rejected body: what is wrong and where.
+///
+/// Errors are built on a cold path; the hot path only carries a `Result`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Error {
+    kind: ErrorKind,
+    offset: u64,
+    message: Box<str>,
+}
+
+impl Error {
+    /// Builds an error of `kind` found at byte `offset` of the body.
+    #[cold]
+    pub fn new(kind: ErrorKind, offset: u64, message: impl Into<Box<str>>) -> Error {
+        Error {
+            kind,
+            offset,
+            message: message.into(),
+        }
+    }
+
+    /// Builds an error whose message ends with a short, escaped excerpt of
+    /// client input (never more than a few dozen characters).
+    #[cold]
+    pub fn with_excerpt(kind: ErrorKind, offset: u64, message: &str, input: &[u8]) -> Error {
+        let mut text = String::with_capacity(message.len() + MAX_EXCERPT + 8);
+        text.push_str(message);
+        text.push_str(": \"");
+        push_excerpt(&mut text, input);
+        text.push('"');
+        Error::new(kind, offset, text)
+    }
+
+    /// What is wrong.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The byte offset in the body at which the problem was found (0 where
+    /// the error does not concern a position, such as an unknown model).
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// A human-readable explanation. Not a stable API.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The HTTP status this error is answered with.
+    pub fn status(&self) -> u16 {
+        self.kind.status()
+    }
+
+    /// The OpenAI-style JSON error body:
+    /// `{"error":{"message":…,"type":"invalid_request_error","param":"model","code":…}}`.
+    pub fn to_json(&self) -> String {
+        let mut out = String::with_capacity(self.message.len() + 128);
+        out.push_str("{\"error\":{\"message\":");
+        push_json_string(&mut out, &self.message);
+        out.push_str(",\"type\":");
+        push_json_string(&mut out, self.kind.error_type());
+        out.push_str(",\"param\":");
+        match self.kind.param() {
+            Some(param) => push_json_string(&mut out, param),
+            None => out.push_str("null"),
+        }
+        out.push_str(",\"code\":");
+        push_json_string(&mut out, self.kind.as_str());
+        out.push_str("}}");
+        out
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Error")
+            .field("kind", &self.kind)
+            .field("offset", &self.offset)
+            .field("message", &self.message)
+            .finish()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} at byte {}", self.message, self.offset)
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// What an adapter does when a request meets an error of some kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FailureAction {
+    /// Answer with the error contract's status and body (fail closed).
+    Reject,
+    /// Forward the request unchanged and without routing headers (fail open).
+    PassThrough,
+}
+
+/// Per-kind fail-open / fail-closed choices, plus the choice for a body
+/// that names no model at all.
+///
+/// The defaults are safe: every error is rejected, and a body with no
+/// `model` passes through (gateways carry non-inference traffic too).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FailurePolicy {
+    actions: [FailureAction; ErrorKind::ALL.len()],
+    missing_model: FailureAction,
+}
+
+impl Default for FailurePolicy {
+    fn default() -> Self {
+        FailurePolicy {
+            actions: [FailureAction::Reject; ErrorKind::ALL.len()],
+            missing_model: FailureAction::PassThrough,
+        }
+    }
+}
+
+impl FailurePolicy {
+    /// The default policy: reject every error, pass bodies without a model.
+    pub fn new() -> FailurePolicy {
+        FailurePolicy::default()
+    }
+
+    /// Sets the action for errors of `kind`.
+    pub fn on(mut self, kind: ErrorKind, action: FailureAction) -> FailurePolicy {
+        self.actions[index(kind)] = action;
+        self
+    }
+
+    /// Sets the action for bodies that carry no `model` member.
+    pub fn on_missing_model(mut self, action: FailureAction) -> FailurePolicy {
+        self.missing_model = action;
+        self
+    }
+
+    /// The action for errors of `kind`.
+    pub fn action(&self, kind: ErrorKind) -> FailureAction {
+        self.actions[index(kind)]
+    }
+
+    /// The action for bodies that carry no `model` member.
+    pub fn missing_model(&self) -> FailureAction {
+        self.missing_model
+    }
+}
+
+fn index(kind: ErrorKind) -> usize {
+    ErrorKind::ALL
+        .iter()
+        .position(|k| *k == kind)
+        .unwrap_or_default()
+}
+
+/// Appends `input` as a short excerpt: printable ASCII kept, everything
+/// else escaped, cut after [`MAX_EXCERPT`] characters.
+fn push_excerpt(out: &mut String, input: &[u8]) {
+    let text = String::from_utf8_lossy(input);
+    for (i, c) in text.chars().enumerate() {
+        if i == MAX_EXCERPT {
+            out.push('…');
+            break;
+        }
+        if c.is_control() || c == '\u{fffd}' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+}
+
+/// Appends `s` as a JSON string literal (with quotes).
+pub(crate) fn push_json_string(out: &mut String, s: &str) {
+    out.push('"');
+    let mut start = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let escape = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x00..=0x1f | 0x7f => "",
+            _ => continue,
+        };
+        out.push_str(&s[start..i]);
+        if escape.is_empty() {
+            out.push_str(&format!("\\u{b:04x}"));
+        } else {
+            out.push_str(escape);
+        }
+        start = i + 1;
+    }
+    out.push_str(&s[start..]);
+    out.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_follow_the_contract() {
+        assert_eq!(ErrorKind::InvalidJson.status(), 400);
+        assert_eq!(ErrorKind::ModelNotString.status(), 400);
+        assert_eq!(ErrorKind::InvalidModel.status(), 400);
+        assert_eq!(ErrorKind::DuplicateModel.status(), 400);
+        assert_eq!(ErrorKind::ModelNotFound.status(), 404);
+        assert_eq!(ErrorKind::TooLarge.status(), 413);
+        assert_eq!(ErrorKind::UnsupportedContentType.status(), 415);
+    }
+
+    #[test]
+    fn json_body_is_openai_shaped_and_escaped() {
+        let err = Error::with_excerpt(
+            ErrorKind::InvalidModel,
+            9,
+            "model holds a control character",
+            b"a\r\nX-Evil: 1\"}",
+        );
+        let body: serde_json::Value = serde_json::from_str(&err.to_json()).unwrap();
+        assert_eq!(body["error"]["type"], "invalid_request_error");
+        assert_eq!(body["error"]["param"], "model");
+        assert_eq!(body["error"]["code"], "invalid_model");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            !message.contains('\r') && !message.contains('\n'),
+            "{message}"
+        );
+        assert!(message.contains("\\r\\n"), "{message}");
+    }
+
+    #[test]
+    fn excerpt_is_bounded() {
+        let input = vec![b'a'; 10_000];
+        let err = Error::with_excerpt(ErrorKind::InvalidModel, 0, "too long", &input);
+        assert!(err.message().len() < 100, "{}", err.message().len());
+        assert!(err.to_json().len() < 250);
+    }
+
+    #[test]
+    fn param_is_null_when_not_about_the_model() {
+        let err = Error::new(ErrorKind::TooLarge, 10, "body too large");
+        let body: serde_json::Value = serde_json::from_str(&err.to_json()).unwrap();
+        assert!(body["error"]["param"].is_null());
+        assert_eq!(body["error"]["code"], "too_large");
+    }
+
+    #[test]
+    fn failure_policy_defaults_are_safe() {
+        let policy = FailurePolicy::default();
+        for kind in ErrorKind::ALL {
+            assert_eq!(policy.action(kind), FailureAction::Reject);
+        }
+        assert_eq!(policy.missing_model(), FailureAction::PassThrough);
+        let open = policy.on(ErrorKind::InvalidJson, FailureAction::PassThrough);
+        assert_eq!(
+            open.action(ErrorKind::InvalidJson),
+            FailureAction::PassThrough
+        );
+        assert_eq!(open.action(ErrorKind::TooLarge), FailureAction::Reject);
+    }
+}

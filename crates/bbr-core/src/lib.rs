@@ -1,0 +1,35 @@
+//! Body-based routing for LLM inference gateways: the core.
+//!
+//! `bbr-core` reads the `model` of an OpenAI-style request body while the
+//! body streams in, without copying it, validates the body, and matches the
+//! model against a compiled rule table. It has no async runtime and no HTTP
+//! server or gRPC dependency: the `bbr-tower` and `bbr-extproc` crates adapt it.
+//!
+//! - [`ModelExtractor`]: the resumable JSON extractor, fed `Bytes` chunks.
+//! - [`BodyExtractor`]: picks the JSON or `multipart/form-data` extractor
+//!   from a content type.
+//! - [`PathTemplate`]: the model named in the URL path.
+//! - [`rewrite`]: zero-copy splice of a new model into the body.
+//! - [`Error`], [`ErrorKind`]: the error taxonomy and its HTTP answers.
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod body;
+mod config;
+mod error;
+mod extract;
+mod json;
+mod multipart;
+mod path;
+pub mod rewrite;
+
+pub use body::BodyExtractor;
+pub use config::{
+    DEFAULT_MAX_BODY, DEFAULT_MAX_DEPTH, DEFAULT_MAX_MODEL_LEN, ExtractorConfig,
+    MAX_FIELD_NAME_LEN, ParsePolicyError, Policy,
+};
+pub use error::{Error, ErrorKind, FailureAction, FailurePolicy};
+pub use extract::{Extraction, FieldValue, Model, Status};
+pub use json::ModelExtractor;
+pub use multipart::MultipartExtractor;
+pub use path::{PathTemplate, PathTemplateError};
