@@ -6,8 +6,6 @@ use std::ops::Range;
 
 use bytes::Bytes;
 
-use crate::Error;
-
 /// The model named by a body.
 ///
 /// Zero copy: when the value lies within one chunk and has no escapes, the

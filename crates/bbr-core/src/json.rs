@@ -1,56 +1,946 @@
-//! The JSON state machine behind [`ModelExtractor`]. (Implementation in progress.)
+//! The resumable JSON state machine behind [`ModelExtractor`].
+//!
+//! The body is validated exactly as `serde_json::from_slice::<Value>` would
+//! (but for number range), one chunk at a time, keeping only a few bytes of
+//! state across chunk boundaries: the nesting stack is a bit set (one bit a
+//! level), a partial escape or UTF-8 sequence is a handful of integers, and
+//! the only buffer is the small one that holds a top-level key or the model
+//! while they are read. Nothing is recursive and nothing grows with the body.
 
 use bytes::Bytes;
 
-use crate::{Error, Extraction, ExtractorConfig, Status};
+use crate::{
+    Error, ErrorKind, Extraction, ExtractorConfig, FieldValue, Model, Policy, Status,
+    config::MAX_FIELD_NAME_LEN, scan,
+};
+
+/// The most extra fields one extractor looks for (a bit each in a `u64`).
+const MAX_FIELDS: usize = 64;
+
+/// Where the parser stands between two bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Before the top-level value.
+    Start,
+    /// Expecting a value: after `:`, or after `,` in an array.
+    Value,
+    /// After `[`: a value or `]`.
+    ArrayFirst,
+    /// After `{`: a key or `}`.
+    ObjectFirst,
+    /// After `,` in an object: a key.
+    Key,
+    /// After a key: `:`.
+    Colon,
+    /// After a value: `,` or the closing bracket of the container.
+    AfterValue,
+    /// Inside a string.
+    Str(Str),
+    /// Inside a number.
+    Num(Num),
+    /// Inside `true` (0), `false` (1) or `null` (2), `pos` bytes matched.
+    Lit { which: u8, pos: u8 },
+    /// After the top-level object: whitespace only.
+    Done,
+}
+
+/// Where the parser stands inside a string.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Str {
+    /// Plain characters.
+    Plain,
+    /// After `\`.
+    Escape,
+    /// In `\uXXXX`, `n` hex digits read.
+    Hex { n: u8, value: u16 },
+    /// After a leading surrogate `\uD8xx`: a `\` must follow.
+    LowBackslash { high: u16 },
+    /// After the `\` that follows a leading surrogate: a `u` must follow.
+    LowU { high: u16 },
+    /// In the trailing surrogate's hex digits.
+    LowHex { high: u16, n: u8, value: u16 },
+    /// Inside a multi-byte UTF-8 sequence: `need` continuation bytes to go,
+    /// the next one in `lo..=hi`.
+    Utf8 { need: u8, lo: u8, hi: u8 },
+}
+
+/// Where the parser stands inside a number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Num {
+    /// After `-`: a digit must follow.
+    Minus,
+    /// After a leading `0`.
+    Zero,
+    /// In the integer digits.
+    Int,
+    /// After `.`: a digit must follow.
+    Dot,
+    /// In the fraction digits.
+    Frac,
+    /// After `e`/`E`: a sign or a digit.
+    Exp,
+    /// After the exponent sign: a digit must follow.
+    ExpSign,
+    /// In the exponent digits.
+    ExpDigits,
+}
+
+/// What the string being read is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StrKind {
+    /// A key of the top-level object (compared with `model` and the fields).
+    TopKey,
+    /// Any other key.
+    Key,
+    /// The value of the top-level `model`.
+    Model,
+    /// The value of requested field `n`.
+    Field(u8),
+    /// Any other string value.
+    Value,
+}
+
+/// What the top-level value being started is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    None,
+    Model,
+    Field(u8),
+}
 
 /// Finds the top-level `model` of a JSON body fed in chunks.
+///
+/// Feed each chunk as it arrives; [`Status::Decided`] says the decision is
+/// made (see [`extraction`](Self::extraction)). In the strict policy keep
+/// feeding the later chunks, each before it is released, and call
+/// [`finish`](Self::finish) at the end of the body.
 ///
 /// ```
 /// use bytes::Bytes;
 /// use bbr_core::{ExtractorConfig, ModelExtractor, Status};
 ///
 /// let mut extractor = ModelExtractor::new(ExtractorConfig::new());
-/// assert_eq!(extractor.feed(&Bytes::from_static(b"{\"max_tokens\":100,\"model\":\"sql-lo")).unwrap(), Status::Pending);
-/// assert_eq!(extractor.feed(&Bytes::from_static(b"ra-sheddable\",\"prompt\":\"test\"}")).unwrap(), Status::Decided);
+/// let first = Bytes::from_static(b"{\"max_tokens\":100,\"model\":\"sql-lo");
+/// let second = Bytes::from_static(b"ra-sheddable\",\"prompt\":\"test\"}");
+/// assert_eq!(extractor.feed(&first).unwrap(), Status::Pending);
+/// assert_eq!(extractor.feed(&second).unwrap(), Status::Decided);
 /// let extraction = extractor.finish().unwrap();
 /// assert_eq!(extraction.model().unwrap().as_str(), "sql-lora-sheddable");
 /// ```
 #[derive(Debug)]
 pub struct ModelExtractor {
     config: ExtractorConfig,
+    state: State,
+    /// Offset of the first byte of the chunk being scanned (or of the next one).
+    base: u64,
+    /// Nesting depth; 0 outside the top-level object.
+    depth: u32,
+    /// Bit `d - 1` is set when level `d` is an array.
+    arrays: u128,
+    /// What the string being read is.
+    kind: StrKind,
+    /// What the next value at depth 1 is (set by its key).
+    role: Role,
+    /// Whether string bytes are being copied into `buf`.
+    capturing: bool,
+    /// The string (or number) being captured: a top-level key, the model, a field.
+    buf: Vec<u8>,
+    /// The captured string overflowed its limit.
+    overflow: bool,
+    /// The captured string had an escape (so it cannot be borrowed).
+    escaped: bool,
+    /// Offset where the current string token or UTF-8 sequence started.
+    token_start: u64,
+    /// Offset of the lead byte of the UTF-8 sequence being read.
+    utf8_start: u64,
+    /// The model, once read.
+    model: Option<Model>,
+    /// Bit `n` is set once requested field `n` has been seen.
+    fields_seen: u64,
+    fields_all: u64,
+    fields: Vec<(Box<str>, FieldValue)>,
+    extraction: Option<Extraction>,
+    error: Option<Error>,
+    /// Bytes scanned so far.
+    scanned: u64,
 }
 
 impl ModelExtractor {
     /// A fresh extractor for one body.
     pub fn new(config: ExtractorConfig) -> ModelExtractor {
-        ModelExtractor { config }
+        let nfields = config.get_fields().len().min(MAX_FIELDS);
+        let fields_all = if nfields == 64 {
+            u64::MAX
+        } else {
+            (1u64 << nfields) - 1
+        };
+        ModelExtractor {
+            config,
+            state: State::Start,
+            base: 0,
+            depth: 0,
+            arrays: 0,
+            kind: StrKind::Value,
+            role: Role::None,
+            capturing: false,
+            buf: Vec::new(),
+            overflow: false,
+            escaped: false,
+            token_start: 0,
+            utf8_start: 0,
+            model: None,
+            fields_seen: 0,
+            fields_all,
+            fields: Vec::new(),
+            extraction: None,
+            error: None,
+            scanned: 0,
+        }
     }
 
-    /// Scans the next chunk. After an error, every call returns that error.
+    /// Extracts from a whole body at once (one chunk, then the end).
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use bbr_core::{ExtractorConfig, ModelExtractor};
+    ///
+    /// let body = Bytes::from_static(br#"{"messages":[{"role":"user","content":"hi"}],"model":"chatbot"}"#);
+    /// let extraction = ModelExtractor::extract(ExtractorConfig::new(), &body).unwrap();
+    /// assert_eq!(extraction.model().unwrap().as_str(), "chatbot");
+    /// ```
+    pub fn extract(config: ExtractorConfig, body: &Bytes) -> Result<Extraction, Error> {
+        let mut extractor = ModelExtractor::new(config);
+        extractor.feed(body)?;
+        extractor.finish().cloned()
+    }
+
+    /// Scans the next chunk.
+    ///
+    /// Returns [`Status::Pending`] while no decision is made, then
+    /// [`Status::Decided`]. After an error, every call returns that error.
+    /// Past the configured body limit without a decision, the error is
+    /// [`ErrorKind::TooLarge`].
     pub fn feed(&mut self, chunk: &Bytes) -> Result<Status, Error> {
-        let _ = (chunk, &self.config);
-        unimplemented!()
+        if let Some(err) = &self.error {
+            return Err(err.clone());
+        }
+        if self.extraction.is_some() && !self.needs_scanning() {
+            return Ok(Status::Decided);
+        }
+        let mut end = chunk.len();
+        if self.extraction.is_none() {
+            let budget = self.config.get_max_body().saturating_sub(self.base);
+            if (end as u64) > budget {
+                end = budget as usize;
+            }
+        }
+        let result = self.scan(chunk, 0, end).and_then(|()| {
+            if end < chunk.len() {
+                if self.extraction.is_none() {
+                    return Err(Error::new(
+                        ErrorKind::TooLarge,
+                        self.config.get_max_body(),
+                        "request body is larger than the limit before the model",
+                    ));
+                }
+                if self.needs_scanning() {
+                    return self.scan(chunk, end, chunk.len());
+                }
+            }
+            Ok(())
+        });
+        self.base += chunk.len() as u64;
+        match result {
+            Ok(()) if self.extraction.is_some() => Ok(Status::Decided),
+            Ok(()) => Ok(Status::Pending),
+            Err(err) => {
+                self.error = Some(err.clone());
+                Err(err)
+            }
+        }
     }
 
-    /// Ends the body: checks it is complete and returns the decision.
+    /// Ends the body: checks that it is complete and returns the decision.
+    ///
+    /// In the strict policy the whole body must have been a complete JSON
+    /// object; in the fast policy the decision is enough.
     pub fn finish(&mut self) -> Result<&Extraction, Error> {
-        unimplemented!()
+        if let Some(err) = &self.error {
+            return Err(err.clone());
+        }
+        let complete = match self.config.get_policy() {
+            Policy::Strict => self.state == State::Done,
+            Policy::Fast => self.extraction.is_some(),
+        };
+        if !complete {
+            let err = Error::new(
+                ErrorKind::InvalidJson,
+                self.base,
+                "unexpected end of the body (truncated JSON)",
+            );
+            self.error = Some(err.clone());
+            return Err(err);
+        }
+        self.extraction.as_ref().ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidJson,
+                self.base,
+                "unexpected end of the body",
+            )
+        })
     }
 
     /// The decision, once made.
     pub fn extraction(&self) -> Option<&Extraction> {
-        unimplemented!()
+        self.extraction.as_ref()
     }
 
-    /// Whether later chunks still need [`feed`](Self::feed) (strict policy
-    /// after the decision); `false` once the body needs no more scanning.
+    /// Whether later chunks still need [`feed`](Self::feed): `true` until
+    /// the decision, and after it in the strict policy; `false` after an error.
     pub fn needs_scanning(&self) -> bool {
-        unimplemented!()
+        self.error.is_none()
+            && (self.extraction.is_none() || self.config.get_policy() == Policy::Strict)
     }
 
     /// Bytes scanned so far.
     pub fn bytes_scanned(&self) -> u64 {
-        unimplemented!()
+        self.scanned
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ExtractorConfig {
+        &self.config
+    }
+
+    #[cold]
+    fn error(&self, kind: ErrorKind, at: u64, message: &str) -> Error {
+        Error::new(kind, at, message)
+    }
+
+    #[cold]
+    fn syntax(&self, at: u64, message: &str) -> Error {
+        Error::new(ErrorKind::InvalidJson, at, message)
+    }
+
+    /// Scans `chunk[from..to]`. Stops early once decided in the fast policy.
+    fn scan(&mut self, chunk: &Bytes, from: usize, to: usize) -> Result<(), Error> {
+        let buf = &chunk[..to];
+        let base = self.base;
+        let mut i = from;
+        let fast = self.config.get_policy() == Policy::Fast;
+        while i < buf.len() {
+            if fast && self.extraction.is_some() {
+                break;
+            }
+            match self.state {
+                State::Str(Str::Plain) => {
+                    if !self.capturing {
+                        i += scan::find_string_special(&buf[i..]);
+                        if i == buf.len() {
+                            break;
+                        }
+                    }
+                    let b = buf[i];
+                    match b {
+                        b'"' => {
+                            self.end_string(chunk, base, i)?;
+                            i += 1;
+                        }
+                        b'\\' => {
+                            self.escaped = true;
+                            self.state = State::Str(Str::Escape);
+                            i += 1;
+                        }
+                        0x00..=0x1f => {
+                            return Err(self.syntax(base + i as u64, "control character in string"));
+                        }
+                        0x80..=0xff => i = self.utf8_run(buf, base, i)?,
+                        _ => {
+                            self.push(b);
+                            i += 1;
+                        }
+                    }
+                }
+                State::Str(s) => {
+                    self.string_slow(s, buf[i], base + i as u64)?;
+                    i += 1;
+                }
+                State::Value | State::ArrayFirst | State::Start => {
+                    let b = buf[i];
+                    if is_ws(b) {
+                        i += 1;
+                        continue;
+                    }
+                    self.begin_value(b, base + i as u64)?;
+                    i += 1;
+                }
+                State::ObjectFirst | State::Key => {
+                    let b = buf[i];
+                    i += 1;
+                    match b {
+                        b' ' | b'\n' | b'\r' | b'\t' => {}
+                        b'"' => {
+                            self.begin_string(
+                                if self.depth == 1 {
+                                    StrKind::TopKey
+                                } else {
+                                    StrKind::Key
+                                },
+                                base + i as u64 - 1,
+                            );
+                        }
+                        b'}' if self.state == State::ObjectFirst => {
+                            self.close(base + i as u64)?;
+                        }
+                        _ => return Err(self.syntax(base + i as u64 - 1, "expected a key string")),
+                    }
+                }
+                State::Colon => {
+                    let b = buf[i];
+                    i += 1;
+                    match b {
+                        b' ' | b'\n' | b'\r' | b'\t' => {}
+                        b':' => self.state = State::Value,
+                        _ => return Err(self.syntax(base + i as u64 - 1, "expected `:`")),
+                    }
+                }
+                State::AfterValue => {
+                    let b = buf[i];
+                    i += 1;
+                    let in_array = self.in_array();
+                    match b {
+                        b' ' | b'\n' | b'\r' | b'\t' => {}
+                        b',' => {
+                            self.state = if in_array { State::Value } else { State::Key };
+                        }
+                        b']' if in_array => self.close(base + i as u64)?,
+                        b'}' if !in_array => self.close(base + i as u64)?,
+                        _ => {
+                            return Err(self.syntax(
+                                base + i as u64 - 1,
+                                if in_array {
+                                    "expected `,` or `]`"
+                                } else {
+                                    "expected `,` or `}`"
+                                },
+                            ));
+                        }
+                    }
+                }
+                State::Num(n) => {
+                    let b = buf[i];
+                    if self.number(n, b, base + i as u64)? {
+                        i += 1;
+                    }
+                }
+                State::Lit { which, pos } => {
+                    let lit: &[u8] = match which {
+                        0 => b"true",
+                        1 => b"false",
+                        _ => b"null",
+                    };
+                    if buf[i] != lit[pos as usize] {
+                        return Err(self.syntax(base + i as u64, "invalid literal"));
+                    }
+                    i += 1;
+                    if pos as usize + 1 == lit.len() {
+                        if let Role::Field(n) = self.role {
+                            let value = match which {
+                                0 => FieldValue::Bool(true),
+                                1 => FieldValue::Bool(false),
+                                _ => FieldValue::Null,
+                            };
+                            self.set_field(n, value);
+                        }
+                        self.role = Role::None;
+                        self.after_value(base + i as u64);
+                    } else {
+                        self.state = State::Lit {
+                            which,
+                            pos: pos + 1,
+                        };
+                    }
+                }
+                State::Done => {
+                    let b = buf[i];
+                    if !is_ws(b) {
+                        return Err(self
+                            .syntax(base + i as u64, "trailing characters after the JSON object"));
+                    }
+                    i += 1;
+                }
+            }
+        }
+        self.scanned = base + i as u64;
+        Ok(())
+    }
+
+    /// Starts the value whose first byte is `b` (not whitespace), at `at`.
+    fn begin_value(&mut self, b: u8, at: u64) -> Result<(), Error> {
+        let state = self.state;
+        let role = std::mem::replace(&mut self.role, Role::None);
+        if state == State::Start {
+            return match b {
+                b'{' => self.open(false, at),
+                b'[' | b'"' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n' => {
+                    Err(self.syntax(at, "the body is not a JSON object"))
+                }
+                _ => Err(self.syntax(at, "expected a JSON object")),
+            };
+        }
+        if role == Role::Model && b != b'"' {
+            return match b {
+                b'{' | b'[' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n' => {
+                    Err(self.error(ErrorKind::ModelNotString, at, "`model` must be a string"))
+                }
+                _ => Err(self.syntax(at, "expected a value")),
+            };
+        }
+        match b {
+            b'"' => {
+                let kind = match role {
+                    Role::Model => StrKind::Model,
+                    Role::Field(n) => StrKind::Field(n),
+                    Role::None => StrKind::Value,
+                };
+                self.begin_string(kind, at);
+                Ok(())
+            }
+            b'{' | b'[' => {
+                if let Role::Field(n) = role {
+                    let value = if b == b'{' {
+                        FieldValue::Object
+                    } else {
+                        FieldValue::Array
+                    };
+                    self.set_field(n, value);
+                }
+                self.open(b == b'[', at)
+            }
+            b']' if state == State::ArrayFirst => self.close(at + 1),
+            b'-' | b'0'..=b'9' => {
+                self.role = role;
+                if let Role::Field(_) = role {
+                    self.buf.clear();
+                    self.buf.push(b);
+                }
+                self.state = State::Num(match b {
+                    b'-' => Num::Minus,
+                    b'0' => Num::Zero,
+                    _ => Num::Int,
+                });
+                Ok(())
+            }
+            b't' | b'f' | b'n' => {
+                self.role = role;
+                self.state = State::Lit {
+                    which: match b {
+                        b't' => 0,
+                        b'f' => 1,
+                        _ => 2,
+                    },
+                    pos: 1,
+                };
+                Ok(())
+            }
+            _ => Err(self.syntax(at, "expected a value")),
+        }
+    }
+
+    fn begin_string(&mut self, kind: StrKind, at: u64) {
+        self.kind = kind;
+        self.capturing = !matches!(kind, StrKind::Key | StrKind::Value);
+        self.buf.clear();
+        self.overflow = false;
+        self.escaped = false;
+        self.token_start = at;
+        self.state = State::Str(Str::Plain);
+    }
+
+    /// Opens an object or array at `at`.
+    fn open(&mut self, array: bool, at: u64) -> Result<(), Error> {
+        if self.depth as usize >= self.config.get_max_depth() {
+            return Err(self.syntax(at, "nesting is too deep"));
+        }
+        if array {
+            self.arrays |= 1u128 << self.depth;
+        } else {
+            self.arrays &= !(1u128 << self.depth);
+        }
+        self.depth += 1;
+        self.state = if array {
+            State::ArrayFirst
+        } else {
+            State::ObjectFirst
+        };
+        Ok(())
+    }
+
+    /// Closes the current container; `after` is the offset just past the bracket.
+    fn close(&mut self, after: u64) -> Result<(), Error> {
+        self.depth -= 1;
+        if self.depth == 0 {
+            self.state = State::Done;
+            if self.extraction.is_none() {
+                self.decide(after);
+            }
+        } else {
+            self.state = State::AfterValue;
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn in_array(&self) -> bool {
+        self.depth > 0 && self.arrays & (1u128 << (self.depth - 1)) != 0
+    }
+
+    fn after_value(&mut self, after: u64) {
+        self.state = State::AfterValue;
+        if self.extraction.is_none()
+            && self.model.is_some()
+            && self.fields_seen & self.fields_all == self.fields_all
+        {
+            self.decide(after);
+        }
+    }
+
+    fn decide(&mut self, at: u64) {
+        self.extraction = Some(Extraction {
+            model: self.model.clone(),
+            fields: std::mem::take(&mut self.fields),
+            decided_at: at,
+        });
+    }
+
+    fn set_field(&mut self, n: u8, value: FieldValue) {
+        let bit = 1u64 << n;
+        if self.fields_seen & bit == 0 && self.extraction.is_none() {
+            self.fields_seen |= bit;
+            let name = self.config.get_fields()[n as usize].clone();
+            self.fields.push((name, value));
+        }
+    }
+
+    /// The most bytes captured for the current string.
+    #[inline]
+    fn capture_limit(&self) -> usize {
+        match self.kind {
+            StrKind::TopKey => MAX_FIELD_NAME_LEN,
+            _ => self.config.get_max_model_len(),
+        }
+    }
+
+    #[inline]
+    fn push(&mut self, b: u8) {
+        if self.capturing {
+            if self.buf.len() < self.capture_limit() {
+                self.buf.push(b);
+            } else {
+                self.overflow = true;
+            }
+        }
+    }
+
+    fn push_slice(&mut self, s: &[u8]) {
+        if self.capturing {
+            let room = self.capture_limit().saturating_sub(self.buf.len());
+            if s.len() > room {
+                self.overflow = true;
+            }
+            self.buf.extend_from_slice(&s[..s.len().min(room)]);
+        }
+    }
+
+    fn push_char(&mut self, c: char) {
+        let mut tmp = [0u8; 4];
+        self.push_slice(c.encode_utf8(&mut tmp).as_bytes());
+    }
+
+    /// Validates the run of non-ASCII text starting at `buf[i]` (≥ 0x80) up
+    /// to the next `"`, `\` or control byte; returns where it ends.
+    #[cold]
+    fn utf8_run(&mut self, buf: &[u8], base: u64, i: usize) -> Result<usize, Error> {
+        let run_len = scan::find_string_end(&buf[i..]);
+        let run = &buf[i..i + run_len];
+        match std::str::from_utf8(run) {
+            Ok(_) => {
+                self.push_slice(run);
+                Ok(i + run_len)
+            }
+            Err(e) => {
+                let valid = e.valid_up_to();
+                self.push_slice(&run[..valid]);
+                let at = i + valid;
+                if e.error_len().is_some() || i + run_len < buf.len() {
+                    return Err(self.syntax(base + at as u64, "invalid UTF-8 in string"));
+                }
+                // The chunk ends inside a sequence: carry it byte by byte.
+                for (k, &b) in run[valid..].iter().enumerate() {
+                    let state = match self.state {
+                        State::Str(s) => s,
+                        _ => Str::Plain,
+                    };
+                    self.string_slow(state, b, base + (at + k) as u64)?;
+                }
+                Ok(buf.len())
+            }
+        }
+    }
+
+    /// One byte of a string outside the plain fast path.
+    #[cold]
+    fn string_slow(&mut self, s: Str, b: u8, at: u64) -> Result<(), Error> {
+        match s {
+            Str::Plain => match b {
+                0x80..=0xff => {
+                    let (need, lo, hi) =
+                        utf8_lead(b).ok_or_else(|| self.syntax(at, "invalid UTF-8 in string"))?;
+                    self.utf8_start = at;
+                    self.push(b);
+                    self.state = State::Str(Str::Utf8 { need, lo, hi });
+                }
+                // Plain ASCII bytes are handled by `scan`.
+                _ => unreachable_plain(),
+            },
+            Str::Utf8 { need, lo, hi } => {
+                if b < lo || b > hi {
+                    return Err(self.syntax(self.utf8_start, "invalid UTF-8 in string"));
+                }
+                self.push(b);
+                self.state = State::Str(if need == 1 {
+                    Str::Plain
+                } else {
+                    Str::Utf8 {
+                        need: need - 1,
+                        lo: 0x80,
+                        hi: 0xbf,
+                    }
+                });
+            }
+            Str::Escape => {
+                let c = match b {
+                    b'"' => b'"',
+                    b'\\' => b'\\',
+                    b'/' => b'/',
+                    b'b' => 0x08,
+                    b'f' => 0x0c,
+                    b'n' => b'\n',
+                    b'r' => b'\r',
+                    b't' => b'\t',
+                    b'u' => {
+                        self.state = State::Str(Str::Hex { n: 0, value: 0 });
+                        return Ok(());
+                    }
+                    _ => return Err(self.syntax(at, "invalid escape")),
+                };
+                self.push(c);
+                self.state = State::Str(Str::Plain);
+            }
+            Str::Hex { n, value } => {
+                let value =
+                    (value << 4) | hex(b).ok_or_else(|| self.syntax(at, "invalid \\u escape"))?;
+                if n < 3 {
+                    self.state = State::Str(Str::Hex { n: n + 1, value });
+                } else if (0xd800..0xdc00).contains(&value) {
+                    self.state = State::Str(Str::LowBackslash { high: value });
+                } else if (0xdc00..0xe000).contains(&value) {
+                    return Err(self.syntax(at, "lone trailing surrogate in \\u escape"));
+                } else {
+                    // Outside the surrogate range every value is a char.
+                    self.push_char(char::from_u32(value as u32).unwrap_or('\u{fffd}'));
+                    self.state = State::Str(Str::Plain);
+                }
+            }
+            Str::LowBackslash { high } => {
+                if b != b'\\' {
+                    return Err(self.syntax(at, "lone leading surrogate in \\u escape"));
+                }
+                self.state = State::Str(Str::LowU { high });
+            }
+            Str::LowU { high } => {
+                if b != b'u' {
+                    return Err(self.syntax(at, "lone leading surrogate in \\u escape"));
+                }
+                self.state = State::Str(Str::LowHex {
+                    high,
+                    n: 0,
+                    value: 0,
+                });
+            }
+            Str::LowHex { high, n, value } => {
+                let value =
+                    (value << 4) | hex(b).ok_or_else(|| self.syntax(at, "invalid \\u escape"))?;
+                if n < 3 {
+                    self.state = State::Str(Str::LowHex {
+                        high,
+                        n: n + 1,
+                        value,
+                    });
+                } else if (0xdc00..0xe000).contains(&value) {
+                    let c = 0x10000 + (((high as u32) - 0xd800) << 10) + ((value as u32) - 0xdc00);
+                    self.push_char(char::from_u32(c).unwrap_or('\u{fffd}'));
+                    self.state = State::Str(Str::Plain);
+                } else {
+                    return Err(self.syntax(at, "lone leading surrogate in \\u escape"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The closing quote of a string at `chunk[i]`.
+    fn end_string(&mut self, chunk: &Bytes, base: u64, i: usize) -> Result<(), Error> {
+        let end = base + i as u64 + 1;
+        match self.kind {
+            StrKind::TopKey => {
+                self.state = State::Colon;
+                if self.overflow {
+                    return Ok(());
+                }
+                if self.buf == b"model" {
+                    if self.model.is_some() {
+                        return Err(self.error(
+                            ErrorKind::DuplicateModel,
+                            self.token_start,
+                            "`model` appears more than once",
+                        ));
+                    }
+                    self.role = Role::Model;
+                } else if let Some(n) = self.field_index() {
+                    self.role = Role::Field(n);
+                }
+                Ok(())
+            }
+            StrKind::Key => {
+                self.state = State::Colon;
+                Ok(())
+            }
+            StrKind::Value => {
+                self.after_value(end);
+                Ok(())
+            }
+            StrKind::Field(n) => {
+                let value = if self.overflow {
+                    FieldValue::LongString
+                } else {
+                    FieldValue::String(String::from_utf8_lossy(&self.buf).into_owned())
+                };
+                self.set_field(n, value);
+                self.after_value(end);
+                Ok(())
+            }
+            StrKind::Model => {
+                let start = self.token_start;
+                if self.buf.is_empty() {
+                    return Err(self.error(ErrorKind::InvalidModel, start, "`model` is empty"));
+                }
+                if self.overflow {
+                    return Err(Error::with_excerpt(
+                        ErrorKind::InvalidModel,
+                        start,
+                        &format!(
+                            "`model` is longer than {} bytes",
+                            self.config.get_max_model_len()
+                        ),
+                        &self.buf,
+                    ));
+                }
+                if self.buf.iter().any(|&b| b < 0x20 || b == 0x7f) {
+                    return Err(Error::with_excerpt(
+                        ErrorKind::InvalidModel,
+                        start,
+                        "`model` holds a control character",
+                        &self.buf,
+                    ));
+                }
+                // Borrow when the whole value lies in this chunk, unescaped.
+                let content_start = start + 1;
+                let model = if !self.escaped && content_start >= base {
+                    let from = (content_start - base) as usize;
+                    Model::new(chunk.slice(from..i), start..end, true)
+                } else {
+                    Model::new(Bytes::copy_from_slice(&self.buf), start..end, false)
+                };
+                self.model = Some(model);
+                self.after_value(end);
+                Ok(())
+            }
+        }
+    }
+
+    fn field_index(&self) -> Option<u8> {
+        self.config
+            .get_fields()
+            .iter()
+            .take(MAX_FIELDS)
+            .position(|f| f.as_bytes() == self.buf.as_slice())
+            .map(|n| n as u8)
+    }
+
+    /// One byte in a number; returns whether the byte was consumed (a byte
+    /// that ends the number is left for the next state).
+    fn number(&mut self, n: Num, b: u8, at: u64) -> Result<bool, Error> {
+        let next = match (n, b) {
+            (Num::Minus, b'0') => Num::Zero,
+            (Num::Minus, b'1'..=b'9') => Num::Int,
+            (Num::Int, b'0'..=b'9') => Num::Int,
+            (Num::Zero | Num::Int, b'.') => Num::Dot,
+            (Num::Zero | Num::Int | Num::Frac, b'e' | b'E') => Num::Exp,
+            (Num::Dot | Num::Frac, b'0'..=b'9') => Num::Frac,
+            (Num::Exp, b'+' | b'-') => Num::ExpSign,
+            (Num::Exp | Num::ExpSign | Num::ExpDigits, b'0'..=b'9') => Num::ExpDigits,
+            (Num::Zero | Num::Int | Num::Frac | Num::ExpDigits, _) => {
+                // The number is complete; `b` belongs to what follows.
+                if let Role::Field(f) = self.role {
+                    let text = String::from_utf8_lossy(&self.buf).into_owned();
+                    self.set_field(f, FieldValue::Number(text));
+                }
+                self.role = Role::None;
+                self.after_value(at);
+                return Ok(false);
+            }
+            _ => return Err(self.syntax(at, "invalid number")),
+        };
+        if matches!(self.role, Role::Field(_)) && self.buf.len() < self.config.get_max_model_len() {
+            self.buf.push(b);
+        }
+        self.state = State::Num(next);
+        Ok(true)
     }
 }
+
+#[inline(always)]
+fn is_ws(b: u8) -> bool {
+    matches!(b, b' ' | b'\n' | b'\r' | b'\t')
+}
+
+fn hex(b: u8) -> Option<u16> {
+    match b {
+        b'0'..=b'9' => Some((b - b'0') as u16),
+        b'a'..=b'f' => Some((b - b'a' + 10) as u16),
+        b'A'..=b'F' => Some((b - b'A' + 10) as u16),
+        _ => None,
+    }
+}
+
+/// For a UTF-8 lead byte: how many continuation bytes follow and the range
+/// of the first one (which rules out overlong forms and surrogates).
+fn utf8_lead(b: u8) -> Option<(u8, u8, u8)> {
+    match b {
+        0xc2..=0xdf => Some((1, 0x80, 0xbf)),
+        0xe0 => Some((2, 0xa0, 0xbf)),
+        0xe1..=0xec | 0xee..=0xef => Some((2, 0x80, 0xbf)),
+        0xed => Some((2, 0x80, 0x9f)),
+        0xf0 => Some((3, 0x90, 0xbf)),
+        0xf1..=0xf3 => Some((3, 0x80, 0xbf)),
+        0xf4 => Some((3, 0x80, 0x8f)),
+        _ => None,
+    }
+}
+
+#[inline(always)]
+fn unreachable_plain() {}
+
+#[cfg(test)]
+mod tests;

@@ -22,6 +22,7 @@ mod json;
 mod multipart;
 mod path;
 pub mod rewrite;
+mod scan;
 
 pub use body::BodyExtractor;
 pub use config::{
