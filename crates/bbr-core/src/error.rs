@@ -27,11 +27,14 @@ pub enum ErrorKind {
     ModelNotFound,
     /// The request's content type is not one bbr reads.
     UnsupportedContentType,
+    /// A `multipart/form-data` body is malformed (boundary, part headers,
+    /// truncation) or its `model` field is not valid UTF-8.
+    InvalidMultipart,
 }
 
 impl ErrorKind {
     /// Every kind, in a fixed order (for metrics and tests).
-    pub const ALL: [ErrorKind; 7] = [
+    pub const ALL: [ErrorKind; 8] = [
         ErrorKind::InvalidJson,
         ErrorKind::ModelNotString,
         ErrorKind::InvalidModel,
@@ -39,6 +42,7 @@ impl ErrorKind {
         ErrorKind::TooLarge,
         ErrorKind::ModelNotFound,
         ErrorKind::UnsupportedContentType,
+        ErrorKind::InvalidMultipart,
     ];
 
     /// The stable snake_case name, used as the error `code` in responses,
@@ -52,6 +56,7 @@ impl ErrorKind {
             ErrorKind::TooLarge => "too_large",
             ErrorKind::ModelNotFound => "model_not_found",
             ErrorKind::UnsupportedContentType => "unsupported_content_type",
+            ErrorKind::InvalidMultipart => "invalid_multipart",
         }
     }
 
@@ -61,7 +66,8 @@ impl ErrorKind {
             ErrorKind::InvalidJson
             | ErrorKind::ModelNotString
             | ErrorKind::InvalidModel
-            | ErrorKind::DuplicateModel => 400,
+            | ErrorKind::DuplicateModel
+            | ErrorKind::InvalidMultipart => 400,
             ErrorKind::ModelNotFound => 404,
             ErrorKind::TooLarge => 413,
             ErrorKind::UnsupportedContentType => 415,
@@ -80,9 +86,10 @@ impl ErrorKind {
             | ErrorKind::InvalidModel
             | ErrorKind::DuplicateModel
             | ErrorKind::ModelNotFound => Some("model"),
-            ErrorKind::InvalidJson | ErrorKind::TooLarge | ErrorKind::UnsupportedContentType => {
-                None
-            }
+            ErrorKind::InvalidJson
+            | ErrorKind::TooLarge
+            | ErrorKind::UnsupportedContentType
+            | ErrorKind::InvalidMultipart => None,
         }
     }
 }
@@ -309,6 +316,7 @@ mod tests {
         assert_eq!(ErrorKind::ModelNotFound.status(), 404);
         assert_eq!(ErrorKind::TooLarge.status(), 413);
         assert_eq!(ErrorKind::UnsupportedContentType.status(), 415);
+        assert_eq!(ErrorKind::InvalidMultipart.status(), 400);
     }
 
     #[test]

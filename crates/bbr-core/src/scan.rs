@@ -283,7 +283,11 @@ mod x86 {
                     .map(|i| {
                         let x = state.rotate_left(i as u32 % 64) as u8;
                         // Mostly plain ASCII so that the special byte lands anywhere.
-                        if x % 23 == 0 { x } else { b'a' + x % 26 }
+                        if x.is_multiple_of(23) {
+                            x
+                        } else {
+                            b'a' + x % 26
+                        }
                     })
                     .collect();
                 check(&s);
