@@ -1,0 +1,240 @@
+//! `bbr-extproc`: the Envoy ext_proc server, a drop-in for the Go
+//! body-based-router (same ports, flags, headers, health and metric names).
+
+#![forbid(unsafe_code)]
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+
+use bbr_core::{ExtractorConfig, FailurePolicy, Policy};
+use bbr_extproc::{BodyRoutingProcessor, SERVICE_NAME, metrics, serve};
+use clap::{ArgAction, Parser};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use tokio::{net::TcpListener, sync::watch};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Server, ServerTlsConfig};
+use tonic_health::ServingStatus;
+
+/// Envoy ext_proc server routing LLM inference requests on the model named
+/// in the body.
+///
+/// Flags may be written Go-style too: `-grpc-port=9004`, `--grpcPort 9004`,
+/// `-streaming`, `--secure-serving=false`, `-v=4`.
+#[derive(Debug, Parser)]
+#[command(name = "bbr-extproc", version)]
+struct Args {
+    /// Port of the ext_proc gRPC service (also serves grpc.health.v1).
+    #[arg(long, alias = "grpcPort", default_value_t = 9004)]
+    grpc_port: u16,
+    /// Port of the plaintext grpc.health.v1 service (for Kubernetes probes).
+    #[arg(long, alias = "grpcHealthPort", default_value_t = 9005)]
+    grpc_health_port: u16,
+    /// Port of the Prometheus `/metrics` endpoint.
+    #[arg(long, alias = "metricsPort", default_value_t = 9090)]
+    metrics_port: u16,
+    /// Address the three ports listen on.
+    #[arg(long, default_value = "0.0.0.0")]
+    address: std::net::IpAddr,
+    /// Assume FULL_DUPLEX_STREAMED when Envoy does not say the body mode
+    /// (otherwise BUFFERED).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          default_value_t = false, action = ArgAction::Set)]
+    streaming: bool,
+    /// Serve the ext_proc port over TLS (a self-signed certificate unless
+    /// --cert-path is given). `--secure-serving=false` for plaintext.
+    #[arg(long, alias = "secureServing", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value_t = true, action = ArgAction::Set)]
+    secure_serving: bool,
+    /// Directory holding tls.crt and tls.key for --secure-serving.
+    #[arg(long, alias = "certPath")]
+    cert_path: Option<PathBuf>,
+    /// Rule table (YAML or JSON), reloaded when the file changes. Without
+    /// it the model is copied into X-Gateway-Model-Name, as the Go router does.
+    #[arg(long)]
+    rules: Option<PathBuf>,
+    /// How often the rules file is checked for changes, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    rules_poll_ms: u64,
+    /// strict (validate the whole body, refuse duplicate `model`) or fast
+    /// (stop at the model).
+    #[arg(long, default_value = "strict")]
+    policy: Policy,
+    /// Largest body scanned before a decision, in bytes (default 32 MiB).
+    #[arg(long, default_value_t = bbr_core::DEFAULT_MAX_BODY)]
+    max_body: u64,
+    /// Log verbosity: 0 errors … 1 warnings, 2 info (default), 3 debug, 4+ trace.
+    #[arg(short = 'v', long = "v", alias = "verbosity", default_value_t = 2)]
+    verbosity: u8,
+}
+
+/// Go's flag package accepts one dash for long flags (`-grpcPort=9004`);
+/// clap wants two. `-v` stays a short flag.
+fn go_style(args: impl Iterator<Item = String>) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = false;
+    for arg in args {
+        if rest || arg == "--" {
+            rest = true;
+            out.push(arg);
+            continue;
+        }
+        let name = arg.strip_prefix('-').unwrap_or("");
+        let is_single_dash_long = !name.starts_with('-')
+            && name.split('=').next().is_some_and(|n| n.len() > 1)
+            && name.starts_with(|c: char| c.is_ascii_alphabetic());
+        if is_single_dash_long {
+            out.push(format!("-{arg}"));
+        } else {
+            out.push(arg);
+        }
+    }
+    out
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse_from(go_style(std::env::args()));
+    let level = match args.verbosity {
+        0 => "error",
+        1 => "warn",
+        2 => "info",
+        3 => "debug",
+        _ => "trace",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "bbr-extproc failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+async fn run(args: Args) -> Result<(), BoxError> {
+    let prometheus = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(metrics::DECISION_SECONDS.to_owned()),
+            metrics::DECISION_SECONDS_BUCKETS,
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full(metrics::BYTES_BEFORE_DECISION.to_owned()),
+            metrics::BYTES_BUCKETS,
+        )?
+        .install_recorder()?;
+    metrics::describe();
+
+    if args.rules.is_some() {
+        return Err("--rules is not supported yet".into());
+    }
+    let processor = BodyRoutingProcessor::builder()
+        .extractor(
+            ExtractorConfig::new()
+                .policy(args.policy)
+                .max_body(args.max_body),
+        )
+        .failure_policy(FailurePolicy::new())
+        .streaming(args.streaming)
+        .build();
+
+    let grpc = TcpListener::bind(SocketAddr::new(args.address, args.grpc_port)).await?;
+    let health = TcpListener::bind(SocketAddr::new(args.address, args.grpc_health_port)).await?;
+    let metrics_listener =
+        TcpListener::bind(SocketAddr::new(args.address, args.metrics_port)).await?;
+    let (grpc_addr, health_addr, metrics_addr) = (
+        grpc.local_addr()?,
+        health.local_addr()?,
+        metrics_listener.local_addr()?,
+    );
+
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("", ServingStatus::Serving)
+        .await;
+    reporter
+        .set_service_status(SERVICE_NAME, ServingStatus::Serving)
+        .await;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+
+    let mut main_server = Server::builder();
+    if args.secure_serving {
+        let identity = match &args.cert_path {
+            Some(dir) => serve::identity_from_dir(dir)?,
+            None => serve::self_signed_identity()?,
+        };
+        main_server = main_server.tls_config(ServerTlsConfig::new().identity(identity))?;
+    }
+    let main_task = tokio::spawn(
+        main_server
+            .add_service(health_service.clone())
+            .add_service(processor.clone().into_server())
+            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), stopped()),
+    );
+    let health_task = tokio::spawn(
+        Server::builder()
+            .add_service(health_service)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(health), stopped()),
+    );
+    let metrics_task = tokio::spawn(serve::serve_metrics(
+        metrics_listener,
+        prometheus.clone(),
+        stopped(),
+    ));
+    let upkeep = tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            ticker.tick().await;
+            prometheus.run_upkeep();
+        }
+    });
+    let watcher: Option<tokio::task::JoinHandle<()>> = None;
+
+    // One machine-readable line, for scripts that start the server on port 0.
+    println!(
+        "bbr-extproc listening grpc={grpc_addr} grpc-health={health_addr} metrics={metrics_addr} tls={}",
+        args.secure_serving
+    );
+    tracing::info!(%grpc_addr, %health_addr, %metrics_addr, tls = args.secure_serving,
+        streaming = args.streaming, policy = %args.policy, "serving");
+
+    serve::shutdown_signal().await;
+    tracing::info!("shutting down; open streams may finish");
+    reporter
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    reporter
+        .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
+        .await;
+    let _ = stop_tx.send(true);
+    if let Some(w) = watcher {
+        w.abort();
+    }
+    upkeep.abort();
+    let (main, health, _) = tokio::join!(main_task, health_task, metrics_task);
+    main??;
+    health??;
+    Ok(())
+}

@@ -1,0 +1,152 @@
+//! The metrics the service records, through the [`metrics`] facade.
+//!
+//! The first five names are the Go body-based-router's, so that dashboards
+//! and alerts keep working after a swap. The binary installs a Prometheus
+//! recorder and serves it on `/metrics`; a library user installs any recorder
+//! (or none: recording is then a no-op).
+
+use metrics::{Unit, counter, describe_counter, describe_histogram, histogram};
+
+/// Requests whose model was read from the body and turned into routing headers.
+pub const SUCCESS_TOTAL: &str = "bbr_success_total";
+/// Requests whose body names no model.
+pub const MODEL_NOT_IN_BODY_TOTAL: &str = "bbr_model_not_in_body_total";
+/// Requests whose body has a `model` that could not be read as a model name.
+pub const MODEL_NOT_PARSED_TOTAL: &str = "bbr_model_not_parsed_total";
+/// Requests missing a requested body field (label `field`).
+pub const BODY_FIELD_NOT_FOUND_TOTAL: &str = "bbr_body_field_not_found_total";
+/// Requests whose requested body field is empty (label `field`).
+pub const BODY_FIELD_EMPTY_TOTAL: &str = "bbr_body_field_empty_total";
+/// Seconds from the request headers to the routing decision.
+pub const DECISION_SECONDS: &str = "bbr_decision_duration_seconds";
+/// Body bytes received (and held) before the routing decision.
+pub const BYTES_BEFORE_DECISION: &str = "bbr_bytes_before_decision";
+/// Requests answered with an error (label `reason`: the error kind).
+pub const REJECTED_TOTAL: &str = "bbr_rejected_total";
+/// Requests passed through without routing headers after an error, because
+/// the failure policy says fail open for that kind (label `reason`).
+pub const FAIL_OPEN_TOTAL: &str = "bbr_fail_open_total";
+/// Routing decisions by rule and pool (labels `rule`, `pool`).
+pub const ROUTE_MATCHES_TOTAL: &str = "bbr_route_matches_total";
+/// Successful reloads of the rules file.
+pub const RULES_RELOADS_TOTAL: &str = "bbr_rules_reloads_total";
+/// Failed reloads of the rules file (the previous table stays in force).
+pub const RULES_RELOAD_FAILURES_TOTAL: &str = "bbr_rules_reload_failures_total";
+
+/// Histogram buckets for [`DECISION_SECONDS`].
+pub const DECISION_SECONDS_BUCKETS: &[f64] = &[
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+/// Histogram buckets for [`BYTES_BEFORE_DECISION`].
+pub const BYTES_BUCKETS: &[f64] = &[
+    64.0,
+    256.0,
+    1024.0,
+    4096.0,
+    16_384.0,
+    65_536.0,
+    262_144.0,
+    1_048_576.0,
+    4_194_304.0,
+    16_777_216.0,
+    67_108_864.0,
+];
+
+/// Registers the help text of every metric with the installed recorder.
+pub fn describe() {
+    describe_counter!(
+        SUCCESS_TOTAL,
+        "Requests whose model was read from the body and set as routing headers."
+    );
+    describe_counter!(
+        MODEL_NOT_IN_BODY_TOTAL,
+        "Requests whose body names no model."
+    );
+    describe_counter!(
+        MODEL_NOT_PARSED_TOTAL,
+        "Requests whose body model could not be read as a model name."
+    );
+    describe_counter!(
+        BODY_FIELD_NOT_FOUND_TOTAL,
+        "Requests missing a requested body field."
+    );
+    describe_counter!(
+        BODY_FIELD_EMPTY_TOTAL,
+        "Requests whose requested body field is empty."
+    );
+    describe_histogram!(
+        DECISION_SECONDS,
+        Unit::Seconds,
+        "Time from the request headers to the routing decision."
+    );
+    describe_histogram!(
+        BYTES_BEFORE_DECISION,
+        Unit::Bytes,
+        "Body bytes held before the routing decision."
+    );
+    describe_counter!(
+        REJECTED_TOTAL,
+        "Requests answered with an error, by reason."
+    );
+    describe_counter!(
+        FAIL_OPEN_TOTAL,
+        "Requests passed through without routing after an error, by reason."
+    );
+    describe_counter!(ROUTE_MATCHES_TOTAL, "Routing decisions by rule and pool.");
+    describe_counter!(RULES_RELOADS_TOTAL, "Successful reloads of the rules file.");
+    describe_counter!(
+        RULES_RELOAD_FAILURES_TOTAL,
+        "Failed reloads of the rules file; the previous table stays in force."
+    );
+}
+
+pub(crate) fn success() {
+    counter!(SUCCESS_TOTAL).increment(1);
+}
+
+pub(crate) fn model_not_in_body() {
+    counter!(MODEL_NOT_IN_BODY_TOTAL).increment(1);
+    counter!(BODY_FIELD_NOT_FOUND_TOTAL, "field" => "model").increment(1);
+}
+
+pub(crate) fn field_not_found(field: &str) {
+    counter!(BODY_FIELD_NOT_FOUND_TOTAL, "field" => field.to_owned()).increment(1);
+}
+
+pub(crate) fn model_not_parsed(empty: bool) {
+    counter!(MODEL_NOT_PARSED_TOTAL).increment(1);
+    if empty {
+        counter!(BODY_FIELD_EMPTY_TOTAL, "field" => "model").increment(1);
+    }
+}
+
+pub(crate) fn field_empty(field: &str) {
+    counter!(BODY_FIELD_EMPTY_TOTAL, "field" => field.to_owned()).increment(1);
+}
+
+pub(crate) fn decided(seconds: f64, bytes: u64) {
+    histogram!(DECISION_SECONDS).record(seconds);
+    histogram!(BYTES_BEFORE_DECISION).record(bytes as f64);
+}
+
+pub(crate) fn rejected(reason: &'static str) {
+    counter!(REJECTED_TOTAL, "reason" => reason).increment(1);
+}
+
+pub(crate) fn fail_open(reason: &'static str) {
+    counter!(FAIL_OPEN_TOTAL, "reason" => reason).increment(1);
+}
+
+pub(crate) fn route_match(rule: &str, pool: &str) {
+    counter!(ROUTE_MATCHES_TOTAL, "rule" => rule.to_owned(), "pool" => pool.to_owned())
+        .increment(1);
+}
+
+pub(crate) fn rules_reloaded(ok: bool) {
+    if ok {
+        counter!(RULES_RELOADS_TOTAL).increment(1);
+    } else {
+        counter!(RULES_RELOAD_FAILURES_TOTAL).increment(1);
+    }
+}

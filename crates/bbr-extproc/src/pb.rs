@@ -1,0 +1,20 @@
+//! The protocol types this crate speaks, re-exported from `envoy-types`.
+//!
+//! Everything generated from Envoy's protos that appears in this crate's
+//! public API is reachable from here, so that a user needs no direct
+//! dependency on `envoy-types` (and cannot end up with a second copy of it).
+
+pub use envoy_types::pb::envoy::config::core::v3::{
+    HeaderMap, HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction,
+};
+pub use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::{
+    ProcessingMode,
+    processing_mode::{BodySendMode, HeaderSendMode},
+};
+pub use envoy_types::pb::envoy::service::ext_proc::v3::{
+    BodyMutation, BodyResponse, CommonResponse, HeaderMutation, HeadersResponse, HttpBody,
+    HttpHeaders, HttpTrailers, ImmediateResponse, ProcessingRequest, ProcessingResponse,
+    ProtocolConfiguration, StreamedBodyResponse, TrailersResponse, body_mutation, common_response,
+    external_processor_client, external_processor_server, processing_request, processing_response,
+};
+pub use envoy_types::pb::envoy::r#type::v3::{HttpStatus, StatusCode};

@@ -1,0 +1,153 @@
+//! What a server around the processor needs besides gRPC: TLS identities,
+//! the Prometheus endpoint, hot reload of the rules file and shutdown signals.
+//! The `bbr-extproc` binary is built from these pieces.
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    io,
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime},
+};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode, body::Incoming, service::service_fn};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::{net::TcpListener, task::JoinHandle};
+use tonic::transport::Identity;
+
+use crate::metrics;
+
+/// A TLS identity with a freshly generated self-signed certificate for
+/// `localhost` (what `--secure-serving` uses when no certificate is given;
+/// Envoy does not verify an ext_proc server's certificate unless told to).
+pub fn self_signed_identity() -> Result<Identity, rcgen::Error> {
+    let names = vec!["localhost".to_owned(), "bbr-extproc".to_owned()];
+    let certified = rcgen::generate_simple_self_signed(names)?;
+    Ok(Identity::from_pem(
+        certified.cert.pem(),
+        certified.signing_key.serialize_pem(),
+    ))
+}
+
+/// A TLS identity read from `dir/tls.crt` and `dir/tls.key` (the layout of a
+/// Kubernetes TLS secret mounted as a volume).
+pub fn identity_from_dir(dir: &Path) -> io::Result<Identity> {
+    let cert = std::fs::read(dir.join("tls.crt"))?;
+    let key = std::fs::read(dir.join("tls.key"))?;
+    Ok(Identity::from_pem(cert, key))
+}
+
+/// Serves `GET /metrics` (the Prometheus text format) on `listener` until
+/// `shutdown` completes. Other paths answer 404.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    handle: PrometheusHandle,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => return,
+        };
+        let Ok((stream, _)) = accepted else {
+            continue;
+        };
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<Incoming>| {
+                let handle = handle.clone();
+                async move { Ok::<_, Infallible>(metrics_response(&req, &handle)) }
+            });
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let _ = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn metrics_response<B>(req: &Request<B>, handle: &PrometheusHandle) -> Response<Full<Bytes>> {
+    let mut response = if req.uri().path() == "/metrics" {
+        let mut r = Response::new(Full::new(Bytes::from(handle.render())));
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain; version=0.0.4"),
+        );
+        r
+    } else {
+        Response::new(Full::new(Bytes::from_static(b"not found\n")))
+    };
+    if req.uri().path() != "/metrics" {
+        *response.status_mut() = StatusCode::NOT_FOUND;
+    }
+    response
+}
+
+/// Calls `reload` with `path` whenever the file changes, checking every
+/// `interval` (for the rules file: `move |p| rules.reload_from(p)`).
+///
+/// Polling the file's modification time and length (following symbolic
+/// links) also sees the atomic symlink swap by which Kubernetes updates a
+/// mounted ConfigMap. A reload that fails is logged and counted in
+/// `bbr_rules_reload_failures_total`; the caller keeps the previous table.
+pub fn watch_file<F, E>(path: PathBuf, interval: Duration, reload: F) -> JoinHandle<()>
+where
+    F: Fn(&Path) -> Result<(), E> + Send + 'static,
+    E: std::fmt::Display,
+{
+    tokio::spawn(async move {
+        let mut last = stamp(&path);
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let now = stamp(&path);
+            if now == last {
+                continue;
+            }
+            last = now;
+            match reload(&path) {
+                Ok(()) => {
+                    metrics::rules_reloaded(true);
+                    tracing::info!(path = %path.display(), "rules reloaded");
+                }
+                Err(e) => {
+                    metrics::rules_reloaded(false);
+                    tracing::error!(error = %e, "rules not reloaded; the previous table stays in force");
+                }
+            }
+        }
+    })
+}
+
+fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+/// Completes on SIGTERM or SIGINT (ctrl-c).
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,196 @@
+//! The `ExternalProcessor` gRPC service and its builder.
+
+use std::{pin::Pin, sync::Arc};
+
+use bbr_core::{ExtractorConfig, FailurePolicy};
+use tokio::sync::mpsc;
+use tokio_stream::{Stream, wrappers::ReceiverStream};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::{
+    exchange::{BodyMode, Exchange},
+    pb::{
+        ProcessingRequest, ProcessingResponse,
+        external_processor_server::{ExternalProcessor, ExternalProcessorServer},
+    },
+    routing::Routes,
+};
+
+/// The fully qualified gRPC name of the service, as health checks ask for it.
+pub const SERVICE_NAME: &str = "envoy.service.ext_proc.v3.ExternalProcessor";
+
+/// What every stream of one processor shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) extractor: ExtractorConfig,
+    pub(crate) failure: FailurePolicy,
+    pub(crate) routes: Routes,
+    pub(crate) default_mode: BodyMode,
+    pub(crate) clear_route_cache: bool,
+    pub(crate) request_key_header: String,
+}
+
+/// Envoy's `envoy.service.ext_proc.v3.ExternalProcessor`, routing each
+/// request on the model named in its body.
+///
+/// Cheap to clone: clones share the configuration and the rule table.
+/// Build one with [`BodyRoutingProcessor::builder`] and serve it with
+/// [`BodyRoutingProcessor::into_server`].
+#[derive(Clone, Debug)]
+pub struct BodyRoutingProcessor {
+    shared: Arc<Shared>,
+}
+
+impl BodyRoutingProcessor {
+    /// A builder with the defaults: strict extraction, the default failure
+    /// policy, no rules (the Go router's behaviour: the model is copied into
+    /// `X-Gateway-Model-Name`), `BUFFERED` unless Envoy says otherwise.
+    pub fn builder() -> ProcessorBuilder {
+        ProcessorBuilder::default()
+    }
+
+    /// The tonic service, with gRPC message limits raised so that a
+    /// `BUFFERED` body as large as the extractor accepts fits in one message.
+    pub fn into_server(self) -> ExternalProcessorServer<BodyRoutingProcessor> {
+        let limit = message_limit(&self.shared.extractor);
+        ExternalProcessorServer::new(self)
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit)
+    }
+}
+
+/// The largest gRPC message the service sends or accepts: the body limit
+/// plus room for headers and framing.
+fn message_limit(config: &ExtractorConfig) -> usize {
+    usize::try_from(config.get_max_body())
+        .unwrap_or(usize::MAX)
+        .saturating_add(1 << 20)
+        .max(4 << 20)
+}
+
+/// Builds a [`BodyRoutingProcessor`].
+#[derive(Debug)]
+pub struct ProcessorBuilder {
+    extractor: ExtractorConfig,
+    failure: FailurePolicy,
+    default_mode: BodyMode,
+    clear_route_cache: bool,
+    request_key_header: String,
+}
+
+impl Default for ProcessorBuilder {
+    fn default() -> Self {
+        ProcessorBuilder {
+            extractor: ExtractorConfig::default(),
+            failure: FailurePolicy::default(),
+            default_mode: BodyMode::Buffered,
+            clear_route_cache: true,
+            request_key_header: "x-request-id".to_owned(),
+        }
+    }
+}
+
+impl ProcessorBuilder {
+    /// Sets the extraction policy and limits.
+    pub fn extractor(mut self, config: ExtractorConfig) -> Self {
+        self.extractor = config;
+        self
+    }
+
+    /// Sets which errors are rejected and which pass through unrouted.
+    pub fn failure_policy(mut self, policy: FailurePolicy) -> Self {
+        self.failure = policy;
+        self
+    }
+
+    /// Sets the body mode assumed when Envoy does not announce one in
+    /// `ProcessingRequest.protocol_config` (Envoy before 1.33 does not):
+    /// `true` for `FULL_DUPLEX_STREAMED` (the `--streaming` flag), `false`
+    /// for `BUFFERED`.
+    pub fn streaming(mut self, streaming: bool) -> Self {
+        self.default_mode = if streaming {
+            BodyMode::FullDuplexStreamed
+        } else {
+            BodyMode::Buffered
+        };
+        self
+    }
+
+    /// Sets the body mode assumed when Envoy does not announce one.
+    pub fn default_mode(mut self, mode: BodyMode) -> Self {
+        self.default_mode = mode;
+        self
+    }
+
+    /// Whether responses that change request headers ask Envoy to recompute
+    /// the route (`clear_route_cache`). On by default, and required for
+    /// routing on the headers this service sets; turn it off only where the
+    /// filter runs in the upstream filter chain, where Envoy ignores it.
+    pub fn clear_route_cache(mut self, clear: bool) -> Self {
+        self.clear_route_cache = clear;
+        self
+    }
+
+    /// Sets the request header whose value keys weighted target choices
+    /// (default `x-request-id`, which Envoy sets on every request).
+    pub fn request_key_header(mut self, name: &str) -> Self {
+        self.request_key_header = name.to_ascii_lowercase();
+        self
+    }
+
+    /// Builds the processor.
+    pub fn build(self) -> BodyRoutingProcessor {
+        BodyRoutingProcessor {
+            shared: Arc::new(Shared {
+                extractor: self.extractor,
+                failure: self.failure,
+                routes: Routes::default(),
+                default_mode: self.default_mode,
+                clear_route_cache: self.clear_route_cache,
+                request_key_header: self.request_key_header,
+            }),
+        }
+    }
+}
+
+/// The response stream of one `Process` call.
+pub type ProcessStream =
+    Pin<Box<dyn Stream<Item = Result<ProcessingResponse, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl ExternalProcessor for BodyRoutingProcessor {
+    type ProcessStream = ProcessStream;
+
+    async fn process(
+        &self,
+        request: Request<Streaming<ProcessingRequest>>,
+    ) -> Result<Response<Self::ProcessStream>, Status> {
+        let mut inbound = request.into_inner();
+        // A few messages of slack: Envoy reads responses as they come, and
+        // a full channel pushes back on the reading side.
+        let (tx, rx) = mpsc::channel(16);
+        let shared = Arc::clone(&self.shared);
+        tokio::spawn(async move {
+            let mut exchange = Exchange::new(shared);
+            let mut out = Vec::new();
+            loop {
+                match inbound.message().await {
+                    Ok(Some(msg)) => {
+                        exchange.on_message(msg, &mut out);
+                        for r in out.drain(..) {
+                            if tx.send(Ok(r)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Ok(None) => return,
+                    Err(status) => {
+                        tracing::debug!(%status, "ext_proc stream ended by the client");
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
