@@ -1,1 +1,5 @@
 //! Runnable examples of bbr: see `examples/`.
+//!
+//! - [`pool`]: a simulated OpenAI-compatible model pool.
+
+pub mod pool;

@@ -1,0 +1,366 @@
+//! A simulated OpenAI-compatible model pool, for the demos and the tests.
+//!
+//! Each pool answers `POST /v1/chat/completions`, `/v1/completions`,
+//! `/v1/embeddings` and `/v1/responses` in OpenAI format with the model the
+//! request named, adds the response header `x-inference-pool: <pool>`, and
+//! answers `"stream": true` with server-sent events, one token per event,
+//! ending in `data: [DONE]`.
+//!
+//! So that a demo can show what reached the pool, every answer also carries
+//! `x-pool-received-bytes`, `x-pool-received-sha256` (of the request body)
+//! and `x-pool-received-model-header` (the `X-Gateway-Model-Name` the pool
+//! saw); [`SimulatedPool::received`] lists the same for every request,
+//! including those whose body never arrived complete.
+
+use std::{
+    convert::Infallible,
+    fmt::Write as _,
+    io,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use axum::{
+    Router,
+    body::Body,
+    extract::{Request, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use bytes::Bytes;
+use futures_util::stream;
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio::{net::TcpListener, sync::Semaphore, task::JoinHandle};
+
+/// The header every pool answer carries, naming the pool.
+pub const POOL_HEADER: &str = "x-inference-pool";
+
+/// What a pool received: one entry per request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Received {
+    /// The request path.
+    pub path: String,
+    /// The request headers.
+    pub headers: HeaderMap,
+    /// Body bytes received.
+    pub bytes: u64,
+    /// SHA-256 of the body bytes received, in lowercase hex.
+    pub sha256: String,
+    /// Whether the body ended cleanly (`false`: the sender aborted it).
+    pub complete: bool,
+}
+
+impl Received {
+    /// The `X-Gateway-Model-Name` header the pool saw, if any.
+    pub fn model_header(&self) -> Option<&str> {
+        self.headers
+            .get("x-gateway-model-name")
+            .and_then(|v| v.to_str().ok())
+    }
+}
+
+/// A simulated model pool. Cheap to clone: clones share the record of what
+/// was received.
+#[derive(Clone, Debug)]
+pub struct SimulatedPool {
+    name: Arc<str>,
+    token_delay: Duration,
+    token_gate: Option<Arc<Semaphore>>,
+    received: Arc<Mutex<Vec<Received>>>,
+}
+
+impl SimulatedPool {
+    /// A pool named `name` that streams a token every 20 ms.
+    pub fn new(name: &str) -> SimulatedPool {
+        SimulatedPool {
+            name: name.into(),
+            token_delay: Duration::from_millis(20),
+            token_gate: None,
+            received: Arc::default(),
+        }
+    }
+
+    /// Sets the pause between two streamed tokens.
+    pub fn token_delay(mut self, delay: Duration) -> Self {
+        self.token_delay = delay;
+        self
+    }
+
+    /// Makes every streamed token after the first wait for a permit of
+    /// `gate` (consumed), so that a test decides when each token is produced.
+    pub fn token_gate(mut self, gate: Arc<Semaphore>) -> Self {
+        self.token_gate = Some(gate);
+        self
+    }
+
+    /// The pool's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// What the pool received so far, in order of arrival.
+    pub fn received(&self) -> Vec<Received> {
+        self.received
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_else(|e| e.into_inner().clone())
+    }
+
+    /// The pool as an axum router.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/v1/chat/completions", post(complete))
+            .route("/v1/completions", post(complete))
+            .route("/v1/embeddings", post(complete))
+            .route("/v1/responses", post(complete))
+            .route("/health", get(health))
+            .fallback(not_found)
+            .with_state(self.clone())
+    }
+
+    /// Serves the pool on `listener` until the task is dropped.
+    pub async fn serve(self, listener: TcpListener) -> io::Result<()> {
+        axum::serve(listener, self.router()).await
+    }
+
+    /// Binds `addr` (port 0 for any) and serves the pool in a task.
+    /// Returns the bound address.
+    pub async fn spawn(self, addr: SocketAddr) -> io::Result<(SocketAddr, JoinHandle<()>)> {
+        let listener = TcpListener::bind(addr).await?;
+        let local = listener.local_addr()?;
+        let name = self.name.clone();
+        let task = tokio::spawn(async move {
+            if let Err(e) = self.serve(listener).await {
+                eprintln!("pool {name}: {e}");
+            }
+        });
+        Ok((local, task))
+    }
+
+    fn record(&self, received: Received) {
+        match self.received.lock() {
+            Ok(mut log) => log.push(received),
+            Err(poisoned) => poisoned.into_inner().push(received),
+        }
+    }
+}
+
+async fn health(State(pool): State<SimulatedPool>) -> Response {
+    with_pool(&pool, "ok".into_response())
+}
+
+async fn not_found(State(pool): State<SimulatedPool>) -> Response {
+    let body = json!({"error": {"message": "not found", "type": "invalid_request_error", "param": null, "code": "not_found"}});
+    with_pool(
+        &pool,
+        (StatusCode::NOT_FOUND, axum::Json(body)).into_response(),
+    )
+}
+
+async fn complete(State(pool): State<SimulatedPool>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let path = parts.uri.path().to_owned();
+    let mut body = body;
+    let mut bytes = Vec::new();
+    let mut hasher = Sha256::new();
+    let mut complete = true;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
+                if let Some(chunk) = frame.data_ref() {
+                    hasher.update(chunk);
+                    bytes.extend_from_slice(chunk);
+                }
+            }
+            Err(_) => {
+                complete = false;
+                break;
+            }
+        }
+    }
+    let sha256 = hex(&hasher.finalize());
+    let received = Received {
+        path: path.clone(),
+        headers: parts.headers.clone(),
+        bytes: bytes.len() as u64,
+        sha256: sha256.clone(),
+        complete,
+    };
+    let model_header = received.model_header().map(str::to_owned);
+    pool.record(received);
+    if !complete {
+        return error(
+            &pool,
+            StatusCode::BAD_REQUEST,
+            "the request body was cut short",
+        );
+    }
+    let request: Value = match serde_json::from_slice(&bytes) {
+        Ok(v) => v,
+        Err(e) => {
+            return error(
+                &pool,
+                StatusCode::BAD_REQUEST,
+                &format!("invalid JSON: {e}"),
+            );
+        }
+    };
+    let Some(model) = request
+        .get("model")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+    else {
+        return error(
+            &pool,
+            StatusCode::BAD_REQUEST,
+            "you must provide a model parameter",
+        );
+    };
+    let stream = request
+        .get("stream")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+
+    let mut response = if path == "/v1/embeddings" {
+        axum::Json(embedding(&model)).into_response()
+    } else if stream {
+        sse(&pool, &path, &model)
+    } else {
+        axum::Json(answer(&pool, &path, &model)).into_response()
+    };
+    let headers = response.headers_mut();
+    headers.insert("x-pool-received-bytes", HeaderValue::from(bytes.len()));
+    if let Ok(v) = HeaderValue::from_str(&sha256) {
+        headers.insert("x-pool-received-sha256", v);
+    }
+    if let Some(v) = model_header.and_then(|m| HeaderValue::from_str(&m).ok()) {
+        headers.insert("x-pool-received-model-header", v);
+    }
+    with_pool(&pool, response)
+}
+
+fn with_pool(pool: &SimulatedPool, mut response: Response) -> Response {
+    if let Ok(v) = HeaderValue::from_str(pool.name()) {
+        response.headers_mut().insert(POOL_HEADER, v);
+    }
+    response
+}
+
+fn error(pool: &SimulatedPool, status: StatusCode, message: &str) -> Response {
+    let body = json!({"error": {"message": message, "type": "invalid_request_error", "param": null, "code": null}});
+    with_pool(pool, (status, axum::Json(body)).into_response())
+}
+
+fn hex(digest: &[u8]) -> String {
+    digest.iter().fold(String::with_capacity(64), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The words of the simulated answer.
+fn tokens(pool: &SimulatedPool, model: &str) -> Vec<String> {
+    format!(
+        "This is {model} served by pool {}: the sky is blue because air scatters blue light more than red.",
+        pool.name()
+    )
+    .split(' ')
+    .enumerate()
+    .map(|(i, w)| if i == 0 { w.to_owned() } else { format!(" {w}") })
+    .collect()
+}
+
+fn answer(pool: &SimulatedPool, path: &str, model: &str) -> Value {
+    let text: String = tokens(pool, model).concat();
+    let n = tokens(pool, model).len();
+    let usage = json!({"prompt_tokens": 12, "completion_tokens": n, "total_tokens": 12 + n});
+    match path {
+        "/v1/completions" => json!({
+            "id": "cmpl-sim", "object": "text_completion", "created": now(), "model": model,
+            "choices": [{"index": 0, "text": text, "logprobs": null, "finish_reason": "stop"}],
+            "usage": usage,
+        }),
+        "/v1/responses" => json!({
+            "id": "resp-sim", "object": "response", "created_at": now(), "model": model, "status": "completed",
+            "output": [{"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": text}]}],
+        }),
+        _ => json!({
+            "id": "chatcmpl-sim", "object": "chat.completion", "created": now(), "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": usage,
+        }),
+    }
+}
+
+fn embedding(model: &str) -> Value {
+    json!({
+        "object": "list", "model": model,
+        "data": [{"object": "embedding", "index": 0, "embedding": [0.25, -0.5, 0.125, 0.0]}],
+        "usage": {"prompt_tokens": 4, "total_tokens": 4},
+    })
+}
+
+fn chunk(path: &str, model: &str, token: Option<&str>) -> Bytes {
+    let finish = if token.is_none() {
+        json!("stop")
+    } else {
+        Value::Null
+    };
+    let event = if path == "/v1/completions" {
+        json!({"id": "cmpl-sim", "object": "text_completion", "created": now(), "model": model,
+               "choices": [{"index": 0, "text": token.unwrap_or(""), "finish_reason": finish}]})
+    } else {
+        let delta = token.map_or_else(|| json!({}), |t| json!({"content": t}));
+        json!({"id": "chatcmpl-sim", "object": "chat.completion.chunk", "created": now(), "model": model,
+               "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+    };
+    Bytes::from(format!("data: {event}\n\n"))
+}
+
+/// Server-sent events, one token per event, then a final event and `[DONE]`.
+fn sse(pool: &SimulatedPool, path: &str, model: &str) -> Response {
+    let mut events: Vec<Bytes> = tokens(pool, model)
+        .iter()
+        .map(|t| chunk(path, model, Some(t)))
+        .collect();
+    events.push(chunk(path, model, None));
+    events.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    let delay = pool.token_delay;
+    let gate = pool.token_gate.clone();
+    let events = stream::unfold((events.into_iter(), 0usize), move |(mut it, i)| {
+        let gate = gate.clone();
+        async move {
+            let event = it.next()?;
+            if i > 0 {
+                if let Some(gate) = gate {
+                    // A closed gate releases everything.
+                    if let Ok(permit) = gate.acquire().await {
+                        permit.forget();
+                    }
+                }
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+            }
+            Some((Ok::<_, Infallible>(event), (it, i + 1)))
+        }
+    });
+    let mut response = Response::new(Body::from_stream(events));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
