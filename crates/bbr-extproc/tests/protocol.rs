@@ -1,0 +1,445 @@
+//! The ext_proc protocol, driven by a tonic client as Envoy drives it, in
+//! every body mode and through the edge cases of the Go router's tests.
+
+mod support;
+
+use bbr_core::{ExtractorConfig, Policy};
+use bbr_extproc::{
+    BodyRoutingProcessor,
+    pb::{
+        BodySendMode, HttpBody, HttpHeaders, HttpTrailers, processing_request::Request,
+        processing_response::Response,
+    },
+};
+use support::*;
+
+const MODEL: &str = "x-gateway-model-name";
+
+fn full_duplex() -> Option<bbr_extproc::pb::ProtocolConfiguration> {
+    Some(protocol(
+        BodySendMode::FullDuplexStreamed,
+        BodySendMode::None,
+    ))
+}
+
+fn buffered() -> Option<bbr_extproc::pb::ProtocolConfiguration> {
+    Some(protocol(BodySendMode::Buffered, BodySendMode::None))
+}
+
+async fn client()
+-> bbr_extproc::pb::external_processor_client::ExternalProcessorClient<tonic::transport::Channel> {
+    serve(BodyRoutingProcessor::builder().build()).await
+}
+
+#[tokio::test]
+async fn buffered_routes_in_the_body_response_and_strips_spoofed_headers() {
+    let mut c = client().await;
+    let mut s = Stream::open(&mut c, buffered()).await;
+    s.headers(
+        &[
+            JSON,
+            ("X-Gateway-Model-Name", "evil"),
+            ("x-gateway-inference-pool", "p"),
+        ],
+        false,
+    )
+    .await;
+    // BUFFERED waits for the headers answer before it sends the body.
+    let h = s.recv().await;
+    assert!(matches!(h, Response::RequestHeaders(_)), "{h:?}");
+    let hc = common(&h);
+    let mut removed = removed_headers(&hc);
+    removed.sort();
+    assert_eq!(
+        removed,
+        ["x-gateway-inference-pool", "x-gateway-model-name"]
+    );
+    assert!(hc.clear_route_cache);
+
+    s.body(
+        br#"{"model":"chatbot","messages":[{"role":"user","content":"hi"}]}"#,
+        true,
+    )
+    .await;
+    let b = s.recv().await;
+    assert!(matches!(b, Response::RequestBody(_)), "{b:?}");
+    let bc = common(&b);
+    assert_eq!(set_headers(&bc), [(MODEL.to_owned(), "chatbot".to_owned())]);
+    assert!(bc.clear_route_cache, "routing needs clear_route_cache");
+    assert!(bc.body_mutation.is_none(), "no rewrite, no body mutation");
+}
+
+#[tokio::test]
+async fn full_duplex_holds_headers_until_a_model_split_across_chunks() {
+    let mut c = client().await;
+    let mut s = Stream::open(&mut c, full_duplex()).await;
+    s.headers(&[JSON], false).await;
+    let one = br#"{"max_tokens":100,"model":"sql-lo"#;
+    let two = br#"ra-sheddable","prompt":"test","temperature":0}"#;
+    s.body(one, false).await;
+    s.body(two, true).await;
+    // The headers answer carries a model only known after chunk two: it was held.
+    let h = s.recv().await;
+    assert!(matches!(h, Response::RequestHeaders(_)), "{h:?}");
+    let hc = common(&h);
+    assert_eq!(
+        set_headers(&hc),
+        [(MODEL.to_owned(), "sql-lora-sheddable".to_owned())]
+    );
+    assert!(hc.clear_route_cache);
+    assert_eq!(streamed(&s.recv().await), (one.to_vec(), false));
+    assert_eq!(streamed(&s.recv().await), (two.to_vec(), true));
+}
+
+#[tokio::test]
+async fn streaming_flag_is_the_default_when_envoy_does_not_say() {
+    let mut c = serve(BodyRoutingProcessor::builder().streaming(true).build()).await;
+    let mut s = Stream::open(&mut c, None).await;
+    s.headers(&[JSON], false).await;
+    s.body(br#"{"model":"chatbot"}"#, true).await;
+    let h = s.recv().await;
+    assert!(matches!(h, Response::RequestHeaders(_)), "{h:?}");
+    assert_eq!(
+        streamed(&s.recv().await),
+        (br#"{"model":"chatbot"}"#.to_vec(), true)
+    );
+
+    // protocol_config wins over the flag.
+    let mut s = Stream::open(&mut c, buffered()).await;
+    s.headers(&[JSON], false).await;
+    assert!(matches!(s.recv().await, Response::RequestHeaders(_)));
+    s.body(br#"{"model":"chatbot"}"#, true).await;
+    let b = s.recv().await;
+    assert_eq!(
+        set_headers(&common(&b)),
+        [(MODEL.to_owned(), "chatbot".to_owned())]
+    );
+}
+
+#[tokio::test]
+async fn no_model_passes_without_routing_headers() {
+    let mut c = client().await;
+    let mut s = Stream::open(&mut c, full_duplex()).await;
+    s.headers(&[JSON, ("x-gateway-model-name", "spoof")], false)
+        .await;
+    s.body(br#"{"prompt":"test","messages":{"model":"nested"}}"#, true)
+        .await;
+    let hc = common(&s.recv().await);
+    assert!(set_headers(&hc).is_empty(), "{hc:?}");
+    assert_eq!(removed_headers(&hc), ["x-gateway-model-name"]);
+    let (body, eos) = streamed(&s.recv().await);
+    assert_eq!(body, br#"{"prompt":"test","messages":{"model":"nested"}}"#);
+    assert!(eos);
+}
+
+#[tokio::test]
+async fn non_string_model_is_rejected_with_the_error_contract() {
+    for mode in [full_duplex(), buffered()] {
+        let mut c = client().await;
+        let mut s = Stream::open(&mut c, mode).await;
+        s.headers(&[JSON], false).await;
+        if mode == buffered() {
+            assert!(matches!(s.recv().await, Response::RequestHeaders(_)));
+        }
+        s.body(br#"{"model":123,"prompt":"test"}"#, true).await;
+        let (status, body, headers) = immediate(&s.recv().await);
+        assert_eq!(status, 400);
+        assert_eq!(body["error"]["code"], "model_not_string");
+        assert_eq!(body["error"]["type"], "invalid_request_error");
+        assert_eq!(body["error"]["param"], "model");
+        assert!(headers.contains(&("content-type".to_owned(), "application/json".to_owned())));
+    }
+}
+
+#[tokio::test]
+async fn large_prompt_before_the_model_is_held_then_released_unchanged() {
+    let mut c = client().await;
+    let mut s = Stream::open(&mut c, full_duplex()).await;
+    s.headers(&[JSON], false).await;
+    let body = format!(
+        r#"{{"prompt":"{}","max_tokens":100,"model":"recommender"}}"#,
+        "a".repeat(70_000)
+    );
+    let chunks: Vec<&[u8]> = body.as_bytes().chunks(16 * 1024).collect();
+    for (i, chunk) in chunks.iter().enumerate() {
+        s.body(chunk, i + 1 == chunks.len()).await;
+    }
+    let hc = common(&s.recv().await);
+    assert_eq!(
+        set_headers(&hc),
+        [(MODEL.to_owned(), "recommender".to_owned())]
+    );
+    let mut echoed = Vec::new();
+    for i in 0..chunks.len() {
+        let (chunk, eos) = streamed(&s.recv().await);
+        assert_eq!(eos, i + 1 == chunks.len());
+        echoed.extend_from_slice(&chunk);
+    }
+    assert_eq!(echoed, body.as_bytes());
+}
+
+#[tokio::test]
+async fn large_buffered_body_fits_in_one_message() {
+    let mut c = client().await;
+    let mut s = Stream::open(&mut c, buffered()).await;
+    s.headers(&[JSON], false).await;
+    s.recv().await;
+    let body = format!(
+        r#"{{"prompt":"{}","model":"chatbot"}}"#,
+        "b".repeat(10 << 20)
+    );
+    s.body(body.as_bytes(), true).await;
+    let bc = common(&s.recv().await);
+    assert_eq!(set_headers(&bc), [(MODEL.to_owned(), "chatbot".to_owned())]);
+}
+
+#[tokio::test]
+async fn duplicate_model_after_the_headers_went_out_ends_with_an_immediate_response() {
+    let mut c = client().await;
+    let mut s = Stream::open(&mut c, full_duplex()).await;
+    s.headers(&[JSON], false).await;
+    s.body(br#"{"model":"chatbot","prompt":"x","#, false).await;
+    let hc = common(&s.recv().await);
+    assert_eq!(set_headers(&hc), [(MODEL.to_owned(), "chatbot".to_owned())]);
+    assert_eq!(
+        streamed(&s.recv().await).0,
+        br#"{"model":"chatbot","prompt":"x","#
+    );
+    s.body(br#""model":"recommender"}"#, true).await;
+    let (status, body, _) = immediate(&s.recv().await);
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["code"], "duplicate_model");
+}
+
+#[tokio::test]
+async fn duplicate_model_in_one_chunk_is_rejected_before_routing() {
+    let mut c = client().await;
+    let mut s = Stream::open(&mut c, full_duplex()).await;
+    s.headers(&[JSON], false).await;
+    s.body(br#"{"model":"a","model":"b"}"#, true).await;
+    let (status, body, _) = immediate(&s.recv().await);
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["code"], "duplicate_model");
+}
+
+#[tokio::test]
+async fn fast_policy_stops_scanning_after_the_model() {
+    let fast = BodyRoutingProcessor::builder()
+        .extractor(ExtractorConfig::new().policy(Policy::Fast))
+        .build();
+    let mut c = serve(fast).await;
+    let mut s = Stream::open(&mut c, full_duplex()).await;
+    s.headers(&[JSON], false).await;
+    s.body(br#"{"model":"a","#, false).await;
+    common(&s.recv().await);
+    streamed(&s.recv().await);
+    s.body(br#""model":"b" not json"#, true).await;
+    assert_eq!(
+        streamed(&s.recv().await),
+        (br#""model":"b" not json"#.to_vec(), true)
+    );
+}
+
+#[tokio::test]
+async fn invalid_json_after_the_decision_is_rejected() {
+    let mut c = client().await;
+    let mut s = Stream::open(&mut c, full_duplex()).await;
+    s.headers(&[JSON], false).await;
+    s.body(br#"{"model":"chatbot","#, false).await;
+    common(&s.recv().await);
+    streamed(&s.recv().await);
+    s.body(br#""max_tokens": }"#, true).await;
+    let (status, body, _) = immediate(&s.recv().await);
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["code"], "invalid_json");
+}
+
+#[tokio::test]
+async fn truncated_body_is_rejected_at_the_end() {
+    let mut c = client().await;
+    let mut s = Stream::open(&mut c, full_duplex()).await;
+    s.headers(&[JSON], false).await;
+    s.body(br#"{"model":"chatbot""#, false).await;
+    common(&s.recv().await);
+    streamed(&s.recv().await);
+    // The last chunk is not released: the body is incomplete.
+    s.body(b"", true).await;
+    let (status, body, _) = immediate(&s.recv().await);
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["code"], "invalid_json");
+}
+
+#[tokio::test]
+async fn trailers_end_the_body_and_come_last() {
+    let mut c = client().await;
+    // Decided before the trailers.
+    let mut s = Stream::open(&mut c, full_duplex()).await;
+    s.headers(&[JSON], false).await;
+    s.body(br#"{"model":"chatbot"}"#, false).await;
+    common(&s.recv().await);
+    assert_eq!(
+        streamed(&s.recv().await),
+        (br#"{"model":"chatbot"}"#.to_vec(), false)
+    );
+    s.trailers().await;
+    assert!(matches!(s.recv().await, Response::RequestTrailers(_)));
+
+    // Undecided until the trailers say the body is complete.
+    let mut s = Stream::open(&mut c, full_duplex()).await;
+    s.headers(&[JSON], false).await;
+    s.body(br#"{"prompt":"x"}"#, false).await;
+    s.trailers().await;
+    let hc = common(&s.recv().await);
+    assert!(set_headers(&hc).is_empty());
+    assert_eq!(
+        streamed(&s.recv().await),
+        (br#"{"prompt":"x"}"#.to_vec(), false)
+    );
+    assert!(matches!(s.recv().await, Response::RequestTrailers(_)));
+
+    // A body cut short before its trailers is refused.
+    let mut s = Stream::open(&mut c, full_duplex()).await;
+    s.headers(&[JSON], false).await;
+    s.body(br#"{"prompt":"x""#, false).await;
+    s.trailers().await;
+    let (status, _, _) = immediate(&s.recv().await);
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn header_only_requests_are_answered_at_once() {
+    for mode in [full_duplex(), buffered(), None] {
+        let mut c = client().await;
+        let mut s = Stream::open(&mut c, mode).await;
+        s.headers(
+            &[(":method", "GET"), ("x-gateway-base-model-name", "spoof")],
+            true,
+        )
+        .await;
+        let h = s.recv().await;
+        assert!(matches!(h, Response::RequestHeaders(_)), "{h:?}");
+        let hc = common(&h);
+        assert_eq!(removed_headers(&hc), ["x-gateway-base-model-name"]);
+        assert!(set_headers(&hc).is_empty());
+    }
+}
+
+#[tokio::test]
+async fn response_events_are_answered_at_once() {
+    let mut c = client().await;
+    let mut s = Stream::open(
+        &mut c,
+        Some(protocol(
+            BodySendMode::FullDuplexStreamed,
+            BodySendMode::FullDuplexStreamed,
+        )),
+    )
+    .await;
+    s.send(Request::ResponseHeaders(HttpHeaders::default()))
+        .await;
+    assert!(matches!(s.recv().await, Response::ResponseHeaders(_)));
+    s.send(Request::ResponseBody(HttpBody {
+        body: b"data: {\"x\":1}\n\n".to_vec(),
+        ..Default::default()
+    }))
+    .await;
+    let r = s.recv().await;
+    assert!(matches!(r, Response::ResponseBody(_)));
+    assert_eq!(streamed(&r), (b"data: {\"x\":1}\n\n".to_vec(), false));
+    s.send(Request::ResponseBody(HttpBody {
+        body: b"data: [DONE]\n\n".to_vec(),
+        end_of_stream: true,
+        ..Default::default()
+    }))
+    .await;
+    assert_eq!(
+        streamed(&s.recv().await),
+        (b"data: [DONE]\n\n".to_vec(), true)
+    );
+    s.send(Request::ResponseTrailers(HttpTrailers::default()))
+        .await;
+    assert!(matches!(s.recv().await, Response::ResponseTrailers(_)));
+
+    // Without a streamed response mode, body events get a plain answer.
+    let mut s = Stream::open(&mut c, buffered()).await;
+    s.send(Request::ResponseBody(HttpBody {
+        body: b"{}".to_vec(),
+        end_of_stream: true,
+        ..Default::default()
+    }))
+    .await;
+    let r = s.recv().await;
+    assert!(matches!(r, Response::ResponseBody(_)));
+    assert!(common(&r).body_mutation.is_none());
+}
+
+#[tokio::test]
+async fn unsupported_content_type_is_415() {
+    let mut c = client().await;
+    let mut s = Stream::open(&mut c, full_duplex()).await;
+    s.headers(&[("content-type", "text/plain")], false).await;
+    let (status, body, _) = immediate(&s.recv().await);
+    assert_eq!(status, 415);
+    assert_eq!(body["error"]["code"], "unsupported_content_type");
+}
+
+#[tokio::test]
+async fn too_large_before_the_decision_is_413() {
+    let small = BodyRoutingProcessor::builder()
+        .extractor(ExtractorConfig::new().max_body(1024))
+        .build();
+    let mut c = serve(small).await;
+    let mut s = Stream::open(&mut c, full_duplex()).await;
+    s.headers(&[JSON], false).await;
+    let body = format!(r#"{{"prompt":"{}","model":"m"}}"#, "x".repeat(4096));
+    s.body(body.as_bytes(), true).await;
+    let (status, body, _) = immediate(&s.recv().await);
+    assert_eq!(status, 413);
+    assert_eq!(body["error"]["code"], "too_large");
+}
+
+#[tokio::test]
+async fn streamed_mode_answers_headers_at_once_and_every_chunk_in_order() {
+    let mut c = client().await;
+    let mut s = Stream::open(
+        &mut c,
+        Some(protocol(BodySendMode::Streamed, BodySendMode::None)),
+    )
+    .await;
+    s.headers(&[JSON], false).await;
+    assert!(matches!(s.recv().await, Response::RequestHeaders(_)));
+    s.body(br#"{"prompt":"x","#, false).await;
+    s.body(br#""model":"chatbot"}"#, true).await;
+    let first = common(&s.recv().await);
+    assert_eq!(
+        set_headers(&first),
+        [(MODEL.to_owned(), "chatbot".to_owned())]
+    );
+    let second = s.recv().await;
+    assert!(matches!(second, Response::RequestBody(_)));
+}
+
+#[tokio::test]
+async fn observability_mode_gets_no_answers() {
+    let mut c = client().await;
+    let mut s = Stream::open(&mut c, full_duplex()).await;
+    let mut headers = bbr_extproc::pb::ProcessingRequest {
+        request: Some(Request::RequestHeaders(http_headers(&[JSON], false))),
+        observability_mode: true,
+        ..Default::default()
+    };
+    headers.protocol_config = full_duplex();
+    s.send_raw(headers).await;
+    s.send_raw(bbr_extproc::pb::ProcessingRequest {
+        request: Some(Request::RequestBody(HttpBody {
+            body: br#"{"model":"a"}"#.to_vec(),
+            end_of_stream: true,
+            ..Default::default()
+        })),
+        observability_mode: true,
+        ..Default::default()
+    })
+    .await;
+    s.close();
+    assert!(s.ends().await, "no response expected in observability mode");
+}
