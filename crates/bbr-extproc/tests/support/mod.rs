@@ -1,6 +1,8 @@
 //! Shared helpers of the integration tests.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+pub mod envoy;
+pub mod http;
 pub mod upstream;
 
 use std::time::Duration;

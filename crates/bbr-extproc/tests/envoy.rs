@@ -1,0 +1,325 @@
+//! End to end through a real Envoy: client → Envoy (ext_proc filter) →
+//! bbr-extproc → Envoy's router → the simulated pool the model names.
+
+mod support;
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    process::{Child, Command, Stdio},
+};
+
+use bbr_extproc::{BodyRoutingProcessor, serve::self_signed_identity};
+use support::{
+    envoy::{self, Envoy, Ports},
+    http::{self, Reply},
+    upstream::{Pool, body_hash},
+};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Server, ServerTlsConfig};
+
+const CHAT: &str = r#"{"model":"chatbot","messages":[{"role":"user","content":"What is the color of the sky?"}],"max_tokens":100,"temperature":0}"#;
+const COMPLETION: &str = r#"{"model":"recommender","prompt":"Give me restaurant recommendations in Paris","max_tokens":100,"temperature":0}"#;
+
+/// The two pools, Envoy, and whatever serves ext_proc.
+struct Scene {
+    gemma3: Pool,
+    deepseek: Pool,
+    envoy: Envoy,
+    _server: Option<ServerProcess>,
+    metrics: Option<SocketAddr>,
+    health: Option<SocketAddr>,
+}
+
+/// `bbr-extproc` started as a process, killed on drop.
+struct ServerProcess(Child);
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Serves `processor` over TLS (self-signed, as the binary does) on 127.0.0.1:0.
+async fn serve_tls(processor: BodyRoutingProcessor) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let tls = ServerTlsConfig::new().identity(self_signed_identity().unwrap());
+    tokio::spawn(
+        Server::builder()
+            .tls_config(tls)
+            .unwrap()
+            .add_service(processor.into_server())
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    port
+}
+
+async fn scene(template: &str, processor: BodyRoutingProcessor) -> Scene {
+    let gemma3 = Pool::start("gemma3").await;
+    let deepseek = Pool::start("deepseek-r1").await;
+    let bbr = serve_tls(processor).await;
+    let ports = Ports {
+        bbr,
+        gemma3: gemma3.addr.port(),
+        deepseek: deepseek.addr.port(),
+    };
+    let envoy = Envoy::start(&envoy::config(template, &ports)).await;
+    Scene {
+        gemma3,
+        deepseek,
+        envoy,
+        _server: None,
+        metrics: None,
+        health: None,
+    }
+}
+
+/// Starts the `bbr-extproc` binary on free ports and reads them from its
+/// first line of output.
+fn start_binary(args: &[&str]) -> (ServerProcess, SocketAddr, SocketAddr, SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bbr-extproc"))
+        .args([
+            "--address",
+            "127.0.0.1",
+            "--grpc-port",
+            "0",
+            "--grpc-health-port",
+            "0",
+            "--metrics-port",
+            "0",
+        ])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("cannot start bbr-extproc");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let process = ServerProcess(child);
+    let addr = |key: &str| -> SocketAddr {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+    };
+    let (grpc, health, metrics) = (addr("grpc="), addr("grpc-health="), addr("metrics="));
+    (process, grpc, health, metrics)
+}
+
+async fn scene_binary(template: &str, args: &[&str]) -> Scene {
+    let gemma3 = Pool::start("gemma3").await;
+    let deepseek = Pool::start("deepseek-r1").await;
+    let (process, grpc, health, metrics) = start_binary(args);
+    let ports = Ports {
+        bbr: grpc.port(),
+        gemma3: gemma3.addr.port(),
+        deepseek: deepseek.addr.port(),
+    };
+    let envoy = Envoy::start(&envoy::config(template, &ports)).await;
+    Scene {
+        gemma3,
+        deepseek,
+        envoy,
+        _server: Some(process),
+        metrics: Some(metrics),
+        health: Some(health),
+    }
+}
+
+impl Scene {
+    async fn post(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<bytes::Bytes>,
+    ) -> Reply {
+        http::post(self.envoy.addr(), path, headers, body).await
+    }
+
+    fn seen(&self) -> usize {
+        self.gemma3.seen().len() + self.deepseek.seen().len()
+    }
+}
+
+/// The two requests of the demo reach the pool their model names, with
+/// the body unchanged.
+async fn seed_requests_route(s: &Scene) {
+    let r = s.post("/v1/chat/completions", &[], CHAT).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("x-inference-pool"), Some("gemma3"));
+    assert_eq!(r.json()["model"], "chatbot");
+    let seen = s.gemma3.seen();
+    let last = seen.last().unwrap();
+    assert_eq!(last.headers.get("x-gateway-model-name").unwrap(), "chatbot");
+    assert_eq!(last.body_hash, body_hash(CHAT.as_bytes()));
+
+    let r = s.post("/v1/completions", &[], COMPLETION).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("x-inference-pool"), Some("deepseek-r1"));
+    let seen = s.deepseek.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].path, "/v1/completions");
+    assert_eq!(seen[0].body_hash, body_hash(COMPLETION.as_bytes()));
+}
+
+/// A client naming the other pool in the routing header is routed on its body.
+async fn spoofed_header_is_stripped(s: &Scene) {
+    let before = s.deepseek.seen().len();
+    let r = s
+        .post(
+            "/v1/chat/completions",
+            &[
+                ("x-gateway-model-name", "recommender"),
+                ("x-gateway-base-model-name", "evil"),
+            ],
+            CHAT,
+        )
+        .await;
+    assert_eq!(r.header("x-inference-pool"), Some("gemma3"), "{r:?}");
+    assert_eq!(s.deepseek.seen().len(), before);
+    let seen = s.gemma3.seen();
+    let last = seen.last().unwrap();
+    let models: Vec<_> = last
+        .headers
+        .get_all("x-gateway-model-name")
+        .iter()
+        .collect();
+    assert_eq!(models, ["chatbot"]);
+    assert!(last.headers.get("x-gateway-base-model-name").is_none());
+}
+
+/// Invalid bodies get the error contract's status and JSON through Envoy,
+/// and never reach a pool.
+async fn invalid_bodies_get_the_json_error(s: &Scene) {
+    let before = s.seen();
+    let cases: [(&[(&str, &str)], &str, u16, &str); 4] = [
+        (
+            &[],
+            r#"{"model":123,"prompt":"x"}"#,
+            400,
+            "model_not_string",
+        ),
+        (
+            &[],
+            r#"{"model":"chatbot","prompt":"x",}"#,
+            400,
+            "invalid_json",
+        ),
+        (
+            &[],
+            r#"{"model":"chatbot","model":"recommender"}"#,
+            400,
+            "duplicate_model",
+        ),
+        (
+            &[("content-type", "text/plain")],
+            "model=chatbot",
+            415,
+            "unsupported_content_type",
+        ),
+    ];
+    for (headers, body, status, code) in cases {
+        let r = s.post("/v1/completions", headers, body.to_owned()).await;
+        assert_eq!(r.status, status, "{body}: {r:?}");
+        assert_eq!(r.header("content-type"), Some("application/json"), "{r:?}");
+        let json = r.json();
+        assert_eq!(json["error"]["code"], code, "{json}");
+        assert_eq!(json["error"]["type"], "invalid_request_error");
+    }
+    assert_eq!(s.seen(), before, "a rejected body reached a pool");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_full_duplex_routes_seed_requests_strips_spoofs_and_rejects_bad_bodies() {
+    let s = scene_binary("envoy-full-duplex.yaml", &["--streaming", "-v", "1"]).await;
+    seed_requests_route(&s).await;
+    spoofed_header_is_stripped(&s).await;
+    invalid_bodies_get_the_json_error(&s).await;
+
+    // A body without a model passes unrouted: Envoy's fallback route answers.
+    let r = s.post("/v1/completions", &[], r#"{"prompt":"x"}"#).await;
+    assert_eq!(r.status, 404);
+    assert_eq!(&r.body[..], b"no route for this model\n");
+
+    let metrics = http::get(s.metrics.unwrap(), "/metrics").await.unwrap();
+    let text = String::from_utf8_lossy(&metrics.body);
+    for name in [
+        "bbr_success_total 3",
+        "bbr_model_not_in_body_total 1",
+        "bbr_model_not_parsed_total 1",
+        "bbr_rejected_total{reason=\"duplicate_model\"} 1",
+        "bbr_decision_duration_seconds_bucket",
+    ] {
+        assert!(text.contains(name), "{name} missing from\n{text}");
+    }
+
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", s.health.unwrap()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    for service in ["", bbr_extproc::SERVICE_NAME] {
+        let status = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.to_owned(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        assert_eq!(
+            status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buffered_routes_seed_requests_and_rejects_bad_bodies() {
+    let s = scene(
+        "envoy-buffered.yaml",
+        BodyRoutingProcessor::builder().build(),
+    )
+    .await;
+    seed_requests_route(&s).await;
+    spoofed_header_is_stripped(&s).await;
+    invalid_bodies_get_the_json_error(&s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_duplex_routes_a_10_mib_body() {
+    let s = scene(
+        "envoy-full-duplex.yaml",
+        BodyRoutingProcessor::builder().build(),
+    )
+    .await;
+    let body = format!(
+        r#"{{"messages":[{{"role":"user","content":"{}"}}],"model":"recommender","max_tokens":1}}"#,
+        "y".repeat(10 << 20)
+    );
+    let r = s.post("/v1/chat/completions", &[], body.clone()).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.header("x-inference-pool"), Some("deepseek-r1"));
+    let seen = s.deepseek.seen();
+    assert_eq!(seen[0].body_len, body.len());
+    assert_eq!(seen[0].body_hash, body_hash(body.as_bytes()));
+}
+
+/// The control: without `clear_route_cache` Envoy keeps the route it chose
+/// on the client's headers, and the same request is not routed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routing_fails_without_clear_route_cache() {
+    let processor = BodyRoutingProcessor::builder()
+        .clear_route_cache(false)
+        .build();
+    let s = scene("envoy-full-duplex.yaml", processor).await;
+    let r = s.post("/v1/chat/completions", &[], CHAT).await;
+    assert_eq!(r.status, 404, "{r:?}");
+    assert_eq!(s.seen(), 0);
+}
