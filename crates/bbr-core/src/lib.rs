@@ -10,6 +10,8 @@
 //!   from a content type.
 //! - [`PathTemplate`]: the model named in the URL path.
 //! - [`rewrite`]: zero-copy splice of a new model into the body.
+//! - [`rules`]: the compiled rule table (model → pool, criticality,
+//!   weighted rewrite, LoRA base models) and its atomic reload.
 //! - [`Error`], [`ErrorKind`]: the error taxonomy and its HTTP answers.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -22,6 +24,7 @@ mod json;
 mod multipart;
 mod path;
 pub mod rewrite;
+pub mod rules;
 mod scan;
 
 pub use body::BodyExtractor;

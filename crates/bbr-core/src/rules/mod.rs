@@ -1,0 +1,409 @@
+//! The rule table: model → pool, criticality or priority, weighted model
+//! rewrite, LoRA adapter → base model, and the headers a decision sets.
+//!
+//! A [`RuleTable`] is compiled once from a YAML or JSON file (schema in
+//! `docs/rules.md`) and is then immutable; [`SharedRules`] swaps a new one
+//! in atomically while requests keep reading the old one.
+//!
+//! Precedence, first hit wins: exact match (hash map) → longest prefix →
+//! globs in file order → regular expressions in file order → `default`.
+//! Exact and prefix lookups do not slow down as rules are added; globs and
+//! regexes are each matched in one pass of a compiled set.
+//!
+//! ```
+//! use bbr_core::rules::{Criticality, RuleTable};
+//!
+//! let table = RuleTable::from_yaml(r#"
+//! rules:
+//!   - name: chatbot
+//!     match: { model: { exact: chatbot } }
+//!     pool: gemma3
+//!     criticality: Critical
+//!   - name: llamas
+//!     match: { model: { prefix: "llama-" } }
+//!     pool: llama
+//! default: { action: reject }
+//! "#).unwrap();
+//!
+//! let decision = table.decide("chatbot", None).unwrap().unwrap();
+//! assert_eq!(decision.pool(), Some("gemma3"));
+//! assert_eq!(decision.criticality(), Some(Criticality::Critical));
+//! let headers: Vec<(&str, &str)> = decision
+//!     .headers()
+//!     .iter()
+//!     .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
+//!     .collect();
+//! assert_eq!(headers, [("x-gateway-model-name", "chatbot"), ("x-gateway-inference-pool", "gemma3")]);
+//!
+//! assert_eq!(table.decide("llama-3-8b", None).unwrap().unwrap().rule(), Some("llamas"));
+//! let err = table.decide("gpt-4", None).unwrap_err();
+//! assert_eq!(err.kind(), bbr_core::ErrorKind::ModelNotFound);
+//! ```
+
+mod compile;
+mod error;
+mod glob;
+mod matcher;
+mod pick;
+mod rewrite;
+mod schema;
+mod shared;
+#[cfg(test)]
+mod tests;
+
+use std::{collections::HashMap, fmt, path::Path, sync::Arc};
+
+use http::{HeaderName, HeaderValue};
+
+use crate::{Error, ErrorKind};
+
+use compile::{BaseModel, Class, Fallback, Route};
+use matcher::Matcher;
+use pick::{Rng, stable_hash};
+
+pub use compile::RuleTableBuilder;
+pub use error::ConfigError;
+pub use rewrite::{RewrittenBody, rewrite_body};
+pub use shared::SharedRules;
+
+/// The header carrying the model as the client sent it.
+pub const MODEL_NAME_HEADER: &str = "x-gateway-model-name";
+/// The header carrying the base model of a LoRA adapter (or of a base model: itself).
+pub const BASE_MODEL_HEADER: &str = "x-gateway-base-model-name";
+/// The header carrying the pool a rule names.
+pub const POOL_HEADER: &str = "x-gateway-inference-pool";
+
+/// How a pool's scheduler treats a request under load (the InferenceModel
+/// / InferenceObjective criticality).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Criticality {
+    /// Served first, shed last.
+    Critical,
+    /// The default.
+    Standard,
+    /// Shed first when the pool is saturated.
+    Sheddable,
+}
+
+impl Criticality {
+    /// `"Critical"`, `"Standard"` or `"Sheddable"`, as written in the configuration.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Criticality::Critical => "Critical",
+            Criticality::Standard => "Standard",
+            Criticality::Sheddable => "Sheddable",
+        }
+    }
+}
+
+impl fmt::Display for Criticality {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a request goes: the outcome of [`RuleTable::decide`].
+#[derive(Clone, Debug)]
+pub struct RouteDecision {
+    route: Arc<Route>,
+    original: Box<str>,
+    /// The rewrite target, when it differs from the original.
+    target: Option<Arc<str>>,
+    base_model: Option<Arc<str>>,
+    headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl RouteDecision {
+    /// The name of the rule that matched; `None` when the table's default
+    /// (or the no-rules behaviour) decided.
+    pub fn rule(&self) -> Option<&str> {
+        self.route.name.as_deref()
+    }
+
+    /// The pool (InferencePool, backend) the request goes to, when named.
+    pub fn pool(&self) -> Option<&str> {
+        self.route.pool.as_ref().map(|(name, _)| &**name)
+    }
+
+    /// The criticality, unless the route gives a [`priority`](Self::priority)
+    /// instead. Rules without either are [`Criticality::Standard`].
+    pub fn criticality(&self) -> Option<Criticality> {
+        match self.route.class {
+            Some(Class::Criticality(c)) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// The integer priority, when the route gives one instead of a criticality.
+    pub fn priority(&self) -> Option<i32> {
+        match self.route.class {
+            Some(Class::Priority(p)) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// The model to send upstream: the rewrite target, or the original.
+    pub fn model(&self) -> &str {
+        self.target.as_deref().unwrap_or(&self.original)
+    }
+
+    /// The model as the client sent it.
+    pub fn original_model(&self) -> &str {
+        &self.original
+    }
+
+    /// Whether the body must be rewritten ([`model`](Self::model) differs
+    /// from [`original_model`](Self::original_model)); see [`rewrite_body`].
+    pub fn is_rewrite(&self) -> bool {
+        self.target.is_some()
+    }
+
+    /// The base model of the model sent upstream: its base when it is a
+    /// LoRA adapter, itself when it is a base model, `None` when unknown.
+    pub fn base_model(&self) -> Option<&str> {
+        self.base_model.as_deref()
+    }
+
+    /// Every header to set, in order: `x-gateway-model-name` (the original
+    /// model), `x-gateway-base-model-name` (when known),
+    /// `x-gateway-inference-pool` (when a pool is named), then the rule's
+    /// `set_headers`. Adapters remove [`RuleTable::managed_headers`] from
+    /// the request before setting these.
+    pub fn headers(&self) -> &[(HeaderName, HeaderValue)] {
+        &self.headers
+    }
+}
+
+/// A compiled, immutable rule table. `Send + Sync`; share it in an `Arc`
+/// or a [`SharedRules`].
+pub struct RuleTable {
+    routes: Vec<Arc<Route>>,
+    matcher: Matcher,
+    base_models: HashMap<Box<str>, Arc<BaseModel>>,
+    fallback: Fallback,
+    managed: Box<[HeaderName]>,
+    rng: Rng,
+    model_header: HeaderName,
+    base_header: HeaderName,
+    pool_header: HeaderName,
+}
+
+impl RuleTable {
+    pub(crate) fn from_parts(
+        routes: Vec<Arc<Route>>,
+        matcher: Matcher,
+        base_models: HashMap<Box<str>, Arc<BaseModel>>,
+        fallback: Fallback,
+        managed: Box<[HeaderName]>,
+        rng: Rng,
+    ) -> RuleTable {
+        RuleTable {
+            routes,
+            matcher,
+            base_models,
+            fallback,
+            managed,
+            rng,
+            model_header: HeaderName::from_static(MODEL_NAME_HEADER),
+            base_header: HeaderName::from_static(BASE_MODEL_HEADER),
+            pool_header: HeaderName::from_static(POOL_HEADER),
+        }
+    }
+
+    /// A table with no rules, behaving as the Go body-based router: every
+    /// model is routed, with the model copied to `x-gateway-model-name`
+    /// and no pool.
+    ///
+    /// ```
+    /// use bbr_core::rules::RuleTable;
+    ///
+    /// let decision = RuleTable::empty().decide("any-model", None).unwrap().unwrap();
+    /// assert_eq!(decision.pool(), None);
+    /// assert_eq!(decision.headers()[0].1, "any-model");
+    /// ```
+    pub fn empty() -> RuleTable {
+        let mut managed =
+            [MODEL_NAME_HEADER, BASE_MODEL_HEADER, POOL_HEADER].map(HeaderName::from_static);
+        managed.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+        RuleTable::from_parts(
+            Vec::new(),
+            Matcher::default(),
+            HashMap::new(),
+            Fallback::Route(Arc::new(Route::default())),
+            managed.into(),
+            Rng::from_entropy(),
+        )
+    }
+
+    /// A builder, to combine a rules file with Go router ConfigMaps or to seed the weighted choice.
+    pub fn builder() -> RuleTableBuilder {
+        RuleTableBuilder::new()
+    }
+
+    /// Loads a rules file: JSON when its name ends in `.json`, YAML
+    /// otherwise (`.yaml`, `.yml`, or a mounted ConfigMap key).
+    pub fn from_path(path: &Path) -> Result<RuleTable, ConfigError> {
+        RuleTableBuilder::new().rules_path(path).build()
+    }
+
+    /// Compiles a rules configuration written in YAML.
+    pub fn from_yaml(text: &str) -> Result<RuleTable, ConfigError> {
+        RuleTableBuilder::new().rules_yaml(text).build()
+    }
+
+    /// Compiles a rules configuration written in JSON.
+    pub fn from_json(text: &str) -> Result<RuleTable, ConfigError> {
+        RuleTableBuilder::new().rules_json(text).build()
+    }
+
+    /// The same table with its random choice among weighted targets seeded
+    /// (requests with a request key are not affected: they hash).
+    pub fn with_seed(mut self, seed: u64) -> RuleTable {
+        self.rng = Rng::seeded(seed);
+        self
+    }
+
+    /// Decides where a request for `model` goes.
+    ///
+    /// `request_key` (for example the `x-request-id` header) makes the
+    /// choice among weighted targets stable: the same key always gets the
+    /// same target, on every replica. Without it the choice is random.
+    ///
+    /// - `Ok(Some(decision))`: route.
+    /// - `Ok(None)`: no rule matched and the default is `pass`: forward the
+    ///   request unchanged, with no routing headers.
+    /// - `Err(e)`: [`ErrorKind::ModelNotFound`] when no rule matched and the
+    ///   default rejects; [`ErrorKind::InvalidModel`] when `model` is empty
+    ///   or holds a control character (it could not be sent in a header).
+    pub fn decide(
+        &self,
+        model: &str,
+        request_key: Option<&[u8]>,
+    ) -> Result<Option<RouteDecision>, Error> {
+        let Some(model_value) = header_value(model) else {
+            return Err(invalid_model(model));
+        };
+        let route = match self.matcher.find(model) {
+            Some((rule, _)) => match self.routes.get(rule as usize) {
+                Some(route) => route,
+                None => return Err(not_found(model)),
+            },
+            None => match &self.fallback {
+                Fallback::Reject => return Err(not_found(model)),
+                Fallback::Pass => return Ok(None),
+                Fallback::Route(route) => route,
+            },
+        };
+        let (target, base) = match &route.targets {
+            Some(targets) => {
+                let draw = match request_key {
+                    Some(key) => stable_hash(key),
+                    None => self.rng.next_u64(),
+                };
+                let chosen = targets
+                    .targets
+                    .get(targets.weights.pick(draw))
+                    .ok_or_else(|| not_found(model))?;
+                if *chosen.model == *model {
+                    (None, self.base_models.get(model).cloned())
+                } else {
+                    (Some(Arc::clone(&chosen.model)), chosen.base.clone())
+                }
+            }
+            None => (None, self.base_models.get(model).cloned()),
+        };
+        let mut headers = Vec::with_capacity(3 + route.set_headers.len());
+        headers.push((self.model_header.clone(), model_value));
+        if let Some(base) = &base {
+            headers.push((self.base_header.clone(), base.value.clone()));
+        }
+        if let Some((_, pool)) = &route.pool {
+            headers.push((self.pool_header.clone(), pool.clone()));
+        }
+        headers.extend(route.set_headers.iter().cloned());
+        Ok(Some(RouteDecision {
+            route: Arc::clone(route),
+            original: model.into(),
+            target,
+            base_model: base.map(|b| Arc::clone(&b.name)),
+            headers,
+        }))
+    }
+
+    /// Every header name a decision of this table can set, sorted: the
+    /// three `x-gateway-*` headers and every `set_headers` name. Adapters
+    /// remove these from every incoming request, also when no model is
+    /// found, so that a client cannot spoof them.
+    pub fn managed_headers(&self) -> &[HeaderName] {
+        &self.managed
+    }
+
+    /// The base model of `model`: its base when it is a known LoRA
+    /// adapter, itself when it is a known base model, `None` otherwise.
+    pub fn base_model(&self, model: &str) -> Option<&str> {
+        self.base_models.get(model).map(|b| &*b.name)
+    }
+
+    /// The number of rules (not counting the default).
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    /// Whether the table has no rules.
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+}
+
+impl Default for RuleTable {
+    fn default() -> Self {
+        RuleTable::empty()
+    }
+}
+
+impl fmt::Debug for RuleTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let default = match &self.fallback {
+            Fallback::Reject => "reject",
+            Fallback::Pass => "pass",
+            Fallback::Route(_) => "route",
+        };
+        f.debug_struct("RuleTable")
+            .field("rules", &self.routes.len())
+            .field("exact", &self.matcher.exact.len())
+            .field("prefix", &self.matcher.prefix.len())
+            .field("glob", &self.matcher.glob.as_ref().map_or(0, |g| g.len()))
+            .field("regex", &self.matcher.regex.as_ref().map_or(0, |r| r.len()))
+            .field("base_models", &self.base_models.len())
+            .field("default", &default)
+            .finish()
+    }
+}
+
+/// The header value for `model`, or `None` when it cannot be one.
+fn header_value(model: &str) -> Option<HeaderValue> {
+    if model.is_empty() || model.chars().any(char::is_control) {
+        return None;
+    }
+    HeaderValue::from_str(model).ok()
+}
+
+#[cold]
+fn invalid_model(model: &str) -> Error {
+    let reason = if model.is_empty() {
+        "model is empty"
+    } else {
+        "model holds a control character"
+    };
+    Error::with_excerpt(ErrorKind::InvalidModel, 0, reason, model.as_bytes())
+}
+
+#[cold]
+fn not_found(model: &str) -> Error {
+    Error::with_excerpt(
+        ErrorKind::ModelNotFound,
+        0,
+        "no rule matches the model",
+        model.as_bytes(),
+    )
+}
