@@ -135,20 +135,27 @@ pub struct ModelExtractor {
     base: u64,
     /// Nesting depth; 0 outside the top-level object.
     depth: u32,
-    /// Bit `d - 1` is set when level `d` is an array.
+    /// The nesting stack as a shift register: bit 0 is set when the
+    /// innermost open container is an array, bit 1 for the one around it…
     arrays: u128,
     /// What the string being read is.
     kind: StrKind,
     /// What the next value at depth 1 is (set by its key).
     role: Role,
-    /// Whether string bytes are being copied into `buf`.
+    /// Whether the string being read is captured (a top-level key, the
+    /// model, a requested field).
     capturing: bool,
-    /// The string (or number) being captured: a top-level key, the model, a field.
+    /// Where the captured string's content starts in the current chunk,
+    /// while it is not `spilled`.
+    cap_from: usize,
+    /// Whether the captured string is being copied into `buf`: only once it
+    /// has an escape or crosses a chunk boundary. Until then it is a slice
+    /// of the chunk, skipped as fast as any other string and never copied.
+    spilled: bool,
+    /// A spilled string (unescaped), or a requested field's number.
     buf: Vec<u8>,
-    /// The captured string overflowed its limit.
+    /// The spilled string overflowed its limit.
     overflow: bool,
-    /// The captured string had an escape (so it cannot be borrowed).
-    escaped: bool,
     /// Offset where the current string token or UTF-8 sequence started.
     token_start: u64,
     /// Offset of the lead byte of the UTF-8 sequence being read.
@@ -183,9 +190,10 @@ impl ModelExtractor {
             kind: StrKind::Value,
             role: Role::None,
             capturing: false,
+            cap_from: 0,
+            spilled: false,
             buf: Vec::new(),
             overflow: false,
-            escaped: false,
             token_start: 0,
             utf8_start: 0,
             model: None,
@@ -328,13 +336,36 @@ impl ModelExtractor {
         let base = self.base;
         let mut i = from;
         let fast = self.config.get_policy() == Policy::Fast;
+        // Where the block path may be tried again.
+        let mut blocks_from = from;
         while i < buf.len() {
             if fast && self.extraction.is_some() {
                 break;
             }
+            if i >= blocks_from
+                && self.depth >= 2
+                && buf.len() - i >= 64
+                && matches!(
+                    self.state,
+                    State::Value
+                        | State::ArrayFirst
+                        | State::ObjectFirst
+                        | State::Key
+                        | State::Colon
+                        | State::AfterValue
+                )
+            {
+                let (next, exit) = self.blocks(buf, i);
+                blocks_from = match exit {
+                    blocks::Exit::Room => usize::MAX,
+                    blocks::Exit::Anomaly => next + 64,
+                };
+                i = next;
+                continue;
+            }
             match self.state {
                 State::Str(Str::Plain) => {
-                    if !self.capturing {
+                    if !self.spilled {
                         i += scan::find_string_special(&buf[i..]);
                         if i == buf.len() {
                             break;
@@ -347,7 +378,7 @@ impl ModelExtractor {
                             i += 1;
                         }
                         b'\\' => {
-                            self.escaped = true;
+                            self.spill(&buf[..i]);
                             self.state = State::Str(Str::Escape);
                             i += 1;
                         }
@@ -371,7 +402,7 @@ impl ModelExtractor {
                         i += 1;
                         continue;
                     }
-                    self.begin_value(b, base + i as u64)?;
+                    self.begin_value(b, base + i as u64, i)?;
                     i += 1;
                 }
                 State::ObjectFirst | State::Key => {
@@ -387,6 +418,7 @@ impl ModelExtractor {
                                     StrKind::Key
                                 },
                                 base + i as u64 - 1,
+                                i,
                             );
                         }
                         b'}' if self.state == State::ObjectFirst => {
@@ -471,12 +503,28 @@ impl ModelExtractor {
                 }
             }
         }
+        // A captured string that goes on in the next chunk is copied now:
+        // the chunk is not kept.
+        if matches!(self.state, State::Str(_)) {
+            self.spill(buf);
+        }
         self.scanned = base + i as u64;
         Ok(())
     }
 
-    /// Starts the value whose first byte is `b` (not whitespace), at `at`.
-    fn begin_value(&mut self, b: u8, at: u64) -> Result<(), Error> {
+    /// Starts copying the captured string, if it is one and not copied yet:
+    /// `upto` ends where the string has been read to in the current chunk.
+    fn spill(&mut self, upto: &[u8]) {
+        if self.capturing && !self.spilled {
+            self.spilled = true;
+            let from = self.cap_from.min(upto.len());
+            self.push_slice(&upto[from..]);
+        }
+    }
+
+    /// Starts the value whose first byte is `b` (not whitespace), at `at`
+    /// (`i` in the current chunk).
+    fn begin_value(&mut self, b: u8, at: u64, i: usize) -> Result<(), Error> {
         let state = self.state;
         let role = std::mem::replace(&mut self.role, Role::None);
         if state == State::Start {
@@ -503,7 +551,7 @@ impl ModelExtractor {
                     Role::Field(n) => StrKind::Field(n),
                     Role::None => StrKind::Value,
                 };
-                self.begin_string(kind, at);
+                self.begin_string(kind, at, i + 1);
                 Ok(())
             }
             b'{' | b'[' => {
@@ -547,12 +595,15 @@ impl ModelExtractor {
         }
     }
 
-    fn begin_string(&mut self, kind: StrKind, at: u64) {
+    /// Starts a string token at offset `at`, its content at `content` in
+    /// the current chunk.
+    fn begin_string(&mut self, kind: StrKind, at: u64, content: usize) {
         self.kind = kind;
         self.capturing = !matches!(kind, StrKind::Key | StrKind::Value);
+        self.cap_from = content;
+        self.spilled = false;
         self.buf.clear();
         self.overflow = false;
-        self.escaped = false;
         self.token_start = at;
         self.state = State::Str(Str::Plain);
     }
@@ -562,11 +613,7 @@ impl ModelExtractor {
         if self.depth as usize >= self.config.get_max_depth() {
             return Err(self.syntax(at, "nesting is too deep"));
         }
-        if array {
-            self.arrays |= 1u128 << self.depth;
-        } else {
-            self.arrays &= !(1u128 << self.depth);
-        }
+        self.arrays = (self.arrays << 1) | array as u128;
         self.depth += 1;
         self.state = if array {
             State::ArrayFirst
@@ -579,6 +626,7 @@ impl ModelExtractor {
     /// Closes the current container; `after` is the offset just past the bracket.
     fn close(&mut self, after: u64) -> Result<(), Error> {
         self.depth -= 1;
+        self.arrays >>= 1;
         if self.depth == 0 {
             self.state = State::Done;
             if self.extraction.is_none() {
@@ -592,7 +640,7 @@ impl ModelExtractor {
 
     #[inline]
     fn in_array(&self) -> bool {
-        self.depth > 0 && self.arrays & (1u128 << (self.depth - 1)) != 0
+        self.depth > 0 && self.arrays & 1 != 0
     }
 
     fn after_value(&mut self, after: u64) {
@@ -633,7 +681,7 @@ impl ModelExtractor {
 
     #[inline]
     fn push(&mut self, b: u8) {
-        if self.capturing {
+        if self.capturing && self.spilled {
             if self.buf.len() < self.capture_limit() {
                 self.buf.push(b);
             } else {
@@ -643,7 +691,7 @@ impl ModelExtractor {
     }
 
     fn push_slice(&mut self, s: &[u8]) {
-        if self.capturing {
+        if self.capturing && self.spilled {
             let room = self.capture_limit().saturating_sub(self.buf.len());
             if s.len() > room {
                 self.overflow = true;
@@ -792,13 +840,28 @@ impl ModelExtractor {
     /// The closing quote of a string at `chunk[i]`.
     fn end_string(&mut self, chunk: &Bytes, base: u64, i: usize) -> Result<(), Error> {
         let end = base + i as u64 + 1;
+        if !self.capturing {
+            if self.kind == StrKind::Key {
+                self.state = State::Colon;
+            } else {
+                self.after_value(end);
+            }
+            return Ok(());
+        }
+        // The content: a slice of this chunk unless it was copied.
+        let (content, overflow): (&[u8], bool) = if self.spilled {
+            (&self.buf, self.overflow)
+        } else {
+            let content = &chunk[self.cap_from.min(i)..i];
+            (content, content.len() > self.capture_limit())
+        };
         match self.kind {
             StrKind::TopKey => {
                 self.state = State::Colon;
-                if self.overflow {
+                if overflow {
                     return Ok(());
                 }
-                if self.buf == b"model" {
+                if content == b"model" {
                     if self.model.is_some() {
                         return Err(self.error(
                             ErrorKind::DuplicateModel,
@@ -807,24 +870,16 @@ impl ModelExtractor {
                         ));
                     }
                     self.role = Role::Model;
-                } else if let Some(n) = self.field_index() {
+                } else if let Some(n) = self.field_index(content) {
                     self.role = Role::Field(n);
                 }
                 Ok(())
             }
-            StrKind::Key => {
-                self.state = State::Colon;
-                Ok(())
-            }
-            StrKind::Value => {
-                self.after_value(end);
-                Ok(())
-            }
             StrKind::Field(n) => {
-                let value = if self.overflow {
+                let value = if overflow {
                     FieldValue::LongString
                 } else {
-                    FieldValue::String(String::from_utf8_lossy(&self.buf).into_owned())
+                    FieldValue::String(String::from_utf8_lossy(content).into_owned())
                 };
                 self.set_field(n, value);
                 self.after_value(end);
@@ -832,10 +887,10 @@ impl ModelExtractor {
             }
             StrKind::Model => {
                 let start = self.token_start;
-                if self.buf.is_empty() {
+                if content.is_empty() {
                     return Err(self.error(ErrorKind::InvalidModel, start, "`model` is empty"));
                 }
-                if self.overflow {
+                if overflow {
                     return Err(Error::with_excerpt(
                         ErrorKind::InvalidModel,
                         start,
@@ -843,38 +898,37 @@ impl ModelExtractor {
                             "`model` is longer than {} bytes",
                             self.config.get_max_model_len()
                         ),
-                        &self.buf,
+                        content,
                     ));
                 }
-                if self.buf.iter().any(|&b| b < 0x20 || b == 0x7f) {
+                if content.iter().any(|&b| b < 0x20 || b == 0x7f) {
                     return Err(Error::with_excerpt(
                         ErrorKind::InvalidModel,
                         start,
                         "`model` holds a control character",
-                        &self.buf,
+                        content,
                     ));
                 }
-                // Borrow when the whole value lies in this chunk, unescaped.
-                let content_start = start + 1;
-                let model = if !self.escaped && content_start >= base {
-                    let from = (content_start - base) as usize;
-                    Model::new(chunk.slice(from..i), start..end, true)
+                // Borrowed when the whole value lies in this chunk, unescaped.
+                let model = if self.spilled {
+                    Model::new(Bytes::copy_from_slice(content), start..end, false)
                 } else {
-                    Model::new(Bytes::copy_from_slice(&self.buf), start..end, false)
+                    Model::new(chunk.slice(self.cap_from..i), start..end, true)
                 };
                 self.model = Some(model);
                 self.after_value(end);
                 Ok(())
             }
+            StrKind::Key | StrKind::Value => Ok(()),
         }
     }
 
-    fn field_index(&self) -> Option<u8> {
+    fn field_index(&self, name: &[u8]) -> Option<u8> {
         self.config
             .get_fields()
             .iter()
             .take(MAX_FIELDS)
-            .position(|f| f.as_bytes() == self.buf.as_slice())
+            .position(|f| f.as_bytes() == name)
             .map(|n| n as u8)
     }
 
@@ -942,5 +996,6 @@ fn utf8_lead(b: u8) -> Option<(u8, u8, u8)> {
 #[inline(always)]
 fn unreachable_plain() {}
 
+mod blocks;
 #[cfg(test)]
 mod tests;

@@ -540,3 +540,155 @@ fn non_ascii_text_in_long_strings() {
         assert_eq!(run(&strict(), &chunks), whole, "chunks of {size}");
     }
 }
+
+/// A small deterministic generator for the block-path tests.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// A nested JSON value: long enough that whole blocks of it lie at depth 2
+/// and deeper, with the tokens the block path handles and the ones it hands
+/// back (escapes, non-ASCII text, numbers across blocks, deep nesting).
+fn nested_value(rng: &mut Rng, depth: u32, out: &mut String) {
+    let pick = if depth > 6 {
+        rng.below(4)
+    } else {
+        rng.below(7)
+    };
+    match pick {
+        0 => {
+            out.push('"');
+            let len = rng.below(90);
+            for _ in 0..len {
+                match rng.below(40) {
+                    0 => out.push_str("\\n"),
+                    1 => out.push_str("\\\""),
+                    2 => out.push_str("\\\\"),
+                    3 => out.push_str("\\u00e9"),
+                    4 => out.push_str("\\ud83d\\ude00"),
+                    5 => out.push('é'),
+                    6 => out.push_str("日本"),
+                    _ => out.push((b'a' + rng.below(26) as u8) as char),
+                }
+            }
+            out.push('"');
+        }
+        1 => out.push_str(
+            ["0", "-12.5e3", "1234567890123", "true", "false", "null"][rng.below(6) as usize],
+        ),
+        2 => out.push_str(["\"model\"", "\"\"", "\"x\""][rng.below(3) as usize]),
+        3 => out.push_str(["{}", "[]", "[[]]"][rng.below(3) as usize]),
+        4 | 5 => {
+            out.push('{');
+            for k in 0..rng.below(5) {
+                if k > 0 {
+                    out.push(',');
+                }
+                if rng.below(4) == 0 {
+                    out.push_str("\n  ");
+                }
+                out.push_str(
+                    ["\"role\"", "\"content\"", "\"model\"", "\"mod\\u0065l\""]
+                        [rng.below(4) as usize],
+                );
+                out.push_str(if rng.below(3) == 0 { " : " } else { ":" });
+                nested_value(rng, depth + 1, out);
+            }
+            out.push('}');
+        }
+        _ => {
+            out.push('[');
+            for k in 0..rng.below(6) {
+                if k > 0 {
+                    out.push_str(if rng.below(3) == 0 { ", " } else { "," });
+                }
+                nested_value(rng, depth + 1, out);
+            }
+            out.push(']');
+        }
+    }
+}
+
+fn nested_body(rng: &mut Rng) -> Vec<u8> {
+    let mut body = String::from("{\"messages\":[");
+    for k in 0..1 + rng.below(12) {
+        if k > 0 {
+            body.push(',');
+        }
+        nested_value(rng, 2, &mut body);
+    }
+    body.push_str("],\"model\":\"m\"}");
+    body.into_bytes()
+}
+
+#[test]
+fn the_block_path_agrees_with_the_byte_path() {
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let config = strict();
+    let mut mutated_errors = 0;
+    for case in 0..3000 {
+        let mut body = nested_body(&mut rng);
+        if case % 2 == 1 {
+            // Damage one byte; most damage makes the body invalid.
+            let at = rng.below(body.len() as u64) as usize;
+            body[at] = b"\"\\{}[]:,x0 \x01\xff\xc3t-"[rng.below(15) as usize];
+        }
+        // One chunk: the block path runs. One byte at a time: it never does.
+        let whole = run(&config, &[&body]);
+        let bytes: Vec<&[u8]> = body.chunks(1).collect();
+        assert_eq!(
+            run(&config, &bytes),
+            whole,
+            "{:?}",
+            String::from_utf8_lossy(&body)
+        );
+        let chunks: Vec<&[u8]> = body.chunks(100).collect();
+        assert_eq!(
+            run(&config, &chunks),
+            whole,
+            "{:?}",
+            String::from_utf8_lossy(&body)
+        );
+        // Validity as serde_json sees it (duplicate top-level model aside).
+        if let Err((kind, _)) = whole {
+            if kind == ErrorKind::InvalidJson {
+                assert!(!serde_valid(&body), "{:?}", String::from_utf8_lossy(&body));
+            }
+            mutated_errors += 1;
+        } else {
+            assert!(serde_valid(&body), "{:?}", String::from_utf8_lossy(&body));
+        }
+    }
+    // The generator does produce errors (so the comparison above is not vacuous).
+    assert!(mutated_errors > 300, "{mutated_errors}");
+}
+
+#[test]
+fn the_block_path_covers_most_of_a_plain_body() {
+    // A plain chat body: every block but the edges goes through the block
+    // path, and the result is the same as byte by byte.
+    let mut body = String::from("{\"messages\":[");
+    for i in 0..200 {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(&format!(
+            "{{\"role\":\"user\",\"content\":\"message {i}\",\"n\":[{i},true,null]}}"
+        ));
+    }
+    body.push_str("],\"model\":\"chatbot\"}");
+    let whole = run(&strict(), &[body.as_bytes()]);
+    assert_eq!(whole, Ok(Some("chatbot".into())));
+    let bytes: Vec<&[u8]> = body.as_bytes().chunks(1).collect();
+    assert_eq!(run(&strict(), &bytes), whole);
+}
