@@ -1,0 +1,109 @@
+//! The routing decision, handed to the inner service as a request extension.
+
+use bbr_core::rules::RouteDecision;
+use bbr_core::{Error, Extraction, FieldValue};
+
+/// Where the model of a request came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ModelSource {
+    /// The top-level `model` member of a JSON body, or the `model` field of a
+    /// `multipart/form-data` body.
+    Body,
+    /// The URL path, through a [`PathTemplate`](bbr_core::PathTemplate).
+    Path,
+    /// Nowhere: the request carries no model (no body, a body without a
+    /// `model`, or an error let through by a fail-open policy).
+    None,
+}
+
+/// What [`ModelRouting`](crate::ModelRouting) decided about a request.
+///
+/// Every request that reaches the inner service carries one as a request
+/// extension, whatever the outcome (routed, passed through without a model,
+/// or let through by a fail-open [`FailurePolicy`](bbr_core::FailurePolicy)):
+///
+/// ```
+/// use bbr_tower::Decision;
+///
+/// fn pool_of<B>(request: &http::Request<B>) -> Option<&str> {
+///     request.extensions().get::<Decision>()?.pool()
+/// }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Decision {
+    pub(crate) model: Option<Box<str>>,
+    pub(crate) source: ModelSource,
+    pub(crate) route: Option<RouteDecision>,
+    pub(crate) extraction: Option<Extraction>,
+    pub(crate) held_bytes: u64,
+    pub(crate) failed_open: Option<Error>,
+}
+
+impl Decision {
+    pub(crate) fn unrouted(source: ModelSource) -> Decision {
+        Decision {
+            model: None,
+            source,
+            route: None,
+            extraction: None,
+            held_bytes: 0,
+            failed_open: None,
+        }
+    }
+
+    /// The model as the client named it (before any rewrite), if any.
+    pub fn model(&self) -> Option<&str> {
+        self.model.as_deref()
+    }
+
+    /// Where the model came from.
+    pub fn source(&self) -> ModelSource {
+        self.source
+    }
+
+    /// The rule table's decision, when a rule (or a default pool) matched.
+    /// `None` when the request is forwarded without routing headers.
+    pub fn route(&self) -> Option<&RouteDecision> {
+        self.route.as_ref()
+    }
+
+    /// The pool the request is routed to, if any.
+    pub fn pool(&self) -> Option<&str> {
+        self.route.as_ref().and_then(RouteDecision::pool)
+    }
+
+    /// The model sent upstream: the rewritten model when the rule rewrites
+    /// it, the client's model otherwise.
+    pub fn upstream_model(&self) -> Option<&str> {
+        match &self.route {
+            Some(route) => Some(route.model()),
+            None => self.model(),
+        }
+    }
+
+    /// What the extractor found in the body (the model and the extra fields
+    /// requested with [`ExtractorConfig::field`](bbr_core::ExtractorConfig::field)).
+    /// `None` when the body was not read (model from the path, no body, or
+    /// an error let through).
+    pub fn extraction(&self) -> Option<&Extraction> {
+        self.extraction.as_ref()
+    }
+
+    /// The value of an extra top-level field of the body, such as `stream`.
+    pub fn field(&self, name: &str) -> Option<&FieldValue> {
+        self.extraction.as_ref()?.field(name)
+    }
+
+    /// How many body bytes the layer held before it could decide (and call
+    /// the inner service). Bounded by the position of `model` in the body.
+    pub fn held_bytes(&self) -> u64 {
+        self.held_bytes
+    }
+
+    /// The error a fail-open [`FailurePolicy`](bbr_core::FailurePolicy) let
+    /// through, if any. Such a request carries no routing headers.
+    pub fn failed_open(&self) -> Option<&Error> {
+        self.failed_open.as_ref()
+    }
+}

@@ -1,0 +1,229 @@
+//! [`ModelRoutingLayer`] and the [`ModelRouting`] service.
+
+use std::{
+    fmt, mem,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use bbr_core::rules::{RuleTable, SharedRules};
+use bbr_core::{ExtractorConfig, FailurePolicy, PathTemplate, Policy};
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Body;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::{BoxError, ResponseBody, ResponseFuture, RoutedBody};
+
+/// The rule table a layer consults: fixed, or shared and reloadable.
+#[derive(Clone)]
+pub(crate) enum Rules {
+    Fixed(Arc<RuleTable>),
+    Shared(SharedRules),
+}
+
+impl Rules {
+    pub(crate) fn load(&self) -> Arc<RuleTable> {
+        match self {
+            Rules::Fixed(table) => Arc::clone(table),
+            Rules::Shared(shared) => shared.load(),
+        }
+    }
+}
+
+/// What a layer is configured with, shared by every request it serves.
+#[derive(Clone)]
+pub(crate) struct Config {
+    pub(crate) extractor: ExtractorConfig,
+    pub(crate) failure: FailurePolicy,
+    pub(crate) rules: Rules,
+    pub(crate) paths: Vec<PathTemplate>,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("extractor", &self.extractor)
+            .field("failure", &self.failure)
+            .field(
+                "rules",
+                &match self.rules {
+                    Rules::Fixed(_) => "fixed",
+                    Rules::Shared(_) => "shared",
+                },
+            )
+            .field("paths", &self.paths)
+            .finish()
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            extractor: ExtractorConfig::default(),
+            failure: FailurePolicy::default(),
+            rules: Rules::Fixed(Arc::new(RuleTable::empty())),
+            paths: Vec::new(),
+        }
+    }
+}
+
+/// Routes requests on the model named in their body: a tower [`Layer`]
+/// producing [`ModelRouting`].
+///
+/// The defaults are the safe ones: strict policy, a 32 MiB limit on the
+/// bytes read before the decision, every error refused, bodies without a
+/// model passed through, and an empty rule table (which, like the Go
+/// body-based router, copies the model into `X-Gateway-Model-Name`).
+///
+/// ```
+/// use bbr_core::{ExtractorConfig, FailurePolicy, Policy, rules::RuleTable};
+/// use bbr_tower::ModelRoutingLayer;
+///
+/// let rules = RuleTable::from_yaml(
+///     "rules:\n  - name: chatbot\n    match: { model: { exact: chatbot } }\n    pool: gemma3\n",
+/// )
+/// .unwrap();
+/// let layer = ModelRoutingLayer::new()
+///     .rules(rules)
+///     .extractor_config(ExtractorConfig::new().policy(Policy::Strict).max_body(8 << 20))
+///     .failure_policy(FailurePolicy::new());
+/// # let _ = layer;
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct ModelRoutingLayer {
+    config: Arc<Config>,
+}
+
+impl ModelRoutingLayer {
+    /// A layer with the default configuration and an empty rule table.
+    pub fn new() -> ModelRoutingLayer {
+        ModelRoutingLayer::default()
+    }
+
+    /// Routes with `table`.
+    pub fn rules(mut self, table: RuleTable) -> Self {
+        Arc::make_mut(&mut self.config).rules = Rules::Fixed(Arc::new(table));
+        self
+    }
+
+    /// Routes with the table `rules` holds at the time of each request, so
+    /// that a reload takes effect on the next request.
+    pub fn shared_rules(mut self, rules: SharedRules) -> Self {
+        Arc::make_mut(&mut self.config).rules = Rules::Shared(rules);
+        self
+    }
+
+    /// Sets the extractor's policy and limits.
+    pub fn extractor_config(mut self, config: ExtractorConfig) -> Self {
+        Arc::make_mut(&mut self.config).extractor = config;
+        self
+    }
+
+    /// Sets the extraction policy (a shortcut into the extractor configuration).
+    pub fn policy(mut self, policy: Policy) -> Self {
+        let config = Arc::make_mut(&mut self.config);
+        config.extractor = config.extractor.clone().policy(policy);
+        self
+    }
+
+    /// Sets the most bytes read before a decision; past it the request is
+    /// answered 413 (a shortcut into the extractor configuration).
+    pub fn max_body(mut self, bytes: u64) -> Self {
+        let config = Arc::make_mut(&mut self.config);
+        config.extractor = config.extractor.clone().max_body(bytes);
+        self
+    }
+
+    /// Sets which errors are refused and which are let through.
+    pub fn failure_policy(mut self, policy: FailurePolicy) -> Self {
+        Arc::make_mut(&mut self.config).failure = policy;
+        self
+    }
+
+    /// Takes the model from the URL path when the path fits `template`
+    /// (Gemini-style `/v1beta/models/{model}:generateContent`). Such
+    /// requests are routed at once, without reading the body. Templates are
+    /// tried in the order they were added.
+    pub fn path_template(mut self, template: PathTemplate) -> Self {
+        Arc::make_mut(&mut self.config).paths.push(template);
+        self
+    }
+}
+
+impl<S> Layer<S> for ModelRoutingLayer {
+    type Service = ModelRouting<S>;
+
+    fn layer(&self, inner: S) -> ModelRouting<S> {
+        ModelRouting {
+            inner,
+            config: Arc::clone(&self.config),
+        }
+    }
+}
+
+/// Reads the model from the request body while it streams in, matches the
+/// rule table, and calls the inner service as soon as it has decided: with
+/// the routing headers set (the client's copies removed first), a
+/// [`Decision`](crate::Decision) request extension, and a [`RoutedBody`]
+/// that replays the held chunks and then streams the rest.
+///
+/// Requests refused before the decision are answered here, with the error
+/// contract's status and OpenAI-style JSON body; the inner service is not
+/// called. See [`ModelRoutingLayer`] for the configuration.
+#[derive(Clone, Debug)]
+pub struct ModelRouting<S> {
+    inner: S,
+    config: Arc<Config>,
+}
+
+impl<S> ModelRouting<S> {
+    /// Wraps `inner` with the default configuration.
+    pub fn new(inner: S) -> ModelRouting<S> {
+        ModelRoutingLayer::new().layer(inner)
+    }
+
+    /// A [`ModelRoutingLayer`] to configure.
+    pub fn layer() -> ModelRoutingLayer {
+        ModelRoutingLayer::new()
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes `self`, returning the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, B, ResBody> Service<Request<B>> for ModelRouting<S>
+where
+    S: Service<Request<RoutedBody<B>>, Response = Response<ResBody>> + Clone,
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+    ResBody: Body<Data = Bytes>,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, B>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> ResponseFuture<S, B> {
+        // The ready service goes with the request; a clone stays for the next.
+        let clone = self.inner.clone();
+        let inner = mem::replace(&mut self.inner, clone);
+        ResponseFuture::new(inner, Arc::clone(&self.config), request)
+    }
+}

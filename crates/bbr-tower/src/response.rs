@@ -1,0 +1,149 @@
+//! The answers the layer and the router give themselves, and the response
+//! body that carries either such an answer or the inner service's body.
+
+use std::{
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+
+pin_project! {
+    /// The response body of [`ModelRouting`](crate::ModelRouting) and
+    /// [`PoolRouter`](crate::PoolRouter): the inner service's body, or the
+    /// JSON error body of a request answered without it.
+    #[derive(Debug)]
+    pub struct ResponseBody<B> {
+        #[pin]
+        kind: Kind<B>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    #[derive(Debug)]
+    enum Kind<B> {
+        Inner { #[pin] body: B },
+        Answer { body: Option<Bytes> },
+    }
+}
+
+impl<B> ResponseBody<B> {
+    /// Wraps the inner service's body.
+    pub fn inner(body: B) -> ResponseBody<B> {
+        ResponseBody {
+            kind: Kind::Inner { body },
+        }
+    }
+
+    /// A body holding `bytes` in one frame.
+    pub fn full(bytes: Bytes) -> ResponseBody<B> {
+        ResponseBody {
+            kind: Kind::Answer {
+                body: (!bytes.is_empty()).then_some(bytes),
+            },
+        }
+    }
+}
+
+impl<B> Body for ResponseBody<B>
+where
+    B: Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        match self.project().kind.project() {
+            KindProj::Inner { body } => body.poll_frame(cx),
+            KindProj::Answer { body } => Poll::Ready(body.take().map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Inner { body } => body.is_end_stream(),
+            Kind::Answer { body } => body.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Inner { body } => body.size_hint(),
+            Kind::Answer { body } => {
+                SizeHint::with_exact(body.as_ref().map_or(0, |b| b.len() as u64))
+            }
+        }
+    }
+}
+
+/// The answer to a request refused by the error contract: the error's status
+/// and its OpenAI-style JSON body.
+pub(crate) fn reject<B>(error: &bbr_core::Error) -> Response<ResponseBody<B>> {
+    let status = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::BAD_REQUEST);
+    json(status, error.to_json())
+}
+
+/// An error the contract of `bbr-core` does not cover (a pool with no
+/// service, a body the client failed to send), in the same JSON shape.
+pub(crate) fn local_error<B>(
+    status: StatusCode,
+    error_type: &str,
+    code: &str,
+    message: &str,
+) -> Response<ResponseBody<B>> {
+    let body = format!(
+        "{{\"error\":{{\"message\":{},\"type\":{},\"param\":null,\"code\":{}}}}}",
+        json_string(message),
+        json_string(error_type),
+        json_string(code),
+    );
+    json(status, body)
+}
+
+fn json_string(text: &str) -> String {
+    String::from_utf8_lossy(&bbr_core::rewrite::json_string(text)).into_owned()
+}
+
+fn json<B>(status: StatusCode, body: String) -> Response<ResponseBody<B>> {
+    let len = body.len();
+    let mut response = Response::new(ResponseBody::full(Bytes::from(body)));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn local_errors_are_openai_shaped() {
+        let response: Response<ResponseBody<http_body_util::Empty<Bytes>>> = local_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "pool_unavailable",
+            "no service for pool \"x\"\r\n",
+        );
+        assert_eq!(response.status(), 503);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(value["error"]["code"], "pool_unavailable");
+        assert_eq!(value["error"]["type"], "server_error");
+        assert_eq!(value["error"]["message"], "no service for pool \"x\"\r\n");
+        assert!(value["error"]["param"].is_null());
+    }
+}

@@ -1,0 +1,354 @@
+//! In-process tests of the layer's body handling and of the pool router.
+
+use std::{
+    convert::Infallible,
+    future::{Ready, ready},
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+};
+
+use bbr_core::rules::RuleTable;
+use bbr_core::{ErrorKind, FailureAction, FailurePolicy, Policy};
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response};
+use http_body::{Body, Frame};
+use http_body_util::{BodyExt, Full, StreamBody};
+use tower::{Service, ServiceExt, service_fn};
+
+use crate::{Decision, ModelRoutingLayer, PoolRouter, RoutedBody};
+
+type Chunks =
+    StreamBody<futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>;
+
+fn chunks(parts: &[Bytes], trailers: Option<HeaderMap>) -> Chunks {
+    let mut frames: Vec<Result<Frame<Bytes>, Infallible>> =
+        parts.iter().cloned().map(|b| Ok(Frame::data(b))).collect();
+    if let Some(t) = trailers {
+        frames.push(Ok(Frame::trailers(t)));
+    }
+    StreamBody::new(futures_util::stream::iter(frames))
+}
+
+/// What the inner service saw of one request.
+#[derive(Debug, Default)]
+struct Seen {
+    data: Vec<Bytes>,
+    trailers: Option<HeaderMap>,
+    error: Option<ErrorKind>,
+    size_hint: (u64, Option<u64>),
+    decision: Option<Decision>,
+    headers: HeaderMap,
+}
+
+/// Runs one request through the layer; the inner service records the body.
+async fn run<B>(layer: ModelRoutingLayer, request: Request<B>) -> (u16, Arc<Mutex<Seen>>)
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<crate::BoxError>,
+{
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let record = seen.clone();
+    let inner = service_fn(move |request: Request<RoutedBody<B>>| {
+        let record = record.clone();
+        async move {
+            let (parts, mut body) = request.into_parts();
+            {
+                let mut s = record.lock().unwrap();
+                let hint = body.size_hint();
+                s.size_hint = (hint.lower(), hint.upper());
+                s.decision = parts.extensions.get::<Decision>().cloned();
+                s.headers = parts.headers.clone();
+            }
+            while let Some(frame) = body.frame().await {
+                let mut s = record.lock().unwrap();
+                match frame {
+                    Ok(frame) => match frame.into_data() {
+                        Ok(data) => s.data.push(data),
+                        Err(frame) => s.trailers = frame.into_trailers().ok(),
+                    },
+                    Err(e) => {
+                        s.error = e.downcast_ref::<bbr_core::Error>().map(|e| e.kind());
+                        break;
+                    }
+                }
+            }
+            assert!(body.is_end_stream());
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+        }
+    });
+    let service = tower::Layer::layer(&layer, inner);
+    let response = service.oneshot(request).await.unwrap();
+    (response.status().as_u16(), seen)
+}
+
+fn post<B>(body: B) -> Request<B> {
+    Request::post("/v1/chat/completions")
+        .header("content-type", "application/json")
+        .body(body)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn chunks_are_handed_on_without_copies() {
+    let whole = Bytes::from_static(
+        br#"{"messages":[{"role":"user","content":"hi"}],"model":"m","stream":true}"#,
+    );
+    let parts: Vec<Bytes> = vec![
+        whole.slice(..10),
+        whole.slice(10..40),
+        whole.slice(40..60),
+        whole.slice(60..),
+    ];
+    let (status, seen) = run(ModelRoutingLayer::new(), post(chunks(&parts, None))).await;
+    assert_eq!(status, 200);
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.data.len(), parts.len());
+    for (sent, got) in parts.iter().zip(&seen.data) {
+        assert_eq!(sent, got);
+        assert_eq!(sent.as_ptr(), got.as_ptr(), "a chunk was copied");
+    }
+    assert_eq!(seen.decision.as_ref().unwrap().model(), Some("m"));
+    assert_eq!(seen.headers["x-gateway-model-name"], "m");
+}
+
+#[tokio::test]
+async fn size_hint_and_end_of_stream_follow_the_body() {
+    let body = r#"{"model":"m","messages":[]}"#;
+    let (_, seen) = run(ModelRoutingLayer::new(), post(Full::new(Bytes::from(body)))).await;
+    let seen = seen.lock().unwrap();
+    let len = body.len() as u64;
+    assert_eq!(seen.size_hint, (len, Some(len)));
+    assert_eq!(seen.data.concat(), body.as_bytes());
+}
+
+#[tokio::test]
+async fn trailers_are_kept() {
+    let mut trailers = HeaderMap::new();
+    trailers.insert("x-checksum", "abc".parse().unwrap());
+    for split in [5, 15] {
+        let body = Bytes::from_static(br#"{"model":"m","n":1}"#);
+        let parts = [body.slice(..split), body.slice(split..)];
+        let (status, seen) = run(
+            ModelRoutingLayer::new(),
+            post(chunks(&parts, Some(trailers.clone()))),
+        )
+        .await;
+        assert_eq!(status, 200);
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.data.concat(), &body[..]);
+        assert_eq!(seen.trailers.as_ref(), Some(&trailers));
+    }
+}
+
+#[tokio::test]
+async fn a_violation_after_the_decision_ends_the_body_with_the_error() {
+    let parts = [
+        Bytes::from_static(br#"{"model":"a","messages":["#),
+        Bytes::from_static(br#""x"],"#),
+        Bytes::from_static(br#""model":"b"}"#),
+    ];
+    let (status, seen) = run(ModelRoutingLayer::new(), post(chunks(&parts, None))).await;
+    assert_eq!(status, 400, "the error contract answers the client");
+    {
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.error, Some(ErrorKind::DuplicateModel));
+        assert_eq!(
+            seen.data,
+            parts[..2],
+            "the offending chunk was not released"
+        );
+    }
+
+    // The fast policy does not look past the decision.
+    let (status, seen) = run(
+        ModelRoutingLayer::new().policy(Policy::Fast),
+        post(chunks(&parts, None)),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(seen.lock().unwrap().data, parts);
+}
+
+#[tokio::test]
+async fn a_truncated_body_never_ends_cleanly() {
+    let parts = [
+        Bytes::from_static(br#"{"model":"a","#),
+        Bytes::from_static(br#""messages":["#),
+    ];
+    let (_, seen) = run(ModelRoutingLayer::new(), post(chunks(&parts, None))).await;
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.error, Some(ErrorKind::InvalidJson));
+}
+
+#[tokio::test]
+async fn a_missing_model_passes_or_is_refused_as_configured() {
+    let body = r#"{"messages":[]}"#;
+    let (status, seen) = run(ModelRoutingLayer::new(), post(Full::new(Bytes::from(body)))).await;
+    assert_eq!(status, 200);
+    {
+        let seen = seen.lock().unwrap();
+        assert!(seen.decision.as_ref().unwrap().model().is_none());
+        assert!(!seen.headers.contains_key("x-gateway-model-name"));
+    }
+
+    let policy = FailurePolicy::new().on_missing_model(FailureAction::Reject);
+    let (status, seen) = run(
+        ModelRoutingLayer::new().failure_policy(policy),
+        post(Full::new(Bytes::from(body))),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(
+        seen.lock().unwrap().decision.is_none(),
+        "the inner service was not called"
+    );
+}
+
+#[tokio::test]
+async fn a_request_without_a_body_is_passed_on() {
+    let request = Request::get("/v1/models")
+        .header("x-gateway-model-name", "spoofed")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let (status, seen) = run(ModelRoutingLayer::new(), request).await;
+    assert_eq!(status, 200);
+    let seen = seen.lock().unwrap();
+    assert!(!seen.headers.contains_key("x-gateway-model-name"));
+    assert_eq!(
+        seen.decision.as_ref().unwrap().source(),
+        crate::ModelSource::None
+    );
+}
+
+#[tokio::test]
+async fn the_limit_applies_before_the_decision_only() {
+    let body = format!(r#"{{"model":"m","messages":["{}"]}}"#, "x".repeat(1000));
+    let (status, _) = run(
+        ModelRoutingLayer::new().max_body(100),
+        post(Full::new(Bytes::from(body.clone()))),
+    )
+    .await;
+    assert_eq!(
+        status, 200,
+        "one chunk holding the model decides within the limit"
+    );
+    let late = format!(r#"{{"messages":["{}"],"model":"m"}}"#, "x".repeat(1000));
+    let parts: Vec<Bytes> = late
+        .as_bytes()
+        .chunks(50)
+        .map(Bytes::copy_from_slice)
+        .collect();
+    let (status, _) = run(
+        ModelRoutingLayer::new().max_body(100),
+        post(chunks(&parts, None)),
+    )
+    .await;
+    assert_eq!(status, 413);
+    let _ = RuleTable::empty();
+}
+
+/// A service that is never ready.
+#[derive(Clone)]
+struct Saturated;
+
+impl<B> Service<Request<B>> for Saturated {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = Ready<Result<Response<Full<Bytes>>, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Pending
+    }
+
+    fn call(&mut self, _: Request<B>) -> Self::Future {
+        unreachable!("called without being ready")
+    }
+}
+
+#[derive(Clone)]
+enum Pool {
+    Saturated(Saturated),
+    Ready(&'static str),
+}
+
+impl<B> Service<Request<B>> for Pool {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = Ready<Result<Response<Full<Bytes>>, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        match self {
+            Pool::Saturated(s) => Service::<Request<B>>::poll_ready(s, cx),
+            Pool::Ready(_) => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        match self {
+            Pool::Saturated(s) => s.call(request),
+            Pool::Ready(name) => ready(Ok(Response::new(Full::new(Bytes::from_static(
+                name.as_bytes(),
+            ))))),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_saturated_pool_does_not_hold_back_the_others() {
+    let rules = RuleTable::from_yaml(
+        "rules:\n  - name: a\n    match: { model: { exact: a } }\n    pool: busy\n  - name: b\n    match: { model: { exact: b } }\n    pool: free\n",
+    )
+    .unwrap();
+    let router = PoolRouter::new()
+        .pool("busy", Pool::Saturated(Saturated))
+        .pool("free", Pool::Ready("free"));
+    let mut service = tower::Layer::layer(&ModelRoutingLayer::new().rules(rules), router);
+
+    let busy = ServiceExt::<Request<Full<Bytes>>>::ready(&mut service)
+        .await
+        .unwrap()
+        .call(post(Full::new(Bytes::from_static(br#"{"model":"a"}"#))));
+    let free = ServiceExt::<Request<Full<Bytes>>>::ready(&mut service)
+        .await
+        .unwrap()
+        .call(post(Full::new(Bytes::from_static(br#"{"model":"b"}"#))));
+    let response = free.await.unwrap();
+    assert_eq!(
+        response.into_body().collect().await.unwrap().to_bytes(),
+        "free"
+    );
+    // The busy pool's request is still waiting for its pool to be ready.
+    let waiting = tokio::time::timeout(std::time::Duration::from_millis(50), busy).await;
+    assert!(waiting.is_err());
+}
+
+#[tokio::test]
+async fn unknown_pools_and_unrouted_requests_are_answered() {
+    let rules = RuleTable::from_yaml(
+        "rules:\n  - name: a\n    match: { model: { exact: a } }\n    pool: elsewhere\n",
+    )
+    .unwrap();
+    let router = PoolRouter::new().pool("free", Pool::Ready("free"));
+    let service = tower::Layer::layer(&ModelRoutingLayer::new().rules(rules), router);
+    let response = service
+        .clone()
+        .oneshot(post(Full::new(Bytes::from_static(br#"{"model":"a"}"#))))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    let response = service
+        .oneshot(post(Full::new(Bytes::from_static(br#"{"messages":[]}"#))))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+
+    let router = PoolRouter::new().fallback(Pool::Ready("fallback"));
+    let response = tower::Layer::layer(&ModelRoutingLayer::new(), router)
+        .oneshot(post(Full::new(Bytes::from_static(br#"{"messages":[]}"#))))
+        .await
+        .unwrap();
+    assert_eq!(
+        response.into_body().collect().await.unwrap().to_bytes(),
+        "fallback"
+    );
+}
