@@ -271,12 +271,18 @@ fn now() -> u64 {
 /// The words of the simulated answer.
 fn tokens(pool: &SimulatedPool, model: &str) -> Vec<String> {
     format!(
-        "This is {model} served by pool {}: the sky is blue because air scatters blue light more than red.",
+        "This is {model} served by pool {}: a simulated answer, streamed one token at a time.",
         pool.name()
     )
     .split(' ')
     .enumerate()
-    .map(|(i, w)| if i == 0 { w.to_owned() } else { format!(" {w}") })
+    .map(|(i, w)| {
+        if i == 0 {
+            w.to_owned()
+        } else {
+            format!(" {w}")
+        }
+    })
     .collect()
 }
 
