@@ -1,0 +1,178 @@
+//! The axum app of the tower-layer load benchmark (`benches/load/tower.sh`).
+//!
+//! One chat-completions route whose handler reads the whole body, as a real
+//! handler (or proxy) does, served three ways:
+//!
+//! - `bare`: no routing at all (the floor);
+//! - `layer`: behind `bbr_tower::ModelRoutingLayer` with the seed rules;
+//! - `handwritten`: behind the usual hand-written middleware, which collects
+//!   the whole body, parses it into a `serde_json::Value`, reads `model`,
+//!   sets `X-Gateway-Model-Name` and rebuilds the request.
+//!
+//! `tower-load body SIZE` prints a request body of about SIZE bytes in the
+//! shape the OpenAI Python SDK sends (`messages` before `model`).
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+
+use axum::{
+    Json, Router,
+    body::{Body, Bytes},
+    extract::Request,
+    http::{HeaderValue, StatusCode},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::post,
+};
+use bbr_core::rules::RuleTable;
+use bbr_tower::{Decision, ModelRoutingLayer};
+use clap::{Parser, Subcommand, ValueEnum};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+#[derive(Debug, Parser)]
+#[command(name = "tower-load")]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serves the app; prints `listening on ADDR` once ready.
+    Serve {
+        /// How requests are routed.
+        #[arg(long, value_enum)]
+        mode: Mode,
+        /// Address to listen on (port 0: any free port).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+        /// The rule table.
+        #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/config/gateway.yaml"))]
+        rules: PathBuf,
+        /// Runtime worker threads.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+    },
+    /// Prints a request body of about SIZE bytes, `messages` before `model`.
+    Body {
+        /// Body size in bytes.
+        size: usize,
+        /// The model to name.
+        #[arg(long, default_value = "chatbot")]
+        model: String,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Mode {
+    Bare,
+    Layer,
+    Handwritten,
+}
+
+fn main() -> ExitCode {
+    match Args::parse().command {
+        Command::Body { size, model } => {
+            print!("{}", body(size, &model));
+            ExitCode::SUCCESS
+        }
+        Command::Serve {
+            mode,
+            listen,
+            rules,
+            threads,
+        } => {
+            let rules = match RuleTable::from_path(&rules) {
+                Ok(rules) => rules,
+                Err(e) => {
+                    eprintln!("tower-load: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(threads.max(1))
+                .enable_all()
+                .build();
+            match runtime.map(|rt| rt.block_on(serve(mode, listen, rules))) {
+                Ok(Ok(())) => ExitCode::SUCCESS,
+                Ok(Err(e)) | Err(e) => {
+                    eprintln!("tower-load: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn body(size: usize, model: &str) -> String {
+    let fixed = r#"{"messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":""}],"model":"","max_tokens":100,"temperature":0}"#.len() + model.len();
+    let words = "Tell me about the history of Paris and its restaurants. ";
+    let text: String = words
+        .chars()
+        .cycle()
+        .take(size.saturating_sub(fixed))
+        .collect();
+    format!(
+        r#"{{"messages":[{{"role":"system","content":"You are a helpful assistant."}},{{"role":"user","content":"{text}"}}],"model":"{model}","max_tokens":100,"temperature":0}}"#
+    )
+}
+
+async fn serve(mode: Mode, listen: SocketAddr, rules: RuleTable) -> std::io::Result<()> {
+    let routes = Router::new().route("/v1/chat/completions", post(complete));
+    let app = match mode {
+        Mode::Bare => routes,
+        Mode::Layer => routes.layer(ModelRoutingLayer::new().rules(rules)),
+        Mode::Handwritten => routes.layer(middleware::from_fn(handwritten)),
+    };
+    let listener = TcpListener::bind(listen).await?;
+    println!("listening on {}", listener.local_addr()?);
+    axum::serve(listener, app).await
+}
+
+/// The handler: reads the whole body and answers with what it was routed by.
+async fn complete(decision: Option<Decision>, request: Request) -> Response {
+    let model = request
+        .headers()
+        .get("x-gateway-model-name")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let pool = decision
+        .as_ref()
+        .and_then(Decision::pool)
+        .map(str::to_owned);
+    match request.into_body().collect().await {
+        Ok(body) => Json(json!({
+            "object": "chat.completion",
+            "model": model,
+            "pool": pool,
+            "bytes": body.to_bytes().len(),
+        }))
+        .into_response(),
+        Err(_) => StatusCode::BAD_REQUEST.into_response(),
+    }
+}
+
+/// The usual hand-written middleware: collect, parse, route, rebuild.
+async fn handwritten(request: Request, next: Next) -> Response {
+    let (mut parts, body) = request.into_parts();
+    let bytes: Bytes = match body.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => return StatusCode::BAD_REQUEST.into_response(),
+    };
+    let value: Value = match serde_json::from_slice(&bytes) {
+        Ok(value) => value,
+        Err(_) => return StatusCode::BAD_REQUEST.into_response(),
+    };
+    parts.headers.remove("x-gateway-model-name");
+    if let Some(model) = value.get("model").and_then(Value::as_str) {
+        match HeaderValue::from_str(model) {
+            Ok(v) => {
+                parts.headers.insert("x-gateway-model-name", v);
+            }
+            Err(_) => return StatusCode::BAD_REQUEST.into_response(),
+        }
+    }
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
+}
