@@ -72,14 +72,17 @@ pub(crate) struct Masks {
 /// Calls `f` with each successive 64-byte block of `buf` and its masks,
 /// while `f` accepts the block; returns how many blocks it accepted.
 ///
-/// With AVX2 the whole loop, `f` included, is compiled for AVX2, so that
-/// the classification inlines into it.
+/// With AVX2 the whole loop, `f` included, is compiled for AVX2 and BMI,
+/// so that the classification and `f` inline into one loop.
 #[inline]
 pub(crate) fn for_each_block<F: FnMut(&[u8; 64], Masks) -> bool>(buf: &[u8], f: F) -> usize {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2 (checked just above).
+        if std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("bmi1")
+            && std::is_x86_feature_detected!("bmi2")
+        {
+            // SAFETY: the CPU supports AVX2, BMI1 and BMI2 (checked just above).
             return unsafe { x86::for_each_block_avx2(buf, f) };
         }
     }
@@ -348,11 +351,12 @@ mod x86 {
         ]
     }
 
-    /// [`super::for_each_block`] compiled for AVX2.
+    /// [`super::for_each_block`] compiled for AVX2 (and BMI, for the bit
+    /// scans of the caller's loop, which inlines here).
     ///
     /// # Safety
-    /// The CPU must support AVX2.
-    #[target_feature(enable = "avx2")]
+    /// The CPU must support AVX2, BMI1 and BMI2.
+    #[target_feature(enable = "avx2,bmi1,bmi2")]
     pub(super) unsafe fn for_each_block_avx2<F>(buf: &[u8], f: F) -> usize
     where
         F: FnMut(&[u8; 64], super::Masks) -> bool,

@@ -167,15 +167,17 @@ impl ModelExtractor {
             in_string: 0,
         };
         let rest = &buf[i..];
-        let accepted = scan::for_each_block(rest, |block, masks| {
-            match check_block(block, masks, at, max_depth) {
+        let accepted = scan::for_each_block(
+            rest,
+            #[inline(always)]
+            |block, masks| match check_block(block, masks, at, max_depth) {
                 Some(next) => {
                     at = next;
                     true
                 }
                 None => false,
-            }
-        });
+            },
+        );
         let end = i + accepted * 64;
         let exit = if rest.len() - accepted * 64 >= 64 {
             Exit::Anomaly
