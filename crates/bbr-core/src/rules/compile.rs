@@ -219,7 +219,10 @@ fn read(path: &Path) -> Result<String, ConfigError> {
 
 pub(crate) fn parse_rules_yaml(text: &str) -> Result<RulesFile, ConfigError> {
     match serde_yaml_ng::from_str::<Option<RulesFile>>(text) {
-        Ok(file) => Ok(file.unwrap_or_default()),
+        Ok(Some(file)) => Ok(file),
+        Ok(None) => Err(ConfigError::new(
+            "the configuration is empty (write `default: {action: reject}` to reject every model)",
+        )),
         Err(err) => Err(locate(
             ConfigError::new(err.to_string()),
             || serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text).ok(),

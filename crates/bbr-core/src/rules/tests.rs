@@ -977,3 +977,16 @@ fn tables_are_send_and_sync() {
     assert_send_sync::<SharedRules>();
     assert_send_sync::<RouteDecision>();
 }
+
+#[test]
+fn yaml_scalars_are_text_and_empty_files_are_refused() {
+    let t = table("rules: [{name: a, match: {model: {exact: 123}}, pool: 7}]");
+    assert_eq!(decide(&t, "123").pool(), Some("7"));
+    // A file truncated while it is rewritten must not become a table that
+    // rejects everything.
+    for empty in ["", "\n", "---\n", "# only a comment\n"] {
+        let err = error(empty);
+        assert!(err.reason().contains("empty"), "{empty:?}: {err}");
+    }
+    assert!(RuleTable::from_json("").is_err());
+}
