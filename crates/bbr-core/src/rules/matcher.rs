@@ -222,6 +222,20 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn longest_prefix_agrees_with_a_linear_scan_on_random_sets(
+            prefixes in proptest::collection::btree_set("[ab.-]{1,5}", 0..40),
+            models in proptest::collection::vec("[ab.-]{0,7}", 1..40),
+        ) {
+            let prefixes: Vec<&str> = prefixes.iter().map(String::as_str).collect();
+            let idx = index(&prefixes);
+            for model in &models {
+                proptest::prop_assert_eq!(idx.longest(model), naive(&prefixes, model), "{:?}", model);
+            }
+        }
+    }
+
     #[test]
     fn empty_index_matches_nothing() {
         assert_eq!(index(&[]).longest("anything"), None);
