@@ -67,6 +67,10 @@ pub(crate) struct Masks {
     pub(crate) ws: u64,
     /// Bytes below 0x20 or at or above 0x80.
     pub(crate) ctrl_or_high: u64,
+    /// `:`.
+    pub(crate) colon: u64,
+    /// `,`.
+    pub(crate) comma: u64,
 }
 
 /// Calls `f` with each successive 64-byte block of `buf` and its masks,
@@ -125,7 +129,15 @@ pub(crate) mod scalar {
             match b {
                 b'"' => m.quote |= bit,
                 b'\\' => m.backslash |= bit,
-                b'{' | b'}' | b'[' | b']' | b':' | b',' => m.op |= bit,
+                b':' => {
+                    m.op |= bit;
+                    m.colon |= bit;
+                }
+                b',' => {
+                    m.op |= bit;
+                    m.comma |= bit;
+                }
+                b'{' | b'}' | b'[' | b']' => m.op |= bit,
                 b' ' => m.ws |= bit,
                 b'\t' | b'\n' | b'\r' => {
                     m.ws |= bit;
@@ -293,7 +305,7 @@ mod x86 {
     /// The classification masks of 32 bytes, as `u32` bit masks.
     #[inline]
     #[target_feature(enable = "avx2")]
-    fn classify32(v: __m256i) -> [u32; 5] {
+    fn classify32(v: __m256i) -> [u32; 7] {
         // Byte-table lookups on the low nibble (simdjson's method): a byte is
         // whitespace when the table entry at its low nibble equals the byte.
         let ws_table = _mm256_setr_epi8(
@@ -348,6 +360,8 @@ mod x86 {
             _mm256_movemask_epi8(op) as u32,
             _mm256_movemask_epi8(ws) as u32,
             _mm256_movemask_epi8(low_or_high) as u32,
+            _mm256_movemask_epi8(_mm256_cmpeq_epi8(v, _mm256_set1_epi8(b':' as i8))) as u32,
+            _mm256_movemask_epi8(_mm256_cmpeq_epi8(v, _mm256_set1_epi8(b',' as i8))) as u32,
         ]
     }
 
@@ -384,6 +398,8 @@ mod x86 {
             op: join(2),
             ws: join(3),
             ctrl_or_high: join(4),
+            colon: join(5),
+            comma: join(6),
         }
     }
 
@@ -413,8 +429,22 @@ mod x86 {
                     "{block:?}"
                 );
                 assert_eq!(
-                    (got.quote, got.backslash, got.ws, got.ctrl_or_high),
-                    (want.quote, want.backslash, want.ws, want.ctrl_or_high),
+                    (
+                        got.quote,
+                        got.backslash,
+                        got.ws,
+                        got.ctrl_or_high,
+                        got.colon,
+                        got.comma
+                    ),
+                    (
+                        want.quote,
+                        want.backslash,
+                        want.ws,
+                        want.ctrl_or_high,
+                        want.colon,
+                        want.comma
+                    ),
                     "{block:?}"
                 );
             }

@@ -25,92 +25,102 @@ pub(super) enum Exit {
     Anomaly,
 }
 
-// The grammar between tokens, compact and split by container type so that
-// a transition needs no look at the nesting stack.
-const VALUE_OBJ: u8 = 0;
-const VALUE_ARR: u8 = 1;
-const ARRAY_FIRST: u8 = 2;
-const OBJECT_FIRST: u8 = 3;
-const KEY: u8 = 4;
-const COLON: u8 = 5;
-const AFTER_OBJ: u8 = 6;
-const AFTER_ARR: u8 = 7;
+// The grammar between tokens. Commas and colons are not tokens here: each
+// token carries whether a comma or a colon stands before it (found for the
+// whole block at once, see `check_block`), so the serial chain of table
+// lookups, the block path's critical path, takes only strings, brackets,
+// numbers and literals. The states are split by container type so that a
+// step needs no look at the nesting stack.
+/// After `{`: a key or `}`.
+const OBJECT_FIRST: u8 = 0;
+/// After `,` in an object, the comma already consumed: a key.
+const KEY_READY: u8 = 1;
+/// After a key: a value behind a colon.
+const KEY_DONE: u8 = 2;
+/// After a member's value: `}`, or a key behind a comma.
+const AFTER_OBJ: u8 = 3;
+/// After the colon, already consumed: a value.
+const VALUE_OBJ_READY: u8 = 4;
+/// After `[`: a value or `]`.
+const ARRAY_FIRST: u8 = 5;
+/// After an element: `]`, or a value behind a comma.
+const AFTER_ARR: u8 = 6;
+/// After `,` in an array, already consumed: a value.
+const VALUE_ARR_READY: u8 = 7;
 /// A closing bracket: the next state depends on the enclosing container.
 const CLOSE: u8 = 8;
 const ERR: u8 = 9;
 
-// Token classes: the three that need nothing but a transition come first.
-const C_QUOTE: usize = 0;
-const C_COLON: usize = 1;
-const C_COMMA: usize = 2;
-const C_OPEN_OBJ: usize = 3;
-const C_OPEN_ARR: usize = 4;
-const C_CLOSE_OBJ: usize = 5;
-const C_CLOSE_ARR: usize = 6;
-const C_SCALAR: usize = 7;
-
-/// `NEXT[state][class]`, padded to 16 states so that indexing by
-/// `state & 15` needs no bounds check.
-const NEXT: [[u8; 8]; 16] = {
-    let e = ERR;
-    let mut t = [[ERR; 8]; 16];
-    // quote, :, ,, {, [, }, ], scalar
-    t[VALUE_OBJ as usize] = [AFTER_OBJ, e, e, OBJECT_FIRST, ARRAY_FIRST, e, e, AFTER_OBJ];
-    t[VALUE_ARR as usize] = [AFTER_ARR, e, e, OBJECT_FIRST, ARRAY_FIRST, e, e, AFTER_ARR];
-    t[ARRAY_FIRST as usize] = [
-        AFTER_ARR,
-        e,
-        e,
-        OBJECT_FIRST,
-        ARRAY_FIRST,
-        e,
-        CLOSE,
-        AFTER_ARR,
-    ];
-    t[OBJECT_FIRST as usize] = [COLON, e, e, e, e, CLOSE, e, e];
-    t[KEY as usize] = [COLON, e, e, e, e, e, e, e];
-    t[COLON as usize] = [e, VALUE_OBJ, e, e, e, e, e, e];
-    t[AFTER_OBJ as usize] = [e, e, KEY, e, e, CLOSE, e, e];
-    t[AFTER_ARR as usize] = [e, e, VALUE_ARR, e, e, e, CLOSE, e];
-    t
-};
+// Token classes, and the two flags that make up a column of `STEP`.
+const C_QUOTE: u8 = 0;
+const C_OPEN_OBJ: u8 = 1;
+const C_OPEN_ARR: u8 = 2;
+const C_CLOSE_OBJ: u8 = 3;
+const C_CLOSE_ARR: u8 = 4;
+const C_SCALAR: u8 = 5;
+/// Commas and colons, which are never tokens: an error if met.
+const C_SEPARATOR: u8 = 6;
+const AFTER_COMMA: u8 = 8;
+const AFTER_COLON: u8 = 16;
 
 /// The token class of a byte that starts a token.
 const CLASS: [u8; 256] = {
-    let mut t = [C_SCALAR as u8; 256];
-    t[b'"' as usize] = C_QUOTE as u8;
-    t[b'{' as usize] = C_OPEN_OBJ as u8;
-    t[b'[' as usize] = C_OPEN_ARR as u8;
-    t[b'}' as usize] = C_CLOSE_OBJ as u8;
-    t[b']' as usize] = C_CLOSE_ARR as u8;
-    t[b':' as usize] = C_COLON as u8;
-    t[b',' as usize] = C_COMMA as u8;
+    let mut t = [C_SCALAR; 256];
+    t[b'"' as usize] = C_QUOTE;
+    t[b'{' as usize] = C_OPEN_OBJ;
+    t[b'[' as usize] = C_OPEN_ARR;
+    t[b'}' as usize] = C_CLOSE_OBJ;
+    t[b']' as usize] = C_CLOSE_ARR;
+    t[b':' as usize] = C_SEPARATOR;
+    t[b',' as usize] = C_SEPARATOR;
     t
 };
 
 /// Set in a [`STEP`] entry when the token needs more than a transition
-/// (a bracket, a number or literal, or a grammar error).
+/// (a bracket, or a grammar error).
 const ATTENTION: u8 = 0x10;
 
-/// `STEP[state][byte]`: the next state after a token starting with `byte`,
-/// with [`ATTENTION`] set where the token needs more than that. One lookup
-/// and one branch for the common tokens (quotes, colons, commas).
-static STEP: [[u8; 256]; 16] = {
-    let mut t = [[ERR | ATTENTION; 256]; 16];
-    let mut state = 0;
-    while state < 8 {
-        let mut byte = 0;
-        while byte < 256 {
-            let class = CLASS[byte] as usize;
-            let next = NEXT[state][class];
-            t[state][byte] = if next == ERR || class >= C_OPEN_OBJ {
-                next | ATTENTION
-            } else {
-                next
-            };
-            byte += 1;
-        }
-        state += 1;
+/// The state after a value that starts with a token of `class`, in an
+/// object (`AFTER_OBJ`) or an array (`AFTER_ARR`).
+const fn value(class: u8, after: u8) -> u8 {
+    match class {
+        C_QUOTE | C_SCALAR => after,
+        C_OPEN_OBJ => OBJECT_FIRST | ATTENTION,
+        C_OPEN_ARR => ARRAY_FIRST | ATTENTION,
+        _ => ERR | ATTENTION,
+    }
+}
+
+/// `STEP[state][column]`, column = class | flags: the next state, with
+/// [`ATTENTION`] where the token needs more. Padded to 16 states so that
+/// indexing by `state & 15` needs no bounds check.
+static STEP: [[u8; 32]; 16] = {
+    let e = ERR | ATTENTION;
+    let mut t = [[e; 32]; 16];
+    let mut c = 0;
+    while c < 8 {
+        let (plain, comma, colon) = (c, c | AFTER_COMMA as usize, c | AFTER_COLON as usize);
+        let class = c as u8;
+        let close = CLOSE | ATTENTION;
+        t[OBJECT_FIRST as usize][plain] = match class {
+            C_QUOTE => KEY_DONE,
+            C_CLOSE_OBJ => close,
+            _ => e,
+        };
+        t[KEY_READY as usize][plain] = if class == C_QUOTE { KEY_DONE } else { e };
+        t[KEY_DONE as usize][colon] = value(class, AFTER_OBJ);
+        t[VALUE_OBJ_READY as usize][plain] = value(class, AFTER_OBJ);
+        t[AFTER_OBJ as usize][plain] = if class == C_CLOSE_OBJ { close } else { e };
+        t[AFTER_OBJ as usize][comma] = if class == C_QUOTE { KEY_DONE } else { e };
+        t[ARRAY_FIRST as usize][plain] = if class == C_CLOSE_ARR {
+            close
+        } else {
+            value(class, AFTER_ARR)
+        };
+        t[VALUE_ARR_READY as usize][plain] = value(class, AFTER_ARR);
+        t[AFTER_ARR as usize][plain] = if class == C_CLOSE_ARR { close } else { e };
+        t[AFTER_ARR as usize][comma] = value(class, AFTER_ARR);
+        c += 1;
     }
     t
 };
@@ -118,26 +128,31 @@ static STEP: [[u8; 256]; 16] = {
 /// The compact state of `state` in a container that is an array or not.
 fn compact(state: State, in_array: bool) -> Option<u8> {
     Some(match state {
-        State::Value if in_array => VALUE_ARR,
-        State::Value => VALUE_OBJ,
+        State::Value if in_array => VALUE_ARR_READY,
+        State::Value => VALUE_OBJ_READY,
         State::ArrayFirst => ARRAY_FIRST,
         State::ObjectFirst => OBJECT_FIRST,
-        State::Key => KEY,
-        State::Colon => COLON,
+        State::Key => KEY_READY,
+        State::Colon => KEY_DONE,
         State::AfterValue if in_array => AFTER_ARR,
         State::AfterValue => AFTER_OBJ,
         _ => return None,
     })
 }
 
-fn expand(state: u8) -> State {
+/// The byte-level state of a compact state, with a comma or colon pending
+/// (seen, but the token after it lies past the block).
+fn expand(state: u8, comma: bool, colon: bool) -> State {
     match state {
-        VALUE_OBJ | VALUE_ARR => State::Value,
-        ARRAY_FIRST => State::ArrayFirst,
         OBJECT_FIRST => State::ObjectFirst,
-        KEY => State::Key,
-        COLON => State::Colon,
-        _ => State::AfterValue,
+        KEY_READY => State::Key,
+        KEY_DONE if colon => State::Value,
+        KEY_DONE => State::Colon,
+        AFTER_OBJ if comma => State::Key,
+        AFTER_ARR if comma => State::Value,
+        AFTER_OBJ | AFTER_ARR => State::AfterValue,
+        ARRAY_FIRST => State::ArrayFirst,
+        _ => State::Value,
     }
 }
 
@@ -149,14 +164,16 @@ struct Between {
     arrays: u128,
     /// All ones while inside a string at the start of the block.
     in_string: u64,
+    /// A comma or colon whose token lies in a later block.
+    comma: u64,
+    colon: u64,
 }
 
 impl ModelExtractor {
     /// Checks the blocks of `buf` from `i` while they hold plain nested
     /// content. Returns where the byte-level machine goes on, and why.
     pub(super) fn blocks(&mut self, buf: &[u8], i: usize) -> (usize, Exit) {
-        let in_array = self.arrays & 1 != 0;
-        let Some(state) = compact(self.state, in_array) else {
+        let Some(state) = compact(self.state, self.arrays & 1 != 0) else {
             return (i, Exit::Anomaly);
         };
         let max_depth = self.config.get_max_depth() as u32;
@@ -165,6 +182,8 @@ impl ModelExtractor {
             depth: self.depth,
             arrays: self.arrays,
             in_string: 0,
+            comma: 0,
+            colon: 0,
         };
         let rest = &buf[i..];
         let accepted = scan::for_each_block(
@@ -187,20 +206,32 @@ impl ModelExtractor {
         self.depth = at.depth;
         self.arrays = at.arrays;
         if at.in_string != 0 {
-            // A string crosses the block boundary: it is a key when a colon is
+            // A string crosses the block boundary: a key when a value is
             // expected after it, a value otherwise.
-            self.kind = if at.state == COLON {
+            self.kind = if at.state == KEY_DONE {
                 StrKind::Key
             } else {
                 StrKind::Value
             };
             self.capturing = false;
+            self.spilled = false;
             self.state = State::Str(Str::Plain);
         } else {
-            self.state = expand(at.state);
+            self.state = expand(at.state, at.comma != 0, at.colon != 0);
         }
         (end, exit)
     }
+}
+
+/// Where the first non-whitespace byte after each separator lies: bit `p`
+/// of the result is set when byte `p` follows one. Adding the separators,
+/// moved one bit up, to the whitespace mask carries each through the
+/// whitespace run after it. Also returns whether one lands past the block.
+#[inline(always)]
+fn landings(separators: u64, carry_in: u64, ws: u64) -> (u64, u64) {
+    let (sum, over) = ((separators << 1) | carry_in).overflowing_add(ws);
+    let carry_out = (over as u64) | (separators >> 63);
+    (sum & !ws, carry_out)
 }
 
 /// Checks one block; `None` when it needs the byte-level machine.
@@ -231,13 +262,32 @@ fn check_block(block: &[u8; 64], m: scan::Masks, at: Between, max_depth: u32) ->
     if escaped != 0 && !escapes_are_valid(block, escaped) {
         return None;
     }
+    let ws = m.ws & outside;
+    let commas = m.comma & outside;
+    let colons = m.colon & outside;
+    let (after_comma, comma_out) = landings(commas, at.comma, ws);
+    let (after_colon, colon_out) = landings(colons, at.colon, ws);
+    // A separator must be followed by a token, not by another separator.
+    if (after_comma | after_colon) & (commas | colons) != 0 {
+        return None;
+    }
     let scalar = outside & !(m.op | m.ws | m.quote);
     // A number or literal that reaches the block's end may go on in the next.
     if scalar >> 63 != 0 {
         return None;
     }
     let scalar_starts = scalar & !(scalar << 1);
-    let mut events = (m.op & outside) | (quotes & inside) | scalar_starts;
+    // Numbers and literals are checked apart from the grammar's chain.
+    let mut rest = scalar_starts;
+    while rest != 0 {
+        let p = rest.trailing_zeros() as usize;
+        rest &= rest - 1;
+        let len = (!(scalar >> p)).trailing_zeros() as usize;
+        if !valid_scalar(&block[p..p + len]) {
+            return None;
+        }
+    }
+    let mut events = (m.op & outside & !(commas | colons)) | (quotes & inside) | scalar_starts;
     let Between {
         mut state,
         mut depth,
@@ -245,26 +295,25 @@ fn check_block(block: &[u8; 64], m: scan::Masks, at: Between, max_depth: u32) ->
         ..
     } = at;
     while events != 0 {
-        let p = events.trailing_zeros() as usize;
+        let p = events.trailing_zeros();
         events &= events - 1;
-        let byte = block[p];
-        let step = STEP[state as usize & 15][byte as usize];
-        state = step & 0x0f;
+        let byte = block[p as usize];
+        let flags = ((((after_comma >> p) & 1) << 3) | (((after_colon >> p) & 1) << 4)) as usize;
+        let step = STEP[state as usize & 15][CLASS[byte as usize] as usize | flags];
         if step & ATTENTION == 0 {
+            state = step;
             continue;
         }
-        if state == ERR {
-            return None;
-        }
-        match CLASS[byte as usize] as usize {
-            C_OPEN_OBJ | C_OPEN_ARR => {
+        match step & !ATTENTION {
+            OBJECT_FIRST | ARRAY_FIRST => {
                 if depth >= max_depth {
                     return None;
                 }
                 arrays = (arrays << 1) | (byte == b'[') as u128;
                 depth += 1;
+                state = step & !ATTENTION;
             }
-            C_CLOSE_OBJ | C_CLOSE_ARR => {
+            CLOSE => {
                 // Back at depth 1 the keys matter: the byte-level machine takes it.
                 if depth <= 2 {
                     return None;
@@ -277,13 +326,14 @@ fn check_block(block: &[u8; 64], m: scan::Masks, at: Between, max_depth: u32) ->
                     AFTER_OBJ
                 };
             }
-            _ => {
-                let len = (!(scalar >> p)).trailing_zeros() as usize;
-                if !valid_scalar(&block[p..p + len]) {
-                    return None;
-                }
-            }
+            _ => return None,
         }
+    }
+    // A pending separator must fit the state it leaves.
+    if (colon_out != 0 && state != KEY_DONE)
+        || (comma_out != 0 && state != AFTER_OBJ && state != AFTER_ARR)
+    {
+        return None;
     }
     let in_string = if inside >> 63 != 0 { u64::MAX } else { 0 };
     Some(Between {
@@ -291,6 +341,8 @@ fn check_block(block: &[u8; 64], m: scan::Masks, at: Between, max_depth: u32) ->
         depth,
         arrays,
         in_string,
+        comma: comma_out,
+        colon: colon_out,
     })
 }
 

@@ -692,3 +692,53 @@ fn the_block_path_covers_most_of_a_plain_body() {
     let bytes: Vec<&[u8]> = body.as_bytes().chunks(1).collect();
     assert_eq!(run(&strict(), &bytes), whole);
 }
+
+#[test]
+fn the_block_path_hands_over_at_every_offset() {
+    // Each snippet sits at every offset across a block boundary, inside
+    // nested content, with non-ASCII text after it so that the block path
+    // hands over to the byte-level machine right there.
+    let snippets: [&[u8]; 16] = [
+        b"[1,2]",
+        b"[1:2]",
+        b"[1,,2]",
+        b"[1,]",
+        b"{\"a\":1}",
+        b"{\"a\",1}",
+        b"{\"a\":1,}",
+        b"{\"a\"::1}",
+        b"{\"a\" : 1 , \"b\" : [ ] }",
+        b"[\"x\" , {\"k\" :\"v\"}]",
+        b"{,\"a\":1}",
+        b"[:1]",
+        b"{\"a\":1 \"b\":2}",
+        b"[tru]",
+        b"[\"a\\\"b\",\"\\u00e9\"]",
+        b"[1e5,-0.5,null]",
+    ];
+    for snippet in snippets {
+        for pad in 0..70 {
+            let mut body = b"{\"messages\":[\"".to_vec();
+            body.extend(std::iter::repeat_n(b'p', pad));
+            body.extend_from_slice(b"\",");
+            body.extend_from_slice(snippet);
+            body.extend_from_slice(",\"é日本\",".as_bytes());
+            body.extend_from_slice(snippet);
+            body.extend_from_slice(b"],\"model\":\"m\"}");
+            let whole = run(&strict(), &[&body]);
+            let bytes: Vec<&[u8]> = body.chunks(1).collect();
+            assert_eq!(
+                run(&strict(), &bytes),
+                whole,
+                "{:?}",
+                String::from_utf8_lossy(&body)
+            );
+            assert_eq!(
+                whole.is_ok(),
+                serde_valid(&body),
+                "{:?}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+    }
+}
