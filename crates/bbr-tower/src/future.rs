@@ -289,7 +289,7 @@ where
             if chunk.is_empty() {
                 continue;
             }
-            let status = self.extractor.feed(&chunk);
+            let status = crate::body::feed(&mut self.extractor, &chunk);
             self.held_len += chunk.len() as u64;
             self.held.push(chunk);
             match status {

@@ -170,6 +170,29 @@ async fn a_violation_after_the_decision_ends_the_body_with_the_error() {
 }
 
 #[tokio::test]
+async fn large_chunks_are_scanned_whole() {
+    let text = "y".repeat(100_000);
+    let body = format!(r#"{{"messages":["{text}"],"model":"m"}}"#);
+    let (status, seen) = run(
+        ModelRoutingLayer::new(),
+        post(Full::new(Bytes::from(body.clone()))),
+    )
+    .await;
+    assert_eq!(status, 200);
+    {
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.decision.as_ref().unwrap().model(), Some("m"));
+        assert_eq!(seen.data.concat(), body.as_bytes());
+    }
+    // A duplicate far from the first model, in the same chunk, is found
+    // before the inner service is called.
+    let body = format!(r#"{{"model":"m","messages":["{text}"],"model":"n"}}"#);
+    let (status, seen) = run(ModelRoutingLayer::new(), post(Full::new(Bytes::from(body)))).await;
+    assert_eq!(status, 400);
+    assert!(seen.lock().unwrap().decision.is_none());
+}
+
+#[tokio::test]
 async fn a_truncated_body_never_ends_cleanly() {
     let parts = [
         Bytes::from_static(br#"{"model":"a","#),
