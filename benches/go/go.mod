@@ -1,0 +1,3 @@
+module bbr/benches/go
+
+go 1.19
