@@ -53,6 +53,7 @@ mod tests;
 
 use std::{collections::HashMap, fmt, path::Path, sync::Arc};
 
+use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 
 use crate::{Error, ErrorKind};
@@ -106,7 +107,8 @@ impl fmt::Display for Criticality {
 #[derive(Clone, Debug)]
 pub struct RouteDecision {
     route: Arc<Route>,
-    original: Box<str>,
+    /// The model as sent (UTF-8), shared with its header value.
+    original: Bytes,
     /// The rewrite target, when it differs from the original.
     target: Option<Arc<str>>,
     base_model: Option<Arc<str>>,
@@ -144,12 +146,16 @@ impl RouteDecision {
 
     /// The model to send upstream: the rewrite target, or the original.
     pub fn model(&self) -> &str {
-        self.target.as_deref().unwrap_or(&self.original)
+        match &self.target {
+            Some(target) => target,
+            None => self.original_model(),
+        }
     }
 
     /// The model as the client sent it.
     pub fn original_model(&self) -> &str {
-        &self.original
+        // Built from a `&str`; never fails.
+        std::str::from_utf8(&self.original).unwrap_or_default()
     }
 
     /// Whether the body must be rewritten ([`model`](Self::model) differs
@@ -280,7 +286,7 @@ impl RuleTable {
         model: &str,
         request_key: Option<&[u8]>,
     ) -> Result<Option<RouteDecision>, Error> {
-        let Some(model_value) = header_value(model) else {
+        let Some((original, model_value)) = header_value(model) else {
             return Err(invalid_model(model));
         };
         let route = match self.matcher.find(model) {
@@ -323,7 +329,7 @@ impl RuleTable {
         headers.extend(route.set_headers.iter().cloned());
         Ok(Some(RouteDecision {
             route: Arc::clone(route),
-            original: model.into(),
+            original,
             target,
             base_model: base.map(|b| Arc::clone(&b.name)),
             headers,
@@ -380,12 +386,15 @@ impl fmt::Debug for RuleTable {
     }
 }
 
-/// The header value for `model`, or `None` when it cannot be one.
-fn header_value(model: &str) -> Option<HeaderValue> {
+/// `model` as bytes and as a header value sharing them (one copy, not
+/// two), or `None` when it cannot be a header value.
+fn header_value(model: &str) -> Option<(Bytes, HeaderValue)> {
     if model.is_empty() || model.chars().any(char::is_control) {
         return None;
     }
-    HeaderValue::from_str(model).ok()
+    let bytes = Bytes::copy_from_slice(model.as_bytes());
+    let value = HeaderValue::from_maybe_shared(bytes.clone()).ok()?;
+    Some((bytes, value))
 }
 
 #[cold]
