@@ -248,6 +248,18 @@ impl RuleTable {
 
     /// Loads a rules file: JSON when its name ends in `.json`, YAML
     /// otherwise (`.yaml`, `.yml`, or a mounted ConfigMap key).
+    ///
+    /// ```
+    /// use std::path::Path;
+    /// use bbr_core::rules::RuleTable;
+    ///
+    /// let table = RuleTable::from_path(Path::new("../../examples/config/gateway.yaml")).unwrap();
+    /// let decision = table.decide("recommender", None).unwrap().unwrap();
+    /// assert_eq!(decision.pool(), Some("deepseek-r1"));
+    ///
+    /// let err = RuleTable::from_path(Path::new("no-such-file.yaml")).unwrap_err();
+    /// assert_eq!(err.file(), Some(Path::new("no-such-file.yaml")));
+    /// ```
     pub fn from_path(path: &Path) -> Result<RuleTable, ConfigError> {
         RuleTableBuilder::new().rules_path(path).build()
     }
@@ -258,6 +270,21 @@ impl RuleTable {
     }
 
     /// Compiles a rules configuration written in JSON.
+    ///
+    /// ```
+    /// use bbr_core::rules::RuleTable;
+    ///
+    /// let table = RuleTable::from_json(r#"{
+    ///   "rules": [{"name": "sql", "match": {"model": {"exact": "sql"}},
+    ///              "targets": [{"model": "sql-lora", "weight": 1}]}],
+    ///   "base_models": [{"base_model": "qwen", "adapters": ["sql-lora"]}],
+    ///   "default": {"action": "pass"}
+    /// }"#).unwrap();
+    /// let decision = table.decide("sql", Some(b"request-id-1")).unwrap().unwrap();
+    /// assert!(decision.is_rewrite());
+    /// assert_eq!((decision.model(), decision.base_model()), ("sql-lora", Some("qwen")));
+    /// assert!(table.decide("other", None).unwrap().is_none());
+    /// ```
     pub fn from_json(text: &str) -> Result<RuleTable, ConfigError> {
         RuleTableBuilder::new().rules_json(text).build()
     }
