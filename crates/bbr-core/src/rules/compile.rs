@@ -7,7 +7,7 @@ use std::{
 };
 
 use http::{HeaderName, HeaderValue};
-use serde::de::DeserializeOwned;
+use serde::Deserialize as _;
 
 use super::{
     BASE_MODEL_HEADER, ConfigError, Criticality, MODEL_NAME_HEADER, POOL_HEADER, RuleTable, glob,
@@ -223,74 +223,102 @@ pub(crate) fn parse_rules_yaml(text: &str) -> Result<RulesFile, ConfigError> {
         Ok(None) => Err(ConfigError::new(
             "the configuration is empty (write `default: {action: reject}` to reject every model)",
         )),
-        Err(err) => Err(locate(
-            ConfigError::new(err.to_string()),
-            || serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text).ok(),
-            |value| {
-                let mapping = value.as_mapping()?;
-                let rules = mapping.get("rules")?.as_sequence()?;
-                Some(
+        Err(err) => {
+            let err = ConfigError::new(err.to_string());
+            let Ok(value) = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text) else {
+                return Err(err);
+            };
+            let fails = |part: &serde_yaml_ng::Value, check: fn(&str) -> bool| {
+                serde_yaml_ng::to_string(part).map_or(true, |t| !check(&t))
+            };
+            let rules = value
+                .get("rules")
+                .and_then(|r| r.as_sequence())
+                .map(|rules| {
                     rules
                         .iter()
                         .map(|rule| {
-                            let name = rule.get("name").and_then(|n| n.as_str()).map(str::to_owned);
-                            let failed = serde_yaml_ng::to_string(rule)
-                                .map_or(true, |t| serde_yaml_ng::from_str::<RuleSpec>(&t).is_err());
-                            (name, failed)
+                            let name = rule.get("name").and_then(|n| n.as_str());
+                            (
+                                name.map(str::to_owned),
+                                fails(rule, |t| serde_yaml_ng::from_str::<RuleSpec>(t).is_ok()),
+                            )
                         })
-                        .collect(),
-                )
-            },
-        )),
+                        .collect()
+                })
+                .unwrap_or_default();
+            let default = value
+                .get("default")
+                .is_some_and(|d| fails(d, |t| serde_yaml_ng::from_str::<DefaultSpec>(t).is_ok()));
+            let bases = value.get("base_models").is_some_and(|b| {
+                fails(b, |t| {
+                    serde_yaml_ng::from_str::<Vec<BaseModelSpec>>(t).is_ok()
+                })
+            });
+            Err(blame(err, rules, default, bases))
+        }
     }
 }
 
 pub(crate) fn parse_rules_json(text: &str) -> Result<RulesFile, ConfigError> {
     match serde_json::from_str::<RulesFile>(text) {
         Ok(file) => Ok(file),
-        Err(err) => Err(locate(
-            ConfigError::new(err.to_string()),
-            || serde_json::from_str::<serde_json::Value>(text).ok(),
-            |value| {
-                let rules = value.get("rules")?.as_array()?;
-                Some(
+        Err(err) => {
+            let err = ConfigError::new(err.to_string());
+            let Ok(value) = serde_json::from_str::<serde_json::Value>(text) else {
+                return Err(err);
+            };
+            let rules = value
+                .get("rules")
+                .and_then(|r| r.as_array())
+                .map(|rules| {
                     rules
                         .iter()
                         .map(|rule| {
-                            let name = rule.get("name").and_then(|n| n.as_str()).map(str::to_owned);
-                            (name, try_from_json::<RuleSpec>(rule).is_err())
+                            let name = rule.get("name").and_then(|n| n.as_str());
+                            (
+                                name.map(str::to_owned),
+                                RuleSpec::deserialize(rule).is_err(),
+                            )
                         })
-                        .collect(),
-                )
-            },
-        )),
+                        .collect()
+                })
+                .unwrap_or_default();
+            let default = value
+                .get("default")
+                .is_some_and(|d| DefaultSpec::deserialize(d).is_err());
+            let bases = value
+                .get("base_models")
+                .is_some_and(|b| Vec::<BaseModelSpec>::deserialize(b).is_err());
+            Err(blame(err, rules, default, bases))
+        }
     }
 }
 
-fn try_from_json<T: DeserializeOwned>(value: &serde_json::Value) -> Result<T, serde_json::Error> {
-    T::deserialize(value)
-}
-
-/// Names the rule a parse error lies in: the parser reports a line and a
-/// column, a reader wants the rule. Re-parses each rule alone (on the error
-/// path only) and blames the first that fails.
-fn locate<V>(
+/// Names the part of the file a parse error lies in: the parser reports a
+/// line and a column, a reader wants the rule. Each rule (then `default`,
+/// then `base_models`) was re-parsed alone, on the error path only; the
+/// first that fails is blamed.
+fn blame(
     err: ConfigError,
-    parse: impl FnOnce() -> Option<V>,
-    rules: impl FnOnce(&V) -> Option<Vec<(Option<String>, bool)>>,
+    rules: Vec<(Option<String>, bool)>,
+    default_fails: bool,
+    bases_fail: bool,
 ) -> ConfigError {
-    let Some(value) = parse() else { return err };
-    let Some(rules) = rules(&value) else {
-        return err;
-    };
-    match rules
+    if let Some((i, (name, _))) = rules
         .into_iter()
         .enumerate()
         .find(|(_, (_, failed))| *failed)
     {
-        Some((i, (name, _))) => err.or_rule(rule_label(i, name.as_deref())),
-        None => err,
+        return err.or_rule(rule_label(i, name.as_deref()));
     }
+    if default_fails {
+        return err.or_section("default");
+    }
+    if bases_fail {
+        return err.or_section("base_models");
+    }
+    err
 }
 
 fn rule_label(index: usize, name: Option<&str>) -> String {
@@ -346,8 +374,6 @@ pub(crate) fn parse_configmaps(text: &str) -> Result<Vec<BaseModelSpec>, ConfigE
     }
     Ok(out)
 }
-
-use serde::Deserialize as _;
 
 fn parse_adapter_text(text: &str) -> Result<Vec<String>, ConfigError> {
     let list: Option<Vec<String>> = serde_yaml_ng::from_str(text).map_err(|e| {

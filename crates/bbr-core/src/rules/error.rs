@@ -77,6 +77,14 @@ impl ConfigError {
         self
     }
 
+    /// Names the section (kept if a place is already set).
+    pub(crate) fn or_section(mut self, section: &'static str) -> ConfigError {
+        if self.place.is_none() {
+            self.place = Some(Place::Section(section));
+        }
+        self
+    }
+
     /// The file the configuration came from, when it came from a file.
     pub fn file(&self) -> Option<&Path> {
         self.file.as_deref()

@@ -440,8 +440,12 @@ fn unknown_fields_are_refused() {
         "unknown field `fuzzy`",
     );
     refused("rule: []", None, "unknown field `rule`");
-    let err = error("default: {action: reject, pools: x}");
+    let err = error("rules: []\ndefault: {action: reject, pools: x}");
+    assert_eq!(err.section(), Some("default"), "{err}");
     assert!(err.reason().contains("unknown field `pools`"), "{err}");
+    let err =
+        RuleTable::from_json(r#"{"base_models":[{"base_model":"q","adapter":[]}]}"#).unwrap_err();
+    assert_eq!(err.section(), Some("base_models"), "{err}");
 }
 
 #[test]
