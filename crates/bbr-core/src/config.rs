@@ -76,7 +76,8 @@ pub struct ExtractorConfig {
     max_body: u64,
     max_depth: usize,
     max_model_len: usize,
-    fields: Arc<[Box<str>]>,
+    /// `None` when no field is requested: a clone then costs no atomic operation.
+    fields: Option<Arc<[Box<str>]>>,
 }
 
 impl Default for ExtractorConfig {
@@ -86,7 +87,7 @@ impl Default for ExtractorConfig {
             max_body: DEFAULT_MAX_BODY,
             max_depth: DEFAULT_MAX_DEPTH,
             max_model_len: DEFAULT_MAX_MODEL_LEN,
-            fields: Arc::from(Vec::new()),
+            fields: None,
         }
     }
 }
@@ -131,11 +132,11 @@ impl ExtractorConfig {
     pub fn field(mut self, name: &str) -> Self {
         if name.len() <= MAX_FIELD_NAME_LEN
             && name != "model"
-            && !self.fields.iter().any(|f| &**f == name)
+            && !self.get_fields().iter().any(|f| &**f == name)
         {
-            let mut fields: Vec<Box<str>> = self.fields.iter().cloned().collect();
+            let mut fields: Vec<Box<str>> = self.get_fields().to_vec();
             fields.push(name.into());
-            self.fields = fields.into();
+            self.fields = Some(fields.into());
         }
         self
     }
@@ -162,6 +163,6 @@ impl ExtractorConfig {
 
     /// The extra top-level fields requested.
     pub fn get_fields(&self) -> &[Box<str>] {
-        &self.fields
+        self.fields.as_deref().unwrap_or(&[])
     }
 }

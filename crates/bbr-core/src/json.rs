@@ -160,8 +160,10 @@ pub struct ModelExtractor {
     token_start: u64,
     /// Offset of the lead byte of the UTF-8 sequence being read.
     utf8_start: u64,
-    /// The model, once read.
+    /// The model, once read (moved into the extraction at the decision).
     model: Option<Model>,
+    /// Whether a top-level `model` member has been read.
+    model_seen: bool,
     /// Bit `n` is set once requested field `n` has been seen.
     fields_seen: u64,
     fields_all: u64,
@@ -197,6 +199,7 @@ impl ModelExtractor {
             token_start: 0,
             utf8_start: 0,
             model: None,
+            model_seen: false,
             fields_seen: 0,
             fields_all,
             fields: Vec::new(),
@@ -277,7 +280,7 @@ impl ModelExtractor {
             return Err(err.clone());
         }
         let complete = match self.config.get_policy() {
-            Policy::Strict => self.state == State::Done,
+            Policy::Strict => matches!(self.state, State::Done),
             Policy::Fast => self.extraction.is_some(),
         };
         if !complete {
@@ -338,6 +341,14 @@ impl ModelExtractor {
         let fast = self.config.get_policy() == Policy::Fast;
         // Where the block path may be tried again.
         let mut blocks_from = from;
+        // The common opening `{"model":"`: straight into the model's value,
+        // in exactly the state the byte-level machine would reach there.
+        const OPENING: &[u8] = b"{\"model\":\"";
+        if matches!(self.state, State::Start) && base == 0 && i == 0 && buf.starts_with(OPENING) {
+            self.depth = 1;
+            self.begin_string(StrKind::Model, OPENING.len() as u64 - 1, OPENING.len());
+            i = OPENING.len();
+        }
         while i < buf.len() {
             if fast && self.extraction.is_some() {
                 break;
@@ -421,7 +432,7 @@ impl ModelExtractor {
                                 i,
                             );
                         }
-                        b'}' if self.state == State::ObjectFirst => {
+                        b'}' if matches!(self.state, State::ObjectFirst) => {
                             self.close(base + i as u64)?;
                         }
                         _ => return Err(self.syntax(base + i as u64 - 1, "expected a key string")),
@@ -646,7 +657,7 @@ impl ModelExtractor {
     fn after_value(&mut self, after: u64) {
         self.state = State::AfterValue;
         if self.extraction.is_none()
-            && self.model.is_some()
+            && self.model_seen
             && self.fields_seen & self.fields_all == self.fields_all
         {
             self.decide(after);
@@ -655,7 +666,7 @@ impl ModelExtractor {
 
     fn decide(&mut self, at: u64) {
         self.extraction = Some(Extraction {
-            model: self.model.clone(),
+            model: self.model.take(),
             fields: std::mem::take(&mut self.fields),
             decided_at: at,
         });
@@ -862,7 +873,7 @@ impl ModelExtractor {
                     return Ok(());
                 }
                 if content == b"model" {
-                    if self.model.is_some() {
+                    if self.model_seen {
                         return Err(self.error(
                             ErrorKind::DuplicateModel,
                             self.token_start,
@@ -901,7 +912,14 @@ impl ModelExtractor {
                         content,
                     ));
                 }
-                if content.iter().any(|&b| b < 0x20 || b == 0x7f) {
+                // Unescaped content cannot hold a byte below 0x20 (that is
+                // invalid JSON, refused earlier): only DEL is left to find.
+                let control = if self.spilled {
+                    content.iter().any(|&b| b < 0x20 || b == 0x7f)
+                } else {
+                    content.contains(&0x7f)
+                };
+                if control {
                     return Err(Error::with_excerpt(
                         ErrorKind::InvalidModel,
                         start,
@@ -916,6 +934,7 @@ impl ModelExtractor {
                     Model::new(chunk.slice(self.cap_from..i), start..end, true)
                 };
                 self.model = Some(model);
+                self.model_seen = true;
                 self.after_value(end);
                 Ok(())
             }
