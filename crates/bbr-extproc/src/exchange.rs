@@ -236,10 +236,10 @@ impl Exchange {
                     if result.is_ok() && eos {
                         result = x.finish().map(drop);
                     }
-                    if let Err(e) = result {
-                        if !self.violation(&e, out) {
-                            return;
-                        }
+                    if let Err(e) = result
+                        && !self.violation(&e, out)
+                    {
+                        return;
                     }
                 }
                 self.release(chunk, eos, out);
@@ -282,10 +282,10 @@ impl Exchange {
                 }
             }
             Phase::Checking => {
-                if let Some(Err(e)) = self.extractor.as_mut().map(|x| x.finish().map(drop)) {
-                    if !self.violation(&e, out) {
-                        return;
-                    }
+                if let Some(Err(e)) = self.extractor.as_mut().map(|x| x.finish().map(drop))
+                    && !self.violation(&e, out)
+                {
+                    return;
                 }
                 self.phase = Phase::Passing;
             }
@@ -376,8 +376,10 @@ impl Exchange {
         out: &mut Vec<ProcessingResponse>,
     ) {
         let mut held = std::mem::take(&mut self.held);
-        if let Some((span, token)) = rewrite {
-            if let Some(spliced) = splice(&held, span, token) {
+        if let Some((span, token)) = rewrite
+            && let Some(spliced) = splice(&held, span, token)
+        {
+            {
                 held = spliced.chunks;
                 if let Some(len) = self.content_length {
                     let new_len = (len as i64 + spliced.len_delta).max(0);

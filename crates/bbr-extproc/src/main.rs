@@ -10,8 +10,7 @@ use bbr_extproc::{BodyRoutingProcessor, SERVICE_NAME, metrics, serve};
 use clap::{ArgAction, Parser};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use tokio::{net::TcpListener, sync::watch};
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::{Server, ServerTlsConfig};
+use tonic::transport::{Server, ServerTlsConfig, server::TcpIncoming};
 use tonic_health::ServingStatus;
 
 /// Envoy ext_proc server routing LLM inference requests on the model named
@@ -125,6 +124,12 @@ fn main() -> ExitCode {
     }
 }
 
+/// Accepted connections with Nagle's algorithm off: ext_proc messages are
+/// small and latency-bound.
+fn incoming(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 async fn run(args: Args) -> Result<(), BoxError> {
@@ -191,12 +196,12 @@ async fn run(args: Args) -> Result<(), BoxError> {
         main_server
             .add_service(health_service.clone())
             .add_service(processor.clone().into_server())
-            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), stopped()),
+            .serve_with_incoming_shutdown(incoming(grpc), stopped()),
     );
     let health_task = tokio::spawn(
         Server::builder()
             .add_service(health_service)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(health), stopped()),
+            .serve_with_incoming_shutdown(incoming(health), stopped()),
     );
     let metrics_task = tokio::spawn(serve::serve_metrics(
         metrics_listener,

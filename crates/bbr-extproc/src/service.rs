@@ -1,10 +1,9 @@
 //! The `ExternalProcessor` gRPC service and its builder.
 
-use std::{pin::Pin, sync::Arc};
+use std::{collections::VecDeque, pin::Pin, sync::Arc};
 
 use bbr_core::{ExtractorConfig, FailurePolicy};
-use tokio::sync::mpsc;
-use tokio_stream::{Stream, wrappers::ReceiverStream};
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
@@ -153,6 +152,12 @@ impl ProcessorBuilder {
     }
 }
 
+struct StreamState {
+    inbound: Streaming<ProcessingRequest>,
+    exchange: Exchange,
+    out: VecDeque<ProcessingResponse>,
+}
+
 /// The response stream of one `Process` call.
 pub type ProcessStream =
     Pin<Box<dyn Stream<Item = Result<ProcessingResponse, Status>> + Send + 'static>>;
@@ -165,32 +170,33 @@ impl ExternalProcessor for BodyRoutingProcessor {
         &self,
         request: Request<Streaming<ProcessingRequest>>,
     ) -> Result<Response<Self::ProcessStream>, Status> {
-        let mut inbound = request.into_inner();
-        // A few messages of slack: Envoy reads responses as they come, and
-        // a full channel pushes back on the reading side.
-        let (tx, rx) = mpsc::channel(16);
-        let shared = Arc::clone(&self.shared);
-        tokio::spawn(async move {
-            let mut exchange = Exchange::new(shared);
-            let mut out = Vec::new();
+        // The responses are produced as the response stream is polled: no
+        // task or channel per request, and Envoy's reading pace pushes back
+        // on how fast its messages are taken.
+        let state = StreamState {
+            inbound: request.into_inner(),
+            exchange: Exchange::new(Arc::clone(&self.shared)),
+            out: VecDeque::new(),
+        };
+        let responses = futures_util::stream::unfold(state, |mut state| async move {
             loop {
-                match inbound.message().await {
+                if let Some(r) = state.out.pop_front() {
+                    return Some((Ok(r), state));
+                }
+                match state.inbound.message().await {
                     Ok(Some(msg)) => {
-                        exchange.on_message(msg, &mut out);
-                        for r in out.drain(..) {
-                            if tx.send(Ok(r)).await.is_err() {
-                                return;
-                            }
-                        }
+                        let mut out = Vec::new();
+                        state.exchange.on_message(msg, &mut out);
+                        state.out.extend(out);
                     }
-                    Ok(None) => return,
+                    Ok(None) => return None,
                     Err(status) => {
                         tracing::debug!(%status, "ext_proc stream ended by the client");
-                        return;
+                        return None;
                     }
                 }
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(responses)))
     }
 }

@@ -197,7 +197,8 @@ async fn spoofed_header_is_stripped(s: &Scene) {
 /// and never reach a pool.
 async fn invalid_bodies_get_the_json_error(s: &Scene) {
     let before = s.seen();
-    let cases: [(&[(&str, &str)], &str, u16, &str); 4] = [
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, u16, &'a str);
+    let cases: [Case<'_>; 4] = [
         (
             &[],
             r#"{"model":123,"prompt":"x"}"#,

@@ -121,10 +121,10 @@ impl Envoy {
             if let Some(status) = envoy.child.try_wait().unwrap() {
                 panic!("envoy exited at startup: {status}");
             }
-            if let Ok(text) = std::fs::read_to_string(&admin_path) {
-                if let Ok(addr) = text.trim().parse::<std::net::SocketAddr>() {
-                    break addr;
-                }
+            if let Ok(text) = std::fs::read_to_string(&admin_path)
+                && let Ok(addr) = text.trim().parse::<std::net::SocketAddr>()
+            {
+                break addr;
             }
             assert!(Instant::now() < deadline, "envoy did not start in time");
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -139,11 +139,11 @@ impl Envoy {
                     v["listener_statuses"][0]["local_address"]["socket_address"]["port_value"]
                         .as_u64()
                         .unwrap_or(0);
-                if port != 0 {
-                    if let Ok(Reply { status: 200, .. }) = http::get(admin, "/ready").await {
-                        envoy.port = port as u16;
-                        return envoy;
-                    }
+                if port != 0
+                    && let Ok(Reply { status: 200, .. }) = http::get(admin, "/ready").await
+                {
+                    envoy.port = port as u16;
+                    return envoy;
                 }
             }
             assert!(
