@@ -166,7 +166,8 @@ impl Exchange {
             // configured default like the request direction.
             self.response_mode = self.request_mode;
         }
-        let managed = self.shared.routes.managed_headers();
+        let table = self.shared.rules.load();
+        let managed = table.managed_headers();
         let mut content_type = None;
         for header in h.headers.iter().flat_map(|m| m.headers.iter()) {
             let key = header.key.as_str();
@@ -344,20 +345,19 @@ impl Exchange {
         };
         let model_text = model.as_str().to_owned();
         let span = model.span();
-        match self
-            .shared
-            .routes
-            .decide(&model_text, self.request_key.as_deref())
-        {
+        let is_json = x.is_json();
+        let table = self.shared.rules.load();
+        match table.decide(&model_text, self.request_key.as_deref()) {
             Ok(Some(decision)) => {
                 metrics::success();
-                metrics::route_match(&decision.rule, decision.pool.as_deref().unwrap_or(""));
-                let rewrite = decision
-                    .rewrite
-                    .filter(|_| x.is_json() && self.request_mode != BodyMode::Streamed)
-                    .map(|model| (span, json_string(&model)));
+                metrics::route_match(decision.rule().unwrap_or(""), decision.pool().unwrap_or(""));
+                // STREAMED answers each chunk in place; a splice would not
+                // line up with the chunks Envoy waits on.
+                let rewrite =
+                    (decision.is_rewrite() && is_json && self.request_mode != BodyMode::Streamed)
+                        .then(|| (span, json_string(decision.model())));
                 let routing = Routing {
-                    set: decision.headers,
+                    set: decision.headers().to_vec(),
                 };
                 self.emit_decision(routing, rewrite, eos, out);
             }

@@ -99,7 +99,6 @@
 mod exchange;
 pub mod metrics;
 pub mod pb;
-mod routing;
 pub mod serve;
 mod service;
 

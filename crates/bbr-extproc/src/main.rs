@@ -5,7 +5,10 @@
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
-use bbr_core::{ExtractorConfig, FailurePolicy, Policy};
+use bbr_core::{
+    ExtractorConfig, FailurePolicy, Policy,
+    rules::{RuleTable, SharedRules},
+};
 use bbr_extproc::{BodyRoutingProcessor, SERVICE_NAME, metrics, serve};
 use clap::{ArgAction, Parser};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
@@ -145,9 +148,10 @@ async fn run(args: Args) -> Result<(), BoxError> {
         .install_recorder()?;
     metrics::describe();
 
-    if args.rules.is_some() {
-        return Err("--rules is not supported yet".into());
-    }
+    let rules = match &args.rules {
+        Some(path) => SharedRules::new(RuleTable::from_path(path)?),
+        None => SharedRules::new(RuleTable::empty()),
+    };
     let processor = BodyRoutingProcessor::builder()
         .extractor(
             ExtractorConfig::new()
@@ -155,6 +159,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
                 .max_body(args.max_body),
         )
         .failure_policy(FailurePolicy::new())
+        .rules(rules.clone())
         .streaming(args.streaming)
         .build();
 
@@ -215,7 +220,13 @@ async fn run(args: Args) -> Result<(), BoxError> {
             prometheus.run_upkeep();
         }
     });
-    let watcher: Option<tokio::task::JoinHandle<()>> = None;
+    let watcher = args.rules.clone().map(|path| {
+        serve::watch_file(
+            path,
+            Duration::from_millis(args.rules_poll_ms.max(10)),
+            move |p| rules.reload_from(p),
+        )
+    });
 
     // One machine-readable line, for scripts that start the server on port 0.
     println!(

@@ -2,7 +2,7 @@
 
 use std::{collections::VecDeque, pin::Pin, sync::Arc};
 
-use bbr_core::{ExtractorConfig, FailurePolicy};
+use bbr_core::{ExtractorConfig, FailurePolicy, rules::SharedRules};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -12,7 +12,6 @@ use crate::{
         ProcessingRequest, ProcessingResponse,
         external_processor_server::{ExternalProcessor, ExternalProcessorServer},
     },
-    routing::Routes,
 };
 
 /// The fully qualified gRPC name of the service, as health checks ask for it.
@@ -23,7 +22,7 @@ pub const SERVICE_NAME: &str = "envoy.service.ext_proc.v3.ExternalProcessor";
 pub(crate) struct Shared {
     pub(crate) extractor: ExtractorConfig,
     pub(crate) failure: FailurePolicy,
-    pub(crate) routes: Routes,
+    pub(crate) rules: SharedRules,
     pub(crate) default_mode: BodyMode,
     pub(crate) clear_route_cache: bool,
     pub(crate) request_key_header: String,
@@ -46,6 +45,11 @@ impl BodyRoutingProcessor {
     /// `X-Gateway-Model-Name`), `BUFFERED` unless Envoy says otherwise.
     pub fn builder() -> ProcessorBuilder {
         ProcessorBuilder::default()
+    }
+
+    /// The rule table handle (clone it to reload the table while serving).
+    pub fn rules(&self) -> &SharedRules {
+        &self.shared.rules
     }
 
     /// The tonic service, with gRPC message limits raised so that a
@@ -72,6 +76,7 @@ fn message_limit(config: &ExtractorConfig) -> usize {
 pub struct ProcessorBuilder {
     extractor: ExtractorConfig,
     failure: FailurePolicy,
+    rules: SharedRules,
     default_mode: BodyMode,
     clear_route_cache: bool,
     request_key_header: String,
@@ -82,6 +87,7 @@ impl Default for ProcessorBuilder {
         ProcessorBuilder {
             extractor: ExtractorConfig::default(),
             failure: FailurePolicy::default(),
+            rules: SharedRules::default(),
             default_mode: BodyMode::Buffered,
             clear_route_cache: true,
             request_key_header: "x-request-id".to_owned(),
@@ -99,6 +105,15 @@ impl ProcessorBuilder {
     /// Sets which errors are rejected and which pass through unrouted.
     pub fn failure_policy(mut self, policy: FailurePolicy) -> Self {
         self.failure = policy;
+        self
+    }
+
+    /// Sets the rule table. The handle is shared: a
+    /// [`SharedRules::replace`] or [`SharedRules::reload_from`] on a clone
+    /// applies to the next request, while requests under way keep the table
+    /// they started with.
+    pub fn rules(mut self, rules: SharedRules) -> Self {
+        self.rules = rules;
         self
     }
 
@@ -143,7 +158,7 @@ impl ProcessorBuilder {
             shared: Arc::new(Shared {
                 extractor: self.extractor,
                 failure: self.failure,
-                routes: Routes::default(),
+                rules: self.rules,
                 default_mode: self.default_mode,
                 clear_route_cache: self.clear_route_cache,
                 request_key_header: self.request_key_header,

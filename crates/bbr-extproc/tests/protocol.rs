@@ -443,3 +443,164 @@ async fn observability_mode_gets_no_answers() {
     s.close();
     assert!(s.ends().await, "no response expected in observability mode");
 }
+
+const RULES: &str = r#"
+rules:
+  - name: chatbot
+    match: { model: { exact: chatbot } }
+    pool: gemma3
+    criticality: Critical
+    set_headers: { x-gateway-inference-objective: chatbot }
+  - name: canary
+    match: { model: { exact: canary } }
+    pool: gemma3
+    targets:
+      - { model: google/gemma-3-27b-it, weight: 1 }
+  - name: recommender
+    match: { model: { exact: recommender } }
+    pool: deepseek-r1
+base_models:
+  - base_model: qwen
+    adapters: [sql-lora-sheddable]
+default: { action: reject }
+"#;
+
+fn with_rules() -> BodyRoutingProcessor {
+    let table = bbr_core::rules::RuleTable::from_yaml(RULES).unwrap();
+    BodyRoutingProcessor::builder()
+        .rules(bbr_core::rules::SharedRules::new(table))
+        .build()
+}
+
+#[tokio::test]
+async fn rules_set_pool_and_rule_headers_and_strip_every_managed_header() {
+    let mut c = serve(with_rules()).await;
+    let mut s = Stream::open(&mut c, full_duplex()).await;
+    s.headers(
+        &[
+            JSON,
+            ("x-gateway-inference-objective", "spoof"),
+            ("x-other", "kept"),
+        ],
+        false,
+    )
+    .await;
+    s.body(br#"{"model":"chatbot"}"#, true).await;
+    let hc = common(&s.recv().await);
+    let mut set = set_headers(&hc);
+    set.sort();
+    assert_eq!(
+        set,
+        [
+            (
+                "x-gateway-inference-objective".to_owned(),
+                "chatbot".to_owned()
+            ),
+            ("x-gateway-inference-pool".to_owned(), "gemma3".to_owned()),
+            (MODEL.to_owned(), "chatbot".to_owned()),
+        ]
+    );
+    // Overwritten by the decision rather than removed; nothing else touched.
+    assert!(removed_headers(&hc).is_empty(), "{hc:?}");
+}
+
+#[tokio::test]
+async fn unknown_model_is_404_model_not_found() {
+    let mut c = serve(with_rules()).await;
+    let mut s = Stream::open(&mut c, full_duplex()).await;
+    s.headers(&[JSON], false).await;
+    s.body(br#"{"model":"gpt-4","prompt":"x"}"#, true).await;
+    let (status, body, _) = immediate(&s.recv().await);
+    assert_eq!(status, 404);
+    assert_eq!(body["error"]["code"], "model_not_found");
+}
+
+#[tokio::test]
+async fn rewrite_splices_the_body_in_both_modes() {
+    let body: &[u8] = br#"{"prompt":"x","model":"canary","n":1}"#;
+    let expected: &[u8] = br#"{"prompt":"x","model":"google/gemma-3-27b-it","n":1}"#;
+    let length = body.len().to_string();
+    let new_length = expected.len().to_string();
+
+    // BUFFERED: one body mutation with the whole new body.
+    let mut c = serve(with_rules()).await;
+    let mut s = Stream::open(&mut c, buffered()).await;
+    s.headers(&[JSON, ("content-length", &length)], false).await;
+    s.recv().await;
+    s.body(body, true).await;
+    let bc = common(&s.recv().await);
+    let set = set_headers(&bc);
+    assert!(
+        set.contains(&(MODEL.to_owned(), "canary".to_owned())),
+        "{set:?}"
+    );
+    assert!(
+        set.contains(&("content-length".to_owned(), new_length.clone())),
+        "{set:?}"
+    );
+    match bc.body_mutation.and_then(|m| m.mutation) {
+        Some(bbr_extproc::pb::body_mutation::Mutation::Body(b)) => assert_eq!(b, expected),
+        other => panic!("{other:?}"),
+    }
+
+    // FULL_DUPLEX_STREAMED: the held chunks, spliced, as streamed responses.
+    let mut s = Stream::open(&mut c, full_duplex()).await;
+    s.headers(&[JSON, ("content-length", &length)], false).await;
+    s.body(&body[..20], false).await;
+    s.body(&body[20..], true).await;
+    let hc = common(&s.recv().await);
+    assert!(set_headers(&hc).contains(&("content-length".to_owned(), new_length)));
+    let mut echoed = Vec::new();
+    loop {
+        let (chunk, eos) = streamed(&s.recv().await);
+        echoed.extend_from_slice(&chunk);
+        if eos {
+            break;
+        }
+    }
+    assert_eq!(echoed, expected);
+}
+
+#[tokio::test]
+async fn lora_adapter_gets_its_base_model_header() {
+    let table = bbr_core::rules::RuleTable::from_yaml(
+        "{base_models: [{base_model: qwen, adapters: [sql-lora-sheddable]}], default: {action: route}}",
+    )
+    .unwrap();
+    let processor = BodyRoutingProcessor::builder()
+        .rules(bbr_core::rules::SharedRules::new(table))
+        .build();
+    let mut c = serve(processor).await;
+    let mut s = Stream::open(&mut c, full_duplex()).await;
+    s.headers(&[JSON], false).await;
+    s.body(br#"{"model":"sql-lora-sheddable","prompt":"test"}"#, true)
+        .await;
+    let hc = common(&s.recv().await);
+    assert_eq!(
+        set_headers(&hc),
+        [
+            (MODEL.to_owned(), "sql-lora-sheddable".to_owned()),
+            ("x-gateway-base-model-name".to_owned(), "qwen".to_owned()),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn replaced_rules_apply_to_the_next_request() {
+    let processor = with_rules();
+    let rules = processor.rules().clone();
+    let mut c = serve(processor).await;
+    rules.replace(
+        bbr_core::rules::RuleTable::from_yaml(
+            "rules: [{name: chatbot, match: {model: {exact: chatbot}}, pool: other}]",
+        )
+        .unwrap(),
+    );
+    let mut s = Stream::open(&mut c, full_duplex()).await;
+    s.headers(&[JSON], false).await;
+    s.body(br#"{"model":"chatbot"}"#, true).await;
+    let hc = common(&s.recv().await);
+    assert!(
+        set_headers(&hc).contains(&("x-gateway-inference-pool".to_owned(), "other".to_owned()))
+    );
+}
