@@ -324,3 +324,76 @@ async fn routing_fails_without_clear_route_cache() {
     assert_eq!(r.status, 404, "{r:?}");
     assert_eq!(s.seen(), 0);
 }
+
+/// Polls `/metrics` until it contains `needle` (bounded; fails otherwise).
+async fn wait_for_metric(addr: SocketAddr, needle: &str) {
+    let deadline = std::time::Instant::now() + support::WAIT;
+    loop {
+        let text = http::get(addr, "/metrics")
+            .await
+            .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+            .unwrap_or_default();
+        if text.contains(needle) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{needle} never appeared in\n{text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_reloads_rules_and_keeps_the_old_table_on_a_bad_file() {
+    let dir = std::env::temp_dir().join(format!("bbr-rules-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("rules.yaml");
+    let seed = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/config/gateway.yaml"
+    );
+    std::fs::copy(seed, &path).unwrap();
+    let s = scene_binary(
+        "envoy-buffered.yaml",
+        &[
+            "--rules",
+            path.to_str().unwrap(),
+            "--rules-poll-ms",
+            "20",
+            "-v",
+            "0",
+        ],
+    )
+    .await;
+    seed_requests_route(&s).await;
+    let r = s
+        .post("/v1/completions", &[], r#"{"model":"gpt-4","prompt":"x"}"#)
+        .await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["error"]["code"], "model_not_found");
+    let metrics = s.metrics.unwrap();
+    wait_for_metric(
+        metrics,
+        "bbr_route_matches_total{rule=\"chatbot\",pool=\"gemma3\"} 1",
+    )
+    .await;
+
+    // A broken file is refused; the table in force keeps routing.
+    std::fs::write(&path, "rules: [ {name: broken").unwrap();
+    wait_for_metric(metrics, "bbr_rules_reload_failures_total 1").await;
+    let r = s.post("/v1/chat/completions", &[], CHAT).await;
+    assert_eq!(r.header("x-inference-pool"), Some("gemma3"), "{r:?}");
+
+    // A good file replaces it: chatbot is no longer served.
+    std::fs::write(
+        &path,
+        "rules: [{name: recommender, match: {model: {exact: recommender}}, pool: deepseek-r1}]\ndefault: {action: reject}\n",
+    )
+    .unwrap();
+    wait_for_metric(metrics, "bbr_rules_reloads_total 1").await;
+    let r = s.post("/v1/chat/completions", &[], CHAT).await;
+    assert_eq!(r.status, 404, "{r:?}");
+    assert_eq!(r.json()["error"]["code"], "model_not_found");
+    let _ = std::fs::remove_dir_all(&dir);
+}
