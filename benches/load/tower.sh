@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# Load benchmark of the tower layer (DESIGN §7): requests/s and p99 latency
+# of the same axum app
+#   - bare:        no routing (the floor),
+#   - layer:       behind bbr_tower::ModelRoutingLayer (seed rules, strict),
+#   - handwritten: behind the usual middleware (collect the body, parse a
+#                  serde_json::Value, set the header),
+# at 1 KiB and 100 KiB bodies (`messages` before `model`, as the OpenAI SDK
+# sends them), with wrk on loopback, in one run; prints the figures and
+# the ratios. Also the app's CPU time per request (user + system, from
+# /proc), which a busy machine disturbs less than requests/s.
+#
+# The three apps run side by side and are measured in turn, round after
+# round, so that a change in machine load hits all three alike; each
+# figure is the median over the rounds.
+#
+# Environment: DURATION per measurement (default 5s), ROUNDS (5),
+# CONNECTIONS (32), WRK_THREADS (1), APP_THREADS (1), SIZES ("1024 102400").
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+DURATION=${DURATION:-5s}
+ROUNDS=${ROUNDS:-5}
+CONNECTIONS=${CONNECTIONS:-32}
+WRK_THREADS=${WRK_THREADS:-1}
+APP_THREADS=${APP_THREADS:-1}
+SIZES=${SIZES:-"1024 102400"}
+MODES="bare layer handwritten"
+
+if ! command -v wrk >/dev/null 2>&1; then
+    echo "installing wrk..." >&2
+    SUDO=""
+    if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+    $SUDO apt-get update -qq >&2
+    $SUDO apt-get install -y -qq wrk >/dev/null
+fi
+
+cargo build --release -q -p bbr-benches --bin tower-load
+BIN="${CARGO_TARGET_DIR:-target}/release/tower-load"
+
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+declare -A ADDR PID
+for mode in $MODES; do
+    "$BIN" serve --mode "$mode" --threads "$APP_THREADS" >"$WORK/$mode.log" 2>&1 &
+    PIDS+=($!)
+    PID[$mode]=$!
+    for _ in $(seq 1 100); do
+        ADDR[$mode]=$(sed -n 's/^listening on //p' "$WORK/$mode.log")
+        if [ -n "${ADDR[$mode]}" ]; then break; fi
+        sleep 0.1
+    done
+    if [ -z "${ADDR[$mode]}" ]; then
+        echo "the $mode app did not start:" >&2
+        cat "$WORK/$mode.log" >&2
+        exit 1
+    fi
+done
+
+# wrk's latency (e.g. 812.00us, 1.20ms, 1.01s) in milliseconds.
+to_ms() {
+    awk -v v="$1" 'BEGIN {
+        n = v + 0
+        if (v ~ /us$/) n = n / 1000; else if (v ~ /ms$/) n = n; else if (v ~ /s$/) n = n * 1000
+        printf "%.3f", n }'
+}
+
+# CPU time (user + system) of process $1 so far, in clock ticks.
+cpu_ticks() {
+    awk '{ print $14 + $15 }' "/proc/$1/stat"
+}
+
+median() {
+    tr ' ' '\n' | sed '/^$/d' | sort -g | awk '{ v[NR] = $1 } END {
+        if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+declare -A RPS P99 CPU
+TICKS=$(getconf CLK_TCK)
+for size in $SIZES; do
+    "$BIN" body "$size" >"$WORK/body-$size.json"
+    for mode in $MODES; do
+        # Warm up.
+        BODY_FILE="$WORK/body-$size.json" wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d1s \
+            -s benches/load/post.lua "http://${ADDR[$mode]}" >/dev/null
+    done
+done
+for round in $(seq 1 "$ROUNDS"); do
+    for size in $SIZES; do
+        for mode in $MODES; do
+            before=$(cpu_ticks "${PID[$mode]}")
+            BODY_FILE="$WORK/body-$size.json" wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$DURATION" \
+                --latency -s benches/load/post.lua "http://${ADDR[$mode]}" >"$WORK/wrk.txt"
+            after=$(cpu_ticks "${PID[$mode]}")
+            requests=$(awk '/requests in/ { print $1 }' "$WORK/wrk.txt")
+            if grep -q "Non-2xx" "$WORK/wrk.txt"; then
+                echo "$mode at $size bytes: the app answered errors:" >&2
+                cat "$WORK/wrk.txt" >&2
+                exit 1
+            fi
+            RPS[$mode,$size]+=" $(awk '/^Requests\/sec:/ { print $2 }' "$WORK/wrk.txt")"
+            P99[$mode,$size]+=" $(to_ms "$(awk '$1 == "99%" { print $2 }' "$WORK/wrk.txt")")"
+            CPU[$mode,$size]+=" $(awk -v a="$after" -v b="$before" -v n="$requests" -v t="$TICKS" \
+                'BEGIN { printf "%.3f", (a - b) / t * 1e6 / n }')"
+        done
+    done
+    echo "round $round of $ROUNDS done" >&2
+done
+
+declare -A MRPS MP99 MCPU
+echo
+echo "wrk -t$WRK_THREADS -c$CONNECTIONS, $ROUNDS rounds of $DURATION, apps on $APP_THREADS worker thread(s), $(nproc) cores; medians"
+printf "%-8s %-12s %12s %10s %16s\n" "body" "app" "requests/s" "p99 ms" "app CPU us/req"
+for size in $SIZES; do
+    for mode in $MODES; do
+        MRPS[$mode,$size]=$(echo "${RPS[$mode,$size]}" | median)
+        MP99[$mode,$size]=$(echo "${P99[$mode,$size]}" | median)
+        MCPU[$mode,$size]=$(echo "${CPU[$mode,$size]}" | median)
+        printf "%-8s %-12s %12.0f %10.3f %16.2f\n" "$size" "$mode" "${MRPS[$mode,$size]}" "${MP99[$mode,$size]}" "${MCPU[$mode,$size]}"
+    done
+done
+echo
+printf "%-8s %18s %26s %16s %24s\n" "body" "layer/bare (rps)" "layer/handwritten (rps)" "p99 layer/bare" "p99 layer/handwritten"
+for size in $SIZES; do
+    awk -v l="${MRPS[layer,$size]}" -v b="${MRPS[bare,$size]}" -v h="${MRPS[handwritten,$size]}" \
+        -v pl="${MP99[layer,$size]}" -v pb="${MP99[bare,$size]}" -v ph="${MP99[handwritten,$size]}" -v s="$size" \
+        'BEGIN { printf "%-8s %17.3fx %25.3fx %15.3fx %23.3fx\n", s, l / b, l / h, pl / pb, pl / ph }'
+done
+echo
+printf "%-8s %28s %36s\n" "body" "CPU/req bare/layer" "CPU/req handwritten/layer"
+for size in $SIZES; do
+    awk -v l="${MCPU[layer,$size]}" -v b="${MCPU[bare,$size]}" -v h="${MCPU[handwritten,$size]}" -v s="$size" \
+        'BEGIN { printf "%-8s %27.3fx %35.3fx\n", s, b / l, h / l }'
+done
