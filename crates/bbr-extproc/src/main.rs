@@ -63,6 +63,9 @@ struct Args {
     /// Largest body scanned before a decision, in bytes (default 32 MiB).
     #[arg(long, default_value_t = bbr_core::DEFAULT_MAX_BODY)]
     max_body: u64,
+    /// On SIGTERM or ctrl-c, how long open streams may take to finish, in seconds.
+    #[arg(long, default_value_t = 30)]
+    drain_timeout_secs: u64,
     /// Log verbosity: 0 errors … 1 warnings, 2 info (default), 3 debug, 4+ trace.
     #[arg(short = 'v', long = "v", alias = "verbosity", default_value_t = 2)]
     verbosity: u8,
@@ -249,8 +252,16 @@ async fn run(args: Args) -> Result<(), BoxError> {
         w.abort();
     }
     upkeep.abort();
-    let (main, health, _) = tokio::join!(main_task, health_task, metrics_task);
-    main??;
-    health??;
+    let drained = tokio::time::timeout(Duration::from_secs(args.drain_timeout_secs), async {
+        tokio::join!(main_task, health_task, metrics_task)
+    })
+    .await;
+    match drained {
+        Ok((main, health, _)) => {
+            main??;
+            health??;
+        }
+        Err(_) => tracing::warn!("streams still open after the drain timeout; exiting"),
+    }
     Ok(())
 }

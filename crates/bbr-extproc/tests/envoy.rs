@@ -397,3 +397,64 @@ async fn binary_reloads_rules_and_keeps_the_old_table_on_a_bad_file() {
     assert_eq!(r.json()["error"]["code"], "model_not_found");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// SIGTERM stops new connections but lets a stream under way finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_shuts_down_gracefully() {
+    use bbr_extproc::pb::{BodySendMode, processing_response::Response};
+    use support::{JSON, Stream, protocol, streamed};
+
+    let (mut process, grpc, _, metrics) = start_binary(&["--secure-serving=false", "-v", "0"]);
+    let mut client = bbr_extproc::pb::external_processor_client::ExternalProcessorClient::connect(
+        format!("http://{grpc}"),
+    )
+    .await
+    .unwrap();
+    let mode = Some(protocol(
+        BodySendMode::FullDuplexStreamed,
+        BodySendMode::None,
+    ));
+    let mut s = Stream::open(&mut client, mode).await;
+    s.headers(&[JSON], false).await;
+    s.body(br#"{"messages":[],"#, false).await;
+
+    let status = Command::new("kill")
+        .args(["-TERM", &process.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // Shutdown has begun once the metrics port stops answering.
+    let deadline = std::time::Instant::now() + support::WAIT;
+    while http::get(metrics, "/metrics").await.is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no shutdown after SIGTERM"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    // The request under way completes after the signal.
+    s.body(br#""model":"chatbot"}"#, true).await;
+    assert!(matches!(s.recv().await, Response::RequestHeaders(_)));
+    assert_eq!(streamed(&s.recv().await).0, br#"{"messages":[],"#);
+    assert_eq!(
+        streamed(&s.recv().await),
+        (br#""model":"chatbot"}"#.to_vec(), true)
+    );
+    s.close();
+    assert!(s.ends().await);
+    drop(client);
+
+    let deadline = std::time::Instant::now() + support::WAIT;
+    let code = loop {
+        if let Some(code) = process.0.try_wait().unwrap() {
+            break code;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "bbr-extproc did not exit"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert!(code.success(), "{code}");
+}
