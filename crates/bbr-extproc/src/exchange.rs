@@ -32,9 +32,9 @@ pub enum BodyMode {
     None,
     /// The whole body in one message (`BUFFERED`, `BUFFERED_PARTIAL`).
     Buffered,
-    /// Chunks, each answered by one body response (`STREAMED`). Envoy has
-    /// already forwarded the headers, so routing on the body is not possible;
-    /// see the crate docs.
+    /// Chunks, each answered by one body response (`STREAMED`). The headers
+    /// are answered before the body is seen, so routing on the body works
+    /// only when the model is in the first chunk; see the crate docs.
     Streamed,
     /// Chunks, answered by `streamed_response` body mutations at the
     /// server's pace (`FULL_DUPLEX_STREAMED`).

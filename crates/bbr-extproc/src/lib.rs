@@ -17,10 +17,10 @@
 //!   chunks up to the `model` are held, not the body.
 //! - `BUFFERED`: Envoy sends the whole body in one message; the routing goes
 //!   in the body response (and a body mutation when a rule rewrites the model).
-//! - `STREAMED`: Envoy forwards the headers upstream before the body is
-//!   seen, so the route cannot depend on the body. The body is still
-//!   validated and the headers set, but use one of the two modes above to
-//!   route on the model.
+//! - `STREAMED`: the headers must be answered before the body is seen; the
+//!   routing goes on the first body response, which Envoy honours only when
+//!   the model lies in the first chunk it sends. The body is still
+//!   validated, but use one of the two modes above to route on the model.
 //!
 //! Errors (invalid JSON, a `model` that is not a string, duplicates, an
 //! unknown model …) are answered with an `ImmediateResponse` carrying the
