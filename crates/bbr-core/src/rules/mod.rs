@@ -53,7 +53,6 @@ mod tests;
 
 use std::{collections::HashMap, fmt, path::Path, sync::Arc};
 
-use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 
 use crate::{Error, ErrorKind};
@@ -107,11 +106,11 @@ impl fmt::Display for Criticality {
 #[derive(Clone, Debug)]
 pub struct RouteDecision {
     route: Arc<Route>,
-    /// The model as sent (UTF-8), shared with its header value.
-    original: Bytes,
     /// The rewrite target, when it differs from the original.
     target: Option<Arc<str>>,
     base_model: Option<Arc<str>>,
+    /// Always starts with `x-gateway-model-name`, whose value is the
+    /// original model (kept once, not copied again).
     headers: Vec<(HeaderName, HeaderValue)>,
 }
 
@@ -154,8 +153,11 @@ impl RouteDecision {
 
     /// The model as the client sent it.
     pub fn original_model(&self) -> &str {
-        // Built from a `&str`; never fails.
-        std::str::from_utf8(&self.original).unwrap_or_default()
+        // The first header's value, built from a `&str`: never fails.
+        self.headers
+            .first()
+            .and_then(|(_, value)| std::str::from_utf8(value.as_bytes()).ok())
+            .unwrap_or_default()
     }
 
     /// Whether the body must be rewritten ([`model`](Self::model) differs
@@ -313,7 +315,7 @@ impl RuleTable {
         model: &str,
         request_key: Option<&[u8]>,
     ) -> Result<Option<RouteDecision>, Error> {
-        let Some((original, model_value)) = header_value(model) else {
+        let Some(model_value) = header_value(model) else {
             return Err(invalid_model(model));
         };
         let route = match self.matcher.find(model) {
@@ -356,7 +358,6 @@ impl RuleTable {
         headers.extend(route.set_headers.iter().cloned());
         Ok(Some(RouteDecision {
             route: Arc::clone(route),
-            original,
             target,
             base_model: base.map(|b| Arc::clone(&b.name)),
             headers,
@@ -413,15 +414,12 @@ impl fmt::Debug for RuleTable {
     }
 }
 
-/// `model` as bytes and as a header value sharing them (one copy, not
-/// two), or `None` when it cannot be a header value.
-fn header_value(model: &str) -> Option<(Bytes, HeaderValue)> {
+/// The header value for `model`, or `None` when it cannot be one.
+fn header_value(model: &str) -> Option<HeaderValue> {
     if model.is_empty() || model.chars().any(char::is_control) {
         return None;
     }
-    let bytes = Bytes::copy_from_slice(model.as_bytes());
-    let value = HeaderValue::from_maybe_shared(bytes.clone()).ok()?;
-    Some((bytes, value))
+    HeaderValue::from_str(model).ok()
 }
 
 #[cold]
