@@ -3,12 +3,15 @@
 //!
 //! Exact lookups should stay flat as the table grows; prefix lookups grow
 //! with the logarithm of the prefix count only; regexes are matched in one
-//! pass of a `RegexSet`, whatever the table size.
+//! pass of a `RegexSet`, whatever the table size. `floor` is a hand-written
+//! `HashMap` from model to pool building the same headers: the cost of a
+//! decision with no rule table at all, measured in the same run.
 
-use std::{fmt::Write, hint::black_box, time::Duration};
+use std::{collections::HashMap, fmt::Write, hint::black_box, time::Duration};
 
 use bbr_core::rules::RuleTable;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use http::{HeaderName, HeaderValue};
 
 const PREFIXES: usize = 100;
 const REGEXES: usize = 100;
@@ -74,6 +77,13 @@ fn decide(c: &mut Criterion) {
             ("regex", "org-77/llama-v3-instruct".to_owned()),
             ("miss", "unknown-model-name".to_owned()),
         ];
+        // The floor: a hand-written map from model to pool, building the
+        // same three headers. `exact` over this is the table's overhead.
+        let floor = floor_map(exact);
+        let model = format!("model-{}", exact / 2);
+        group.bench_with_input(BenchmarkId::new("floor", exact), &model, |b, model| {
+            b.iter(|| floor_decide(&floor, black_box(model)))
+        });
         for (kind, model) in &cases {
             // Make sure each case exercises the path it is named after.
             let decision = table.decide(model, None).expect("no error");
@@ -91,6 +101,36 @@ fn decide(c: &mut Criterion) {
         }
     }
     group.finish();
+}
+
+type Floor = HashMap<String, (HeaderValue, HeaderValue)>;
+
+fn floor_map(exact: usize) -> Floor {
+    (0..exact)
+        .map(|i| {
+            let pool = HeaderValue::from_str(&format!("pool-{}", i % 16)).expect("a value");
+            let objective = HeaderValue::from_str(&format!("exact-{i}")).expect("a value");
+            (format!("model-{i}"), (pool, objective))
+        })
+        .collect()
+}
+
+fn floor_decide(floor: &Floor, model: &str) -> Option<Vec<(HeaderName, HeaderValue)>> {
+    let (pool, objective) = floor.get(model)?;
+    Some(vec![
+        (
+            HeaderName::from_static("x-gateway-model-name"),
+            HeaderValue::from_str(model).ok()?,
+        ),
+        (
+            HeaderName::from_static("x-gateway-inference-pool"),
+            pool.clone(),
+        ),
+        (
+            HeaderName::from_static("x-gateway-inference-objective"),
+            objective.clone(),
+        ),
+    ])
 }
 
 fn weighted(c: &mut Criterion) {
