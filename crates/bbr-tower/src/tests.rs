@@ -375,3 +375,79 @@ async fn unknown_pools_and_unrouted_requests_are_answered() {
         "fallback"
     );
 }
+
+#[tokio::test]
+async fn shared_rules_take_effect_on_the_next_request() {
+    let table = |pool: &str| {
+        RuleTable::from_yaml(&format!(
+            "rules:\n  - name: m\n    match: {{ model: {{ exact: m }} }}\n    pool: {pool}\n"
+        ))
+        .unwrap()
+    };
+    let shared = bbr_core::rules::SharedRules::new(table("first"));
+    let layer = ModelRoutingLayer::new().shared_rules(shared.clone());
+    let body = || post(Full::new(Bytes::from_static(br#"{"model":"m"}"#)));
+    let (_, seen) = run(layer.clone(), body()).await;
+    let pool = seen
+        .lock()
+        .unwrap()
+        .decision
+        .as_ref()
+        .and_then(|d| d.pool().map(str::to_owned));
+    assert_eq!(pool.as_deref(), Some("first"));
+    shared.replace(table("second"));
+    let (_, seen) = run(layer, body()).await;
+    let pool = seen
+        .lock()
+        .unwrap()
+        .decision
+        .as_ref()
+        .and_then(|d| d.pool().map(str::to_owned));
+    assert_eq!(pool.as_deref(), Some("second"));
+}
+
+#[tokio::test]
+async fn multipart_bodies_are_routed_on_their_model_field() {
+    let body = "--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\nContent-Type: audio/wav\r\n\r\nRIFF....\r\n--XyZ\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper-1\r\n--XyZ--\r\n";
+    let whole = Bytes::from_static(body.as_bytes());
+    let parts: Vec<Bytes> = (0..whole.len())
+        .step_by(7)
+        .map(|i| whole.slice(i..(i + 7).min(whole.len())))
+        .collect();
+    let request = Request::post("/v1/audio/transcriptions")
+        .header("content-type", "multipart/form-data; boundary=XyZ")
+        .body(chunks(&parts, None))
+        .unwrap();
+    let (status, seen) = run(ModelRoutingLayer::new(), request).await;
+    assert_eq!(status, 200);
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.decision.as_ref().unwrap().model(), Some("whisper-1"));
+    assert_eq!(seen.headers["x-gateway-model-name"], "whisper-1");
+    assert_eq!(seen.data.concat(), body.as_bytes());
+}
+
+#[tokio::test]
+async fn unsupported_content_types_are_refused_or_passed_as_configured() {
+    let request = || {
+        Request::post("/v1/chat/completions")
+            .header("content-type", "text/plain")
+            .body(Full::new(Bytes::from_static(br#"{"model":"m"}"#)))
+            .unwrap()
+    };
+    let (status, _) = run(ModelRoutingLayer::new(), request()).await;
+    assert_eq!(status, 415);
+    let policy = FailurePolicy::new().on(
+        ErrorKind::UnsupportedContentType,
+        FailureAction::PassThrough,
+    );
+    let (status, seen) = run(ModelRoutingLayer::new().failure_policy(policy), request()).await;
+    assert_eq!(status, 200);
+    let seen = seen.lock().unwrap();
+    let decision = seen.decision.as_ref().unwrap();
+    assert_eq!(
+        decision.failed_open().map(|e| e.kind()),
+        Some(ErrorKind::UnsupportedContentType)
+    );
+    assert!(!seen.headers.contains_key("x-gateway-model-name"));
+    assert_eq!(seen.data.concat(), br#"{"model":"m"}"#);
+}
