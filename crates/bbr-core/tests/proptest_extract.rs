@@ -376,6 +376,38 @@ proptest! {
 }
 
 proptest! {
+    /// A body limit changes nothing for a body decided within it, and
+    /// otherwise gives `TooLarge` or the error the body has (an error's
+    /// offset is where its token starts, which may be before the limit
+    /// while the byte that proves it lies past it); whatever the split.
+    #[test]
+    fn body_limit_is_split_independent(
+        body in valid_document(),
+        limit in any::<Index>(),
+        cuts in cuts(),
+        policy in prop_oneof![Just(Policy::Strict), Just(Policy::Fast)],
+    ) {
+        let max_body = limit.index(body.len() + 1) as u64;
+        let unlimited = oracle::run_json(&body, &[], &ExtractorConfig::new().policy(policy));
+        let config = ExtractorConfig::new().policy(policy).max_body(max_body);
+        let whole = oracle::run_json(&body, &[], &config);
+        let split = oracle::run_json(&body, &positions(&cuts, body.len()), &config);
+        prop_assert_eq!(&whole.outcome, &split.outcome);
+        match (&unlimited.outcome, unlimited.decided_at) {
+            (_, Some(at)) if at <= max_body => prop_assert_eq!(&whole.outcome, &unlimited.outcome),
+            _ => prop_assert!(
+                matches!(whole.outcome, Outcome::Error { kind: ErrorKind::TooLarge, .. })
+                    || whole.outcome == unlimited.outcome,
+                "limit {}: {:?}, unlimited {:?}",
+                max_body,
+                whole.outcome,
+                unlimited.outcome
+            ),
+        }
+    }
+}
+
+proptest! {
     #![proptest_config(heavy_config())]
 
     /// Every two-chunk split and the one-byte-chunk split give the one-shot result.
