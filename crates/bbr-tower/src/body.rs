@@ -21,7 +21,9 @@ use crate::BoxError;
 ///
 /// It yields the chunks held before the decision (spliced when the rule
 /// rewrote the model), then the frames of the original body as they arrive.
-/// Chunks are refcounted [`Bytes`], never copied. With the strict policy each
+/// Chunks are refcounted [`Bytes`], not copied (but for chunks under 1 KiB
+/// held before the decision, which are coalesced so that a body sent a few
+/// bytes per chunk cannot inflate what is held). With the strict policy each
 /// later chunk is scanned before it is yielded; a violation (a second `model`,
 /// invalid JSON) ends the body with an error instead of the chunk, so the
 /// upstream never receives the complete body of a request that is refused.

@@ -90,15 +90,13 @@ fn post<B>(body: B) -> Request<B> {
 
 #[tokio::test]
 async fn chunks_are_handed_on_without_copies() {
-    let whole = Bytes::from_static(
-        br#"{"messages":[{"role":"user","content":"hi"}],"model":"m","stream":true}"#,
-    );
-    let parts: Vec<Bytes> = vec![
-        whole.slice(..10),
-        whole.slice(10..40),
-        whole.slice(40..60),
-        whole.slice(60..),
-    ];
+    let text = "z".repeat(5000);
+    let whole = Bytes::from(format!(
+        r#"{{"messages":[{{"role":"user","content":"{text}"}}],"model":"m","stream":true,"n":"{text}"}}"#
+    ));
+    // Held before the decision, then streamed after it.
+    let cuts = [0, 1500, 3000, 5040, 7000, whole.len()];
+    let parts: Vec<Bytes> = cuts.windows(2).map(|w| whole.slice(w[0]..w[1])).collect();
     let (status, seen) = run(ModelRoutingLayer::new(), post(chunks(&parts, None))).await;
     assert_eq!(status, 200);
     let seen = seen.lock().unwrap();
@@ -109,6 +107,24 @@ async fn chunks_are_handed_on_without_copies() {
     }
     assert_eq!(seen.decision.as_ref().unwrap().model(), Some("m"));
     assert_eq!(seen.headers["x-gateway-model-name"], "m");
+}
+
+#[tokio::test]
+async fn tiny_chunks_are_coalesced_while_held() {
+    let body = format!(r#"{{"messages":["{}"],"model":"m"}}"#, "q".repeat(20_000));
+    let whole = Bytes::from(body.clone());
+    let parts: Vec<Bytes> = (0..whole.len()).map(|i| whole.slice(i..i + 1)).collect();
+    let (status, seen) = run(ModelRoutingLayer::new(), post(chunks(&parts, None))).await;
+    assert_eq!(status, 200);
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.data.concat(), body.as_bytes());
+    assert!(
+        seen.data.len() < 100,
+        "{} chunks held for {} bytes",
+        seen.data.len(),
+        body.len()
+    );
+    assert_eq!(seen.decision.as_ref().unwrap().model(), Some("m"));
 }
 
 #[tokio::test]
