@@ -994,3 +994,34 @@ fn yaml_scalars_are_text_and_empty_files_are_refused() {
     }
     assert!(RuleTable::from_json("").is_err());
 }
+
+/// The YAML blocks of `docs/rules.md`, in order.
+fn doc_blocks() -> Vec<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/rules.md");
+    let text = std::fs::read_to_string(path).unwrap();
+    text.split("```yaml\n")
+        .skip(1)
+        .filter_map(|rest| rest.split_once("```").map(|(block, _)| block.to_owned()))
+        .collect()
+}
+
+#[test]
+fn the_documented_examples_compile_and_route() {
+    let blocks = doc_blocks();
+    assert_eq!(blocks.len(), 2, "the schema and the ConfigMap examples");
+    let t = RuleTable::builder()
+        .rules_yaml(blocks[0].as_str())
+        .base_models_yaml(blocks[1].as_str())
+        .seed(3)
+        .build()
+        .unwrap();
+    let d = t.decide("chatbot", Some(b"req-42")).unwrap().unwrap();
+    assert_eq!(d.pool(), Some("gemma3"));
+    assert!(["google/gemma-3-27b-it", "gemma-3-canary"].contains(&d.model()));
+    assert_eq!(decide(&t, "recommender").pool(), Some("deepseek-r1"));
+    assert_eq!(t.base_model("sql-lora-sheddable"), Some("qwen"));
+    assert_eq!(
+        t.decide("unknown", None).unwrap_err().kind(),
+        ErrorKind::ModelNotFound
+    );
+}
