@@ -127,6 +127,31 @@ mod tests {
         assert!(matches("[&~]", "~"));
     }
 
+    /// The textbook recursive matcher for `*`, `?` and literals.
+    fn naive(glob: &[char], text: &[char]) -> bool {
+        match glob.split_first() {
+            None => text.is_empty(),
+            Some(('*', rest)) => (0..=text.len()).any(|i| naive(rest, &text[i..])),
+            Some(('?', rest)) => !text.is_empty() && naive(rest, &text[1..]),
+            Some((c, rest)) => text.first() == Some(c) && naive(rest, &text[1..]),
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn stars_and_questions_agree_with_a_naive_matcher(
+            glob in "[ab*?.()+|-]{0,8}",
+            texts in proptest::collection::vec("[ab.()+|-]{0,10}", 1..20),
+        ) {
+            let regex = regex::Regex::new(&to_regex(&glob).unwrap()).unwrap();
+            let pattern: Vec<char> = glob.chars().collect();
+            for text in &texts {
+                let chars: Vec<char> = text.chars().collect();
+                proptest::prop_assert_eq!(regex.is_match(text), naive(&pattern, &chars), "{:?} {:?}", glob, text);
+            }
+        }
+    }
+
     #[test]
     fn invalid_globs_are_refused() {
         assert!(to_regex("a[bc").is_err());
