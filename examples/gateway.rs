@@ -108,7 +108,15 @@ where
         let client = self.client.clone();
         Box::pin(async move {
             match client.request(request).await {
-                Ok(response) => Ok(response.map(Either::Left)),
+                Ok(mut response) => {
+                    let headers = response.headers_mut();
+                    for name in HOP_BY_HOP {
+                        headers.remove(name);
+                    }
+                    // The framing is the client connection's own business.
+                    headers.remove(header::TRANSFER_ENCODING);
+                    Ok(response.map(Either::Left))
+                }
                 Err(e) => {
                     let body = format!(
                         "{{\"error\":{{\"message\":\"upstream request failed: {}\",\"type\":\"server_error\",\"param\":null,\"code\":\"bad_gateway\"}}}}",
