@@ -107,7 +107,21 @@ fn string_piece() -> impl Strategy<Value = Vec<u8>> {
             .prop_map(|e| e.as_bytes().to_vec()),
         2 => (any::<char>(), any::<bool>()).prop_map(|(c, upper)| unicode_escape(c, upper)),
         1 => Just(b"model".to_vec()),
+        1 => long_run(),
     ]
+}
+
+/// A long run (up to about 1 KiB) of letters, escapes and backslash pairs,
+/// crossing the scanner's 64-byte blocks at every kind of byte.
+fn long_run() -> impl Strategy<Value = Vec<u8>> {
+    let piece = prop_oneof![
+        4 => "[a-zA-Z0-9]{1,64}",
+        1 => Just("\\\\".to_owned()),
+        1 => Just("\\\"".to_owned()),
+        1 => "\\\\u00[2-7][0-9a-f]",
+        1 => Just("é😀".to_owned()),
+    ];
+    prop::collection::vec(piece, 1..40).prop_map(|pieces| pieces.concat().into_bytes())
 }
 
 /// `c` as a `\u` escape: one for the BMP, a surrogate pair above it.
@@ -185,6 +199,8 @@ fn model_value() -> impl Strategy<Value = Json> {
         .prop_map(|m| Json::Str(m.as_bytes().to_vec())),
         1 => prop::sample::select(vec![255usize, 256, 257, 300])
             .prop_map(|n| Json::Str(vec![b'm'; n])),
+        1 => (prop::sample::select(vec!["a", "\\u0061", "é", "\\u00e9", "😀", "\\ud83d\\ude00"]), 60usize..260)
+            .prop_map(|(unit, n)| Json::Str(unit.repeat(n).into_bytes())),
         1 => prop_oneof![
             number().prop_map(Json::Num),
             any::<bool>().prop_map(Json::Bool),
@@ -666,6 +682,27 @@ fn invalid_bodies_are_refused_at_any_split() {
         for cut in 0..=body.len() {
             oracle::check_strict(body, &[cut], &ExtractorConfig::new());
             oracle::check_fast_vs_strict(body, &[cut]);
+        }
+    }
+}
+
+/// Regression: with an extra field requested, the decision must be taken
+/// at the same byte whatever the split (found by
+/// `valid_documents_agree_with_serde_json`). It was taken at the end of the
+/// field's whole value in one chunk, but at the end of the first value
+/// nested in it when the body was split inside the field.
+#[test]
+fn decision_point_with_an_extra_field_is_split_independent() {
+    let long = "x".repeat(100);
+    let config = ExtractorConfig::new().field("stream");
+    for body in [
+        format!(r#"{{"model":"m","stream":[1,"{long}"]}}"#),
+        format!(r#"{{"model":"m","stream":{{"a":true,"b":"{long}"}}}}"#),
+    ] {
+        let whole = oracle::run_json(body.as_bytes(), &[], &config);
+        for cut in 0..=body.len() {
+            let split = oracle::run_json(body.as_bytes(), &[cut], &config);
+            assert_eq!(split.decided_at, whole.decided_at, "{body}: split at {cut}");
         }
     }
 }
