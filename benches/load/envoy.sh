@@ -10,16 +10,23 @@
 # at 1 KiB and 1 MiB bodies (`messages` before `model`, as the OpenAI SDKs
 # send them), all in one run; prints the figures and the ratios to (a).
 #
-# Environment: DURATION (default 10s), CONNECTIONS (16), SIZES
-# ("1024 1048576"), ENVOY_CONCURRENCY (1), BBR_ENVOY (else installed by
+# The modes run side by side and are measured in turn, ROUNDS times; the
+# figures are medians, plus the CPU time Envoy and bbr-extproc spend per
+# request (from /proc), which the other load of a shared machine disturbs less.
+#
+# Environment: DURATION (default 5s), ROUNDS (3), CONNECTIONS (16), SIZES
+# ("1024 1048576"), ENVOY_CONCURRENCY (1), BBR_TLS (true: Envoy speaks TLS to
+# bbr-extproc, its default; false for plaintext), BBR_ENVOY (else installed by
 # scripts/install-envoy.sh). Installs wrk with apt-get when missing.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-DURATION=${DURATION:-10s}
+DURATION=${DURATION:-5s}
+ROUNDS=${ROUNDS:-3}
 CONNECTIONS=${CONNECTIONS:-16}
 SIZES=${SIZES:-"1024 1048576"}
 ENVOY_CONCURRENCY=${ENVOY_CONCURRENCY:-1}
+BBR_TLS=${BBR_TLS:-true}
 MODES="header full-duplex buffered json-meta"
 
 if ! command -v wrk >/dev/null 2>&1; then
@@ -57,7 +64,9 @@ gemma3=$(free_port); deepseek=$(free_port)
 pool_pid=$!
 wait_for "$work/pools.log" "deepseek-r1 listening"
 
-# Starts the ext_proc server (if the mode needs one) and Envoy; sets $port.
+# Starts the ext_proc server (if the mode needs one) and Envoy for $1;
+# records the listener port and the process ids.
+declare -A PORT ENVOY_PID BBR_PID
 start_mode() {
   local mode=$1 template bbr=0
   case "$mode" in
@@ -69,25 +78,32 @@ start_mode() {
   if [ "$mode" = full-duplex ] || [ "$mode" = buffered ]; then
     local flags=(--address 127.0.0.1 --grpc-port 0 --grpc-health-port 0 --metrics-port 0 -v 1)
     [ "$mode" = full-duplex ] && flags+=(--streaming)
-    "$target/bbr-extproc" "${flags[@]}" >"$work/bbr.log" 2>&1 &
-    pids+=($!)
-    wait_for "$work/bbr.log" "bbr-extproc listening"
-    bbr=$(sed -n 's/.* grpc=127.0.0.1:\([0-9]*\) .*/\1/p' "$work/bbr.log")
+    [ "$BBR_TLS" = false ] && flags+=(--secure-serving=false)
+    [ -n "${BBR_WORKERS:-}" ] && flags+=(--worker-threads "$BBR_WORKERS")
+    "$target/bbr-extproc" "${flags[@]}" >"$work/bbr-$mode.log" 2>&1 &
+    pids+=($!); BBR_PID[$mode]=$!
+    wait_for "$work/bbr-$mode.log" "bbr-extproc listening"
+    bbr=$(sed -n 's/.* grpc=127.0.0.1:\([0-9]*\) .*/\1/p' "$work/bbr-$mode.log")
   fi
-  port=$(free_port)
-  local admin; admin=$(free_port)
+  local port admin; port=$(free_port); admin=$(free_port)
   sed -e "s/\${ADMIN_PORT}/$admin/" -e "s/\${LISTEN_PORT}/$port/" -e "s/\${BBR_PORT}/$bbr/" \
       -e "s/\${GEMMA3_PORT}/$gemma3/" -e "s/\${DEEPSEEK_PORT}/$deepseek/" \
-      "$template" >"$work/envoy.yaml"
-  "$envoy_bin" -c "$work/envoy.yaml" --concurrency "$ENVOY_CONCURRENCY" \
-    --disable-hot-restart -l error >"$work/envoy.log" 2>&1 &
-  pids+=($!)
+      "$template" >"$work/envoy-$mode.yaml"
+  if [ "$BBR_TLS" = false ]; then
+    sed -i '/transport_socket:/,/sni: localhost/d' "$work/envoy-$mode.yaml"
+  fi
+  "$envoy_bin" -c "$work/envoy-$mode.yaml" --concurrency "$ENVOY_CONCURRENCY" \
+    --disable-hot-restart -l error >"$work/envoy-$mode.log" 2>&1 &
+  pids+=($!); ENVOY_PID[$mode]=$!; PORT[$mode]=$port
   for _ in $(seq 1 200); do
     curl -fs "http://127.0.0.1:$admin/ready" >/dev/null 2>&1 && return 0
     sleep 0.05
   done
-  echo "envoy did not start" >&2; cat "$work/envoy.log" >&2; return 1
+  echo "envoy did not start" >&2; cat "$work/envoy-$mode.log" >&2; return 1
 }
+
+# CPU time (user + system) of a process so far, in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 
 # A body of about $1 bytes: a long user message, then the model.
 make_body() {
@@ -101,41 +117,67 @@ sys.stdout.write(json.dumps(head, separators=(",", ":")))
 PY
 }
 
-declare -A RPS P99
-printf '%-12s %9s %12s %10s\n' mode body "requests/s" "p99"
+for mode in $MODES; do start_mode "$mode"; done
 for size in $SIZES; do
   make_body "$size"
   for mode in $MODES; do
-    start_mode "$mode"
-    model_header=""
-    [ "$mode" = header ] && model_header=chatbot
+    model_header=""; [ "$mode" = header ] && model_header=chatbot
     # Check the route first: a benchmark of 404s measures nothing.
     code=$(curl -s -o /dev/null -w '%{http_code}' -H 'Content-Type: application/json' \
       ${model_header:+-H "X-Gateway-Model-Name: $model_header"} \
-      --data-binary "@$work/body-$size.json" "http://127.0.0.1:$port/v1/chat/completions")
+      --data-binary "@$work/body-$size.json" "http://127.0.0.1:${PORT[$mode]}/v1/chat/completions")
     if [ "$code" != 200 ]; then
       echo "$mode: status $code, not routed" >&2; cat "$work"/*.log >&2; exit 1
     fi
-    out=$(BODY_FILE="$work/body-$size.json" MODEL_HEADER="$model_header" \
-      wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -s benches/load/envoy-post.lua \
-      "http://127.0.0.1:$port")
-    if echo "$out" | grep -q "Non-2xx"; then
-      echo "$mode: errors under load" >&2; echo "$out" >&2; exit 1
-    fi
-    rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
-    p99=$(echo "$out" | awk '$1 == "99%" {print $2}')
-    RPS[$mode,$size]=$rps; P99[$mode,$size]=$p99
-    printf '%-12s %9s %12s %10s\n' "$mode" "$size" "$rps" "$p99"
-    stop_all
   done
 done
 
-echo
-echo "ratios to (a) header routing (requests/s):"
-for size in $SIZES; do
-  for mode in $MODES; do
-    python3 -c "import sys; print(f'  {sys.argv[1]:<12} {sys.argv[2]:>9}  {float(sys.argv[3])/float(sys.argv[4]):.2f}x')" \
-      "$mode" "$size" "${RPS[$mode,$size]}" "${RPS[header,$size]}"
+# Rounds interleave the modes so that the load of a shared machine spreads
+# over all of them; each figure is the median over the rounds.
+declare -A RUNS CPU_ENVOY CPU_BBR
+for round in $(seq 1 "$ROUNDS"); do
+  for size in $SIZES; do
+    for mode in $MODES; do
+      model_header=""; [ "$mode" = header ] && model_header=chatbot
+      envoy_before=$(cpu_ticks "${ENVOY_PID[$mode]}")
+      bbr_before=0; [ -n "${BBR_PID[$mode]:-}" ] && bbr_before=$(cpu_ticks "${BBR_PID[$mode]}")
+      out=$(BODY_FILE="$work/body-$size.json" MODEL_HEADER="$model_header" \
+        wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -s benches/load/envoy-post.lua \
+        "http://127.0.0.1:${PORT[$mode]}")
+      if echo "$out" | grep -q "Non-2xx"; then
+        echo "$mode: errors under load" >&2; echo "$out" >&2; exit 1
+      fi
+      rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+      p99=$(echo "$out" | awk '$1 == "99%" {print $2}')
+      total=$(echo "$out" | awk '/requests in/ {print $1}')
+      envoy_after=$(cpu_ticks "${ENVOY_PID[$mode]}")
+      bbr_after=0; [ -n "${BBR_PID[$mode]:-}" ] && bbr_after=$(cpu_ticks "${BBR_PID[$mode]}")
+      RUNS[$mode,$size]+="$rps $p99 $total $((envoy_after - envoy_before)) $((bbr_after - bbr_before));"
+      echo "round $round: $mode $size: $rps req/s, p99 $p99" >&2
+    done
   done
 done
+
+python3 - "$MODES" "$SIZES" "$(getconf CLK_TCK)" <<PY
+import statistics, sys
+modes, sizes, tck = sys.argv[1].split(), sys.argv[2].split(), int(sys.argv[3])
+runs = {}
+$(for key in "${!RUNS[@]}"; do echo "runs['$key'] = '${RUNS[$key]}'"; done)
+def ms(t):
+    return float(t[:-2]) if t.endswith("ms") else float(t[:-2]) / 1000 if t.endswith("us") else float(t[:-1]) * 1000
+def summary(key):
+    rows = [r.split() for r in runs[key].split(";") if r.strip()]
+    rps = statistics.median(float(r[0]) for r in rows)
+    p99 = statistics.median(ms(r[1]) for r in rows)
+    n = sum(int(r[2]) for r in rows)
+    envoy_us = sum(int(r[3]) for r in rows) / tck / n * 1e6
+    bbr_us = sum(int(r[4]) for r in rows) / tck / n * 1e6
+    return rps, p99, envoy_us, bbr_us
+print(f"{'mode':<12} {'body':>8} {'req/s':>9} {'p99 ms':>8} {'envoy CPU/req':>14} {'bbr CPU/req':>12} {'ratio':>6}")
+for size in sizes:
+    floor = summary(f"header,{size}")[0]
+    for mode in modes:
+        rps, p99, e, b = summary(f"{mode},{size}")
+        print(f"{mode:<12} {size:>8} {rps:>9.0f} {p99:>8.1f} {e:>11.0f} us {b:>9.0f} us {rps/floor:>5.2f}x")
+PY
 kill "$pool_pid" 2>/dev/null || true

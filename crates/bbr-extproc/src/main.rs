@@ -66,6 +66,9 @@ struct Args {
     /// On SIGTERM or ctrl-c, how long open streams may take to finish, in seconds.
     #[arg(long, default_value_t = 30)]
     drain_timeout_secs: u64,
+    /// Runtime worker threads (0: one per CPU).
+    #[arg(long, default_value_t = 0)]
+    worker_threads: usize,
     /// Log verbosity: 0 errors … 1 warnings, 2 info (default), 3 debug, 4+ trace.
     #[arg(short = 'v', long = "v", alias = "verbosity", default_value_t = 2)]
     verbosity: u8,
@@ -111,10 +114,11 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if args.worker_threads > 0 {
+        builder.worker_threads(args.worker_threads);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the runtime");
