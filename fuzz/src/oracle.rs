@@ -518,8 +518,15 @@ pub fn run_multipart(body: &[u8], cuts: &[usize], config: &ExtractorConfig) -> O
 }
 
 /// Builds a well-formed `multipart/form-data` body: a file part of `file`
-/// bytes and a `model` part, in either order, with an optional text part.
-pub fn multipart_body(model: &str, file: &[u8], model_first: bool, prompt: bool) -> Vec<u8> {
+/// bytes and a `model` part, in either order, with an optional text part
+/// and an optional second `model` part at the end.
+pub fn multipart_body(
+    model: &str,
+    file: &[u8],
+    model_first: bool,
+    prompt: bool,
+    duplicate: bool,
+) -> Vec<u8> {
     let mut body = Vec::new();
     let mut part = |headers: &str, content: &[u8]| {
         body.extend_from_slice(format!("--{BOUNDARY}\r\n{headers}\r\n\r\n").as_bytes());
@@ -541,13 +548,18 @@ pub fn multipart_body(model: &str, file: &[u8], model_first: bool, prompt: bool)
             b"the model is not here",
         );
     }
+    if duplicate {
+        part(model_headers, b"another-model");
+    }
     body.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
     body
 }
 
 /// The `multipart` check of a fuzz input. Flag bit 0 selects a raw body
 /// (only split independence is checked); otherwise the input builds a
-/// well-formed body whose model must be found under any split.
+/// well-formed body whose model must be found under any split (bits 1 and
+/// 2: model first, an extra text part; bit 3: a second `model` part, which
+/// strict refuses and fast never reaches).
 pub fn multipart(data: &[u8]) {
     let input = Input::parse(data);
     let config = ExtractorConfig::new();
@@ -573,13 +585,31 @@ pub fn multipart(data: &[u8]) {
     {
         return;
     }
-    let body = multipart_body(&model, file, input.flags & 2 != 0, input.flags & 4 != 0);
+    let duplicate = input.flags & 8 != 0;
+    let body = multipart_body(
+        &model,
+        file,
+        input.flags & 2 != 0,
+        input.flags & 4 != 0,
+        duplicate,
+    );
     let cuts: Vec<usize> = input.cuts.iter().map(|c| c % (body.len() + 1)).collect();
     let whole = run_multipart(&body, &[], &config);
+    let ok = match &whole {
+        Outcome::Error { kind, .. } if duplicate => *kind == ErrorKind::DuplicateModel,
+        Outcome::Found { model: m, .. } => !duplicate && *m == model,
+        _ => false,
+    };
     assert!(
-        matches!(&whole, Outcome::Found { model: m, .. } if *m == model),
-        "expected {model:?}, got {whole:?}\nbody: {:?}",
+        ok,
+        "expected {model:?} (a duplicate: {duplicate}), got {whole:?}\nbody: {:?}",
         String::from_utf8_lossy(&body)
+    );
+    // The fast policy stops at the first model part.
+    let fast = run_multipart(&body, &cuts, &config.clone().policy(Policy::Fast));
+    assert!(
+        matches!(&fast, Outcome::Found { model: m, .. } if *m == model),
+        "fast: expected {model:?}, got {fast:?}"
     );
     let split = run_multipart(&body, &cuts, &config);
     assert_eq!(whole, split, "split at {cuts:?}");
