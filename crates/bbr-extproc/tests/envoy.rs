@@ -458,3 +458,44 @@ async fn binary_shuts_down_gracefully() {
     };
     assert!(code.success(), "{code}");
 }
+
+/// A weighted target rewrites the model in the body the pool receives,
+/// with a Content-Length that matches, in both body modes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewritten_model_reaches_the_pool_in_both_modes() {
+    let rules = "rules:\n  - name: chatbot\n    match: { model: { exact: chatbot } }\n    pool: gemma3\n    targets: [{ model: google/gemma-3-27b-it, weight: 1 }]\n";
+    let sent = format!(
+        r#"{{"messages":[{{"role":"user","content":"{}"}}],"model":"chatbot","max_tokens":1}}"#,
+        "z".repeat(200_000)
+    );
+    let expected = sent.replace(r#""model":"chatbot""#, r#""model":"google/gemma-3-27b-it""#);
+    for template in ["envoy-full-duplex.yaml", "envoy-buffered.yaml"] {
+        let table = bbr_core::rules::RuleTable::from_yaml(rules).unwrap();
+        let processor = BodyRoutingProcessor::builder()
+            .rules(bbr_core::rules::SharedRules::new(table))
+            .build();
+        let s = scene(template, processor).await;
+        let r = s.post("/v1/chat/completions", &[], sent.clone()).await;
+        assert_eq!(r.status, 200, "{template}: {r:?}");
+        assert_eq!(r.json()["model"], "google/gemma-3-27b-it", "{template}");
+        let seen = s.gemma3.seen();
+        assert_eq!(seen[0].body_len, expected.len(), "{template}");
+        assert_eq!(
+            seen[0].body_hash,
+            body_hash(expected.as_bytes()),
+            "{template}"
+        );
+        if let Some(len) = seen[0].headers.get("content-length") {
+            assert_eq!(
+                len.to_str().unwrap(),
+                expected.len().to_string(),
+                "{template}"
+            );
+        }
+        assert_eq!(
+            seen[0].headers.get("x-gateway-model-name").unwrap(),
+            "chatbot",
+            "{template}"
+        );
+    }
+}
