@@ -361,6 +361,10 @@ fn check_field(value: &Value, got: Option<&FieldValue>, config: &ExtractorConfig
         }
         (Value::String(s), FieldValue::String(t)) => s == t,
         (Value::String(s), FieldValue::LongString) => s.len() > config.get_max_model_len(),
+        (Value::Number(_), FieldValue::LongNumber) => {
+            // The number as written was longer than the limit.
+            true
+        }
         (Value::Array(_), FieldValue::Array) | (Value::Object(_), FieldValue::Object) => true,
         _ => false,
     };

@@ -80,6 +80,8 @@ pub enum FieldValue {
     LongString,
     /// A number, as written in the body.
     Number(String),
+    /// A number longer than the capture limit (the model length limit).
+    LongNumber,
     /// `true` or `false`.
     Bool(bool),
     /// `null`.

@@ -582,6 +582,7 @@ impl ModelExtractor {
                 if let Role::Field(_) = role {
                     self.buf.clear();
                     self.buf.push(b);
+                    self.overflow = false;
                 }
                 self.state = State::Num(match b {
                     b'-' => Num::Minus,
@@ -966,8 +967,12 @@ impl ModelExtractor {
             (Num::Zero | Num::Int | Num::Frac | Num::ExpDigits, _) => {
                 // The number is complete; `b` belongs to what follows.
                 if let Role::Field(f) = self.role {
-                    let text = String::from_utf8_lossy(&self.buf).into_owned();
-                    self.set_field(f, FieldValue::Number(text));
+                    let value = if self.overflow {
+                        FieldValue::LongNumber
+                    } else {
+                        FieldValue::Number(String::from_utf8_lossy(&self.buf).into_owned())
+                    };
+                    self.set_field(f, value);
                 }
                 self.role = Role::None;
                 self.after_value(at);
@@ -975,8 +980,12 @@ impl ModelExtractor {
             }
             _ => return Err(self.syntax(at, "invalid number")),
         };
-        if matches!(self.role, Role::Field(_)) && self.buf.len() < self.config.get_max_model_len() {
-            self.buf.push(b);
+        if matches!(self.role, Role::Field(_)) {
+            if self.buf.len() < self.config.get_max_model_len() {
+                self.buf.push(b);
+            } else {
+                self.overflow = true;
+            }
         }
         self.state = State::Num(next);
         Ok(true)

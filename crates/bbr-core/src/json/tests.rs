@@ -742,3 +742,17 @@ fn the_block_path_hands_over_at_every_offset() {
         }
     }
 }
+
+#[test]
+fn long_numbers_in_fields_are_not_cut() {
+    let config = ExtractorConfig::new().field("stream").max_model_len(8);
+    let body = Bytes::from_static(br#"{"stream":777777777778,"model":"m"}"#);
+    let e = ModelExtractor::extract(config.clone(), &body).unwrap();
+    assert_eq!(e.field("stream"), Some(&FieldValue::LongNumber));
+    let body = Bytes::from_static(br#"{"stream":7777777,"model":"m"}"#);
+    let e = ModelExtractor::extract(config, &body).unwrap();
+    assert_eq!(
+        e.field("stream"),
+        Some(&FieldValue::Number("7777777".into()))
+    );
+}
