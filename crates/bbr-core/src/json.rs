@@ -370,6 +370,8 @@ impl ModelExtractor {
                 blocks_from = match exit {
                     blocks::Exit::Room => usize::MAX,
                     blocks::Exit::Anomaly => next + 64,
+                    // Back at the first token boundary after the string.
+                    blocks::Exit::LongString => next,
                 };
                 i = next;
                 continue;

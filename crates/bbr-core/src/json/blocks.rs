@@ -23,6 +23,9 @@ pub(super) enum Exit {
     Room,
     /// The block at the returned position needs the byte-level machine.
     Anomaly,
+    /// A long string goes on at the returned position: the string skipper
+    /// is faster there, and the block path may take over again after it.
+    LongString,
 }
 
 // The grammar between tokens. Commas and colons are not tokens here: each
@@ -186,19 +189,29 @@ impl ModelExtractor {
             colon: 0,
         };
         let rest = &buf[i..];
+        let mut long_string = false;
         let accepted = scan::for_each_block(
             rest,
             #[inline(always)]
-            |block, masks| match check_block(block, masks, at, max_depth) {
-                Some(next) => {
-                    at = next;
-                    true
+            |block, masks| {
+                // A block wholly inside a string: leave it to the string skipper.
+                if at.in_string != 0 && masks.quote | masks.backslash == 0 {
+                    long_string = true;
+                    return false;
                 }
-                None => false,
+                match check_block(block, masks, at, max_depth) {
+                    Some(next) => {
+                        at = next;
+                        true
+                    }
+                    None => false,
+                }
             },
         );
         let end = i + accepted * 64;
-        let exit = if rest.len() - accepted * 64 >= 64 {
+        let exit = if long_string {
+            Exit::LongString
+        } else if rest.len() - accepted * 64 >= 64 {
             Exit::Anomaly
         } else {
             Exit::Room
