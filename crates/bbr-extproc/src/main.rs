@@ -235,6 +235,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
         )
     });
 
+    let shutdown = serve::shutdown_signal();
     // One machine-readable line, for scripts that start the server on port 0.
     println!(
         "bbr-extproc listening grpc={grpc_addr} grpc-health={health_addr} metrics={metrics_addr} tls={}",
@@ -243,7 +244,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
     tracing::info!(%grpc_addr, %health_addr, %metrics_addr, tls = args.secure_serving,
         streaming = args.streaming, policy = %args.policy, "serving");
 
-    serve::shutdown_signal().await;
+    shutdown.await;
     tracing::info!("shutting down; open streams may finish");
     reporter
         .set_service_status("", ServingStatus::NotServing)
