@@ -9,7 +9,7 @@ use std::{
     task::{Context, Poll},
 };
 
-use bbr_core::{BodyExtractor, Error, FailureAction, FailurePolicy, Status};
+use bbr_core::{BodyExtractor, Error, FailureAction, FailurePolicy};
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
@@ -107,36 +107,6 @@ impl<B> RoutedBody<B> {
     }
 }
 
-/// The most bytes handed to the extractor in one call.
-///
-/// A network read can be hundreds of KiB, and the scanner's time per byte
-/// grows with the length of the slice it is given (measured: one 100 KiB
-/// slice costs several times what 8 KiB slices of the same body do), so
-/// large chunks are fed as refcounted sub-slices: no copy, same result,
-/// since the extractor accepts a body split anywhere.
-const FEED_SLICE: usize = 8 << 10;
-
-/// Feeds `chunk` to `extractor` in slices of at most [`FEED_SLICE`] bytes.
-/// Stops early once the extractor has decided and needs no more scanning.
-pub(crate) fn feed(extractor: &mut BodyExtractor, chunk: &Bytes) -> Result<Status, Error> {
-    if chunk.len() <= FEED_SLICE {
-        return extractor.feed(chunk);
-    }
-    let mut status = Status::Pending;
-    let mut at = 0;
-    while at < chunk.len() {
-        let end = chunk.len().min(at + FEED_SLICE);
-        if extractor.feed(&chunk.slice(at..end))? == Status::Decided {
-            status = Status::Decided;
-            if !extractor.needs_scanning() {
-                break;
-            }
-        }
-        at = end;
-    }
-    Ok(status)
-}
-
 impl<B> Body for RoutedBody<B>
 where
     B: Body<Data = Bytes>,
@@ -180,7 +150,7 @@ where
                     return Poll::Ready(Some(Ok(frame)));
                 }
                 if let (Some(scan), Some(chunk)) = (this.scan.as_mut(), frame.data_ref()) {
-                    match feed(&mut scan.extractor, chunk) {
+                    match scan.extractor.feed(chunk) {
                         Ok(_) => {
                             if !scan.extractor.needs_scanning() {
                                 this.scan = None;

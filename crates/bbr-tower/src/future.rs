@@ -308,7 +308,7 @@ where
             if chunk.is_empty() {
                 continue;
             }
-            let status = crate::body::feed(&mut self.extractor, &chunk);
+            let status = self.extractor.feed(&chunk);
             self.held_len += chunk.len() as u64;
             if chunk.len() < COALESCE_BELOW {
                 self.small.extend_from_slice(&chunk);
