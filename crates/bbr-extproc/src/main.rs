@@ -270,3 +270,64 @@ async fn run(args: Args) -> Result<(), BoxError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Args {
+        let argv = std::iter::once("bbr-extproc")
+            .chain(args.iter().copied())
+            .map(str::to_owned);
+        Args::try_parse_from(go_style(argv)).unwrap()
+    }
+
+    #[test]
+    fn defaults_are_the_go_routers() {
+        let a = parse(&[]);
+        assert_eq!(
+            (a.grpc_port, a.grpc_health_port, a.metrics_port),
+            (9004, 9005, 9090)
+        );
+        assert!(a.secure_serving);
+        assert!(!a.streaming);
+        assert_eq!(a.policy, Policy::Strict);
+    }
+
+    #[test]
+    fn go_style_spellings_parse() {
+        let a = parse(&[
+            "-grpcPort=9100",
+            "--grpcHealthPort",
+            "9101",
+            "-metrics-port=9102",
+            "-streaming",
+            "-secureServing=false",
+            "-v=4",
+            "--policy",
+            "fast",
+        ]);
+        assert_eq!(
+            (a.grpc_port, a.grpc_health_port, a.metrics_port),
+            (9100, 9101, 9102)
+        );
+        assert!(a.streaming);
+        assert!(!a.secure_serving);
+        assert_eq!(a.verbosity, 4);
+        assert_eq!(a.policy, Policy::Fast);
+
+        let a = parse(&["--streaming=false", "--secure-serving", "--v", "3"]);
+        assert!(!a.streaming);
+        assert!(a.secure_serving);
+        assert_eq!(a.verbosity, 3);
+        assert_eq!(parse(&["-v", "1"]).verbosity, 1);
+    }
+
+    #[test]
+    fn bad_values_are_usage_errors() {
+        let argv = ["bbr-extproc", "--policy", "loose"].map(str::to_owned);
+        assert!(Args::try_parse_from(go_style(argv.into_iter())).is_err());
+        let argv = ["bbr-extproc", "--grpc-port", "99999"].map(str::to_owned);
+        assert!(Args::try_parse_from(go_style(argv.into_iter())).is_err());
+    }
+}

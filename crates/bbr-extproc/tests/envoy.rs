@@ -507,3 +507,69 @@ async fn rewritten_model_reaches_the_pool_in_both_modes() {
         );
     }
 }
+
+/// `--cert-path` serves the given certificate; Envoy reaches the server
+/// over TLS with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_serves_a_given_certificate() {
+    let dir = std::env::temp_dir().join(format!("bbr-cert-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    std::fs::write(dir.join("tls.crt"), certified.cert.pem()).unwrap();
+    std::fs::write(dir.join("tls.key"), certified.signing_key.serialize_pem()).unwrap();
+    let gemma3 = Pool::start("gemma3").await;
+    let deepseek = Pool::start("deepseek-r1").await;
+    let (process, grpc, _, _) = start_binary(&[
+        "--streaming",
+        "--cert-path",
+        dir.to_str().unwrap(),
+        "-v",
+        "0",
+    ]);
+    let ports = Ports {
+        bbr: grpc.port(),
+        gemma3: gemma3.addr.port(),
+        deepseek: deepseek.addr.port(),
+    };
+    // Envoy verifies the server against that very certificate.
+    let ca = dir.join("tls.crt");
+    let config = envoy::config("envoy-full-duplex.yaml", &ports).replace(
+        "sni: localhost",
+        &format!(
+            "sni: localhost\n          common_tls_context:\n            validation_context:\n              trusted_ca: {{ filename: {} }}",
+            ca.display()
+        ),
+    );
+    let envoy = Envoy::start(&config).await;
+    let s = Scene {
+        gemma3,
+        deepseek,
+        envoy,
+        _server: Some(process),
+        metrics: None,
+        health: None,
+    };
+    seed_requests_route(&s).await;
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // A missing certificate is a start-up error, not a silent fallback.
+    let out = Command::new(env!("CARGO_BIN_EXE_bbr-extproc"))
+        .args([
+            "--address",
+            "127.0.0.1",
+            "--grpc-port",
+            "0",
+            "--grpc-health-port",
+            "0",
+        ])
+        .args([
+            "--metrics-port",
+            "0",
+            "--cert-path",
+            "/nonexistent-bbr-certs",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
