@@ -10,7 +10,7 @@
 #[path = "../../../fuzz/src/oracle.rs"]
 mod oracle;
 
-use bbr_core::{ErrorKind, ExtractorConfig, Policy};
+use bbr_core::{ErrorKind, ExtractorConfig, FieldValue, Policy};
 use oracle::{Expected, Outcome};
 use proptest::{prelude::*, sample::Index};
 
@@ -704,5 +704,35 @@ fn decision_point_with_an_extra_field_is_split_independent() {
             let split = oracle::run_json(body.as_bytes(), &[cut], &config);
             assert_eq!(split.decided_at, whole.decided_at, "{body}: split at {cut}");
         }
+    }
+}
+
+/// Regression: a number in an extra field is reported as written, or as
+/// too long for the capture limit, never cut at the limit (found by the
+/// `extract_differential` fuzz target: `{"stream":777…7}` with the limit at
+/// 8 gave `Number("77777777")`).
+#[test]
+fn long_numbers_in_extra_fields_are_not_cut() {
+    let digits = "1234567890".repeat(30);
+    for (limit, number) in [
+        (8, "12345678"),
+        (8, "123456789"),
+        (8, "-1.2345678e9"),
+        (256, digits.as_str()),
+    ] {
+        let config = ExtractorConfig::new().max_model_len(limit).field("n");
+        let body = format!(r#"{{"model":"m","n":{number}}}"#);
+        let run = oracle::run_json(body.as_bytes(), &[], &config);
+        let got = run
+            .fields
+            .iter()
+            .find(|(name, _)| name == "n")
+            .map(|(_, v)| v);
+        let ok = match got {
+            Some(FieldValue::Number(text)) => text == number,
+            Some(FieldValue::LongNumber) => number.len() > limit,
+            _ => false,
+        };
+        assert!(ok, "limit {limit}: {number} reported as {got:?}");
     }
 }
