@@ -10,12 +10,11 @@
 use bytes::Bytes;
 
 use crate::{
-    Error, ErrorKind, Extraction, ExtractorConfig, FieldValue, Model, Policy, Status,
-    config::MAX_FIELD_NAME_LEN, scan,
+    Error, ErrorKind, Extraction, ExtractorConfig, FieldValue, Model, Status,
+    config::MAX_FIELD_NAME_LEN,
+    progress::{self, Progress, Scan},
+    scan,
 };
-
-/// The most extra fields one extractor looks for (a bit each in a `u64`).
-const MAX_FIELDS: usize = 64;
 
 /// Where the parser stands between two bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -129,10 +128,9 @@ enum Role {
 /// ```
 #[derive(Debug)]
 pub struct ModelExtractor {
-    config: ExtractorConfig,
+    /// The decision being built, the limit, errors.
+    p: Progress,
     state: State,
-    /// Offset of the first byte of the chunk being scanned (or of the next one).
-    base: u64,
     /// Nesting depth; 0 outside the top-level object.
     depth: u32,
     /// The nesting stack as a shift register: bit 0 is set when the
@@ -154,39 +152,20 @@ pub struct ModelExtractor {
     spilled: bool,
     /// A spilled string (unescaped), or a requested field's number.
     buf: Vec<u8>,
-    /// The spilled string overflowed its limit.
+    /// The spilled string (or number) overflowed its limit.
     overflow: bool,
-    /// Offset where the current string token or UTF-8 sequence started.
+    /// Offset where the current string token started.
     token_start: u64,
     /// Offset of the lead byte of the UTF-8 sequence being read.
     utf8_start: u64,
-    /// The model, once read (moved into the extraction at the decision).
-    model: Option<Model>,
-    /// Whether a top-level `model` member has been read.
-    model_seen: bool,
-    /// Bit `n` is set once requested field `n` has been seen.
-    fields_seen: u64,
-    fields_all: u64,
-    fields: Vec<(Box<str>, FieldValue)>,
-    extraction: Option<Extraction>,
-    error: Option<Error>,
-    /// Bytes scanned so far.
-    scanned: u64,
 }
 
 impl ModelExtractor {
     /// A fresh extractor for one body.
     pub fn new(config: ExtractorConfig) -> ModelExtractor {
-        let nfields = config.get_fields().len().min(MAX_FIELDS);
-        let fields_all = if nfields == 64 {
-            u64::MAX
-        } else {
-            (1u64 << nfields) - 1
-        };
         ModelExtractor {
-            config,
+            p: Progress::new(config),
             state: State::Start,
-            base: 0,
             depth: 0,
             arrays: 0,
             kind: StrKind::Value,
@@ -198,14 +177,6 @@ impl ModelExtractor {
             overflow: false,
             token_start: 0,
             utf8_start: 0,
-            model: None,
-            model_seen: false,
-            fields_seen: 0,
-            fields_all,
-            fields: Vec::new(),
-            extraction: None,
-            error: None,
-            scanned: 0,
         }
     }
 
@@ -232,43 +203,7 @@ impl ModelExtractor {
     /// Past the configured body limit without a decision, the error is
     /// [`ErrorKind::TooLarge`].
     pub fn feed(&mut self, chunk: &Bytes) -> Result<Status, Error> {
-        if let Some(err) = &self.error {
-            return Err(err.clone());
-        }
-        if self.extraction.is_some() && !self.needs_scanning() {
-            return Ok(Status::Decided);
-        }
-        let mut end = chunk.len();
-        if self.extraction.is_none() {
-            let budget = self.config.get_max_body().saturating_sub(self.base);
-            if (end as u64) > budget {
-                end = budget as usize;
-            }
-        }
-        let result = self.scan(chunk, 0, end).and_then(|()| {
-            if end < chunk.len() {
-                if self.extraction.is_none() {
-                    return Err(Error::new(
-                        ErrorKind::TooLarge,
-                        self.config.get_max_body(),
-                        "request body is larger than the limit before the model",
-                    ));
-                }
-                if self.needs_scanning() {
-                    return self.scan(chunk, end, chunk.len());
-                }
-            }
-            Ok(())
-        });
-        self.base += chunk.len() as u64;
-        match result {
-            Ok(()) if self.extraction.is_some() => Ok(Status::Decided),
-            Ok(()) => Ok(Status::Pending),
-            Err(err) => {
-                self.error = Some(err.clone());
-                Err(err)
-            }
-        }
+        progress::feed(self, chunk)
     }
 
     /// Ends the body: checks that it is complete and returns the decision.
@@ -276,51 +211,28 @@ impl ModelExtractor {
     /// In the strict policy the whole body must have been a complete JSON
     /// object; in the fast policy the decision is enough.
     pub fn finish(&mut self) -> Result<&Extraction, Error> {
-        if let Some(err) = &self.error {
-            return Err(err.clone());
-        }
-        let complete = match self.config.get_policy() {
-            Policy::Strict => matches!(self.state, State::Done),
-            Policy::Fast => self.extraction.is_some(),
-        };
-        if !complete {
-            let err = Error::new(
-                ErrorKind::InvalidJson,
-                self.base,
-                "unexpected end of the body (truncated JSON)",
-            );
-            self.error = Some(err.clone());
-            return Err(err);
-        }
-        self.extraction.as_ref().ok_or_else(|| {
-            Error::new(
-                ErrorKind::InvalidJson,
-                self.base,
-                "unexpected end of the body",
-            )
-        })
+        progress::finish(self)
     }
 
     /// The decision, once made.
     pub fn extraction(&self) -> Option<&Extraction> {
-        self.extraction.as_ref()
+        self.p.extraction.as_ref()
     }
 
     /// Whether later chunks still need [`feed`](Self::feed): `true` until
     /// the decision, and after it in the strict policy; `false` after an error.
     pub fn needs_scanning(&self) -> bool {
-        self.error.is_none()
-            && (self.extraction.is_none() || self.config.get_policy() == Policy::Strict)
+        self.p.needs_scanning()
     }
 
     /// Bytes scanned so far.
     pub fn bytes_scanned(&self) -> u64 {
-        self.scanned
+        self.p.scanned
     }
 
     /// The configuration.
     pub fn config(&self) -> &ExtractorConfig {
-        &self.config
+        &self.p.config
     }
 
     #[cold]
@@ -334,11 +246,10 @@ impl ModelExtractor {
     }
 
     /// Scans `chunk[from..to]`. Stops early once decided in the fast policy.
-    fn scan(&mut self, chunk: &Bytes, from: usize, to: usize) -> Result<(), Error> {
+    fn scan_json(&mut self, chunk: &Bytes, from: usize, to: usize) -> Result<(), Error> {
         let buf = &chunk[..to];
-        let base = self.base;
+        let base = self.p.base;
         let mut i = from;
-        let fast = self.config.get_policy() == Policy::Fast;
         // Where the block path may be tried again.
         let mut blocks_from = from;
         // The common opening `{"model":"`: straight into the model's value,
@@ -350,7 +261,7 @@ impl ModelExtractor {
             i = OPENING.len();
         }
         while i < buf.len() {
-            if fast && self.extraction.is_some() {
+            if self.p.fast_done() {
                 break;
             }
             if i >= blocks_from
@@ -495,7 +406,7 @@ impl ModelExtractor {
                                 1 => FieldValue::Bool(false),
                                 _ => FieldValue::Null,
                             };
-                            self.set_field(n, value);
+                            self.p.set_field(n, value, base + i as u64);
                         }
                         self.role = Role::None;
                         self.after_value(base + i as u64);
@@ -521,7 +432,7 @@ impl ModelExtractor {
         if matches!(self.state, State::Str(_)) {
             self.spill(buf);
         }
-        self.scanned = base + i as u64;
+        self.p.scanned = base + i as u64;
         Ok(())
     }
 
@@ -574,7 +485,7 @@ impl ModelExtractor {
                     } else {
                         FieldValue::Array
                     };
-                    self.set_field(n, value);
+                    self.p.set_field(n, value, at + 1);
                 }
                 self.open(b == b'[', at)
             }
@@ -624,7 +535,7 @@ impl ModelExtractor {
 
     /// Opens an object or array at `at`.
     fn open(&mut self, array: bool, at: u64) -> Result<(), Error> {
-        if self.depth as usize >= self.config.get_max_depth() {
+        if self.depth as usize >= self.p.config.get_max_depth() {
             return Err(self.syntax(at, "nesting is too deep"));
         }
         self.arrays = (self.arrays << 1) | array as u128;
@@ -643,9 +554,7 @@ impl ModelExtractor {
         self.arrays >>= 1;
         if self.depth == 0 {
             self.state = State::Done;
-            if self.extraction.is_none() {
-                self.decide(after);
-            }
+            self.p.decide(after);
         } else {
             self.state = State::AfterValue;
         }
@@ -659,29 +568,7 @@ impl ModelExtractor {
 
     fn after_value(&mut self, after: u64) {
         self.state = State::AfterValue;
-        if self.extraction.is_none()
-            && self.model_seen
-            && self.fields_seen & self.fields_all == self.fields_all
-        {
-            self.decide(after);
-        }
-    }
-
-    fn decide(&mut self, at: u64) {
-        self.extraction = Some(Extraction {
-            model: self.model.take(),
-            fields: std::mem::take(&mut self.fields),
-            decided_at: at,
-        });
-    }
-
-    fn set_field(&mut self, n: u8, value: FieldValue) {
-        let bit = 1u64 << n;
-        if self.fields_seen & bit == 0 && self.extraction.is_none() {
-            self.fields_seen |= bit;
-            let name = self.config.get_fields()[n as usize].clone();
-            self.fields.push((name, value));
-        }
+        self.p.maybe_decide(after);
     }
 
     /// The most bytes captured for the current string.
@@ -689,7 +576,7 @@ impl ModelExtractor {
     fn capture_limit(&self) -> usize {
         match self.kind {
             StrKind::TopKey => MAX_FIELD_NAME_LEN,
-            _ => self.config.get_max_model_len(),
+            _ => self.p.config.get_max_model_len(),
         }
     }
 
@@ -762,8 +649,8 @@ impl ModelExtractor {
                     self.push(b);
                     self.state = State::Str(Str::Utf8 { need, lo, hi });
                 }
-                // Plain ASCII bytes are handled by `scan`.
-                _ => unreachable_plain(),
+                // Plain ASCII (`scan` takes these itself, but the meaning is the same).
+                _ => self.push(b),
             },
             Str::Utf8 { need, lo, hi } => {
                 if b < lo || b > hi {
@@ -876,7 +763,7 @@ impl ModelExtractor {
                     return Ok(());
                 }
                 if content == b"model" {
-                    if self.model_seen {
+                    if self.p.model_seen {
                         return Err(self.error(
                             ErrorKind::DuplicateModel,
                             self.token_start,
@@ -884,7 +771,7 @@ impl ModelExtractor {
                         ));
                     }
                     self.role = Role::Model;
-                } else if let Some(n) = self.field_index(content) {
+                } else if let Some(n) = self.p.field_index(content) {
                     self.role = Role::Field(n);
                 }
                 Ok(())
@@ -895,7 +782,7 @@ impl ModelExtractor {
                 } else {
                     FieldValue::String(String::from_utf8_lossy(content).into_owned())
                 };
-                self.set_field(n, value);
+                self.p.set_field(n, value, end);
                 self.after_value(end);
                 Ok(())
             }
@@ -910,7 +797,7 @@ impl ModelExtractor {
                         start,
                         &format!(
                             "`model` is longer than {} bytes",
-                            self.config.get_max_model_len()
+                            self.p.config.get_max_model_len()
                         ),
                         content,
                     ));
@@ -936,22 +823,12 @@ impl ModelExtractor {
                 } else {
                     Model::new(chunk.slice(self.cap_from..i), start..end, true)
                 };
-                self.model = Some(model);
-                self.model_seen = true;
+                self.p.set_model(model, end);
                 self.after_value(end);
                 Ok(())
             }
             StrKind::Key | StrKind::Value => Ok(()),
         }
-    }
-
-    fn field_index(&self, name: &[u8]) -> Option<u8> {
-        self.config
-            .get_fields()
-            .iter()
-            .take(MAX_FIELDS)
-            .position(|f| f.as_bytes() == name)
-            .map(|n| n as u8)
     }
 
     /// One byte in a number; returns whether the byte was consumed (a byte
@@ -974,7 +851,7 @@ impl ModelExtractor {
                     } else {
                         FieldValue::Number(String::from_utf8_lossy(&self.buf).into_owned())
                     };
-                    self.set_field(f, value);
+                    self.p.set_field(f, value, at);
                 }
                 self.role = Role::None;
                 self.after_value(at);
@@ -983,7 +860,7 @@ impl ModelExtractor {
             _ => return Err(self.syntax(at, "invalid number")),
         };
         if matches!(self.role, Role::Field(_)) {
-            if self.buf.len() < self.config.get_max_model_len() {
+            if self.buf.len() < self.p.config.get_max_model_len() {
                 self.buf.push(b);
             } else {
                 self.overflow = true;
@@ -1023,8 +900,25 @@ fn utf8_lead(b: u8) -> Option<(u8, u8, u8)> {
     }
 }
 
-#[inline(always)]
-fn unreachable_plain() {}
+impl Scan for ModelExtractor {
+    const TRUNCATED: ErrorKind = ErrorKind::InvalidJson;
+
+    fn progress(&self) -> &Progress {
+        &self.p
+    }
+
+    fn progress_mut(&mut self) -> &mut Progress {
+        &mut self.p
+    }
+
+    fn scan(&mut self, chunk: &Bytes, from: usize, to: usize) -> Result<(), Error> {
+        self.scan_json(chunk, from, to)
+    }
+
+    fn complete(&self) -> bool {
+        matches!(self.state, State::Done)
+    }
+}
 
 mod blocks;
 #[cfg(test)]

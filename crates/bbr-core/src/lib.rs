@@ -23,6 +23,7 @@ mod extract;
 mod json;
 mod multipart;
 mod path;
+mod progress;
 pub mod rewrite;
 pub mod rules;
 mod scan;

@@ -10,7 +10,10 @@
 use bytes::Bytes;
 use memchr::memmem;
 
-use crate::{Error, ErrorKind, Extraction, ExtractorConfig, FieldValue, Model, Policy, Status};
+use crate::{
+    Error, ErrorKind, Extraction, ExtractorConfig, FieldValue, Model, Status,
+    progress::{self, Progress, Scan},
+};
 
 /// The largest header block a part may have, in bytes.
 pub(crate) const MAX_PART_HEADERS: usize = 8 * 1024;
@@ -61,7 +64,8 @@ enum Part {
 /// ```
 #[derive(Debug)]
 pub struct MultipartExtractor {
-    config: ExtractorConfig,
+    /// The decision being built, the limit, errors.
+    p: Progress,
     /// `\r\n--` followed by the boundary.
     delimiter: Box<[u8]>,
     finder: memmem::Finder<'static>,
@@ -75,14 +79,6 @@ pub struct MultipartExtractor {
     content_start: u64,
     /// Offset where the current part's header block started.
     headers_start: u64,
-    base: u64,
-    scanned: u64,
-    model: Option<Model>,
-    fields_seen: u64,
-    fields_all: u64,
-    fields: Vec<(Box<str>, FieldValue)>,
-    extraction: Option<Extraction>,
-    error: Option<Error>,
 }
 
 impl MultipartExtractor {
@@ -103,14 +99,8 @@ impl MultipartExtractor {
         delimiter.extend_from_slice(boundary.as_bytes());
         let delimiter: Box<[u8]> = delimiter.into();
         let finder = memmem::Finder::new(&delimiter[..]).into_owned();
-        let nfields = config.get_fields().len().min(64);
-        let fields_all = if nfields == 64 {
-            u64::MAX
-        } else {
-            (1u64 << nfields) - 1
-        };
         Ok(MultipartExtractor {
-            config,
+            p: Progress::new(config),
             delimiter,
             finder,
             phase: Phase::Content,
@@ -121,103 +111,33 @@ impl MultipartExtractor {
             overflow: false,
             content_start: 0,
             headers_start: 0,
-            base: 0,
-            scanned: 0,
-            model: None,
-            fields_seen: 0,
-            fields_all,
-            fields: Vec::new(),
-            extraction: None,
-            error: None,
         })
     }
 
     /// Scans the next chunk. See [`ModelExtractor::feed`](crate::ModelExtractor::feed).
     pub fn feed(&mut self, chunk: &Bytes) -> Result<Status, Error> {
-        if let Some(err) = &self.error {
-            return Err(err.clone());
-        }
-        if self.extraction.is_some() && !self.needs_scanning() {
-            return Ok(Status::Decided);
-        }
-        let mut end = chunk.len();
-        if self.extraction.is_none() {
-            let budget = self.config.get_max_body().saturating_sub(self.base);
-            end = end.min(budget.min(usize::MAX as u64) as usize);
-        }
-        let result = self.scan(&chunk[..end]).and_then(|()| {
-            if end < chunk.len() {
-                if self.extraction.is_none() {
-                    return Err(Error::new(
-                        ErrorKind::TooLarge,
-                        self.config.get_max_body(),
-                        "request body is larger than the limit before the model",
-                    ));
-                }
-                if self.needs_scanning() {
-                    let base = self.base;
-                    self.base += end as u64;
-                    let r = self.scan(&chunk[end..]);
-                    self.base = base;
-                    return r;
-                }
-            }
-            Ok(())
-        });
-        self.base += chunk.len() as u64;
-        match result {
-            Ok(()) if self.extraction.is_some() => Ok(Status::Decided),
-            Ok(()) => Ok(Status::Pending),
-            Err(err) => {
-                self.error = Some(err.clone());
-                Err(err)
-            }
-        }
+        progress::feed(self, chunk)
     }
 
     /// Ends the body. In the strict policy the closing delimiter must have
     /// been seen.
     pub fn finish(&mut self) -> Result<&Extraction, Error> {
-        if let Some(err) = &self.error {
-            return Err(err.clone());
-        }
-        let complete = match self.config.get_policy() {
-            Policy::Strict => self.phase == Phase::Epilogue,
-            Policy::Fast => self.extraction.is_some(),
-        };
-        if !complete {
-            let err = Error::new(
-                ErrorKind::InvalidMultipart,
-                self.base,
-                "unexpected end of the multipart body",
-            );
-            self.error = Some(err.clone());
-            return Err(err);
-        }
-        self.extraction.as_ref().ok_or_else(|| {
-            Error::new(
-                ErrorKind::InvalidMultipart,
-                self.base,
-                "unexpected end of the body",
-            )
-        })
+        progress::finish(self)
     }
 
     /// The decision, once made.
     pub fn extraction(&self) -> Option<&Extraction> {
-        self.extraction.as_ref()
+        self.p.extraction.as_ref()
     }
 
     /// Whether later chunks still need scanning.
     pub fn needs_scanning(&self) -> bool {
-        self.error.is_none()
-            && self.phase != Phase::Epilogue
-            && (self.extraction.is_none() || self.config.get_policy() == Policy::Strict)
+        self.p.needs_scanning() && self.phase != Phase::Epilogue
     }
 
     /// Bytes scanned so far.
     pub fn bytes_scanned(&self) -> u64 {
-        self.scanned
+        self.p.scanned
     }
 
     #[cold]
@@ -225,12 +145,13 @@ impl MultipartExtractor {
         Error::new(ErrorKind::InvalidMultipart, at, message)
     }
 
-    fn scan(&mut self, buf: &[u8]) -> Result<(), Error> {
-        let base = self.base;
-        let mut i = 0;
-        let fast = self.config.get_policy() == Policy::Fast;
+    /// Scans `chunk[from..to]`.
+    fn scan_multipart(&mut self, chunk: &Bytes, from: usize, to: usize) -> Result<(), Error> {
+        let buf = &chunk[..to];
+        let base = self.p.base;
+        let mut i = from;
         while i < buf.len() {
-            if fast && self.extraction.is_some() {
+            if self.p.fast_done() {
                 break;
             }
             let at = base + i as u64;
@@ -251,9 +172,7 @@ impl MultipartExtractor {
                     }
                     i += 1;
                     self.phase = Phase::Epilogue;
-                    if self.extraction.is_none() {
-                        self.decide(base + i as u64);
-                    }
+                    self.p.decide(base + i as u64);
                 }
                 Phase::Padding => {
                     self.phase = match buf[i] {
@@ -276,7 +195,7 @@ impl MultipartExtractor {
                 Phase::Epilogue => i = buf.len(),
             }
         }
-        self.scanned = base + i as u64;
+        self.p.scanned = base + i as u64;
         Ok(())
     }
 
@@ -328,6 +247,7 @@ impl MultipartExtractor {
     fn emit(&mut self, bytes: &[u8]) {
         if matches!(self.part, Part::Model | Part::Field(_)) {
             let room = self
+                .p
                 .config
                 .get_max_model_len()
                 .saturating_sub(self.buf.len());
@@ -359,7 +279,7 @@ impl MultipartExtractor {
                         start,
                         &format!(
                             "`model` is longer than {} bytes",
-                            self.config.get_max_model_len()
+                            self.p.config.get_max_model_len()
                         ),
                         &self.buf,
                     ));
@@ -372,11 +292,8 @@ impl MultipartExtractor {
                         &self.buf,
                     ));
                 }
-                self.model = Some(Model::new(
-                    Bytes::copy_from_slice(&self.buf),
-                    start..at,
-                    false,
-                ));
+                let model = Model::new(Bytes::copy_from_slice(&self.buf), start..at, false);
+                self.p.set_model(model, at);
             }
             Part::Field(n) => {
                 let value = if self.overflow {
@@ -384,23 +301,12 @@ impl MultipartExtractor {
                 } else {
                     FieldValue::String(String::from_utf8_lossy(&self.buf).into_owned())
                 };
-                let bit = 1u64 << n;
-                if self.fields_seen & bit == 0 && self.extraction.is_none() {
-                    self.fields_seen |= bit;
-                    let name = self.config.get_fields()[n as usize].clone();
-                    self.fields.push((name, value));
-                }
+                self.p.set_field(n, value, at);
             }
             Part::Preamble | Part::Other => {}
         }
         self.part = Part::Other;
         self.buf.clear();
-        if self.extraction.is_none()
-            && self.model.is_some()
-            && self.fields_seen & self.fields_all == self.fields_all
-        {
-            self.decide(at);
-        }
         Ok(())
     }
 
@@ -445,7 +351,7 @@ impl MultipartExtractor {
             return Ok(Part::Other);
         };
         if name == "model" {
-            if self.model.is_some() {
+            if self.p.model_seen {
                 return Err(Error::new(
                     ErrorKind::DuplicateModel,
                     at,
@@ -454,20 +360,34 @@ impl MultipartExtractor {
             }
             return Ok(Part::Model);
         }
-        let fields = self.config.get_fields();
-        Ok(fields
-            .iter()
-            .take(64)
-            .position(|f| **f == *name)
-            .map_or(Part::Other, |n| Part::Field(n as u8)))
+        Ok(self
+            .p
+            .field_index(name.as_bytes())
+            .map_or(Part::Other, Part::Field))
+    }
+}
+
+impl Scan for MultipartExtractor {
+    const TRUNCATED: ErrorKind = ErrorKind::InvalidMultipart;
+
+    fn progress(&self) -> &Progress {
+        &self.p
     }
 
-    fn decide(&mut self, at: u64) {
-        self.extraction = Some(Extraction {
-            model: self.model.clone(),
-            fields: std::mem::take(&mut self.fields),
-            decided_at: at,
-        });
+    fn progress_mut(&mut self) -> &mut Progress {
+        &mut self.p
+    }
+
+    fn scan(&mut self, chunk: &Bytes, from: usize, to: usize) -> Result<(), Error> {
+        self.scan_multipart(chunk, from, to)
+    }
+
+    fn complete(&self) -> bool {
+        self.phase == Phase::Epilogue
+    }
+
+    fn needs_scanning(&self) -> bool {
+        MultipartExtractor::needs_scanning(self)
     }
 }
 
@@ -497,6 +417,7 @@ fn disposition_name(value: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Policy;
 
     const AUDIO: &str = "--b0undary\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\nContent-Type: audio/wav\r\n\r\nRIFF\r\n--b0und not yet\r\n-\r\r\n--b0undary\r\ncontent-disposition: form-data; name=model\r\n\r\nwhisper-1\r\n--b0undary\r\nContent-Disposition: form-data; name=\"language\"\r\n\r\nen\r\n--b0undary--\r\nepilogue";
 

@@ -1,6 +1,7 @@
 use bytes::Bytes;
 
 use super::*;
+use crate::Policy;
 
 /// The outcome of extracting `body` fed in the given chunks.
 fn run(config: &ExtractorConfig, chunks: &[&[u8]]) -> Result<Option<String>, (ErrorKind, u64)> {

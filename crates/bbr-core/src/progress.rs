@@ -1,0 +1,194 @@
+//! What the JSON and multipart extractors share: the decision being built,
+//! the body limit before a decision, sticky errors, and the feed/finish
+//! protocol around each one's scanner.
+
+use bytes::Bytes;
+
+use crate::{Error, ErrorKind, Extraction, ExtractorConfig, FieldValue, Model, Policy, Status};
+
+/// The most extra fields one extractor looks for (a bit each in a `u64`).
+pub(crate) const MAX_FIELDS: usize = 64;
+
+/// The state of one body's extraction, apart from the scanner's own.
+#[derive(Debug)]
+pub(crate) struct Progress {
+    pub(crate) config: ExtractorConfig,
+    /// Offset of the first byte of the chunk being scanned (or of the next one).
+    pub(crate) base: u64,
+    /// Bytes scanned so far.
+    pub(crate) scanned: u64,
+    /// The model, once read (moved into the extraction at the decision).
+    model: Option<Model>,
+    /// Whether a `model` has been read.
+    pub(crate) model_seen: bool,
+    /// Bit `n` is set once requested field `n` has been seen.
+    fields_seen: u64,
+    fields_all: u64,
+    fields: Vec<(Box<str>, FieldValue)>,
+    pub(crate) extraction: Option<Extraction>,
+    pub(crate) error: Option<Error>,
+}
+
+impl Progress {
+    pub(crate) fn new(config: ExtractorConfig) -> Progress {
+        let nfields = config.get_fields().len().min(MAX_FIELDS);
+        let fields_all = if nfields == MAX_FIELDS {
+            u64::MAX
+        } else {
+            (1u64 << nfields) - 1
+        };
+        Progress {
+            config,
+            base: 0,
+            scanned: 0,
+            model: None,
+            model_seen: false,
+            fields_seen: 0,
+            fields_all,
+            fields: Vec::new(),
+            extraction: None,
+            error: None,
+        }
+    }
+
+    /// The index of the requested field called `name`.
+    pub(crate) fn field_index(&self, name: &[u8]) -> Option<u8> {
+        self.config
+            .get_fields()
+            .iter()
+            .take(MAX_FIELDS)
+            .position(|f| f.as_bytes() == name)
+            .map(|n| n as u8)
+    }
+
+    /// Records the model; decides at `at` if nothing else is awaited.
+    pub(crate) fn set_model(&mut self, model: Model, at: u64) {
+        self.model = Some(model);
+        self.model_seen = true;
+        self.maybe_decide(at);
+    }
+
+    /// Records requested field `n` (the first occurrence wins; nothing
+    /// after the decision); decides at `at` if nothing else is awaited.
+    pub(crate) fn set_field(&mut self, n: u8, value: FieldValue, at: u64) {
+        let bit = 1u64 << n;
+        if self.fields_seen & bit == 0 && self.extraction.is_none() {
+            self.fields_seen |= bit;
+            let name = self.config.get_fields()[n as usize].clone();
+            self.fields.push((name, value));
+        }
+        self.maybe_decide(at);
+    }
+
+    /// Decides at `at` once the model and every requested field are in.
+    pub(crate) fn maybe_decide(&mut self, at: u64) {
+        if self.extraction.is_none()
+            && self.model_seen
+            && self.fields_seen & self.fields_all == self.fields_all
+        {
+            self.decide(at);
+        }
+    }
+
+    /// Decides at `at` with what has been read (the body's end is near).
+    pub(crate) fn decide(&mut self, at: u64) {
+        if self.extraction.is_none() {
+            self.extraction = Some(Extraction {
+                model: self.model.take(),
+                fields: std::mem::take(&mut self.fields),
+                decided_at: at,
+            });
+        }
+    }
+
+    /// Whether the fast policy has decided (so scanning stops).
+    #[inline]
+    pub(crate) fn fast_done(&self) -> bool {
+        self.extraction.is_some() && self.config.get_policy() == Policy::Fast
+    }
+
+    /// Whether later chunks still need scanning: until the decision, and
+    /// after it in the strict policy; not after an error.
+    pub(crate) fn needs_scanning(&self) -> bool {
+        self.error.is_none()
+            && (self.extraction.is_none() || self.config.get_policy() == Policy::Strict)
+    }
+}
+
+/// A scanner fed through [`feed`] and [`finish`].
+pub(crate) trait Scan {
+    /// The error kind of a body that ends too early.
+    const TRUNCATED: ErrorKind;
+
+    fn progress(&self) -> &Progress;
+    fn progress_mut(&mut self) -> &mut Progress;
+    /// Scans `chunk[from..to]`; offsets are relative to `progress().base`.
+    fn scan(&mut self, chunk: &Bytes, from: usize, to: usize) -> Result<(), Error>;
+    /// Whether the body may end here in the strict policy.
+    fn complete(&self) -> bool;
+    /// Whether later chunks still need scanning.
+    fn needs_scanning(&self) -> bool {
+        self.progress().needs_scanning()
+    }
+}
+
+/// Scans the next chunk: the body limit applies before the decision only;
+/// after an error every call returns it.
+pub(crate) fn feed<S: Scan>(s: &mut S, chunk: &Bytes) -> Result<Status, Error> {
+    let p = s.progress();
+    if let Some(err) = &p.error {
+        return Err(err.clone());
+    }
+    if p.extraction.is_some() && !s.needs_scanning() {
+        return Ok(Status::Decided);
+    }
+    let mut end = chunk.len();
+    if p.extraction.is_none() {
+        let budget = p.config.get_max_body().saturating_sub(p.base);
+        end = end.min(usize::try_from(budget).unwrap_or(usize::MAX));
+    }
+    let mut result = s.scan(chunk, 0, end);
+    if result.is_ok() && end < chunk.len() {
+        let p = s.progress();
+        if p.extraction.is_none() {
+            result = Err(Error::new(
+                ErrorKind::TooLarge,
+                p.config.get_max_body(),
+                "request body is larger than the limit before the model",
+            ));
+        } else if s.needs_scanning() {
+            result = s.scan(chunk, end, chunk.len());
+        }
+    }
+    let p = s.progress_mut();
+    p.base += chunk.len() as u64;
+    match result {
+        Ok(()) if p.extraction.is_some() => Ok(Status::Decided),
+        Ok(()) => Ok(Status::Pending),
+        Err(err) => {
+            p.error = Some(err.clone());
+            Err(err)
+        }
+    }
+}
+
+/// Ends the body: in the strict policy it must be complete; in the fast
+/// policy the decision is enough.
+pub(crate) fn finish<S: Scan>(s: &mut S) -> Result<&Extraction, Error> {
+    if let Some(err) = &s.progress().error {
+        return Err(err.clone());
+    }
+    let complete = match s.progress().config.get_policy() {
+        Policy::Strict => s.complete(),
+        Policy::Fast => s.progress().extraction.is_some(),
+    };
+    let p = s.progress_mut();
+    if !complete || p.extraction.is_none() {
+        let err = Error::new(S::TRUNCATED, p.base, "unexpected end of the body");
+        p.error = Some(err.clone());
+        return Err(err);
+    }
+    p.extraction
+        .as_ref()
+        .ok_or_else(|| Error::new(S::TRUNCATED, p.base, "unexpected end of the body"))
+}
