@@ -13,11 +13,16 @@
 //! - [`rules`]: the compiled rule table (model → pool, criticality,
 //!   weighted rewrite, LoRA base models) and its atomic reload.
 //! - [`Error`], [`ErrorKind`]: the error taxonomy and its HTTP answers.
+//! - `document` (feature `document`): the whole body parsed with
+//!   `simd-json`, on demand, for rules that need nested fields.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod body;
 mod config;
+#[cfg(feature = "document")]
+#[cfg_attr(docsrs, doc(cfg(feature = "document")))]
+pub mod document;
 mod error;
 mod extract;
 mod json;
