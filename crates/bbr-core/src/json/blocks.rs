@@ -50,9 +50,6 @@ const ARRAY_FIRST: u8 = 5;
 const AFTER_ARR: u8 = 6;
 /// After `,` in an array, already consumed: a value.
 const VALUE_ARR_READY: u8 = 7;
-/// A closing bracket: the next state depends on the enclosing container.
-const CLOSE: u8 = 8;
-const ERR: u8 = 9;
 
 // Token classes, and the two flags that make up a column of `STEP`.
 const C_QUOTE: u8 = 0;
@@ -79,50 +76,73 @@ const CLASS: [u8; 256] = {
     t
 };
 
-/// Set in a [`STEP`] entry when the token needs more than a transition
-/// (a bracket, or a grammar error).
-const ATTENTION: u8 = 0x10;
+// A `STEP` entry: the next state in bits 5..8, as the offset of its row
+// (state << 5, so that the next lookup needs no arithmetic: the serial chain
+// of lookups is the block path's critical path), and in bits 0..5 what else
+// the token needs: nothing for most tokens.
+const K_PLAIN: u8 = 0;
+const K_OPEN_OBJ: u8 = 1;
+const K_OPEN_ARR: u8 = 2;
+const K_CLOSE: u8 = 3;
+const K_ERR: u8 = 4;
+const KIND: u8 = 0x1f;
 
-/// The state after a value that starts with a token of `class`, in an
+const fn entry(state: u8, kind: u8) -> u8 {
+    (state << 5) | kind
+}
+
+/// Where the row of `state` starts in [`STEP`].
+const fn row(state: u8) -> usize {
+    (state as usize) << 5
+}
+
+/// The entry after a value that starts with a token of `class`, in an
 /// object (`AFTER_OBJ`) or an array (`AFTER_ARR`).
 const fn value(class: u8, after: u8) -> u8 {
     match class {
-        C_QUOTE | C_SCALAR => after,
-        C_OPEN_OBJ => OBJECT_FIRST | ATTENTION,
-        C_OPEN_ARR => ARRAY_FIRST | ATTENTION,
-        _ => ERR | ATTENTION,
+        C_QUOTE | C_SCALAR => entry(after, K_PLAIN),
+        C_OPEN_OBJ => entry(OBJECT_FIRST, K_OPEN_OBJ),
+        C_OPEN_ARR => entry(ARRAY_FIRST, K_OPEN_ARR),
+        _ => K_ERR,
     }
 }
 
-/// `STEP[state][column]`, column = class | flags: the next state, with
-/// [`ATTENTION`] where the token needs more. Padded to 16 states so that
-/// indexing by `state & 15` needs no bounds check.
-static STEP: [[u8; 32]; 16] = {
-    let e = ERR | ATTENTION;
-    let mut t = [[e; 32]; 16];
+/// `STEP[(state << 5) + column]`, column = class | flags, for the eight
+/// states: 256 entries, so that a `u8` index needs no bounds check.
+static STEP: [u8; 256] = {
+    let e = K_ERR;
+    let mut t = [e; 256];
     let mut c = 0;
     while c < 8 {
         let (plain, comma, colon) = (c, c | AFTER_COMMA as usize, c | AFTER_COLON as usize);
         let class = c as u8;
-        let close = CLOSE | ATTENTION;
-        t[OBJECT_FIRST as usize][plain] = match class {
-            C_QUOTE => KEY_DONE,
+        let close = K_CLOSE;
+        t[row(OBJECT_FIRST) + plain] = match class {
+            C_QUOTE => entry(KEY_DONE, K_PLAIN),
             C_CLOSE_OBJ => close,
             _ => e,
         };
-        t[KEY_READY as usize][plain] = if class == C_QUOTE { KEY_DONE } else { e };
-        t[KEY_DONE as usize][colon] = value(class, AFTER_OBJ);
-        t[VALUE_OBJ_READY as usize][plain] = value(class, AFTER_OBJ);
-        t[AFTER_OBJ as usize][plain] = if class == C_CLOSE_OBJ { close } else { e };
-        t[AFTER_OBJ as usize][comma] = if class == C_QUOTE { KEY_DONE } else { e };
-        t[ARRAY_FIRST as usize][plain] = if class == C_CLOSE_ARR {
+        t[row(KEY_READY) + plain] = if class == C_QUOTE {
+            entry(KEY_DONE, K_PLAIN)
+        } else {
+            e
+        };
+        t[row(KEY_DONE) + colon] = value(class, AFTER_OBJ);
+        t[row(VALUE_OBJ_READY) + plain] = value(class, AFTER_OBJ);
+        t[row(AFTER_OBJ) + plain] = if class == C_CLOSE_OBJ { close } else { e };
+        t[row(AFTER_OBJ) + comma] = if class == C_QUOTE {
+            entry(KEY_DONE, K_PLAIN)
+        } else {
+            e
+        };
+        t[row(ARRAY_FIRST) + plain] = if class == C_CLOSE_ARR {
             close
         } else {
             value(class, AFTER_ARR)
         };
-        t[VALUE_ARR_READY as usize][plain] = value(class, AFTER_ARR);
-        t[AFTER_ARR as usize][plain] = if class == C_CLOSE_ARR { close } else { e };
-        t[AFTER_ARR as usize][comma] = value(class, AFTER_ARR);
+        t[row(VALUE_ARR_READY) + plain] = value(class, AFTER_ARR);
+        t[row(AFTER_ARR) + plain] = if class == C_CLOSE_ARR { close } else { e };
+        t[row(AFTER_ARR) + comma] = value(class, AFTER_ARR);
         c += 1;
     }
     t
@@ -302,46 +322,50 @@ fn check_block(block: &[u8; 64], m: scan::Masks, at: Between, max_depth: u32) ->
     }
     let mut events = (m.op & outside & !(commas | colons)) | (quotes & inside) | scalar_starts;
     let Between {
-        mut state,
+        state,
         mut depth,
         mut arrays,
         ..
     } = at;
+    // The state as its row offset in STEP.
+    let mut row = state << 5;
     while events != 0 {
         let p = events.trailing_zeros();
         events &= events - 1;
         let byte = block[p as usize];
-        let flags = ((((after_comma >> p) & 1) << 3) | (((after_colon >> p) & 1) << 4)) as usize;
-        let step = STEP[state as usize & 15][CLASS[byte as usize] as usize | flags];
-        if step & ATTENTION == 0 {
-            state = step;
+        let flags = (((after_comma >> p) & 1) << 3) | (((after_colon >> p) & 1) << 4);
+        let column = CLASS[byte as usize] | flags as u8;
+        let step = STEP[row.wrapping_add(column) as usize];
+        if step & KIND == K_PLAIN {
+            row = step;
             continue;
         }
-        match step & !ATTENTION {
-            OBJECT_FIRST | ARRAY_FIRST => {
+        match step & KIND {
+            K_OPEN_OBJ | K_OPEN_ARR => {
                 if depth >= max_depth {
                     return None;
                 }
                 arrays = (arrays << 1) | (byte == b'[') as u128;
                 depth += 1;
-                state = step & !ATTENTION;
+                row = step & !KIND;
             }
-            CLOSE => {
+            K_CLOSE => {
                 // Back at depth 1 the keys matter: the byte-level machine takes it.
                 if depth <= 2 {
                     return None;
                 }
                 depth -= 1;
                 arrays >>= 1;
-                state = if arrays & 1 != 0 {
+                row = if arrays & 1 != 0 {
                     AFTER_ARR
                 } else {
                     AFTER_OBJ
-                };
+                } << 5;
             }
             _ => return None,
         }
     }
+    let state = row >> 5;
     // A pending separator must fit the state it leaves.
     if (colon_out != 0 && state != KEY_DONE)
         || (comma_out != 0 && state != AFTER_OBJ && state != AFTER_ARR)
