@@ -788,35 +788,10 @@ impl ModelExtractor {
             }
             StrKind::Model => {
                 let start = self.token_start;
-                if content.is_empty() {
-                    return Err(self.error(ErrorKind::InvalidModel, start, "`model` is empty"));
-                }
-                if overflow {
-                    return Err(Error::with_excerpt(
-                        ErrorKind::InvalidModel,
-                        start,
-                        &format!(
-                            "`model` is longer than {} bytes",
-                            self.p.config.get_max_model_len()
-                        ),
-                        content,
-                    ));
-                }
-                // Unescaped content cannot hold a byte below 0x20 (that is
-                // invalid JSON, refused earlier): only DEL is left to find.
-                let control = if self.spilled {
-                    content.iter().any(|&b| b < 0x20 || b == 0x7f)
-                } else {
-                    content.contains(&0x7f)
-                };
-                if control {
-                    return Err(Error::with_excerpt(
-                        ErrorKind::InvalidModel,
-                        start,
-                        "`model` holds a control character",
-                        content,
-                    ));
-                }
+                // Unescaped content cannot hold a byte below 0x20: that is
+                // invalid JSON, refused before the closing quote.
+                let max_len = self.p.config.get_max_model_len();
+                progress::check_model(content, overflow, !self.spilled, start, max_len)?;
                 // Borrowed when the whole value lies in this chunk, unescaped.
                 let model = if self.spilled {
                     Model::new(Bytes::copy_from_slice(content), start..end, false)

@@ -263,35 +263,11 @@ impl MultipartExtractor {
         let start = self.content_start;
         match self.part {
             Part::Model => {
-                let Ok(text) = std::str::from_utf8(&self.buf) else {
+                if std::str::from_utf8(&self.buf).is_err() {
                     return Err(self.malformed(start, "the `model` field is not valid UTF-8"));
-                };
-                if text.is_empty() {
-                    return Err(Error::new(
-                        ErrorKind::InvalidModel,
-                        start,
-                        "`model` is empty",
-                    ));
                 }
-                if self.overflow {
-                    return Err(Error::with_excerpt(
-                        ErrorKind::InvalidModel,
-                        start,
-                        &format!(
-                            "`model` is longer than {} bytes",
-                            self.p.config.get_max_model_len()
-                        ),
-                        &self.buf,
-                    ));
-                }
-                if self.buf.iter().any(|&b| b < 0x20 || b == 0x7f) {
-                    return Err(Error::with_excerpt(
-                        ErrorKind::InvalidModel,
-                        start,
-                        "`model` holds a control character",
-                        &self.buf,
-                    ));
-                }
+                let max_len = self.p.config.get_max_model_len();
+                progress::check_model(&self.buf, self.overflow, false, start, max_len)?;
                 let model = Model::new(Bytes::copy_from_slice(&self.buf), start..at, false);
                 self.p.set_model(model, at);
             }

@@ -115,6 +115,45 @@ impl Progress {
     }
 }
 
+/// Checks a model's value (unescaped): not empty, not longer than the
+/// limit (`overflow`: it was cut there), no control character. Where the
+/// value cannot hold a byte below 0x20 (`no_low_controls`: unescaped JSON,
+/// where such bytes were refused as invalid), only DEL is looked for.
+pub(crate) fn check_model(
+    content: &[u8],
+    overflow: bool,
+    no_low_controls: bool,
+    at: u64,
+    max_len: usize,
+) -> Result<(), Error> {
+    if content.is_empty() {
+        return Err(Error::new(ErrorKind::InvalidModel, at, "`model` is empty"));
+    }
+    if overflow {
+        let message = format!("`model` is longer than {max_len} bytes");
+        return Err(Error::with_excerpt(
+            ErrorKind::InvalidModel,
+            at,
+            &message,
+            content,
+        ));
+    }
+    let control = if no_low_controls {
+        content.contains(&0x7f)
+    } else {
+        content.iter().any(|&b| b < 0x20 || b == 0x7f)
+    };
+    if control {
+        return Err(Error::with_excerpt(
+            ErrorKind::InvalidModel,
+            at,
+            "`model` holds a control character",
+            content,
+        ));
+    }
+    Ok(())
+}
+
 /// A scanner fed through [`feed`] and [`finish`].
 pub(crate) trait Scan {
     /// The error kind of a body that ends too early.
