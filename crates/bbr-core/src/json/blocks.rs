@@ -316,7 +316,8 @@ fn check_block(block: &[u8; 64], m: scan::Masks, at: Between, max_depth: u32) ->
         let p = rest.trailing_zeros() as usize;
         rest &= rest - 1;
         let len = (!(scalar >> p)).trailing_zeros() as usize;
-        if !valid_scalar(&block[p..p + len]) {
+        let token = &block[p..p + len];
+        if !(small_int(token) || valid_scalar(token)) {
             return None;
         }
     }
@@ -437,6 +438,15 @@ fn hex4(block: &[u8; 64], at: usize) -> Option<u16> {
     Some(value)
 }
 
+/// Whether `token` is a short unsigned integer (`7`, `42`, `1000`): the
+/// common number, checked inline.
+#[inline(always)]
+fn small_int(token: &[u8]) -> bool {
+    token.len() <= 8
+        && (token.len() == 1 || token[0] != b'0')
+        && token.iter().all(u8::is_ascii_digit)
+}
+
 /// Whether `token` is a JSON number or literal.
 fn valid_scalar(token: &[u8]) -> bool {
     match token {
@@ -477,6 +487,12 @@ mod tests {
 
     #[test]
     fn scalars() {
+        for ok in ["7", "42", "10000000"] {
+            assert!(small_int(ok.as_bytes()), "{ok}");
+        }
+        for not in ["07", "-1", "1.5", "123456789", "1e5", "true"] {
+            assert!(!small_int(not.as_bytes()), "{not}");
+        }
         for ok in [
             "0", "-0", "1", "-12", "0.5", "1e5", "1E+5", "1.5e-07", "true", "false", "null",
         ] {
