@@ -106,13 +106,7 @@ async fn a_rewritten_model_fixes_the_body_and_its_length() {
         )
         .await;
         let body = r#"{"model":"chatbot","messages":[{"role":"user","content":"hi"}]}"#;
-        let response = http1()
-            .post(format!("{base}/v1/chat/completions"))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+        let response = post_json(&http1(), format!("{base}/v1/chat/completions"), body).await;
         assert_eq!(response.status(), 200);
         let seen: Value = response.json().await.unwrap();
         let expected = body.replace("\"chatbot\"", "\"google/gemma-3-27b-it\"");
@@ -140,13 +134,7 @@ async fn errors_are_answered_before_the_handler() {
             (r#"{"model":null}"#, 400, "model_not_string"),
             (r#"["model","chatbot"]"#, 400, "invalid_json"),
         ] {
-            let response = http2()
-                .post(format!("{base}/v1/chat/completions"))
-                .header("content-type", "application/json")
-                .body(body)
-                .send()
-                .await
-                .unwrap();
+            let response = post_json(&http2(), format!("{base}/v1/chat/completions"), body).await;
             assert_eq!(
                 error_code(response).await,
                 (status, code.to_owned()),
@@ -206,13 +194,12 @@ async fn a_path_template_routes_without_reading_the_body() {
         )
         .await;
         let body = r#"{"contents":[{"parts":[{"text":"hi"}]}]}"#;
-        let response = http1()
-            .post(format!("{base}/v1beta/models/recommender:generateContent"))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+        let response = post_json(
+            &http1(),
+            format!("{base}/v1beta/models/recommender:generateContent"),
+            body,
+        )
+        .await;
         assert_eq!(response.status(), 200);
         let seen: Value = response.json().await.unwrap();
         assert_eq!(seen["source"], "Path");

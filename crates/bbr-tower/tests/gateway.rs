@@ -32,13 +32,7 @@ async fn the_seed_requests_reach_their_pools() {
             } else {
                 CHAT.replace("chatbot", model)
             };
-            let response = client
-                .post(gw.url(path))
-                .header("content-type", "application/json")
-                .body(body.clone())
-                .send()
-                .await
-                .unwrap();
+            let response = post_json(&client, gw.url(path), body.clone()).await;
             assert_eq!(response.status(), 200, "{path} {model}");
             assert_eq!(
                 response.headers()["x-inference-pool"],
@@ -80,13 +74,8 @@ async fn bodies_in_many_small_chunks_are_routed_and_forwarded_intact() {
             "tell me about Paris, ".repeat(200)
         );
         for size in [1, 3, 7, 64] {
-            let response = http1()
-                .post(gw.url("/v1/chat/completions"))
-                .header("content-type", "application/json")
-                .body(chunked(Bytes::from(body.clone()), size))
-                .send()
-                .await
-                .unwrap();
+            let response = post_json(&http1(), gw.url("/v1/chat/completions"), chunked(Bytes::from(body.clone()), size))
+            .await;
             assert_eq!(response.status(), 200, "chunks of {size}");
             assert_eq!(response.headers()["x-inference-pool"], "deepseek-r1");
             assert_eq!(response.headers()["x-pool-received-sha256"], sha256(body.as_bytes()));
@@ -106,13 +95,12 @@ async fn http2_requests_are_routed() {
         let gw = TestGateway::seed().await;
         let client = http2();
         for (body, pool) in [(CHAT, "gemma3"), (COMPLETION, "deepseek-r1")] {
-            let response = client
-                .post(gw.url("/v1/chat/completions"))
-                .header("content-type", "application/json")
-                .body(chunked(Bytes::from(body), 5))
-                .send()
-                .await
-                .unwrap();
+            let response = post_json(
+                &client,
+                gw.url("/v1/chat/completions"),
+                chunked(Bytes::from(body), 5),
+            )
+            .await;
             assert_eq!(response.version(), reqwest::Version::HTTP_2);
             assert_eq!(response.status(), 200);
             assert_eq!(response.headers()["x-inference-pool"], pool);
@@ -294,13 +282,7 @@ async fn a_duplicate_model_after_the_decision_aborts_the_upstream_body() {
                 .unwrap();
         });
         let body = reqwest::Body::wrap_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
-        let response = http1()
-            .post(gw.url("/v1/chat/completions"))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+        let response = post_json(&http1(), gw.url("/v1/chat/completions"), body).await;
         assert_eq!(
             error_code(response).await,
             (400, "duplicate_model".to_owned())
@@ -328,13 +310,7 @@ async fn server_sent_events_stream_through_token_by_token() {
         ];
         let gw = TestGateway::start(bbr_examples::gateway::layer(seed_rules()), pools).await;
         let body = CHAT.replace("\"temperature\":0", "\"temperature\":0,\"stream\":true");
-        let response = http1()
-            .post(gw.url("/v1/chat/completions"))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+        let response = post_json(&http1(), gw.url("/v1/chat/completions"), body).await;
         assert_eq!(response.status(), 200);
         assert_eq!(response.headers()["content-type"], "text/event-stream");
         assert_eq!(response.headers()["x-inference-pool"], "gemma3");

@@ -200,6 +200,21 @@ pub fn sha256(bytes: &[u8]) -> String {
 }
 
 /// The JSON error body of a refused request, checked for the contract's shape.
+/// POSTs `body` as JSON to `url` with `client`.
+pub async fn post_json(
+    client: &reqwest::Client,
+    url: impl reqwest::IntoUrl,
+    body: impl Into<reqwest::Body>,
+) -> reqwest::Response {
+    client
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
 pub async fn error_code(response: reqwest::Response) -> (u16, String) {
     let status = response.status().as_u16();
     assert_eq!(
