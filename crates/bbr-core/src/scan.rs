@@ -73,13 +73,80 @@ pub(crate) struct Masks {
     pub(crate) comma: u64,
 }
 
+/// Token classes of the bytes that start a JSON token, as
+/// [`Block::columns`] reports them. Other bytes (numbers, literals) are
+/// [`token::OTHER`]; `:` and `,` never start a token and get no fixed class.
+pub(crate) mod token {
+    /// `"`.
+    pub(crate) const QUOTE: u8 = 0;
+    /// `{`.
+    pub(crate) const OPEN_OBJ: u8 = 1;
+    /// `[`.
+    pub(crate) const OPEN_ARR: u8 = 2;
+    /// `}`.
+    pub(crate) const CLOSE_OBJ: u8 = 3;
+    /// `]`.
+    pub(crate) const CLOSE_ARR: u8 = 4;
+    /// Any other byte: the start of a number or a literal.
+    pub(crate) const OTHER: u8 = 5;
+    /// Or-ed into a column when the token follows a comma.
+    pub(crate) const AFTER_COMMA: u8 = 8;
+    /// Or-ed into a column when the token follows a colon.
+    pub(crate) const AFTER_COLON: u8 = 16;
+
+    /// The class of `b`.
+    pub(crate) const fn class(b: u8) -> u8 {
+        match b {
+            b'"' => QUOTE,
+            b'{' => OPEN_OBJ,
+            b'[' => OPEN_ARR,
+            b'}' => CLOSE_OBJ,
+            b']' => CLOSE_ARR,
+            _ => OTHER,
+        }
+    }
+}
+
+/// Which classification code made a [`Block`].
+#[derive(Clone, Copy)]
+enum Isa {
+    Scalar,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+}
+
+/// A 64-byte block handed out by [`for_each_block`], with its masks.
+pub(crate) struct Block<'a> {
+    pub(crate) bytes: &'a [u8; 64],
+    pub(crate) masks: Masks,
+    isa: Isa,
+}
+
+impl Block<'_> {
+    /// The column of each token of the block: at every position set in
+    /// `tokens`, the byte's [`token`] class, or-ed with
+    /// [`token::AFTER_COMMA`] where `comma` has the bit and
+    /// [`token::AFTER_COLON`] where `colon` has it. Other positions hold
+    /// unspecified values.
+    #[inline(always)]
+    pub(crate) fn columns(&self, tokens: u64, comma: u64, colon: u64) -> [u8; 64] {
+        match self.isa {
+            Isa::Scalar => scalar::columns(self.bytes, tokens, comma, colon),
+            // SAFETY: only `x86::for_each_block_avx2` makes AVX2 blocks, and
+            // it runs only once AVX2 has been detected.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { x86::columns_avx2(self.bytes, comma, colon) },
+        }
+    }
+}
+
 /// Calls `f` with each successive 64-byte block of `buf` and its masks,
 /// while `f` accepts the block; returns how many blocks it accepted.
 ///
 /// With AVX2 the whole loop, `f` included, is compiled for AVX2 and BMI,
 /// so that the classification and `f` inline into one loop.
 #[inline]
-pub(crate) fn for_each_block<F: FnMut(&[u8; 64], Masks) -> bool>(buf: &[u8], f: F) -> usize {
+pub(crate) fn for_each_block<F: FnMut(&Block<'_>) -> bool>(buf: &[u8], f: F) -> usize {
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx2")
@@ -90,21 +157,26 @@ pub(crate) fn for_each_block<F: FnMut(&[u8; 64], Masks) -> bool>(buf: &[u8], f: 
             return unsafe { x86::for_each_block_avx2(buf, f) };
         }
     }
-    blocks_with(buf, f, scalar::classify)
+    blocks_with(buf, f, scalar::classify, Isa::Scalar)
 }
 
 #[inline(always)]
-fn blocks_with<F, C>(buf: &[u8], mut f: F, classify: C) -> usize
+fn blocks_with<F, C>(buf: &[u8], mut f: F, classify: C, isa: Isa) -> usize
 where
-    F: FnMut(&[u8; 64], Masks) -> bool,
+    F: FnMut(&Block<'_>) -> bool,
     C: Fn(&[u8; 64]) -> Masks,
 {
     let mut accepted = 0;
-    for block in buf.chunks_exact(64) {
-        let Ok(block) = <&[u8; 64]>::try_from(block) else {
+    for bytes in buf.chunks_exact(64) {
+        let Ok(bytes) = <&[u8; 64]>::try_from(bytes) else {
             break;
         };
-        if !f(block, classify(block)) {
+        let block = Block {
+            bytes,
+            masks: classify(bytes),
+            isa,
+        };
+        if !f(&block) {
             break;
         }
         accepted += 1;
@@ -148,6 +220,21 @@ pub(crate) mod scalar {
             }
         }
         m
+    }
+
+    /// See [`super::Block::columns`]: only the positions in `tokens` are filled.
+    #[inline(always)]
+    pub(crate) fn columns(block: &[u8; 64], mut tokens: u64, comma: u64, colon: u64) -> [u8; 64] {
+        use super::token;
+        let mut out = [0u8; 64];
+        while tokens != 0 {
+            let p = tokens.trailing_zeros() as usize;
+            tokens &= tokens - 1;
+            let flags = (((comma >> p) & 1) as u8 * token::AFTER_COMMA)
+                | (((colon >> p) & 1) as u8 * token::AFTER_COLON);
+            out[p] = token::class(block[p]) | flags;
+        }
+        out
     }
 
     /// See [`super::find_string_special`] (`HIGH`) and [`super::find_string_end`].
@@ -373,9 +460,78 @@ mod x86 {
     #[target_feature(enable = "avx2,bmi1,bmi2")]
     pub(super) unsafe fn for_each_block_avx2<F>(buf: &[u8], f: F) -> usize
     where
-        F: FnMut(&[u8; 64], super::Masks) -> bool,
+        F: FnMut(&super::Block<'_>) -> bool,
     {
-        super::blocks_with(buf, f, |block| classify_avx2(block))
+        super::blocks_with(buf, f, |block| classify_avx2(block), super::Isa::Avx2)
+    }
+
+    /// [`super::Block::columns`] with AVX2, for every position at once.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(super) fn columns_avx2(block: &[u8; 64], comma: u64, colon: u64) -> [u8; 64] {
+        use super::token;
+        // A byte's class from two nibble lookups whose AND is one bit for
+        // `{` (1), `[` (2), `}` (4) and `]` (8) and zero for every other
+        // byte, then that bit mapped to the class; quotes are set apart.
+        let lo_table = _mm256_setr_epi8(
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3, 0, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3, 0,
+            12, 0, 0,
+        );
+        let hi_table = _mm256_setr_epi8(
+            0, 0, 0, 0, 0, 10, 0, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 10, 0, 5, 0, 0, 0, 0,
+            0, 0, 0, 0,
+        );
+        let (o, a, b, c, d) = (
+            token::OTHER as i8,
+            token::OPEN_OBJ as i8,
+            token::OPEN_ARR as i8,
+            token::CLOSE_OBJ as i8,
+            token::CLOSE_ARR as i8,
+        );
+        let class_table = _mm256_setr_epi8(
+            o, a, b, o, c, o, o, o, d, o, o, o, o, o, o, o, o, a, b, o, c, o, o, o, d, o, o, o, o,
+            o, o, o,
+        );
+        // Byte `i` of a lane picks the byte of a 32-bit mask holding bit `i`.
+        let spread = _mm256_setr_epi8(
+            0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3,
+            3, 3, 3,
+        );
+        let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+        let expand = |mask: u32, value: u8| {
+            let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(mask as i32), spread);
+            let on = _mm256_cmpeq_epi8(_mm256_and_si256(bytes, bit), bit);
+            _mm256_and_si256(on, _mm256_set1_epi8(value as i8))
+        };
+        let nibble = _mm256_set1_epi8(0x0f);
+        let mut out = [0u8; 64];
+        for half in 0..2 {
+            // SAFETY: `block` and `out` are 64 bytes long and `half` is 0 or
+            // 1, so both 32-byte unaligned accesses are in bounds.
+            let v = unsafe { _mm256_loadu_si256(block.as_ptr().add(32 * half).cast()) };
+            let lo = _mm256_and_si256(v, nibble);
+            let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble);
+            let onehot = _mm256_and_si256(
+                _mm256_shuffle_epi8(lo_table, lo),
+                _mm256_shuffle_epi8(hi_table, hi),
+            );
+            let class = _mm256_shuffle_epi8(class_table, onehot);
+            let quote = _mm256_cmpeq_epi8(v, _mm256_set1_epi8(b'"' as i8));
+            const _: () = assert!(token::QUOTE == 0);
+            let class = _mm256_andnot_si256(quote, class);
+            let flags = _mm256_or_si256(
+                expand((comma >> (32 * half)) as u32, token::AFTER_COMMA),
+                expand((colon >> (32 * half)) as u32, token::AFTER_COLON),
+            );
+            // SAFETY: as for the load above.
+            unsafe {
+                _mm256_storeu_si256(
+                    out.as_mut_ptr().add(32 * half).cast(),
+                    _mm256_or_si256(class, flags),
+                )
+            };
+        }
+        out
     }
 
     /// AVX2 classification of a 64-byte block.
@@ -447,6 +603,28 @@ mod x86 {
                     ),
                     "{block:?}"
                 );
+            }
+        }
+
+        #[test]
+        fn avx2_columns_agree_with_scalar_on_every_byte() {
+            if !std::is_x86_feature_detected!("avx2") {
+                return;
+            }
+            let mut state = 0x2545_f491_4f6c_dd1du64;
+            for first in 0..=255u8 {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let (comma, colon) = (state, state.rotate_left(29) & !state);
+                let mut block = [0u8; 64];
+                for (i, b) in block.iter_mut().enumerate() {
+                    *b = first.wrapping_add((i as u8).wrapping_mul(101));
+                }
+                // SAFETY: AVX2 detected above.
+                let got = unsafe { columns_avx2(&block, comma, colon) };
+                let want = scalar::columns(&block, u64::MAX, comma, colon);
+                assert_eq!(got, want, "{block:?}");
             }
         }
 

@@ -52,28 +52,9 @@ const AFTER_ARR: u8 = 6;
 const VALUE_ARR_READY: u8 = 7;
 
 // Token classes, and the two flags that make up a column of `STEP`.
-const C_QUOTE: u8 = 0;
-const C_OPEN_OBJ: u8 = 1;
-const C_OPEN_ARR: u8 = 2;
-const C_CLOSE_OBJ: u8 = 3;
-const C_CLOSE_ARR: u8 = 4;
-const C_SCALAR: u8 = 5;
-/// Commas and colons, which are never tokens: an error if met.
-const C_SEPARATOR: u8 = 6;
-const AFTER_COMMA: u8 = 8;
-const AFTER_COLON: u8 = 16;
-
-/// The token class of a byte that starts a token.
-const CLASS: [u8; 256] = {
-    let mut t = [C_SCALAR; 256];
-    t[b'"' as usize] = C_QUOTE;
-    t[b'{' as usize] = C_OPEN_OBJ;
-    t[b'[' as usize] = C_OPEN_ARR;
-    t[b'}' as usize] = C_CLOSE_OBJ;
-    t[b']' as usize] = C_CLOSE_ARR;
-    t[b':' as usize] = C_SEPARATOR;
-    t[b',' as usize] = C_SEPARATOR;
-    t
+use scan::token::{
+    AFTER_COLON, AFTER_COMMA, CLOSE_ARR as C_CLOSE_ARR, CLOSE_OBJ as C_CLOSE_OBJ,
+    OPEN_ARR as C_OPEN_ARR, OPEN_OBJ as C_OPEN_OBJ, OTHER as C_SCALAR, QUOTE as C_QUOTE,
 };
 
 // A `STEP` entry: the next state in bits 5..8, as the offset of its row
@@ -213,13 +194,13 @@ impl ModelExtractor {
         let accepted = scan::for_each_block(
             rest,
             #[inline(always)]
-            |block, masks| {
+            |block| {
                 // A block wholly inside a string: leave it to the string skipper.
-                if at.in_string != 0 && masks.quote | masks.backslash == 0 {
+                if at.in_string != 0 && block.masks.quote | block.masks.backslash == 0 {
                     long_string = true;
                     return false;
                 }
-                match check_block(block, masks, at, max_depth) {
+                match check_block(block, at, max_depth) {
                     Some(next) => {
                         at = next;
                         true
@@ -269,7 +250,8 @@ fn landings(separators: u64, carry_in: u64, ws: u64) -> (u64, u64) {
 
 /// Checks one block; `None` when it needs the byte-level machine.
 #[inline(always)]
-fn check_block(block: &[u8; 64], m: scan::Masks, at: Between, max_depth: u32) -> Option<Between> {
+fn check_block(b: &scan::Block<'_>, at: Between, max_depth: u32) -> Option<Between> {
+    let (block, m) = (b.bytes, b.masks);
     // Escaped bytes. A backslash in the last byte escapes into the next block.
     let mut escaped = 0u64;
     let mut bits = m.backslash;
@@ -322,6 +304,7 @@ fn check_block(block: &[u8; 64], m: scan::Masks, at: Between, max_depth: u32) ->
         }
     }
     let mut events = (m.op & outside & !(commas | colons)) | (quotes & inside) | scalar_starts;
+    let columns = b.columns(events, after_comma, after_colon);
     let Between {
         state,
         mut depth,
@@ -331,11 +314,9 @@ fn check_block(block: &[u8; 64], m: scan::Masks, at: Between, max_depth: u32) ->
     // The state as its row offset in STEP.
     let mut row = state << 5;
     while events != 0 {
-        let p = events.trailing_zeros();
+        let p = events.trailing_zeros() as usize;
         events &= events - 1;
-        let byte = block[p as usize];
-        let flags = (((after_comma >> p) & 1) << 3) | (((after_colon >> p) & 1) << 4);
-        let column = CLASS[byte as usize] | flags as u8;
+        let column = columns[p & 63];
         let step = STEP[row.wrapping_add(column) as usize];
         if step & KIND == K_PLAIN {
             row = step;
@@ -346,7 +327,7 @@ fn check_block(block: &[u8; 64], m: scan::Masks, at: Between, max_depth: u32) ->
                 if depth >= max_depth {
                     return None;
                 }
-                arrays = (arrays << 1) | (byte == b'[') as u128;
+                arrays = (arrays << 1) | (step & KIND == K_OPEN_ARR) as u128;
                 depth += 1;
                 row = step & !KIND;
             }
