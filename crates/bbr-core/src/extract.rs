@@ -31,7 +31,7 @@ impl Model {
     /// The model name (unescaped).
     pub fn as_str(&self) -> &str {
         // Validated when the model was extracted; never fails.
-        std::str::from_utf8(&self.text).unwrap_or_default()
+        crate::scan::utf8(&self.text).unwrap_or_default()
     }
 
     /// The model name as bytes: a slice of the body chunk when borrowed.

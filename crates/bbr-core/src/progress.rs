@@ -139,9 +139,9 @@ pub(crate) fn check_model(
         ));
     }
     let control = if no_low_controls {
-        content.contains(&0x7f)
+        has_del(content)
     } else {
-        content.iter().any(|&b| b < 0x20 || b == 0x7f)
+        has_del(content) || content.iter().any(|&b| b < 0x20)
     };
     if control {
         return Err(Error::with_excerpt(
@@ -152,6 +152,20 @@ pub(crate) fn check_model(
         ));
     }
     Ok(())
+}
+
+/// Whether `s` holds a DEL (0x7f), eight bytes at a time: model names are
+/// short, and `memchr` costs more to set up than this takes.
+fn has_del(s: &[u8]) -> bool {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let (words, rest) = s.as_chunks::<8>();
+    // Bytes equal to 0x7f become zero, and a zero byte sets its high bit.
+    let zeros = words.iter().fold(0, |acc, w| {
+        let x = u64::from_le_bytes(*w) ^ (LO * 0x7f);
+        acc | (x.wrapping_sub(LO) & !x)
+    });
+    zeros & HI != 0 || rest.iter().fold(false, |any, &b| any | (b == 0x7f))
 }
 
 /// A scanner fed through [`feed`] and [`finish`].

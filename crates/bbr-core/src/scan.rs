@@ -13,7 +13,8 @@
 //! (detected at run time, no `-C target-cpu` needed) and 16 bytes at a time
 //! with SSE2 (part of the x86-64 baseline) otherwise. Other architectures
 //! use the portable scalar path, which the SIMD paths are tested against.
-//! This module is the only place in the crate with `unsafe` code.
+//! This module is the only place in the crate with `unsafe` code (with
+//! [`utf8`], which skips UTF-8 validation for ASCII text).
 
 /// Index of the first `"`, `\`, control (< 0x20) or non-ASCII (≥ 0x80)
 /// byte of `s`, or `s.len()` when there is none.
@@ -50,6 +51,20 @@ pub(crate) fn find_string_end(s: &[u8]) -> usize {
     #[cfg(not(target_arch = "x86_64"))]
     {
         scalar::find::<false>(s)
+    }
+}
+
+/// `bytes` as a `&str` when they are valid UTF-8.
+///
+/// Model names are nearly always ASCII: that is checked a word at a time,
+/// far faster than full UTF-8 validation of a short string.
+#[inline]
+pub(crate) fn utf8(bytes: &[u8]) -> Option<&str> {
+    if bytes.is_ascii() {
+        // SAFETY: ASCII bytes are valid UTF-8.
+        Some(unsafe { std::str::from_utf8_unchecked(bytes) })
+    } else {
+        std::str::from_utf8(bytes).ok()
     }
 }
 
@@ -113,6 +128,8 @@ enum Isa {
     Scalar,
     #[cfg(target_arch = "x86_64")]
     Avx2,
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
 }
 
 /// A 64-byte block handed out by [`for_each_block`], with its masks.
@@ -136,6 +153,10 @@ impl Block<'_> {
             // it runs only once AVX2 has been detected.
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => unsafe { x86::columns_avx2(self.bytes, comma, colon) },
+            // SAFETY: only `x86::for_each_block_avx512` makes AVX-512 blocks,
+            // and it runs only once AVX-512 F and BW have been detected.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { x86::columns_avx512(self.bytes, comma, colon) },
         }
     }
 }
@@ -143,12 +164,22 @@ impl Block<'_> {
 /// Calls `f` with each successive 64-byte block of `buf` and its masks,
 /// while `f` accepts the block; returns how many blocks it accepted.
 ///
-/// With AVX2 the whole loop, `f` included, is compiled for AVX2 and BMI,
-/// so that the classification and `f` inline into one loop.
+/// With AVX-512 (F and BW) or AVX2 the whole loop, `f` included, is
+/// compiled for that instruction set and BMI, so that the classification
+/// and `f` inline into one loop.
 #[inline]
 pub(crate) fn for_each_block<F: FnMut(&Block<'_>) -> bool>(buf: &[u8], f: F) -> usize {
     #[cfg(target_arch = "x86_64")]
     {
+        if std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("bmi1")
+            && std::is_x86_feature_detected!("bmi2")
+        {
+            // SAFETY: the CPU supports AVX-512 F and BW, BMI1 and BMI2
+            // (checked just above).
+            return unsafe { x86::for_each_block_avx512(buf, f) };
+        }
         if std::is_x86_feature_detected!("avx2")
             && std::is_x86_feature_detected!("bmi1")
             && std::is_x86_feature_detected!("bmi2")
@@ -559,10 +590,94 @@ mod x86 {
         }
     }
 
+    /// [`super::for_each_block`] compiled for AVX-512 (and BMI).
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F and BW, BMI1 and BMI2.
+    #[target_feature(enable = "avx512f,avx512bw,bmi1,bmi2")]
+    pub(super) unsafe fn for_each_block_avx512<F>(buf: &[u8], f: F) -> usize
+    where
+        F: FnMut(&super::Block<'_>) -> bool,
+    {
+        super::blocks_with(buf, f, |block| classify_avx512(block), super::Isa::Avx512)
+    }
+
+    /// A 128-bit table repeated in the four lanes of a 512-bit vector.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn table512(t: [u8; 16]) -> __m512i {
+        // SAFETY: `t` is 16 bytes, one unaligned 128-bit load.
+        let lane = unsafe { _mm_loadu_si128(t.as_ptr().cast()) };
+        _mm512_broadcast_i32x4(lane)
+    }
+
+    /// AVX-512 classification of a 64-byte block: the same masks as
+    /// [`classify_avx2`], straight from mask compares.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) fn classify_avx512(block: &[u8; 64]) -> super::Masks {
+        // SAFETY: `block` is 64 bytes long, one unaligned 512-bit load.
+        let v = unsafe { _mm512_loadu_si512(block.as_ptr().cast()) };
+        // The tables of `classify32`.
+        let ws_table = table512([
+            b' ', 100, 100, 100, 17, 100, 113, 2, 100, b'\t', b'\n', 112, 100, b'\r', 100, 100,
+        ]);
+        let op_table = table512([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, b':', b'{', b',', b'}', 0, 0]);
+        let curly = _mm512_or_si512(v, _mm512_set1_epi8(0x20));
+        super::Masks {
+            quote: _mm512_cmpeq_epi8_mask(v, _mm512_set1_epi8(b'"' as i8)),
+            backslash: _mm512_cmpeq_epi8_mask(v, _mm512_set1_epi8(b'\\' as i8)),
+            op: _mm512_cmpeq_epi8_mask(_mm512_shuffle_epi8(op_table, v), curly),
+            ws: _mm512_cmpeq_epi8_mask(_mm512_shuffle_epi8(ws_table, v), v),
+            // Signed compare: 0x00..=0x1F and 0x80..=0xFF are both "< 0x20".
+            ctrl_or_high: _mm512_cmplt_epi8_mask(v, _mm512_set1_epi8(0x20)),
+            colon: _mm512_cmpeq_epi8_mask(v, _mm512_set1_epi8(b':' as i8)),
+            comma: _mm512_cmpeq_epi8_mask(v, _mm512_set1_epi8(b',' as i8)),
+        }
+    }
+
+    /// [`super::Block::columns`] with AVX-512, for every position at once;
+    /// the same method as [`columns_avx2`], the flags straight from the masks.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) fn columns_avx512(block: &[u8; 64], comma: u64, colon: u64) -> [u8; 64] {
+        use super::token;
+        let (o, a, b, c, d) = (
+            token::OTHER,
+            token::OPEN_OBJ,
+            token::OPEN_ARR,
+            token::CLOSE_OBJ,
+            token::CLOSE_ARR,
+        );
+        let lo_table = table512([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3, 0, 12, 0, 0]);
+        let hi_table = table512([0, 0, 0, 0, 0, 10, 0, 5, 0, 0, 0, 0, 0, 0, 0, 0]);
+        let class_table = table512([o, a, b, o, c, o, o, o, d, o, o, o, o, o, o, o]);
+        // SAFETY: `block` is 64 bytes long, one unaligned 512-bit load.
+        let v = unsafe { _mm512_loadu_si512(block.as_ptr().cast()) };
+        let nibble = _mm512_set1_epi8(0x0f);
+        let lo = _mm512_and_si512(v, nibble);
+        let hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);
+        let onehot = _mm512_and_si512(
+            _mm512_shuffle_epi8(lo_table, lo),
+            _mm512_shuffle_epi8(hi_table, hi),
+        );
+        let class = _mm512_shuffle_epi8(class_table, onehot);
+        let quote = _mm512_cmpeq_epi8_mask(v, _mm512_set1_epi8(b'"' as i8));
+        let class = _mm512_mask_mov_epi8(class, quote, _mm512_set1_epi8(token::QUOTE as i8));
+        let flags = _mm512_or_si512(
+            _mm512_maskz_mov_epi8(comma, _mm512_set1_epi8(token::AFTER_COMMA as i8)),
+            _mm512_maskz_mov_epi8(colon, _mm512_set1_epi8(token::AFTER_COLON as i8)),
+        );
+        let mut out = [0u8; 64];
+        // SAFETY: `out` is 64 bytes long, one unaligned 512-bit store.
+        unsafe { _mm512_storeu_si512(out.as_mut_ptr().cast(), _mm512_or_si512(class, flags)) };
+        out
+    }
+
     #[cfg(test)]
     mod tests {
         use super::*;
-        use crate::scan::scalar;
+        use crate::scan::{Masks, scalar};
 
         #[test]
         fn avx2_classification_agrees_with_scalar_on_every_byte() {
@@ -625,6 +740,38 @@ mod x86 {
                 let got = unsafe { columns_avx2(&block, comma, colon) };
                 let want = scalar::columns(&block, u64::MAX, comma, colon);
                 assert_eq!(got, want, "{block:?}");
+            }
+        }
+
+        #[test]
+        fn avx512_classification_and_columns_agree_with_scalar_on_every_byte() {
+            if !(std::is_x86_feature_detected!("avx512f")
+                && std::is_x86_feature_detected!("avx512bw"))
+            {
+                return;
+            }
+            let mut state = 0x9e37_79b9_7f4a_7c15u64;
+            for first in 0..=255u8 {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let (comma, colon) = (state, state.rotate_left(29) & !state);
+                for stride in [37u8, 101] {
+                    let mut block = [0u8; 64];
+                    for (i, b) in block.iter_mut().enumerate() {
+                        *b = first.wrapping_add((i as u8).wrapping_mul(stride));
+                    }
+                    // SAFETY: AVX-512 F and BW detected above.
+                    let got = unsafe { classify_avx512(&block) };
+                    let want = scalar::classify(&block);
+                    assert_eq!(got.op & !got.ctrl_or_high, want.op & !want.ctrl_or_high);
+                    let (got, want) = (Masks { op: 0, ..got }, Masks { op: 0, ..want });
+                    assert_eq!(got, want, "{block:?}");
+                    // SAFETY: as above.
+                    let got = unsafe { columns_avx512(&block, comma, colon) };
+                    let want = scalar::columns(&block, u64::MAX, comma, colon);
+                    assert_eq!(got, want, "{block:?}");
+                }
             }
         }
 
