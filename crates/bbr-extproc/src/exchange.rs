@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 
 use crate::{
-    metrics,
+    BodyFieldHeader, metrics,
     pb::{
         BodyMutation, BodyResponse, BodySendMode, CommonResponse, HeaderAppendAction,
         HeaderMutation, HeaderValue as PbHeaderValue, HeaderValueOption, HeadersResponse, HttpBody,
@@ -73,6 +73,22 @@ struct Routing {
     set: Vec<(HeaderName, HeaderValue)>,
 }
 
+impl Routing {
+    /// The decision's headers, then the copied body fields whose header the
+    /// decision does not set itself.
+    fn with_fields(
+        mut set: Vec<(HeaderName, HeaderValue)>,
+        copied: Vec<(HeaderName, HeaderValue)>,
+    ) -> Routing {
+        for (name, value) in copied {
+            if !set.iter().any(|(n, _)| *n == name) {
+                set.push((name, value));
+            }
+        }
+        Routing { set }
+    }
+}
+
 pub(crate) struct Exchange {
     shared: Arc<Shared>,
     request_mode: BodyMode,
@@ -84,6 +100,9 @@ pub(crate) struct Exchange {
     held: Vec<Bytes>,
     /// FULL_DUPLEX_STREAMED: the request headers response is still owed.
     headers_owed: bool,
+    /// The decision that went out set headers (or rewrote the body): the
+    /// request can no longer pass through unchanged.
+    mutated: bool,
     /// Routing headers the client sent, removed from the request.
     strip: Vec<String>,
     content_length: Option<u64>,
@@ -104,6 +123,7 @@ impl Exchange {
             extractor: None,
             held: Vec::new(),
             headers_owed: false,
+            mutated: false,
             strip: Vec::new(),
             content_length: None,
             request_key: None,
@@ -172,7 +192,10 @@ impl Exchange {
         for header in h.headers.iter().flat_map(|m| m.headers.iter()) {
             let key = header.key.as_str();
             let value = header_value(header);
-            if managed.iter().any(|m| m.as_str().eq_ignore_ascii_case(key)) {
+            let owned = managed.iter().any(|m| m.as_str().eq_ignore_ascii_case(key))
+                || (self.shared.body_fields.iter())
+                    .any(|b| b.header().as_str().eq_ignore_ascii_case(key));
+            if owned {
                 if !self.strip.iter().any(|s| s.eq_ignore_ascii_case(key)) {
                     self.strip.push(key.to_ascii_lowercase());
                 }
@@ -323,6 +346,7 @@ impl Exchange {
             self.started.elapsed().as_secs_f64(),
             extraction.decided_at(),
         );
+        // Counted as the Go router counts them: absent, or an empty string.
         for field in self.shared.extractor.get_fields() {
             match extraction.field(field) {
                 None => metrics::field_not_found(field),
@@ -330,11 +354,21 @@ impl Exchange {
                 Some(_) => {}
             }
         }
+        let copied: Vec<(HeaderName, HeaderValue)> = (self.shared.body_fields.iter())
+            .filter_map(|b| {
+                let value = extraction.field(b.field())?;
+                let header = BodyFieldHeader::header_value(value);
+                if header.is_none() {
+                    tracing::debug!(field = b.field(), "body field not copied: no header value");
+                }
+                Some((b.header().clone(), header?))
+            })
+            .collect();
         let Some(model) = extraction.model() else {
             metrics::model_not_in_body();
             match self.shared.failure.missing_model() {
                 FailureAction::PassThrough => {
-                    self.emit_decision(Routing::default(), None, eos, out)
+                    self.emit_decision(Routing::with_fields(Vec::new(), copied), None, eos, out)
                 }
                 FailureAction::Reject => {
                     let e = Error::new(ErrorKind::InvalidModel, 0, "the body names no model");
@@ -356,12 +390,12 @@ impl Exchange {
                 let rewrite =
                     (decision.is_rewrite() && is_json && self.request_mode != BodyMode::Streamed)
                         .then(|| (span, json_string(decision.model())));
-                let routing = Routing {
-                    set: decision.headers().to_vec(),
-                };
+                let routing = Routing::with_fields(decision.headers().to_vec(), copied);
                 self.emit_decision(routing, rewrite, eos, out);
             }
-            Ok(None) => self.emit_decision(Routing::default(), None, eos, out),
+            Ok(None) => {
+                self.emit_decision(Routing::with_fields(Vec::new(), copied), None, eos, out)
+            }
             Err(e) => self.fail_before_decision(&e, eos, out),
         }
     }
@@ -375,6 +409,7 @@ impl Exchange {
         eos: bool,
         out: &mut Vec<ProcessingResponse>,
     ) {
+        self.mutated = !routing.set.is_empty() || rewrite.is_some();
         let mut held = std::mem::take(&mut self.held);
         if let Some((span, token)) = rewrite
             && let Some(spliced) = splice(&held, span, token)
@@ -459,9 +494,23 @@ impl Exchange {
 
     /// An error in a chunk after the routing went out (strict policy).
     /// Returns whether the chunk may still be released.
+    ///
+    /// Failing open means passing the request on unchanged. Once headers
+    /// were set (or the body rewritten) that is no longer possible: the
+    /// request has been routed on a body that turns out bad — a second
+    /// `model` would reach a pool chosen by the first — so it is refused
+    /// whatever the policy says for the kind.
     fn violation(&mut self, e: &Error, out: &mut Vec<ProcessingResponse>) -> bool {
         match self.shared.failure.action(e.kind()) {
             FailureAction::Reject => {
+                self.reject(e, out);
+                false
+            }
+            FailureAction::PassThrough if self.mutated => {
+                tracing::debug!(
+                    kind = e.kind().as_str(),
+                    "fail-open kind found after the routing went out; rejected"
+                );
                 self.reject(e, out);
                 false
             }

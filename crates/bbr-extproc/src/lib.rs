@@ -25,8 +25,14 @@
 //! Errors (invalid JSON, a `model` that is not a string, duplicates, an
 //! unknown model …) are answered with an `ImmediateResponse` carrying the
 //! status and OpenAI-style JSON body of [`bbr_core::Error`], also when they are
-//! found after the routing went out (strict policy); the failure policy can
-//! turn each kind into a pass-through instead.
+//! found after the routing went out (strict policy). The failure policy can
+//! turn each kind into a pass-through instead (the request goes on unchanged,
+//! without routing headers), except where the routing already went out: a
+//! request routed on a body that then proves bad is refused whatever the
+//! policy, since it can no longer pass unchanged.
+//!
+//! [`ProcessorBuilder::body_field`] copies other top-level body fields into
+//! request headers, as the Go router's `body-field-to-header` plugin does.
 //!
 //! The body mode is taken from `ProcessingRequest.protocol_config` when Envoy
 //! sends it (Envoy 1.33 and later) and from [`ProcessorBuilder::streaming`]
@@ -96,11 +102,13 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod body_field;
 mod exchange;
 pub mod metrics;
 pub mod pb;
 pub mod serve;
 mod service;
 
+pub use body_field::{BodyFieldHeader, BodyFieldHeaderError};
 pub use exchange::BodyMode;
 pub use service::{BodyRoutingProcessor, ProcessStream, ProcessorBuilder, SERVICE_NAME};

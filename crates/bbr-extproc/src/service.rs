@@ -7,6 +7,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
+    BodyFieldHeader,
     exchange::{BodyMode, Exchange},
     pb::{
         ProcessingRequest, ProcessingResponse,
@@ -26,6 +27,7 @@ pub(crate) struct Shared {
     pub(crate) default_mode: BodyMode,
     pub(crate) clear_route_cache: bool,
     pub(crate) request_key_header: String,
+    pub(crate) body_fields: Vec<BodyFieldHeader>,
 }
 
 /// Envoy's `envoy.service.ext_proc.v3.ExternalProcessor`, routing each
@@ -80,6 +82,7 @@ pub struct ProcessorBuilder {
     default_mode: BodyMode,
     clear_route_cache: bool,
     request_key_header: String,
+    body_fields: Vec<BodyFieldHeader>,
 }
 
 impl Default for ProcessorBuilder {
@@ -91,6 +94,7 @@ impl Default for ProcessorBuilder {
             default_mode: BodyMode::Buffered,
             clear_route_cache: true,
             request_key_header: "x-request-id".to_owned(),
+            body_fields: Vec::new(),
         }
     }
 }
@@ -103,6 +107,9 @@ impl ProcessorBuilder {
     }
 
     /// Sets which errors are rejected and which pass through unrouted.
+    /// An error found after the routing went out (`FULL_DUPLEX_STREAMED` or
+    /// `STREAMED`, strict policy) is rejected whatever the policy says: the
+    /// request can no longer pass unchanged.
     pub fn failure_policy(mut self, policy: FailurePolicy) -> Self {
         self.failure = policy;
         self
@@ -152,16 +159,44 @@ impl ProcessorBuilder {
         self
     }
 
+    /// Copies a top-level body field into a request header (a string as it
+    /// is, a number or a boolean as its JSON text), as the Go router's
+    /// `body-field-to-header` plugin does. The header is removed from what
+    /// the client sent, like the routing headers, and set when the body was
+    /// read without error: with the routing, and also when the body names
+    /// no model and passes through. An empty string, `null`, an object or an
+    /// array sets nothing; a rule's own `set_headers` win over a body field
+    /// of the same header.
+    ///
+    /// Absent and empty fields are counted in
+    /// `bbr_body_field_not_found_total` and `bbr_body_field_empty_total`
+    /// (label `field`). The field is extracted in the same pass as the
+    /// model, but the decision then waits until the field has been seen or
+    /// the top-level object closes, so a body lacking it is held whole
+    /// (up to the extractor's body limit) before it is routed.
+    ///
+    /// A second copy into the same header replaces the first.
+    pub fn body_field(mut self, copy: BodyFieldHeader) -> Self {
+        self.body_fields.retain(|b| b.header() != copy.header());
+        self.body_fields.push(copy);
+        self
+    }
+
     /// Builds the processor.
     pub fn build(self) -> BodyRoutingProcessor {
+        let extractor = self
+            .body_fields
+            .iter()
+            .fold(self.extractor, |config, b| config.field(b.field()));
         BodyRoutingProcessor {
             shared: Arc::new(Shared {
-                extractor: self.extractor,
+                extractor,
                 failure: self.failure,
                 rules: self.rules,
                 default_mode: self.default_mode,
                 clear_route_cache: self.clear_route_cache,
                 request_key_header: self.request_key_header,
+                body_fields: self.body_fields,
             }),
         }
     }

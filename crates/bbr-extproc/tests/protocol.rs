@@ -3,9 +3,9 @@
 
 mod support;
 
-use bbr_core::{ExtractorConfig, Policy};
+use bbr_core::{ErrorKind, ExtractorConfig, FailureAction, FailurePolicy, Policy};
 use bbr_extproc::{
-    BodyRoutingProcessor,
+    BodyFieldHeader, BodyRoutingProcessor,
     pb::{
         BodySendMode, HttpBody, HttpHeaders, HttpTrailers, processing_request::Request,
         processing_response::Response,
@@ -603,4 +603,227 @@ async fn replaced_rules_apply_to_the_next_request() {
     assert!(
         set_headers(&hc).contains(&("x-gateway-inference-pool".to_owned(), "other".to_owned()))
     );
+}
+
+fn fail_open(kinds: &[ErrorKind]) -> BodyRoutingProcessor {
+    let policy = kinds.iter().fold(FailurePolicy::new(), |p, &k| {
+        p.on(k, FailureAction::PassThrough)
+    });
+    BodyRoutingProcessor::builder()
+        .failure_policy(policy)
+        .build()
+}
+
+#[tokio::test]
+async fn fail_open_invalid_json_passes_the_request_through_unrouted() {
+    let mut c = serve(fail_open(&[ErrorKind::InvalidJson])).await;
+    let body: &[u8] = br#"{"prompt": oops, "model":"chatbot"}"#;
+
+    let mut s = Stream::open(&mut c, full_duplex()).await;
+    s.headers(&[JSON, ("x-gateway-model-name", "spoof")], false)
+        .await;
+    s.body(&body[..10], false).await;
+    s.body(&body[10..], true).await;
+    let hc = common(&s.recv().await);
+    assert!(set_headers(&hc).is_empty(), "{hc:?}");
+    assert_eq!(removed_headers(&hc), ["x-gateway-model-name"]);
+    assert_eq!(streamed(&s.recv().await), (body[..10].to_vec(), false));
+    assert_eq!(streamed(&s.recv().await), (body[10..].to_vec(), true));
+
+    let mut s = Stream::open(&mut c, buffered()).await;
+    s.headers(&[JSON], false).await;
+    assert!(matches!(s.recv().await, Response::RequestHeaders(_)));
+    s.body(body, true).await;
+    let b = s.recv().await;
+    assert!(matches!(b, Response::RequestBody(_)), "{b:?}");
+    let bc = common(&b);
+    assert!(set_headers(&bc).is_empty(), "{bc:?}");
+    assert!(bc.body_mutation.is_none());
+}
+
+#[tokio::test]
+async fn kinds_not_listed_as_fail_open_are_still_rejected() {
+    let mut c = serve(fail_open(&[ErrorKind::InvalidJson])).await;
+    let mut s = Stream::open(&mut c, full_duplex()).await;
+    s.headers(&[JSON], false).await;
+    s.body(br#"{"model":123,"prompt":"test"}"#, true).await;
+    let (status, body, _) = immediate(&s.recv().await);
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["code"], "model_not_string");
+
+    let mut s = Stream::open(&mut c, full_duplex()).await;
+    s.headers(&[JSON], false).await;
+    s.body(br#"{"model":"a","model":"b"}"#, true).await;
+    let (status, body, _) = immediate(&s.recv().await);
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["code"], "duplicate_model");
+}
+
+#[tokio::test]
+async fn fail_open_cannot_undo_a_routing_that_went_out() {
+    // The headers (with the routing) are out when the broken JSON arrives:
+    // the request cannot pass unchanged any more, so it is refused.
+    let mut c = serve(fail_open(&ErrorKind::ALL)).await;
+    let mut s = Stream::open(&mut c, full_duplex()).await;
+    s.headers(&[JSON], false).await;
+    s.body(br#"{"model":"chatbot","#, false).await;
+    let hc = common(&s.recv().await);
+    assert_eq!(set_headers(&hc), [(MODEL.to_owned(), "chatbot".to_owned())]);
+    streamed(&s.recv().await);
+    s.body(br#""model":"recommender"}"#, true).await;
+    let (status, body, _) = immediate(&s.recv().await);
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["code"], "duplicate_model");
+
+    // With nothing set, passing on is still passing the request unchanged.
+    let mut s = Stream::open(&mut c, full_duplex()).await;
+    s.headers(&[JSON], false).await;
+    s.body(br#"{"prompt":"x"}"#, false).await;
+    let hc = common(&s.recv().await);
+    assert!(set_headers(&hc).is_empty(), "{hc:?}");
+    streamed(&s.recv().await);
+    s.body(b" trailing", true).await;
+    assert_eq!(streamed(&s.recv().await), (b" trailing".to_vec(), true));
+}
+
+#[tokio::test]
+async fn reject_missing_model_answers_400() {
+    let processor = BodyRoutingProcessor::builder()
+        .failure_policy(FailurePolicy::new().on_missing_model(FailureAction::Reject))
+        .build();
+    let mut c = serve(processor).await;
+    for mode in [full_duplex(), buffered()] {
+        let mut s = Stream::open(&mut c, mode).await;
+        s.headers(&[JSON], false).await;
+        if mode == buffered() {
+            assert!(matches!(s.recv().await, Response::RequestHeaders(_)));
+        }
+        s.body(br#"{"prompt":"x","messages":{"model":"nested"}}"#, true)
+            .await;
+        let (status, body, _) = immediate(&s.recv().await);
+        assert_eq!(status, 400);
+        assert_eq!(body["error"]["code"], "invalid_model");
+    }
+    // A body with a model is routed as before.
+    let mut s = Stream::open(&mut c, full_duplex()).await;
+    s.headers(&[JSON], false).await;
+    s.body(br#"{"model":"chatbot"}"#, true).await;
+    let hc = common(&s.recv().await);
+    assert_eq!(set_headers(&hc), [(MODEL.to_owned(), "chatbot".to_owned())]);
+}
+
+fn with_body_fields() -> BodyRoutingProcessor {
+    BodyRoutingProcessor::builder()
+        .body_field("stream=x-llm-stream".parse::<BodyFieldHeader>().unwrap())
+        .body_field("max_tokens=x-llm-max-tokens".parse().unwrap())
+        .body_field("user=x-llm-user".parse().unwrap())
+        .build()
+}
+
+#[tokio::test]
+async fn body_fields_are_copied_into_headers_and_spoofs_stripped() {
+    let mut c = serve(with_body_fields()).await;
+    let mut s = Stream::open(&mut c, full_duplex()).await;
+    s.headers(
+        &[JSON, ("X-LLM-Stream", "spoof"), ("x-llm-user", "spoof")],
+        false,
+    )
+    .await;
+    let body: &[u8] =
+        br#"{"model":"chatbot","stream":true,"max_tokens":1.5e2,"user":"caf\u00e9","n":1}"#;
+    s.body(&body[..30], false).await;
+    s.body(&body[30..], true).await;
+    let hc = common(&s.recv().await);
+    assert_eq!(
+        set_headers(&hc),
+        [
+            (MODEL.to_owned(), "chatbot".to_owned()),
+            ("x-llm-stream".to_owned(), "true".to_owned()),
+            ("x-llm-max-tokens".to_owned(), "1.5e2".to_owned()),
+            ("x-llm-user".to_owned(), "caf\u{e9}".to_owned()),
+        ]
+    );
+    assert!(removed_headers(&hc).is_empty(), "overwritten: {hc:?}");
+    assert!(hc.clear_route_cache);
+    let mut echoed = streamed(&s.recv().await).0;
+    echoed.extend(streamed(&s.recv().await).0);
+    assert_eq!(echoed, body);
+
+    // Absent, empty or not a scalar: nothing set, the client's copy removed.
+    // No model either: the fields are still copied, the request passes.
+    let mut s = Stream::open(&mut c, buffered()).await;
+    s.headers(
+        &[JSON, ("x-llm-stream", "spoof"), ("x-llm-user", "spoof")],
+        false,
+    )
+    .await;
+    assert!(matches!(s.recv().await, Response::RequestHeaders(_)));
+    s.body(
+        br#"{"prompt":"x","stream":null,"user":"","max_tokens":7}"#,
+        true,
+    )
+    .await;
+    let hc = common(&s.recv().await);
+    assert_eq!(
+        set_headers(&hc),
+        [("x-llm-max-tokens".to_owned(), "7".to_owned())]
+    );
+    let mut removed = removed_headers(&hc);
+    removed.sort();
+    assert_eq!(removed, ["x-llm-stream", "x-llm-user"]);
+
+    // A header-only request has its spoofed copies removed too.
+    let mut s = Stream::open(&mut c, full_duplex()).await;
+    s.headers(&[("x-llm-user", "spoof")], true).await;
+    assert_eq!(removed_headers(&common(&s.recv().await)), ["x-llm-user"]);
+}
+
+#[tokio::test]
+async fn body_fields_in_error_requests_are_not_copied() {
+    let mut c = serve(with_body_fields()).await;
+    let mut s = Stream::open(&mut c, full_duplex()).await;
+    s.headers(&[JSON], false).await;
+    s.body(br#"{"stream":true,"model":123}"#, true).await;
+    let (status, _, _) = immediate(&s.recv().await);
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn body_field_metrics_count_absent_and_empty_fields() {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    // The test runtime is single-threaded: the service records on this thread.
+    let _guard = metrics::set_default_local_recorder(&recorder);
+
+    let processor = BodyRoutingProcessor::builder()
+        .body_field("user=x-llm-user".parse().unwrap())
+        .build();
+    let mut c = serve(processor).await;
+    for body in [
+        r#"{"model":"a"}"#,
+        r#"{"model":"a","user":""}"#,
+        r#"{"model":"a","user":"bob"}"#,
+        r#"{"model":"a","user":null}"#,
+        r#"{"model":"a","user":""}"#,
+        r#"{"prompt":"x","user":"bob"}"#,
+    ] {
+        let mut s = Stream::open(&mut c, full_duplex()).await;
+        s.headers(&[JSON], false).await;
+        s.body(body.as_bytes(), true).await;
+        common(&s.recv().await);
+        streamed(&s.recv().await);
+    }
+    let text = handle.render();
+    for line in [
+        "bbr_body_field_not_found_total{field=\"user\"} 1",
+        "bbr_body_field_empty_total{field=\"user\"} 2",
+        "bbr_body_field_not_found_total{field=\"model\"} 1",
+        "bbr_model_not_in_body_total 1",
+        "bbr_success_total 5",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "{line} missing from\n{text}"
+        );
+    }
 }
