@@ -6,11 +6,11 @@
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use bbr_core::{
-    ExtractorConfig, FailurePolicy, Policy,
+    ErrorKind, ExtractorConfig, FailureAction, FailurePolicy, Policy,
     rules::{RuleTable, SharedRules},
 };
-use bbr_extproc::{BodyRoutingProcessor, SERVICE_NAME, metrics, serve};
-use clap::{ArgAction, Parser};
+use bbr_extproc::{BodyFieldHeader, BodyRoutingProcessor, SERVICE_NAME, metrics, serve};
+use clap::{ArgAction, CommandFactory, Parser};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use tokio::{net::TcpListener, sync::watch};
 use tonic::transport::{Server, ServerTlsConfig, server::TcpIncoming};
@@ -63,6 +63,24 @@ struct Args {
     /// Largest body scanned before a decision, in bytes (default 32 MiB).
     #[arg(long, default_value_t = bbr_core::DEFAULT_MAX_BODY)]
     max_body: u64,
+    /// Error kinds that pass the request through unchanged, without routing
+    /// headers, instead of answering with the error: comma-separated codes
+    /// (invalid_json, model_not_string, invalid_model, duplicate_model,
+    /// too_large, model_not_found, unsupported_content_type,
+    /// invalid_multipart) or `all`. An error found after the routing went
+    /// out (FULL_DUPLEX_STREAMED, strict policy) is still answered with the
+    /// error.
+    #[arg(long, value_name = "KINDS", value_delimiter = ',', value_parser = parse_fail_open)]
+    fail_open: Vec<FailOpen>,
+    /// Answer a body that names no model with 400 instead of passing it
+    /// through without routing headers.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          default_value_t = false, action = ArgAction::Set)]
+    reject_missing_model: bool,
+    /// Copy the top-level body field NAME (a string, or a number or boolean
+    /// as its JSON text) into the request header HEADER. Repeatable.
+    #[arg(long, value_name = "NAME=HEADER")]
+    body_field: Vec<BodyFieldHeader>,
     /// On SIGTERM or ctrl-c, how long open streams may take to finish, in seconds.
     #[arg(long, default_value_t = 30)]
     drain_timeout_secs: u64,
@@ -72,6 +90,85 @@ struct Args {
     /// Log verbosity: 0 errors … 1 warnings, 2 info (default), 3 debug, 4+ trace.
     #[arg(short = 'v', long = "v", alias = "verbosity", default_value_t = 2)]
     verbosity: u8,
+}
+
+/// One entry of `--fail-open`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FailOpen {
+    All,
+    Kind(ErrorKind),
+}
+
+fn parse_fail_open(text: &str) -> Result<FailOpen, String> {
+    let text = text.trim();
+    if text == "all" {
+        return Ok(FailOpen::All);
+    }
+    ErrorKind::ALL
+        .into_iter()
+        .find(|k| k.as_str() == text)
+        .map(FailOpen::Kind)
+        .ok_or_else(|| {
+            let known: Vec<&str> = ErrorKind::ALL.iter().map(|k| k.as_str()).collect();
+            format!(
+                "unknown error kind {text:?} (expected {} or all)",
+                known.join(", ")
+            )
+        })
+}
+
+impl Args {
+    /// Checks what clap cannot check flag by flag.
+    fn check(&self) -> Result<(), clap::Error> {
+        for (i, a) in self.body_field.iter().enumerate() {
+            if let Some(b) = self.body_field[..i]
+                .iter()
+                .find(|b| b.header() == a.header())
+            {
+                return Err(Args::command().error(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    format!(
+                        "--body-field {b} and --body-field {a} set the same header {}",
+                        a.header()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn failure_policy(&self) -> FailurePolicy {
+        let mut policy = FailurePolicy::new();
+        for entry in &self.fail_open {
+            let kinds = match entry {
+                FailOpen::All => &ErrorKind::ALL[..],
+                FailOpen::Kind(kind) => std::slice::from_ref(kind),
+            };
+            for &kind in kinds {
+                policy = policy.on(kind, FailureAction::PassThrough);
+            }
+        }
+        if self.reject_missing_model {
+            policy = policy.on_missing_model(FailureAction::Reject);
+        }
+        policy
+    }
+
+    fn processor(&self, rules: SharedRules) -> BodyRoutingProcessor {
+        let builder = BodyRoutingProcessor::builder()
+            .extractor(
+                ExtractorConfig::new()
+                    .policy(self.policy)
+                    .max_body(self.max_body),
+            )
+            .failure_policy(self.failure_policy())
+            .rules(rules)
+            .streaming(self.streaming);
+        self.body_field
+            .iter()
+            .fold(builder, |b, copy| b.body_field(copy.clone()))
+            .build()
+    }
 }
 
 /// Go's flag package accepts one dash for long flags (`-grpcPort=9004`);
@@ -100,6 +197,9 @@ fn go_style(args: impl Iterator<Item = String>) -> Vec<String> {
 
 fn main() -> ExitCode {
     let args = Args::parse_from(go_style(std::env::args()));
+    if let Err(e) = args.check() {
+        e.exit();
+    }
     let level = match args.verbosity {
         0 => "error",
         1 => "warn",
@@ -159,16 +259,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
         Some(path) => SharedRules::new(RuleTable::from_path(path)?),
         None => SharedRules::new(RuleTable::empty()),
     };
-    let processor = BodyRoutingProcessor::builder()
-        .extractor(
-            ExtractorConfig::new()
-                .policy(args.policy)
-                .max_body(args.max_body),
-        )
-        .failure_policy(FailurePolicy::new())
-        .rules(rules.clone())
-        .streaming(args.streaming)
-        .build();
+    let processor = args.processor(rules.clone());
 
     let grpc = TcpListener::bind(SocketAddr::new(args.address, args.grpc_port)).await?;
     let health = TcpListener::bind(SocketAddr::new(args.address, args.grpc_health_port)).await?;
@@ -242,7 +333,9 @@ async fn run(args: Args) -> Result<(), BoxError> {
         args.secure_serving
     );
     tracing::info!(%grpc_addr, %health_addr, %metrics_addr, tls = args.secure_serving,
-        streaming = args.streaming, policy = %args.policy, "serving");
+        streaming = args.streaming, policy = %args.policy, fail_open = ?args.fail_open,
+        reject_missing_model = args.reject_missing_model, body_fields = ?args.body_field,
+        "serving");
 
     shutdown.await;
     tracing::info!("shutting down; open streams may finish");
@@ -321,6 +414,90 @@ mod tests {
         assert!(a.secure_serving);
         assert_eq!(a.verbosity, 3);
         assert_eq!(parse(&["-v", "1"]).verbosity, 1);
+    }
+
+    fn usage_error(args: &[&str]) -> String {
+        let argv = std::iter::once("bbr-extproc")
+            .chain(args.iter().copied())
+            .map(str::to_owned);
+        let e = Args::try_parse_from(go_style(argv))
+            .and_then(|a| a.check().map(|()| a))
+            .expect_err("a usage error");
+        assert_eq!(e.exit_code(), 2, "{e}");
+        e.to_string()
+    }
+
+    #[test]
+    fn failure_policy_defaults_to_the_library_default() {
+        let a = parse(&[]);
+        assert!(a.fail_open.is_empty() && a.body_field.is_empty());
+        assert!(!a.reject_missing_model);
+        assert_eq!(a.failure_policy(), FailurePolicy::new());
+    }
+
+    #[test]
+    fn fail_open_lists_kinds_or_all() {
+        let policy = parse(&[
+            "--fail-open",
+            "invalid_json,too_large",
+            "-fail-open=model_not_found",
+        ])
+        .failure_policy();
+        for kind in ErrorKind::ALL {
+            let open = matches!(
+                kind,
+                ErrorKind::InvalidJson | ErrorKind::TooLarge | ErrorKind::ModelNotFound
+            );
+            let expected = if open {
+                FailureAction::PassThrough
+            } else {
+                FailureAction::Reject
+            };
+            assert_eq!(policy.action(kind), expected, "{kind}");
+        }
+        assert_eq!(policy.missing_model(), FailureAction::PassThrough);
+
+        let policy = parse(&["--fail-open=all", "--reject-missing-model"]).failure_policy();
+        for kind in ErrorKind::ALL {
+            assert_eq!(policy.action(kind), FailureAction::PassThrough, "{kind}");
+        }
+        assert_eq!(policy.missing_model(), FailureAction::Reject);
+        let policy = parse(&["-reject-missing-model=false"]).failure_policy();
+        assert_eq!(policy.missing_model(), FailureAction::PassThrough);
+    }
+
+    #[test]
+    fn body_fields_parse_and_lowercase_the_header() {
+        let a = parse(&[
+            "--body-field",
+            "stream=X-LLM-Stream",
+            "-body-field=user=x-llm-user",
+        ]);
+        let copies: Vec<(&str, &str)> = a
+            .body_field
+            .iter()
+            .map(|b| (b.field(), b.header().as_str()))
+            .collect();
+        assert_eq!(copies, [("stream", "x-llm-stream"), ("user", "x-llm-user")]);
+        assert!(a.check().is_ok());
+    }
+
+    #[test]
+    fn new_flags_name_what_is_wrong() {
+        let e = usage_error(&["--fail-open", "invalid_json,bogus_kind"]);
+        assert!(e.contains("\"bogus_kind\""), "{e}");
+        let e = usage_error(&["--fail-open="]);
+        assert!(e.contains("unknown error kind"), "{e}");
+        let e = usage_error(&["--body-field", "stream=x stream"]);
+        assert!(e.contains("not a valid header name"), "{e}");
+        let e = usage_error(&["--body-field", "stream=x-gateway-model-name"]);
+        assert!(e.contains("reserved"), "{e}");
+        let e = usage_error(&["--body-field", "stream=Transfer-Encoding"]);
+        assert!(e.contains("transfer-encoding"), "{e}");
+        let e = usage_error(&["--body-field", "stream"]);
+        assert!(e.contains("NAME=HEADER"), "{e}");
+        let e = usage_error(&["--body-field", "stream=x-a", "--body-field", "user=X-A"]);
+        assert!(e.contains("same header x-a"), "{e}");
     }
 
     #[test]

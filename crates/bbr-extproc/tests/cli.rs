@@ -1,0 +1,177 @@
+//! The `bbr-extproc` binary's failure-policy and body-field flags: usage
+//! errors, and the behaviour they configure, over plaintext gRPC.
+
+mod support;
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    process::{Child, Command, Stdio},
+};
+
+use bbr_extproc::pb::{
+    BodySendMode, external_processor_client::ExternalProcessorClient, processing_response::Response,
+};
+use support::*;
+
+/// `bbr-extproc` started as a process, killed on drop.
+struct ServerProcess(Child);
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+const PORTS: [&str; 8] = [
+    "--address",
+    "127.0.0.1",
+    "--grpc-port",
+    "0",
+    "--grpc-health-port",
+    "0",
+    "--metrics-port",
+    "0",
+];
+
+/// Starts the binary on free ports; returns the gRPC and metrics addresses
+/// from its first line of output.
+fn start(args: &[&str]) -> (ServerProcess, SocketAddr, SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bbr-extproc"))
+        .args(PORTS)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("cannot start bbr-extproc");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let process = ServerProcess(child);
+    let addr = |key: &str| -> SocketAddr {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+    };
+    (process, addr("grpc="), addr("metrics="))
+}
+
+/// Runs the binary with `args` and expects a usage error (exit status 2,
+/// nothing bound); returns its standard error.
+fn usage_error(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_bbr-extproc"))
+        .args(PORTS)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("cannot start bbr-extproc");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+    assert!(out.stdout.is_empty(), "{args:?} started serving");
+    stderr
+}
+
+#[test]
+fn unknown_kinds_and_bad_headers_are_usage_errors() {
+    let e = usage_error(&["--fail-open", "invalid_json,bogus_kind"]);
+    assert!(e.contains("bogus_kind"), "{e}");
+    let e = usage_error(&["-fail-open=Invalid_Json"]);
+    assert!(e.contains("Invalid_Json"), "{e}");
+    let e = usage_error(&["--body-field", "stream=x-gateway-inference-pool"]);
+    assert!(e.contains("x-gateway-inference-pool"), "{e}");
+    let e = usage_error(&["--body-field", "stream=keep-alive"]);
+    assert!(e.contains("keep-alive"), "{e}");
+    let e = usage_error(&["--body-field", "stream=x(stream)"]);
+    assert!(e.contains("not a valid header name"), "{e}");
+    let e = usage_error(&["--body-field=a=x-a", "--body-field=b=X-A"]);
+    assert!(e.contains("same header"), "{e}");
+}
+
+#[tokio::test]
+async fn flags_set_the_failure_policy_and_the_body_fields() {
+    let (_process, grpc, metrics) = start(&[
+        "--secure-serving=false",
+        "--fail-open",
+        "invalid_json",
+        "--reject-missing-model",
+        "--body-field",
+        "stream=x-llm-stream",
+        "-v",
+        "0",
+    ]);
+    let mut c = ExternalProcessorClient::connect(format!("http://{grpc}"))
+        .await
+        .unwrap();
+    let mode = || {
+        Some(protocol(
+            BodySendMode::FullDuplexStreamed,
+            BodySendMode::None,
+        ))
+    };
+
+    // invalid_json fails open: passed through, nothing set.
+    let mut s = Stream::open(&mut c, mode()).await;
+    s.headers(&[JSON, ("x-llm-stream", "spoof")], false).await;
+    s.body(br#"{"model":"chatbot",}"#, true).await;
+    let h = s.recv().await;
+    assert!(matches!(h, Response::RequestHeaders(_)), "{h:?}");
+    let hc = common(&h);
+    assert!(set_headers(&hc).is_empty(), "{hc:?}");
+    assert_eq!(removed_headers(&hc), ["x-llm-stream"]);
+    assert_eq!(
+        streamed(&s.recv().await),
+        (br#"{"model":"chatbot",}"#.to_vec(), true)
+    );
+
+    // Other kinds are still refused.
+    let mut s = Stream::open(&mut c, mode()).await;
+    s.headers(&[JSON], false).await;
+    s.body(br#"{"model":true}"#, true).await;
+    let (status, body, _) = immediate(&s.recv().await);
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (400, &"model_not_string".into())
+    );
+
+    // A body without a model is refused.
+    let mut s = Stream::open(&mut c, mode()).await;
+    s.headers(&[JSON], false).await;
+    s.body(br#"{"prompt":"x"}"#, true).await;
+    let (status, body, _) = immediate(&s.recv().await);
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (400, &"invalid_model".into())
+    );
+
+    // The body field is copied.
+    let mut s = Stream::open(&mut c, mode()).await;
+    s.headers(&[JSON], false).await;
+    s.body(br#"{"model":"chatbot","stream":false}"#, true).await;
+    assert_eq!(
+        set_headers(&common(&s.recv().await)),
+        [
+            ("x-gateway-model-name".to_owned(), "chatbot".to_owned()),
+            ("x-llm-stream".to_owned(), "false".to_owned()),
+        ]
+    );
+
+    let reply = http::get(metrics, "/metrics").await.unwrap();
+    let text = String::from_utf8_lossy(&reply.body);
+    for line in [
+        "bbr_fail_open_total{reason=\"invalid_json\"} 1",
+        "bbr_rejected_total{reason=\"model_not_string\"} 1",
+        "bbr_rejected_total{reason=\"invalid_model\"} 1",
+        "bbr_body_field_not_found_total{field=\"stream\"} 1",
+        "bbr_body_field_not_found_total{field=\"model\"} 1",
+        "bbr_success_total 1",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "{line} missing from\n{text}"
+        );
+    }
+}
