@@ -216,7 +216,7 @@ impl ModelExtractor {
 
     /// The decision, once made.
     pub fn extraction(&self) -> Option<&Extraction> {
-        self.p.extraction.as_ref()
+        self.p.extraction()
     }
 
     /// Whether later chunks still need [`feed`](Self::feed): `true` until

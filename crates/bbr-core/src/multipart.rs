@@ -127,7 +127,7 @@ impl MultipartExtractor {
 
     /// The decision, once made.
     pub fn extraction(&self) -> Option<&Extraction> {
-        self.p.extraction.as_ref()
+        self.p.extraction()
     }
 
     /// Whether later chunks still need scanning.

@@ -17,15 +17,14 @@ pub(crate) struct Progress {
     pub(crate) base: u64,
     /// Bytes scanned so far.
     pub(crate) scanned: u64,
-    /// The model, once read (moved into the extraction at the decision).
-    model: Option<Model>,
+    /// What has been found so far: the extraction once `decided`.
+    found: Extraction,
+    pub(crate) decided: bool,
     /// Whether a `model` has been read.
     pub(crate) model_seen: bool,
     /// Bit `n` is set once requested field `n` has been seen.
     fields_seen: u64,
     fields_all: u64,
-    fields: Vec<(Box<str>, FieldValue)>,
-    pub(crate) extraction: Option<Extraction>,
     pub(crate) error: Option<Error>,
 }
 
@@ -41,12 +40,15 @@ impl Progress {
             config,
             base: 0,
             scanned: 0,
-            model: None,
+            found: Extraction {
+                model: None,
+                fields: Vec::new(),
+                decided_at: 0,
+            },
+            decided: false,
             model_seen: false,
             fields_seen: 0,
             fields_all,
-            fields: Vec::new(),
-            extraction: None,
             error: None,
         }
     }
@@ -63,7 +65,9 @@ impl Progress {
 
     /// Records the model; decides at `at` if nothing else is awaited.
     pub(crate) fn set_model(&mut self, model: Model, at: u64) {
-        self.model = Some(model);
+        if !self.decided {
+            self.found.model = Some(model);
+        }
         self.model_seen = true;
         self.maybe_decide(at);
     }
@@ -72,19 +76,17 @@ impl Progress {
     /// after the decision); decides at `at` if nothing else is awaited.
     pub(crate) fn set_field(&mut self, n: u8, value: FieldValue, at: u64) {
         let bit = 1u64 << n;
-        if self.fields_seen & bit == 0 && self.extraction.is_none() {
+        if self.fields_seen & bit == 0 && !self.decided {
             self.fields_seen |= bit;
             let name = self.config.get_fields()[n as usize].clone();
-            self.fields.push((name, value));
+            self.found.fields.push((name, value));
         }
         self.maybe_decide(at);
     }
 
     /// Decides at `at` once the model and every requested field are in.
     pub(crate) fn maybe_decide(&mut self, at: u64) {
-        if self.extraction.is_none()
-            && self.model_seen
-            && self.fields_seen & self.fields_all == self.fields_all
+        if !self.decided && self.model_seen && self.fields_seen & self.fields_all == self.fields_all
         {
             self.decide(at);
         }
@@ -92,26 +94,28 @@ impl Progress {
 
     /// Decides at `at` with what has been read (the body's end is near).
     pub(crate) fn decide(&mut self, at: u64) {
-        if self.extraction.is_none() {
-            self.extraction = Some(Extraction {
-                model: self.model.take(),
-                fields: std::mem::take(&mut self.fields),
-                decided_at: at,
-            });
+        if !self.decided {
+            self.decided = true;
+            self.found.decided_at = at;
         }
+    }
+
+    /// The extraction, once decided.
+    #[inline]
+    pub(crate) fn extraction(&self) -> Option<&Extraction> {
+        self.decided.then_some(&self.found)
     }
 
     /// Whether the fast policy has decided (so scanning stops).
     #[inline]
     pub(crate) fn fast_done(&self) -> bool {
-        self.extraction.is_some() && self.config.get_policy() == Policy::Fast
+        self.decided && self.config.get_policy() == Policy::Fast
     }
 
     /// Whether later chunks still need scanning: until the decision, and
     /// after it in the strict policy; not after an error.
     pub(crate) fn needs_scanning(&self) -> bool {
-        self.error.is_none()
-            && (self.extraction.is_none() || self.config.get_policy() == Policy::Strict)
+        self.error.is_none() && (!self.decided || self.config.get_policy() == Policy::Strict)
     }
 }
 
@@ -119,7 +123,23 @@ impl Progress {
 /// limit (`overflow`: it was cut there), no control character. Where the
 /// value cannot hold a byte below 0x20 (`no_low_controls`: unescaped JSON,
 /// where such bytes were refused as invalid), only DEL is looked for.
+#[inline]
 pub(crate) fn check_model(
+    content: &[u8],
+    overflow: bool,
+    no_low_controls: bool,
+    at: u64,
+    max_len: usize,
+) -> Result<(), Error> {
+    if !content.is_empty() && !overflow && no_low_controls && !has_del(content) {
+        return Ok(());
+    }
+    refuse_model(content, overflow, no_low_controls, at, max_len)
+}
+
+/// [`check_model`] for a value that may be refused: the error, if any.
+#[cold]
+fn refuse_model(
     content: &[u8],
     overflow: bool,
     no_low_controls: bool,
@@ -192,18 +212,18 @@ pub(crate) fn feed<S: Scan>(s: &mut S, chunk: &Bytes) -> Result<Status, Error> {
     if let Some(err) = &p.error {
         return Err(err.clone());
     }
-    if p.extraction.is_some() && !s.needs_scanning() {
+    if p.decided && !s.needs_scanning() {
         return Ok(Status::Decided);
     }
     let mut end = chunk.len();
-    if p.extraction.is_none() {
+    if !p.decided {
         let budget = p.config.get_max_body().saturating_sub(p.base);
         end = end.min(usize::try_from(budget).unwrap_or(usize::MAX));
     }
     let mut result = s.scan(chunk, 0, end);
     if result.is_ok() && end < chunk.len() {
         let p = s.progress();
-        if p.extraction.is_none() {
+        if !p.decided {
             result = Err(Error::new(
                 ErrorKind::TooLarge,
                 p.config.get_max_body(),
@@ -216,7 +236,7 @@ pub(crate) fn feed<S: Scan>(s: &mut S, chunk: &Bytes) -> Result<Status, Error> {
     let p = s.progress_mut();
     p.base += chunk.len() as u64;
     match result {
-        Ok(()) if p.extraction.is_some() => Ok(Status::Decided),
+        Ok(()) if p.decided => Ok(Status::Decided),
         Ok(()) => Ok(Status::Pending),
         Err(err) => {
             p.error = Some(err.clone());
@@ -233,15 +253,13 @@ pub(crate) fn finish<S: Scan>(s: &mut S) -> Result<&Extraction, Error> {
     }
     let complete = match s.progress().config.get_policy() {
         Policy::Strict => s.complete(),
-        Policy::Fast => s.progress().extraction.is_some(),
+        Policy::Fast => s.progress().decided,
     };
     let p = s.progress_mut();
-    if !complete || p.extraction.is_none() {
+    if !complete || !p.decided {
         let err = Error::new(S::TRUNCATED, p.base, "unexpected end of the body");
         p.error = Some(err.clone());
         return Err(err);
     }
-    p.extraction
-        .as_ref()
-        .ok_or_else(|| Error::new(S::TRUNCATED, p.base, "unexpected end of the body"))
+    Ok(&p.found)
 }

@@ -55,7 +55,7 @@ use std::{collections::HashMap, fmt, path::Path, sync::Arc};
 
 use http::{HeaderName, HeaderValue};
 
-use crate::{Error, ErrorKind};
+use crate::{Error, ErrorKind, Model};
 
 use compile::{BaseModel, Class, Fallback, Route};
 use matcher::Matcher;
@@ -318,6 +318,33 @@ impl RuleTable {
         let Some(model_value) = header_value(model) else {
             return Err(invalid_model(model));
         };
+        self.decide_with(model, model_value, request_key)
+    }
+
+    /// [`decide`](Self::decide) for a model an extractor found: the
+    /// `X-Gateway-Model-Name` value shares the model's bytes (a slice of
+    /// the body) instead of copying them.
+    pub fn decide_model(
+        &self,
+        model: &Model,
+        request_key: Option<&[u8]>,
+    ) -> Result<Option<RouteDecision>, Error> {
+        let text = model.as_str();
+        let value = valid_for_header(text)
+            .then(|| HeaderValue::from_maybe_shared(model.as_bytes().clone()).ok())
+            .flatten();
+        let Some(model_value) = value else {
+            return Err(invalid_model(text));
+        };
+        self.decide_with(text, model_value, request_key)
+    }
+
+    fn decide_with(
+        &self,
+        model: &str,
+        model_value: HeaderValue,
+        request_key: Option<&[u8]>,
+    ) -> Result<Option<RouteDecision>, Error> {
         let route = match self.matcher.find(model) {
             Some((rule, _)) => match self.routes.get(rule as usize) {
                 Some(route) => route,
@@ -416,10 +443,14 @@ impl fmt::Debug for RuleTable {
 
 /// The header value for `model`, or `None` when it cannot be one.
 fn header_value(model: &str) -> Option<HeaderValue> {
-    if model.is_empty() || model.chars().any(char::is_control) {
-        return None;
-    }
-    HeaderValue::from_str(model).ok()
+    valid_for_header(model)
+        .then(|| HeaderValue::from_str(model).ok())
+        .flatten()
+}
+
+/// Whether `model` can be sent in a header: not empty, no control character.
+fn valid_for_header(model: &str) -> bool {
+    !model.is_empty() && !model.chars().any(char::is_control)
 }
 
 #[cold]

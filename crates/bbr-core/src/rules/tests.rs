@@ -284,6 +284,27 @@ fn models_that_cannot_be_headers_are_refused() {
     assert!(!err.message().contains('\n'));
 }
 
+#[test]
+fn decide_model_shares_the_body_bytes_and_agrees_with_decide() {
+    let t = table(PRECEDENCE);
+    let body = Bytes::from_static(br#"{"model":"llama-3-8b","x":1}"#);
+    let model = Model::new(body.slice(10..20), 9..21, true);
+    let by_model = t.decide_model(&model, None).unwrap().unwrap();
+    let by_str = decide(&t, "llama-3-8b");
+    assert_eq!(headers(&by_model), headers(&by_str));
+    assert_eq!(by_model.rule(), by_str.rule());
+    // The model header is the body's own bytes, not a copy.
+    let value = &by_model.headers()[0].1;
+    assert_eq!(value.as_bytes().as_ptr(), body[10..].as_ptr());
+    // What cannot be a header is refused alike.
+    let text = "a\u{85}b";
+    let bad = Model::new(Bytes::from(text), 0..1, false);
+    assert_eq!(
+        t.decide_model(&bad, None).unwrap_err().kind(),
+        ErrorKind::InvalidModel
+    );
+}
+
 // ---- validation ----------------------------------------------------------
 
 #[test]
