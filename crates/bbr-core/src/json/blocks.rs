@@ -189,33 +189,49 @@ impl ModelExtractor {
             comma: 0,
             colon: 0,
         };
-        let rest = &buf[i..];
-        let mut long_string = false;
-        let accepted = scan::for_each_block(
-            rest,
-            #[inline(always)]
-            |block| {
-                // A block wholly inside a string: leave it to the string skipper.
-                if at.in_string != 0 && block.masks.quote | block.masks.backslash == 0 {
-                    long_string = true;
-                    return false;
-                }
-                match check_block(block, at, max_depth) {
-                    Some(next) => {
-                        at = next;
-                        true
+        // Runs of blocks, from `start`; a string longer than a block is
+        // skipped by one search for its end, and the blocks go on from its
+        // closing quote.
+        let mut start = i;
+        let (end, exit) = loop {
+            let rest = &buf[start..];
+            let mut long_string = false;
+            let accepted = scan::for_each_block(
+                rest,
+                #[inline(always)]
+                |block| {
+                    // A block wholly inside a string: leave it to the string skipper.
+                    if at.in_string != 0 && block.masks.quote | block.masks.backslash == 0 {
+                        long_string = true;
+                        return false;
                     }
-                    None => false,
+                    match check_block(block, at, max_depth) {
+                        Some(next) => {
+                            at = next;
+                            true
+                        }
+                        None => false,
+                    }
+                },
+            );
+            let end = start + accepted * 64;
+            if long_string {
+                // Plain text up to an unescaped quote (a backslash, a control
+                // or a non-ASCII byte stops the search: the byte-level
+                // machine takes the string from the block it is in).
+                let quote = end + scan::find_string_special(&buf[end..]);
+                if buf.get(quote) == Some(&b'"') {
+                    start = quote;
+                    continue;
                 }
-            },
-        );
-        let end = i + accepted * 64;
-        let exit = if long_string {
-            Exit::LongString
-        } else if rest.len() - accepted * 64 >= 64 {
-            Exit::Anomaly
-        } else {
-            Exit::Room
+                break (end, Exit::LongString);
+            }
+            let exit = if rest.len() - accepted * 64 >= 64 {
+                Exit::Anomaly
+            } else {
+                Exit::Room
+            };
+            break (end, exit);
         };
         self.depth = at.depth;
         self.arrays = at.arrays;
