@@ -20,6 +20,7 @@ use tower_service::Service;
 use crate::{
     BoxError, Decision, ModelSource, ResponseBody, RoutedBody,
     body::Scan,
+    decision::DecisionData,
     layer::Config,
     response::{local_error, reject},
 };
@@ -112,15 +113,20 @@ where
         let (mut parts, body) = request.into_parts();
         let table = config.rules.load();
         // A client must not choose its own routing headers, routed or not.
-        for name in table.managed_headers() {
-            parts.headers.remove(name);
+        // Requests rarely carry any: one pass over the few headers they have
+        // is cheaper than a removal by name for each managed header.
+        let managed = table.managed_headers();
+        if parts.headers.keys().any(|name| managed.contains(name)) {
+            for name in managed {
+                parts.headers.remove(name);
+            }
         }
         let body = Box::pin(body);
 
         let path = parts.uri.path();
         if let Some(model) = config.paths.iter().find_map(|t| t.model(path)) {
             let model = model.to_owned();
-            return match decide(&config, &table, &mut parts, Some(&model), ModelSource::Path) {
+            return match decide(&config, &table, &mut parts, Some(ModelRef::Path(&model))) {
                 Ok(decision) => call(
                     service,
                     parts,
@@ -133,7 +139,7 @@ where
         }
         if body.is_end_stream() {
             // Nothing to route on (`GET /v1/models`, health checks).
-            let decision = Decision::unrouted(ModelSource::None);
+            let decision = DecisionData::unrouted(ModelSource::None);
             return call(
                 service,
                 parts,
@@ -167,7 +173,7 @@ where
             Err(error) => match config.failure.action(error.kind()) {
                 FailureAction::Reject => answer(Answer::Reject(error)),
                 FailureAction::PassThrough => {
-                    let mut decision = Decision::unrouted(ModelSource::None);
+                    let mut decision = DecisionData::unrouted(ModelSource::None);
                     decision.failed_open = Some(error);
                     call(
                         service,
@@ -197,14 +203,14 @@ fn call<S, B>(
     mut service: S,
     parts: Parts,
     body: RoutedBody<B>,
-    decision: Decision,
+    decision: DecisionData,
     violation: Option<Arc<OnceLock<Error>>>,
 ) -> ResponseFuture<S, B>
 where
     S: Service<Request<RoutedBody<B>>>,
 {
     let mut request = Request::from_parts(parts, body);
-    request.extensions_mut().insert(decision);
+    request.extensions_mut().insert(Decision::from(decision));
     ResponseFuture {
         state: State::Calling {
             future: service.call(request),
@@ -221,10 +227,13 @@ fn decide(
     config: &Config,
     table: &RuleTable,
     parts: &mut Parts,
-    model: Option<&str>,
-    source: ModelSource,
-) -> Result<Decision, Error> {
-    let mut decision = Decision::unrouted(source);
+    model: Option<ModelRef<'_>>,
+) -> Result<DecisionData, Error> {
+    let source = match model {
+        Some(ModelRef::Path(_)) => ModelSource::Path,
+        _ => ModelSource::Body,
+    };
+    let mut decision = DecisionData::unrouted(source);
     let Some(model) = model else {
         decision.source = ModelSource::None;
         return match config.failure.missing_model() {
@@ -236,9 +245,15 @@ fn decide(
             )),
         };
     };
-    decision.model = Some(model.into());
     let request_id = parts.headers.get(REQUEST_ID).map(HeaderValue::as_bytes);
-    match table.decide(model, request_id) {
+    let decided = match model {
+        ModelRef::Path(model) => {
+            decision.path_model = Some(model.into());
+            table.decide(model, request_id)
+        }
+        ModelRef::Body(model) => table.decide_model(model, request_id),
+    };
+    match decided {
         Ok(Some(route)) => {
             for (name, value) in route.headers() {
                 parts.headers.insert(name.clone(), value.clone());
@@ -255,6 +270,13 @@ fn decide(
             }
         },
     }
+}
+
+/// Where the model to decide on came from.
+#[derive(Clone, Copy)]
+enum ModelRef<'a> {
+    Path(&'a str),
+    Body(&'a bbr_core::Model),
 }
 
 /// What reading the body up to the decision came to.
@@ -388,7 +410,7 @@ where
             Read::Ended { trailers } => {
                 if this.held_len == 0 {
                     // An empty body: nothing to route on.
-                    let decision = Decision::unrouted(ModelSource::None);
+                    let decision = DecisionData::unrouted(ModelSource::None);
                     let body = RoutedBody::replay(Vec::new(), trailers, None, None);
                     return call(this.service, this.parts, body, decision, None);
                 }
@@ -407,14 +429,8 @@ where
             let error = Error::new(ErrorKind::InvalidJson, this.held_len, "no decision");
             return this.fail(error, trailers);
         };
-        let model = extraction.model().map(|m| m.as_str());
-        let mut decision = match decide(
-            &this.config,
-            &this.table,
-            &mut this.parts,
-            model,
-            ModelSource::Body,
-        ) {
+        let model = extraction.model().map(ModelRef::Body);
+        let mut decision = match decide(&this.config, &this.table, &mut this.parts, model) {
             Ok(decision) => decision,
             Err(error) => return answer(Answer::Reject(error)),
         };
@@ -456,7 +472,7 @@ where
         match self.config.failure.action(error.kind()) {
             FailureAction::Reject => answer(Answer::Reject(error)),
             FailureAction::PassThrough => {
-                let mut decision = Decision::unrouted(ModelSource::None);
+                let mut decision = DecisionData::unrouted(ModelSource::None);
                 decision.held_bytes = self.held_len;
                 decision.failed_open = Some(error);
                 let ended = self.ended || self.body.is_end_stream();
