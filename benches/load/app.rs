@@ -58,10 +58,20 @@ enum Command {
     Body {
         /// Body size in bytes.
         size: usize,
+        /// `long`: one long user message; `chat`: a conversation of many
+        /// turns of a few hundred bytes each.
+        #[arg(long, value_enum, default_value = "long")]
+        shape: Shape,
         /// The model to name.
         #[arg(long, default_value = "chatbot")]
         model: String,
     },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Shape {
+    Long,
+    Chat,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -73,8 +83,11 @@ enum Mode {
 
 fn main() -> ExitCode {
     match Args::parse().command {
-        Command::Body { size, model } => {
-            print!("{}", body(size, &model));
+        Command::Body { size, shape, model } => {
+            match shape {
+                Shape::Long => print!("{}", body(size, &model)),
+                Shape::Chat => print!("{}", chat_body(size, &model)),
+            }
             ExitCode::SUCCESS
         }
         Command::Serve {
@@ -116,6 +129,51 @@ fn body(size: usize, model: &str) -> String {
     format!(
         r#"{{"messages":[{{"role":"system","content":"You are a helpful assistant."}},{{"role":"user","content":"{text}"}}],"model":"{model}","max_tokens":100,"temperature":0}}"#
     )
+}
+
+/// A conversation of about `size` bytes: a system prompt, then user and
+/// assistant turns of 100 to 700 bytes of text, `model` after `messages`.
+fn chat_body(size: usize, model: &str) -> String {
+    const WORDS: [&str; 12] = [
+        "the",
+        "history",
+        "of",
+        "Paris",
+        "and",
+        "its",
+        "restaurants",
+        "is",
+        "long,",
+        "rich",
+        "with",
+        "stories.",
+    ];
+    let tail = format!(r#"],"model":"{model}","max_tokens":100,"temperature":0}}"#);
+    let mut out =
+        String::from(r#"{"messages":[{"role":"system","content":"You are a helpful assistant."}"#);
+    let mut state = 0x2545_f491u32;
+    let mut turn = 0;
+    while out.len() + tail.len() < size {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        let room = size.saturating_sub(out.len() + tail.len() + 40).max(1);
+        let len = (100 + state as usize % 600).min(room);
+        let role = if turn % 2 == 0 { "user" } else { "assistant" };
+        let mut text = String::with_capacity(len + 12);
+        let mut word = state as usize;
+        while text.len() < len {
+            if !text.is_empty() {
+                text.push(' ');
+            }
+            text.push_str(WORDS[word % WORDS.len()]);
+            word = word.wrapping_mul(31).wrapping_add(7);
+        }
+        out.push_str(&format!(r#",{{"role":"{role}","content":"{text}"}}"#));
+        turn += 1;
+    }
+    out.push_str(&tail);
+    out
 }
 
 async fn serve(mode: Mode, listen: SocketAddr, rules: RuleTable) -> std::io::Result<()> {

@@ -6,8 +6,9 @@
 #   - handwritten: behind the usual middleware (collect the body, parse a
 #                  serde_json::Value, set the header),
 # at 1 KiB and 100 KiB bodies (`messages` before `model`, as the OpenAI SDK
-# sends them), with wrk on loopback, in one run; prints the figures and
-# the ratios. Also the app's CPU time per request (user + system, from
+# sends them) of two shapes: `long` (one long user message) and `chat` (a
+# conversation of many turns of a few hundred bytes), with wrk on loopback,
+# in one run; prints the figures and the ratios. Also the app's CPU time per request (user + system, from
 # /proc), which a busy machine disturbs less than requests/s.
 #
 # The three apps run side by side and are measured in turn, round after
@@ -15,7 +16,8 @@
 # figure is the median over the rounds.
 #
 # Environment: DURATION per measurement (default 5s), ROUNDS (5),
-# CONNECTIONS (32), WRK_THREADS (1), APP_THREADS (1), SIZES ("1024 102400").
+# CONNECTIONS (32), WRK_THREADS (1), APP_THREADS (1), SIZES ("1024 102400"),
+# SHAPES ("long chat").
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -25,6 +27,11 @@ CONNECTIONS=${CONNECTIONS:-32}
 WRK_THREADS=${WRK_THREADS:-1}
 APP_THREADS=${APP_THREADS:-1}
 SIZES=${SIZES:-"1024 102400"}
+SHAPES=${SHAPES:-"long chat"}
+BODIES=""
+for shape in $SHAPES; do
+    for size in $SIZES; do BODIES+=" $shape-$size"; done
+done
 MODES="bare layer handwritten"
 
 if ! command -v wrk >/dev/null 2>&1; then
@@ -83,16 +90,16 @@ median() {
 
 declare -A RPS P99 CPU
 TICKS=$(getconf CLK_TCK)
-for size in $SIZES; do
-    "$BIN" body "$size" >"$WORK/body-$size.json"
+for body in $BODIES; do
+    "$BIN" body --shape "${body%-*}" "${body#*-}" >"$WORK/body-$body.json"
     for mode in $MODES; do
         # Warm up.
-        BODY_FILE="$WORK/body-$size.json" wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d1s \
+        BODY_FILE="$WORK/body-$body.json" wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d1s \
             -s benches/load/post.lua "http://${ADDR[$mode]}" >/dev/null
     done
 done
 for round in $(seq 1 "$ROUNDS"); do
-    for size in $SIZES; do
+    for size in $BODIES; do
         for mode in $MODES; do
             before=$(cpu_ticks "${PID[$mode]}")
             BODY_FILE="$WORK/body-$size.json" wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$DURATION" \
@@ -116,25 +123,25 @@ done
 declare -A MRPS MP99 MCPU
 echo
 echo "wrk -t$WRK_THREADS -c$CONNECTIONS, $ROUNDS rounds of $DURATION, apps on $APP_THREADS worker thread(s), $(nproc) cores; medians"
-printf "%-8s %-12s %12s %10s %16s\n" "body" "app" "requests/s" "p99 ms" "app CPU us/req"
-for size in $SIZES; do
+printf "%-12s %-12s %12s %10s %16s\n" "body" "app" "requests/s" "p99 ms" "app CPU us/req"
+for size in $BODIES; do
     for mode in $MODES; do
         MRPS[$mode,$size]=$(echo "${RPS[$mode,$size]}" | median)
         MP99[$mode,$size]=$(echo "${P99[$mode,$size]}" | median)
         MCPU[$mode,$size]=$(echo "${CPU[$mode,$size]}" | median)
-        printf "%-8s %-12s %12.0f %10.3f %16.2f\n" "$size" "$mode" "${MRPS[$mode,$size]}" "${MP99[$mode,$size]}" "${MCPU[$mode,$size]}"
+        printf "%-12s %-12s %12.0f %10.3f %16.2f\n" "$size" "$mode" "${MRPS[$mode,$size]}" "${MP99[$mode,$size]}" "${MCPU[$mode,$size]}"
     done
 done
 echo
-printf "%-8s %18s %26s %16s %24s\n" "body" "layer/bare (rps)" "layer/handwritten (rps)" "p99 layer/bare" "p99 layer/handwritten"
-for size in $SIZES; do
+printf "%-12s %18s %26s %16s %24s\n" "body" "layer/bare (rps)" "layer/handwritten (rps)" "p99 layer/bare" "p99 layer/handwritten"
+for size in $BODIES; do
     awk -v l="${MRPS[layer,$size]}" -v b="${MRPS[bare,$size]}" -v h="${MRPS[handwritten,$size]}" \
         -v pl="${MP99[layer,$size]}" -v pb="${MP99[bare,$size]}" -v ph="${MP99[handwritten,$size]}" -v s="$size" \
-        'BEGIN { printf "%-8s %17.3fx %25.3fx %15.3fx %23.3fx\n", s, l / b, l / h, pl / pb, pl / ph }'
+        'BEGIN { printf "%-12s %17.3fx %25.3fx %15.3fx %23.3fx\n", s, l / b, l / h, pl / pb, pl / ph }'
 done
 echo
-printf "%-8s %28s %36s\n" "body" "CPU/req bare/layer" "CPU/req handwritten/layer"
-for size in $SIZES; do
+printf "%-12s %28s %36s\n" "body" "CPU/req bare/layer" "CPU/req handwritten/layer"
+for size in $BODIES; do
     awk -v l="${MCPU[layer,$size]}" -v b="${MCPU[bare,$size]}" -v h="${MCPU[handwritten,$size]}" -v s="$size" \
-        'BEGIN { printf "%-8s %27.3fx %35.3fx\n", s, b / l, h / l }'
+        'BEGIN { printf "%-12s %27.3fx %35.3fx\n", s, b / l, h / l }'
 done
