@@ -11,21 +11,6 @@ use http::{HeaderName, HeaderValue};
 /// write into it.
 const RESERVED_PREFIX: &str = "x-gateway-";
 
-/// Headers a body field may not set: those that frame or address the
-/// request, the same list a rules file's `set_headers` is refused.
-const FORBIDDEN_HEADERS: &[&str] = &[
-    "content-length",
-    "content-type",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
-    "host",
-];
-
 /// A top-level body field whose value is copied into a request header, as
 /// the Go router's `body-field-to-header` plugin does.
 ///
@@ -74,7 +59,7 @@ impl BodyFieldHeader {
                 name.as_str()
             )));
         }
-        if FORBIDDEN_HEADERS.contains(&name.as_str()) {
+        if bbr_core::rules::is_reserved_header(&name) {
             return Err(BodyFieldHeaderError::new(format!(
                 "{:?} frames or addresses the request and may not be set from the body",
                 name.as_str()

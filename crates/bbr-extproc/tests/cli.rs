@@ -4,67 +4,29 @@
 mod support;
 
 use std::{
-    io::{BufRead, BufReader},
     net::SocketAddr,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
 };
 
 use bbr_extproc::pb::{
     BodySendMode, external_processor_client::ExternalProcessorClient, processing_response::Response,
 };
-use support::*;
+use support::{
+    binary::{FREE_PORTS, ServerProcess, start_binary},
+    *,
+};
 
-/// `bbr-extproc` started as a process, killed on drop.
-struct ServerProcess(Child);
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-const PORTS: [&str; 8] = [
-    "--address",
-    "127.0.0.1",
-    "--grpc-port",
-    "0",
-    "--grpc-health-port",
-    "0",
-    "--metrics-port",
-    "0",
-];
-
-/// Starts the binary on free ports; returns the gRPC and metrics addresses
-/// from its first line of output.
+/// Starts the binary on free ports; returns the gRPC and metrics addresses.
 fn start(args: &[&str]) -> (ServerProcess, SocketAddr, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bbr-extproc"))
-        .args(PORTS)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("cannot start bbr-extproc");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let process = ServerProcess(child);
-    let addr = |key: &str| -> SocketAddr {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(key))
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no {key} in {line:?}"))
-    };
-    (process, addr("grpc="), addr("metrics="))
+    let (process, grpc, _, metrics) = start_binary(args);
+    (process, grpc, metrics)
 }
 
 /// Runs the binary with `args` and expects a usage error (exit status 2,
 /// nothing bound); returns its standard error.
 fn usage_error(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_bbr-extproc"))
-        .args(PORTS)
+        .args(FREE_PORTS)
         .args(args)
         .stdin(Stdio::null())
         .output()

@@ -4,13 +4,13 @@
 mod support;
 
 use std::{
-    io::{BufRead, BufReader},
     net::SocketAddr,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
 };
 
 use bbr_extproc::{BodyRoutingProcessor, serve::self_signed_identity};
 use support::{
+    binary::{ServerProcess, start_binary},
     envoy::{self, Envoy, Ports},
     http::{self, Reply},
     upstream::{Pool, body_hash},
@@ -29,16 +29,6 @@ struct Scene {
     _server: Option<ServerProcess>,
     metrics: Option<SocketAddr>,
     health: Option<SocketAddr>,
-}
-
-/// `bbr-extproc` started as a process, killed on drop.
-struct ServerProcess(Child);
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// Serves `processor` over TLS (self-signed, as the binary does) on 127.0.0.1:0.
@@ -74,41 +64,6 @@ async fn scene(template: &str, processor: BodyRoutingProcessor) -> Scene {
         metrics: None,
         health: None,
     }
-}
-
-/// Starts the `bbr-extproc` binary on free ports and reads them from its
-/// first line of output.
-fn start_binary(args: &[&str]) -> (ServerProcess, SocketAddr, SocketAddr, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bbr-extproc"))
-        .args([
-            "--address",
-            "127.0.0.1",
-            "--grpc-port",
-            "0",
-            "--grpc-health-port",
-            "0",
-            "--metrics-port",
-            "0",
-        ])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("cannot start bbr-extproc");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let process = ServerProcess(child);
-    let addr = |key: &str| -> SocketAddr {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(key))
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no {key} in {line:?}"))
-    };
-    let (grpc, health, metrics) = (addr("grpc="), addr("grpc-health="), addr("metrics="));
-    (process, grpc, health, metrics)
 }
 
 async fn scene_binary(template: &str, args: &[&str]) -> Scene {

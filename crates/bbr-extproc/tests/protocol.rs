@@ -13,6 +13,9 @@ use bbr_extproc::{
 };
 use support::*;
 
+type Client =
+    bbr_extproc::pb::external_processor_client::ExternalProcessorClient<tonic::transport::Channel>;
+
 const MODEL: &str = "x-gateway-model-name";
 
 fn full_duplex() -> Option<bbr_extproc::pb::ProtocolConfiguration> {
@@ -26,9 +29,19 @@ fn buffered() -> Option<bbr_extproc::pb::ProtocolConfiguration> {
     Some(protocol(BodySendMode::Buffered, BodySendMode::None))
 }
 
-async fn client()
--> bbr_extproc::pb::external_processor_client::ExternalProcessorClient<tonic::transport::Channel> {
+async fn client() -> Client {
     serve(BodyRoutingProcessor::builder().build()).await
+}
+
+/// Sends `body` whole in FULL_DUPLEX_STREAMED mode and expects it refused
+/// with status 400 and error `code`.
+async fn refused_in_one_chunk(c: &mut Client, body: &[u8], code: &str) {
+    let mut s = Stream::open(c, full_duplex()).await;
+    s.headers(&[JSON], false).await;
+    s.body(body, true).await;
+    let (status, reply, _) = immediate(&s.recv().await);
+    assert_eq!(status, 400);
+    assert_eq!(reply["error"]["code"], code);
 }
 
 #[tokio::test]
@@ -214,12 +227,7 @@ async fn duplicate_model_after_the_headers_went_out_ends_with_an_immediate_respo
 #[tokio::test]
 async fn duplicate_model_in_one_chunk_is_rejected_before_routing() {
     let mut c = client().await;
-    let mut s = Stream::open(&mut c, full_duplex()).await;
-    s.headers(&[JSON], false).await;
-    s.body(br#"{"model":"a","model":"b"}"#, true).await;
-    let (status, body, _) = immediate(&s.recv().await);
-    assert_eq!(status, 400);
-    assert_eq!(body["error"]["code"], "duplicate_model");
+    refused_in_one_chunk(&mut c, br#"{"model":"a","model":"b"}"#, "duplicate_model").await;
 }
 
 #[tokio::test]
@@ -644,19 +652,14 @@ async fn fail_open_invalid_json_passes_the_request_through_unrouted() {
 #[tokio::test]
 async fn kinds_not_listed_as_fail_open_are_still_rejected() {
     let mut c = serve(fail_open(&[ErrorKind::InvalidJson])).await;
-    let mut s = Stream::open(&mut c, full_duplex()).await;
-    s.headers(&[JSON], false).await;
-    s.body(br#"{"model":123,"prompt":"test"}"#, true).await;
-    let (status, body, _) = immediate(&s.recv().await);
-    assert_eq!(status, 400);
-    assert_eq!(body["error"]["code"], "model_not_string");
+    refused_in_one_chunk(
+        &mut c,
+        br#"{"model":123,"prompt":"test"}"#,
+        "model_not_string",
+    )
+    .await;
 
-    let mut s = Stream::open(&mut c, full_duplex()).await;
-    s.headers(&[JSON], false).await;
-    s.body(br#"{"model":"a","model":"b"}"#, true).await;
-    let (status, body, _) = immediate(&s.recv().await);
-    assert_eq!(status, 400);
-    assert_eq!(body["error"]["code"], "duplicate_model");
+    refused_in_one_chunk(&mut c, br#"{"model":"a","model":"b"}"#, "duplicate_model").await;
 }
 
 #[tokio::test]

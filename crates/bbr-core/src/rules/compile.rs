@@ -36,6 +36,13 @@ const FORBIDDEN_HEADERS: &[&str] = &[
     "host",
 ];
 
+/// Whether `name` frames or addresses the request (`content-length`,
+/// `host`, hop-by-hop headers …) or is one of bbr's own routing headers:
+/// neither a rule's `set_headers` nor any other configuration may set it.
+pub fn is_reserved_header(name: &HeaderName) -> bool {
+    FORBIDDEN_HEADERS.contains(&name.as_str())
+}
+
 /// The priority class a route gives its requests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Class {
@@ -418,7 +425,7 @@ fn compile_headers(list: HeaderList) -> Result<Box<[(HeaderName, HeaderValue)]>,
     for (name, value) in list.0 {
         let header = HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| format!("set_headers: {name:?} is not a valid header name"))?;
-        if FORBIDDEN_HEADERS.contains(&header.as_str()) {
+        if is_reserved_header(&header) {
             return Err(format!(
                 "set_headers may not set {:?}: bbr sets it, or it frames the request",
                 header.as_str()

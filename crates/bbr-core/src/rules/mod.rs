@@ -61,7 +61,7 @@ use compile::{BaseModel, Class, Fallback, Route};
 use matcher::Matcher;
 use pick::{Rng, stable_hash};
 
-pub use compile::RuleTableBuilder;
+pub use compile::{RuleTableBuilder, is_reserved_header};
 pub use error::ConfigError;
 pub use rewrite::{RewrittenBody, rewrite_body};
 pub use shared::SharedRules;

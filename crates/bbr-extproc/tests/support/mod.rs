@@ -1,6 +1,7 @@
 //! Shared helpers of the integration tests.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+pub mod binary;
 pub mod envoy;
 pub mod http;
 pub mod upstream;
