@@ -7,6 +7,10 @@
 #   (c) buffered:    Envoy + bbr-extproc, BUFFERED,
 #   (d) json-meta:   Envoy's native json_to_metadata filter (whole body
 #                    buffered, model -> envoy.lb metadata -> subset LB),
+#   (e) headers-only: Envoy + bbr-extproc sent the request headers only
+#                    (request_body_mode NONE, answered at once, routed to
+#                    the first pool): what Envoy's ext_proc filter costs by
+#                    itself, the bound on any body-reading ext_proc route,
 # at 1 KiB and 1 MiB bodies (`messages` before `model`, as the OpenAI SDKs
 # send them), all in one run; prints the figures and the ratios to (a).
 #
@@ -27,7 +31,7 @@ CONNECTIONS=${CONNECTIONS:-16}
 SIZES=${SIZES:-"1024 1048576"}
 ENVOY_CONCURRENCY=${ENVOY_CONCURRENCY:-1}
 BBR_TLS=${BBR_TLS:-true}
-MODES="header full-duplex buffered json-meta"
+MODES=${MODES:-"header full-duplex buffered json-meta headers-only"}
 
 if ! command -v wrk >/dev/null 2>&1; then
   echo "installing wrk..." >&2
@@ -71,11 +75,11 @@ start_mode() {
   local mode=$1 template bbr=0
   case "$mode" in
     header) template=benches/load/envoy-header.yaml ;;
-    full-duplex) template=examples/envoy/envoy-full-duplex.yaml ;;
+    full-duplex|headers-only) template=examples/envoy/envoy-full-duplex.yaml ;;
     buffered) template=examples/envoy/envoy-buffered.yaml ;;
     json-meta) template=benches/load/envoy-json-to-metadata.yaml ;;
   esac
-  if [ "$mode" = full-duplex ] || [ "$mode" = buffered ]; then
+  if [ "$mode" != header ] && [ "$mode" != json-meta ]; then
     local flags=(--address 127.0.0.1 --grpc-port 0 --grpc-health-port 0 --metrics-port 0 -v 1)
     [ "$mode" = full-duplex ] && flags+=(--streaming)
     [ "$BBR_TLS" = false ] && flags+=(--secure-serving=false)
@@ -91,6 +95,13 @@ start_mode() {
       "$template" >"$work/envoy-$mode.yaml"
   if [ "$BBR_TLS" = false ]; then
     sed -i '/transport_socket:/,/sni: localhost/d' "$work/envoy-$mode.yaml"
+  fi
+  if [ "$mode" = headers-only ]; then
+    # No body to bbr-extproc; what no header routes goes to the first pool.
+    sed -i -e 's/request_body_mode: FULL_DUPLEX_STREAMED/request_body_mode: NONE/' \
+      -e 's/request_trailer_mode: SEND/request_trailer_mode: SKIP/' \
+      -e 's/direct_response: { status: 404, body: { inline_string: "no route for this model\\n" } }/route: { cluster: gemma3, timeout: 60s }/' \
+      "$work/envoy-$mode.yaml"
   fi
   "$envoy_bin" -c "$work/envoy-$mode.yaml" --concurrency "$ENVOY_CONCURRENCY" \
     --disable-hot-restart -l error >"$work/envoy-$mode.log" 2>&1 &
