@@ -281,7 +281,7 @@ impl ModelExtractor {
                 blocks_from = match exit {
                     blocks::Exit::Room => usize::MAX,
                     blocks::Exit::Anomaly => next + 64,
-                    // Back at the first token boundary after the string.
+                    // Inside a string: the block path may come back after it.
                     blocks::Exit::LongString => next,
                 };
                 i = next;

@@ -23,8 +23,10 @@ pub(super) enum Exit {
     Room,
     /// The block at the returned position needs the byte-level machine.
     Anomaly,
-    /// A long string goes on at the returned position: the string skipper
-    /// is faster there, and the block path may take over again after it.
+    /// The returned position lies inside a string the block path could not
+    /// finish (it crosses the chunk's end, or holds an escape, a control or
+    /// a non-ASCII byte): the byte-level machine goes on from there, and the
+    /// block path may take over again after the string.
     LongString,
 }
 
@@ -219,12 +221,15 @@ impl ModelExtractor {
                 // Plain text up to an unescaped quote (a backslash, a control
                 // or a non-ASCII byte stops the search: the byte-level
                 // machine takes the string from the block it is in).
-                let quote = end + scan::find_string_special(&buf[end..]);
-                if buf.get(quote) == Some(&b'"') {
-                    start = quote;
+                let stop = end + scan::find_string_special(&buf[end..]);
+                if buf.get(stop) == Some(&b'"') {
+                    start = stop;
                     continue;
                 }
-                break (end, Exit::LongString);
+                // The byte-level machine goes on inside the string from
+                // where the search stopped (the chunk's end, or the byte
+                // it needs to look at).
+                break (stop, Exit::LongString);
             }
             let exit = if rest.len() - accepted * 64 >= 64 {
                 Exit::Anomaly
