@@ -33,13 +33,16 @@ impl BodyExtractor {
             return Ok(BodyExtractor::Json(ModelExtractor::new(config)));
         };
         let mut parts = ct.split(';');
-        let essence = parts.next().unwrap_or("").trim().to_ascii_lowercase();
-        if essence == "application/json"
-            || (essence.starts_with("application/") && essence.ends_with("+json"))
-        {
+        let essence = parts.next().unwrap_or("").trim();
+        // Compared without allocating: this runs for every request.
+        let is = |name: &str| essence.eq_ignore_ascii_case(name);
+        let json_suffix = essence.len() >= "application/".len() + "+json".len()
+            && essence.as_bytes()[..12].eq_ignore_ascii_case(b"application/")
+            && essence.as_bytes()[essence.len() - 5..].eq_ignore_ascii_case(b"+json");
+        if is("application/json") || json_suffix {
             return Ok(BodyExtractor::Json(ModelExtractor::new(config)));
         }
-        if essence == "multipart/form-data" {
+        if is("multipart/form-data") {
             let boundary = parts.find_map(|p| {
                 let (k, v) = p.split_once('=')?;
                 k.trim()
@@ -107,5 +110,46 @@ impl BodyExtractor {
     /// Whether the body is JSON (a rewrite of the model is possible).
     pub fn is_json(&self) -> bool {
         matches!(self, BodyExtractor::Json(_))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kind(content_type: Option<&str>) -> Result<bool, ErrorKind> {
+        BodyExtractor::new(content_type, ExtractorConfig::new())
+            .map(|x| x.is_json())
+            .map_err(|e| e.kind())
+    }
+
+    #[test]
+    fn content_types_choose_the_extractor() {
+        for json in [
+            None,
+            Some("application/json"),
+            Some("Application/JSON; charset=utf-8"),
+            Some(" application/json "),
+            Some("application/vnd.api+json"),
+            Some("APPLICATION/problem+JSON;q=1"),
+        ] {
+            assert_eq!(kind(json), Ok(true), "{json:?}");
+        }
+        assert_eq!(kind(Some("multipart/form-data; boundary=x")), Ok(false));
+        assert_eq!(kind(Some("Multipart/Form-Data; BOUNDARY=\"x\"")), Ok(false));
+        for refused in [
+            "text/plain",
+            "application/jsonx",
+            "application/x-www-form-urlencoded",
+            "text/+json",
+            "multipart/form-data",
+            "",
+        ] {
+            assert_eq!(
+                kind(Some(refused)),
+                Err(ErrorKind::UnsupportedContentType),
+                "{refused:?}"
+            );
+        }
     }
 }
