@@ -10,7 +10,7 @@ use std::{
 
 use bbr_extproc::{BodyRoutingProcessor, serve::self_signed_identity};
 use support::{
-    binary::{ServerProcess, start_binary},
+    binary::{FREE_PORTS, ServerProcess, start_binary},
     envoy::{self, Envoy, Ports},
     http::{self, Reply},
     upstream::{Pool, body_hash},
@@ -509,20 +509,8 @@ async fn binary_serves_a_given_certificate() {
 
     // A missing certificate is a start-up error, not a silent fallback.
     let out = Command::new(env!("CARGO_BIN_EXE_bbr-extproc"))
-        .args([
-            "--address",
-            "127.0.0.1",
-            "--grpc-port",
-            "0",
-            "--grpc-health-port",
-            "0",
-        ])
-        .args([
-            "--metrics-port",
-            "0",
-            "--cert-path",
-            "/nonexistent-bbr-certs",
-        ])
+        .args(FREE_PORTS)
+        .args(["--cert-path", "/nonexistent-bbr-certs"])
         .stdin(Stdio::null())
         .output()
         .unwrap();
