@@ -674,6 +674,71 @@ fn the_block_path_agrees_with_the_byte_path() {
     assert!(mutated_errors > 300, "{mutated_errors}");
 }
 
+/// A chat body whose message texts are often longer than a block: plain
+/// ASCII, or with one escape or non-ASCII character somewhere inside.
+fn long_strings_body(rng: &mut Rng) -> Vec<u8> {
+    let mut body = String::from("{\"messages\":[");
+    for k in 0..1 + rng.below(8) {
+        if k > 0 {
+            body.push(',');
+        }
+        body.push_str("{\"role\":\"user\",\"content\":\"");
+        let len = rng.below(700) as usize;
+        let special = (rng.below(4) == 0).then(|| rng.below(len as u64 + 1) as usize);
+        for i in 0..len {
+            if special == Some(i) {
+                body.push_str(["\\n", "é", "\\u00e9", "\\\"", "日"][rng.below(5) as usize]);
+            }
+            body.push(if rng.below(6) == 0 {
+                ' '
+            } else {
+                (b'a' + rng.below(26) as u8) as char
+            });
+        }
+        body.push('"');
+        if rng.below(3) == 0 {
+            body.push_str(",\"n\":[1,[true],{\"k\":null}]");
+        }
+        body.push('}');
+    }
+    body.push_str("],\"model\":\"m\"}");
+    body.into_bytes()
+}
+
+#[test]
+fn long_strings_skipped_in_the_block_path_agree_with_the_byte_path() {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let config = strict();
+    let mut errors = 0;
+    for case in 0..2000 {
+        let mut body = long_strings_body(&mut rng);
+        if case % 3 == 2 {
+            let at = rng.below(body.len() as u64) as usize;
+            body[at] = b"\"\\{}[]:,x \x01\xff"[rng.below(12) as usize];
+        }
+        let whole = run(&config, &[&body]);
+        for size in [1, 100, 333] {
+            let chunks: Vec<&[u8]> = body.chunks(size).collect();
+            assert_eq!(
+                run(&config, &chunks),
+                whole,
+                "chunks of {size}: {:?}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+        match whole {
+            Ok(_) => assert!(serde_valid(&body), "{:?}", String::from_utf8_lossy(&body)),
+            Err((kind, _)) => {
+                if kind == ErrorKind::InvalidJson {
+                    assert!(!serde_valid(&body), "{:?}", String::from_utf8_lossy(&body));
+                }
+                errors += 1;
+            }
+        }
+    }
+    assert!(errors > 200, "{errors}");
+}
+
 #[test]
 fn the_block_path_covers_most_of_a_plain_body() {
     // A plain chat body: every block but the edges goes through the block
