@@ -218,17 +218,15 @@ impl ModelExtractor {
             );
             let end = start + accepted * 64;
             if long_string {
-                // Plain text up to an unescaped quote (a backslash, a control
-                // or a non-ASCII byte stops the search: the byte-level
-                // machine takes the string from the block it is in).
+                // Plain text up to an unescaped quote: the blocks go on from
+                // that quote. A backslash, a control or a non-ASCII byte (or
+                // the chunk's end) stops the search first: the byte-level
+                // machine takes the string from there.
                 let stop = end + scan::find_string_special(&buf[end..]);
                 if buf.get(stop) == Some(&b'"') {
                     start = stop;
                     continue;
                 }
-                // The byte-level machine goes on inside the string from
-                // where the search stopped (the chunk's end, or the byte
-                // it needs to look at).
                 break (stop, Exit::LongString);
             }
             let exit = if rest.len() - accepted * 64 >= 64 {
