@@ -68,7 +68,7 @@ impl std::fmt::Display for Model {
 }
 
 /// The value of an extra top-level field requested with
-/// [`ExtractorConfig::field`]. Scalars are captured (strings unescaped, up to
+/// [`ExtractorConfig::field`](crate::ExtractorConfig::field). Scalars are captured (strings unescaped, up to
 /// the model length limit); objects and arrays are reported by kind only.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -131,7 +131,7 @@ impl Extraction {
 pub enum Status {
     /// No decision yet: hold the chunk and feed the next one.
     Pending,
-    /// The decision is made ([`ModelExtractor::extraction`]). The chunk was
+    /// The decision is made ([`ModelExtractor::extraction`](crate::ModelExtractor::extraction)). The chunk was
     /// scanned (strict policy) and may be released.
     Decided,
 }
