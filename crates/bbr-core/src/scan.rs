@@ -132,8 +132,21 @@ enum Isa {
     Avx512,
 }
 
+/// What [`for_each_block`] does after a block.
+pub(crate) enum Next {
+    /// The block is done: go on with the one after it.
+    Accept,
+    /// Stop at this block.
+    Stop,
+    /// Go on with the block that starts at this offset of the buffer (after
+    /// the block; blocks need not be 64-byte aligned).
+    Jump(usize),
+}
+
 /// A 64-byte block handed out by [`for_each_block`], with its masks.
 pub(crate) struct Block<'a> {
+    /// Where the block starts in the buffer.
+    pub(crate) offset: usize,
     pub(crate) bytes: &'a [u8; 64],
     pub(crate) masks: Masks,
     isa: Isa,
@@ -161,14 +174,16 @@ impl Block<'_> {
     }
 }
 
-/// Calls `f` with each successive 64-byte block of `buf` and its masks,
-/// while `f` accepts the block; returns how many blocks it accepted.
+/// Calls `f` with successive 64-byte blocks of `buf` and their masks, from
+/// offset 0, while `f` accepts them (or jumps ahead); returns the offset of
+/// the block where `f` stopped, or of the first byte of a last, shorter
+/// piece.
 ///
 /// With AVX-512 (F and BW) or AVX2 the whole loop, `f` included, is
 /// compiled for that instruction set and BMI, so that the classification
 /// and `f` inline into one loop.
 #[inline]
-pub(crate) fn for_each_block<F: FnMut(&Block<'_>) -> bool>(buf: &[u8], f: F) -> usize {
+pub(crate) fn for_each_block<F: FnMut(&Block<'_>) -> Next>(buf: &[u8], f: F) -> usize {
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx512f")
@@ -194,25 +209,24 @@ pub(crate) fn for_each_block<F: FnMut(&Block<'_>) -> bool>(buf: &[u8], f: F) -> 
 #[inline(always)]
 fn blocks_with<F, C>(buf: &[u8], mut f: F, classify: C, isa: Isa) -> usize
 where
-    F: FnMut(&Block<'_>) -> bool,
+    F: FnMut(&Block<'_>) -> Next,
     C: Fn(&[u8; 64]) -> Masks,
 {
-    let mut accepted = 0;
-    for bytes in buf.chunks_exact(64) {
-        let Ok(bytes) = <&[u8; 64]>::try_from(bytes) else {
-            break;
-        };
+    let mut offset = 0;
+    while let Some(Ok(bytes)) = buf.get(offset..offset + 64).map(<&[u8; 64]>::try_from) {
         let block = Block {
+            offset,
             bytes,
             masks: classify(bytes),
             isa,
         };
-        if !f(&block) {
-            break;
+        match f(&block) {
+            Next::Accept => offset += 64,
+            Next::Stop => break,
+            Next::Jump(to) => offset = to.max(offset + 1),
         }
-        accepted += 1;
     }
-    accepted
+    offset
 }
 
 /// The portable path, and the reference the SIMD paths are tested against.
@@ -491,7 +505,7 @@ mod x86 {
     #[target_feature(enable = "avx2,bmi1,bmi2")]
     pub(super) unsafe fn for_each_block_avx2<F>(buf: &[u8], f: F) -> usize
     where
-        F: FnMut(&super::Block<'_>) -> bool,
+        F: FnMut(&super::Block<'_>) -> super::Next,
     {
         super::blocks_with(buf, f, |block| classify_avx2(block), super::Isa::Avx2)
     }
@@ -597,7 +611,7 @@ mod x86 {
     #[target_feature(enable = "avx512f,avx512bw,bmi1,bmi2")]
     pub(super) unsafe fn for_each_block_avx512<F>(buf: &[u8], f: F) -> usize
     where
-        F: FnMut(&super::Block<'_>) -> bool,
+        F: FnMut(&super::Block<'_>) -> super::Next,
     {
         super::blocks_with(buf, f, |block| classify_avx512(block), super::Isa::Avx512)
     }

@@ -191,50 +191,41 @@ impl ModelExtractor {
             comma: 0,
             colon: 0,
         };
-        // Runs of blocks, from `start`; a string longer than a block is
-        // skipped by one search for its end, and the blocks go on from its
-        // closing quote.
-        let mut start = i;
-        let (end, exit) = loop {
-            let rest = &buf[start..];
-            let mut long_string = false;
-            let accepted = scan::for_each_block(
-                rest,
-                #[inline(always)]
-                |block| {
-                    // A block wholly inside a string: leave it to the string skipper.
-                    if at.in_string != 0 && block.masks.quote | block.masks.backslash == 0 {
-                        long_string = true;
-                        return false;
+        // Blocks from `i`; a string longer than a block is skipped by one
+        // search for its end, and the blocks go on from its closing quote.
+        let rest = &buf[i..];
+        // Where the byte-level machine takes a long string over, if it does.
+        let mut string_from = None;
+        let end = scan::for_each_block(
+            rest,
+            #[inline(always)]
+            |block| {
+                if at.in_string != 0 && block.masks.quote | block.masks.backslash == 0 {
+                    // A block wholly inside a string: plain text up to an
+                    // unescaped quote, and the blocks go on from that quote.
+                    // A backslash, a control or a non-ASCII byte (or the
+                    // chunk's end) stops the search first: the byte-level
+                    // machine takes the string from there.
+                    let stop = block.offset + string_end(&rest[block.offset..]);
+                    if rest.get(stop) == Some(&b'"') {
+                        return scan::Next::Jump(stop);
                     }
-                    match check_block(block, at, max_depth) {
-                        Some(next) => {
-                            at = next;
-                            true
-                        }
-                        None => false,
-                    }
-                },
-            );
-            let end = start + accepted * 64;
-            if long_string {
-                // Plain text up to an unescaped quote: the blocks go on from
-                // that quote. A backslash, a control or a non-ASCII byte (or
-                // the chunk's end) stops the search first: the byte-level
-                // machine takes the string from there.
-                let stop = end + scan::find_string_special(&buf[end..]);
-                if buf.get(stop) == Some(&b'"') {
-                    start = stop;
-                    continue;
+                    string_from = Some(stop);
+                    return scan::Next::Stop;
                 }
-                break (stop, Exit::LongString);
-            }
-            let exit = if rest.len() - accepted * 64 >= 64 {
-                Exit::Anomaly
-            } else {
-                Exit::Room
-            };
-            break (end, exit);
+                match check_block(block, at, max_depth) {
+                    Some(next) => {
+                        at = next;
+                        scan::Next::Accept
+                    }
+                    None => scan::Next::Stop,
+                }
+            },
+        );
+        let (end, exit) = match string_from {
+            Some(stop) => (i + stop, Exit::LongString),
+            None if rest.len() - end >= 64 => (i + end, Exit::Anomaly),
+            None => (i + end, Exit::Room),
         };
         self.depth = at.depth;
         self.arrays = at.arrays;
@@ -254,6 +245,14 @@ impl ModelExtractor {
         }
         (end, exit)
     }
+}
+
+/// Where the plain text of a long string ends (see
+/// [`scan::find_string_special`]); kept out of the block loop, which it
+/// would otherwise crowd.
+#[inline(never)]
+fn string_end(s: &[u8]) -> usize {
+    scan::find_string_special(s)
 }
 
 /// Where the first non-whitespace byte after each separator lies: bit `p`
