@@ -9,10 +9,11 @@
 //! So that a demo can show what reached the pool, every answer also carries
 //! `x-pool-received-bytes`, `x-pool-received-sha256` (of the request body)
 //! and `x-pool-received-model-header` (the `X-Gateway-Model-Name` the pool
-//! saw); [`SimulatedPool::received`] lists the same for every request,
+//! saw); [`SimulatedPool::received`] lists the same for the latest requests,
 //! including those whose body never arrived complete.
 
 use std::{
+    collections::VecDeque,
     convert::Infallible,
     fmt::Write as _,
     io,
@@ -38,6 +39,9 @@ use tokio::{net::TcpListener, sync::Semaphore, task::JoinHandle};
 
 /// The header every pool answer carries, naming the pool.
 pub const POOL_HEADER: &str = "x-inference-pool";
+
+/// How many requests [`SimulatedPool::received`] remembers (the latest).
+pub const RECEIVED_KEPT: usize = 1024;
 
 /// What a pool received: one entry per request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,7 +74,7 @@ pub struct SimulatedPool {
     name: Arc<str>,
     token_delay: Duration,
     token_gate: Option<Arc<Semaphore>>,
-    received: Arc<Mutex<Vec<Received>>>,
+    received: Arc<Mutex<VecDeque<Received>>>,
 }
 
 impl SimulatedPool {
@@ -102,12 +106,11 @@ impl SimulatedPool {
         &self.name
     }
 
-    /// What the pool received so far, in order of arrival.
+    /// What the pool received, in order of arrival: the latest
+    /// [`RECEIVED_KEPT`] requests.
     pub fn received(&self) -> Vec<Received> {
-        self.received
-            .lock()
-            .map(|r| r.clone())
-            .unwrap_or_else(|e| e.into_inner().clone())
+        let log = self.received.lock().unwrap_or_else(|p| p.into_inner());
+        log.iter().cloned().collect()
     }
 
     /// The pool as an axum router.
@@ -142,10 +145,13 @@ impl SimulatedPool {
     }
 
     fn record(&self, received: Received) {
-        match self.received.lock() {
-            Ok(mut log) => log.push(received),
-            Err(poisoned) => poisoned.into_inner().push(received),
+        let mut log = self.received.lock().unwrap_or_else(|p| p.into_inner());
+        // Only the latest requests are kept: a pool serving a load test or
+        // a long-running demo must not grow without bound.
+        if log.len() == RECEIVED_KEPT {
+            log.pop_front();
         }
+        log.push_back(received);
     }
 }
 
@@ -369,4 +375,27 @@ fn sse(pool: &SimulatedPool, path: &str, model: &str) -> Response {
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_keeps_only_the_latest_requests() {
+        let pool = SimulatedPool::new("p");
+        for n in 0..RECEIVED_KEPT as u64 + 10 {
+            pool.record(Received {
+                path: "/v1/completions".to_owned(),
+                headers: HeaderMap::new(),
+                bytes: n,
+                sha256: String::new(),
+                complete: true,
+            });
+        }
+        let log = pool.received();
+        assert_eq!(log.len(), RECEIVED_KEPT);
+        assert_eq!(log[0].bytes, 10);
+        assert_eq!(log[RECEIVED_KEPT - 1].bytes, RECEIVED_KEPT as u64 + 9);
+    }
 }
