@@ -9,10 +9,24 @@
 //!   the whole body, parses it into a `serde_json::Value`, reads `model`,
 //!   sets `X-Gateway-Model-Name` and rebuilds the request.
 //!
+//! `tower-load gateway` serves the demo gateway (`bbr_examples::gateway`) in
+//! front of simulated pools, the same three ways: `bare` forwards every
+//! request to the first pool without routing; `layer` is the demo itself
+//! (the layer, then one upstream per pool); `handwritten` collects the body,
+//! parses a `serde_json::Value`, decides with the same rule table and
+//! forwards the collected body to the pool.
+//!
 //! `tower-load body SIZE` prints a request body of about SIZE bytes in the
 //! shape the OpenAI Python SDK sends (`messages` before `model`).
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    sync::Arc,
+};
 
 use axum::{
     Json, Router,
@@ -26,9 +40,11 @@ use axum::{
 use bbr_core::rules::RuleTable;
 use bbr_tower::{Decision, ModelRoutingLayer};
 use clap::{Parser, Subcommand, ValueEnum};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
+use tower::Service;
 
 #[derive(Debug, Parser)]
 #[command(name = "tower-load")]
@@ -53,6 +69,26 @@ enum Command {
         /// Runtime worker threads.
         #[arg(long, default_value_t = 1)]
         threads: usize,
+    },
+    /// Serves the demo gateway in front of running pools; prints
+    /// `listening on ADDR` once ready.
+    Gateway {
+        /// How requests are routed.
+        #[arg(long, value_enum)]
+        mode: Mode,
+        /// Address to listen on (port 0: any free port).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+        /// The rule table.
+        #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/config/gateway.yaml"))]
+        rules: PathBuf,
+        /// Runtime worker threads.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// A pool, as NAME=ADDR (repeatable; the first takes every request
+        /// in `bare` mode).
+        #[arg(long = "pool", value_parser = parse_pool, required = true)]
+        pools: Vec<(String, SocketAddr)>,
     },
     /// Prints a request body of about SIZE bytes, `messages` before `model`.
     Body {
@@ -95,27 +131,51 @@ fn main() -> ExitCode {
             listen,
             rules,
             threads,
-        } => {
-            let rules = match RuleTable::from_path(&rules) {
-                Ok(rules) => rules,
-                Err(e) => {
-                    eprintln!("tower-load: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(threads.max(1))
-                .enable_all()
-                .build();
-            match runtime.map(|rt| rt.block_on(serve(mode, listen, rules))) {
-                Ok(Ok(())) => ExitCode::SUCCESS,
-                Ok(Err(e)) | Err(e) => {
-                    eprintln!("tower-load: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+        } => run(&rules, threads, |rules| serve(mode, listen, rules)),
+        Command::Gateway {
+            mode,
+            listen,
+            rules,
+            threads,
+            pools,
+        } => run(&rules, threads, |rules| gateway(mode, listen, rules, pools)),
+    }
+}
+
+/// Loads the rules and runs `app` on a runtime of `threads` workers.
+fn run<F, Fut>(rules: &Path, threads: usize, app: F) -> ExitCode
+where
+    F: FnOnce(RuleTable) -> Fut,
+    Fut: Future<Output = std::io::Result<()>>,
+{
+    let rules = match RuleTable::from_path(rules) {
+        Ok(rules) => rules,
+        Err(e) => {
+            eprintln!("tower-load: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .enable_all()
+        .build();
+    match runtime.map(|rt| rt.block_on(app(rules))) {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) | Err(e) => {
+            eprintln!("tower-load: {e}");
+            ExitCode::FAILURE
         }
     }
+}
+
+fn parse_pool(text: &str) -> Result<(String, SocketAddr), String> {
+    let (name, addr) = text
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=ADDR, got {text:?}"))?;
+    let addr = addr
+        .parse()
+        .map_err(|e| format!("bad address {addr:?}: {e}"))?;
+    Ok((name.to_owned(), addr))
 }
 
 fn body(size: usize, model: &str) -> String {
@@ -186,6 +246,80 @@ async fn serve(mode: Mode, listen: SocketAddr, rules: RuleTable) -> std::io::Res
     let listener = TcpListener::bind(listen).await?;
     println!("listening on {}", listener.local_addr()?);
     axum::serve(listener, app).await
+}
+
+/// The demo gateway, served `mode`'s way.
+async fn gateway(
+    mode: Mode,
+    listen: SocketAddr,
+    rules: RuleTable,
+    pools: Vec<(String, SocketAddr)>,
+) -> std::io::Result<()> {
+    use bbr_examples::gateway::{self as demo, Upstream};
+    let listener = TcpListener::bind(listen).await?;
+    println!("listening on {}", listener.local_addr()?);
+    match mode {
+        Mode::Bare => {
+            let upstream: Upstream<Incoming> = Upstream::new(pools[0].1);
+            demo::serve(listener, upstream).await
+        }
+        Mode::Layer => demo::serve(listener, demo::gateway(demo::layer(rules), &pools)).await,
+        Mode::Handwritten => {
+            let upstreams: HashMap<String, Upstream<Full<Bytes>>> = pools
+                .iter()
+                .map(|(name, addr)| (name.clone(), Upstream::new(*addr)))
+                .collect();
+            let state = Arc::new((rules, upstreams));
+            let service = tower::service_fn(move |request: Request<Incoming>| {
+                let state = Arc::clone(&state);
+                async move { Ok::<_, Infallible>(handwritten_proxy(&state.0, &state.1, request).await) }
+            });
+            demo::serve(listener, service).await
+        }
+    }
+}
+
+/// The usual hand-written routing proxy: collect, parse, decide, forward.
+async fn handwritten_proxy(
+    rules: &RuleTable,
+    upstreams: &HashMap<String, bbr_examples::gateway::Upstream<Full<Bytes>>>,
+    request: Request<Incoming>,
+) -> http::Response<bbr_examples::gateway::UpstreamBody> {
+    let refuse = |status: StatusCode| {
+        let mut response =
+            http::Response::new(http_body_util::Either::Right(Full::new(Bytes::new())));
+        *response.status_mut() = status;
+        response
+    };
+    let (mut parts, body) = request.into_parts();
+    let Ok(collected) = body.collect().await else {
+        return refuse(StatusCode::BAD_REQUEST);
+    };
+    let bytes = collected.to_bytes();
+    let Ok(value) = serde_json::from_slice::<Value>(&bytes) else {
+        return refuse(StatusCode::BAD_REQUEST);
+    };
+    parts.headers.remove("x-gateway-model-name");
+    let Some(model) = value.get("model").and_then(Value::as_str) else {
+        return refuse(StatusCode::BAD_REQUEST);
+    };
+    let Ok(Some(route)) = rules.decide(model, None) else {
+        return refuse(StatusCode::NOT_FOUND);
+    };
+    for (name, value) in route.headers() {
+        parts.headers.insert(name.clone(), value.clone());
+    }
+    let Some(upstream) = route.pool().and_then(|pool| upstreams.get(pool)) else {
+        return refuse(StatusCode::NOT_FOUND);
+    };
+    let mut upstream = upstream.clone();
+    match upstream
+        .call(Request::from_parts(parts, Full::new(bytes)))
+        .await
+    {
+        Ok(response) => response,
+        Err(never) => match never {},
+    }
 }
 
 /// The handler: reads the whole body and answers with what it was routed by.

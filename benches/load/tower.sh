@@ -15,7 +15,13 @@
 # round, so that a change in machine load hits all three alike; each
 # figure is the median over the rounds.
 #
-# Environment: DURATION per measurement (default 5s), ROUNDS (5),
+# With APP=gateway the three are the demo gateway instead (tower-load
+# gateway: bare forwards every request to one pool, layer is the demo,
+# handwritten collects, parses and forwards), in front of simulated pools
+# (examples/examples/pools.rs) running beside it; the CPU column is then the
+# gateway process's own.
+#
+# Environment: APP (app or gateway), DURATION per measurement (default 5s), ROUNDS (5),
 # CONNECTIONS (32), WRK_THREADS (1), APP_THREADS (1), SIZES ("1024 102400"),
 # SHAPES ("long chat").
 set -euo pipefail
@@ -33,6 +39,7 @@ for shape in $SHAPES; do
     for size in $SIZES; do BODIES+=" $shape-$size"; done
 done
 MODES="bare layer handwritten"
+APP=${APP:-app}
 
 if ! command -v wrk >/dev/null 2>&1; then
     echo "installing wrk..." >&2
@@ -44,6 +51,10 @@ fi
 
 cargo build --release -q -p bbr-benches --bin tower-load
 BIN="${CARGO_TARGET_DIR:-target}/release/tower-load"
+SERVE=(serve)
+if [ "$APP" = gateway ]; then
+    cargo build --release -q -p bbr-examples --example pools
+fi
 
 WORK=$(mktemp -d)
 PIDS=()
@@ -53,9 +64,25 @@ cleanup() {
 }
 trap cleanup EXIT
 
+if [ "$APP" = gateway ]; then
+    ports=$(python3 -c 'import socket
+s=[socket.socket() for _ in range(2)]
+[x.bind(("127.0.0.1",0)) for x in s]
+print(" ".join(str(x.getsockname()[1]) for x in s))')
+    set -- $ports
+    "${CARGO_TARGET_DIR:-target}/release/examples/pools" --token-delay-ms 0 \
+        --pool "gemma3=127.0.0.1:$1" --pool "deepseek-r1=127.0.0.1:$2" >"$WORK/pools.log" 2>&1 &
+    PIDS+=($!)
+    for _ in $(seq 1 100); do
+        grep -q "deepseek-r1 listening" "$WORK/pools.log" && break
+        sleep 0.1
+    done
+    SERVE=(gateway --pool "gemma3=127.0.0.1:$1" --pool "deepseek-r1=127.0.0.1:$2")
+fi
+
 declare -A ADDR PID
 for mode in $MODES; do
-    "$BIN" serve --mode "$mode" --threads "$APP_THREADS" >"$WORK/$mode.log" 2>&1 &
+    "$BIN" "${SERVE[@]}" --mode "$mode" --threads "$APP_THREADS" >"$WORK/$mode.log" 2>&1 &
     PIDS+=($!)
     PID[$mode]=$!
     for _ in $(seq 1 100); do
@@ -122,7 +149,7 @@ done
 
 declare -A MRPS MP99 MCPU
 echo
-echo "wrk -t$WRK_THREADS -c$CONNECTIONS, $ROUNDS rounds of $DURATION, apps on $APP_THREADS worker thread(s), $(nproc) cores; medians"
+echo "$APP: wrk -t$WRK_THREADS -c$CONNECTIONS, $ROUNDS rounds of $DURATION, apps on $APP_THREADS worker thread(s), $(nproc) cores; medians"
 printf "%-12s %-12s %12s %10s %16s\n" "body" "app" "requests/s" "p99 ms" "app CPU us/req"
 for size in $BODIES; do
     for mode in $MODES; do
