@@ -40,6 +40,21 @@ use tokio::{net::TcpListener, sync::Semaphore, task::JoinHandle};
 /// The header every pool answer carries, naming the pool.
 pub const POOL_HEADER: &str = "x-inference-pool";
 
+/// Parses a pool given as `NAME=ADDR` (the `--pool` flag of the examples
+/// and the load benchmarks).
+pub fn parse_pool(text: &str) -> Result<(String, SocketAddr), String> {
+    let (name, addr) = text
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=ADDR, got {text:?}"))?;
+    if name.is_empty() {
+        return Err(format!("empty pool name in {text:?}"));
+    }
+    let addr = addr
+        .parse()
+        .map_err(|e| format!("bad address {addr:?}: {e}"))?;
+    Ok((name.to_owned(), addr))
+}
+
 /// How many requests [`SimulatedPool::received`] remembers (the latest).
 pub const RECEIVED_KEPT: usize = 1024;
 

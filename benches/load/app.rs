@@ -38,6 +38,7 @@ use axum::{
     routing::post,
 };
 use bbr_core::rules::RuleTable;
+use bbr_examples::pool::parse_pool;
 use bbr_tower::{Decision, ModelRoutingLayer};
 use clap::{Parser, Subcommand, ValueEnum};
 use http_body_util::{BodyExt, Full};
@@ -57,34 +58,14 @@ struct Args {
 enum Command {
     /// Serves the app; prints `listening on ADDR` once ready.
     Serve {
-        /// How requests are routed.
-        #[arg(long, value_enum)]
-        mode: Mode,
-        /// Address to listen on (port 0: any free port).
-        #[arg(long, default_value = "127.0.0.1:0")]
-        listen: SocketAddr,
-        /// The rule table.
-        #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/config/gateway.yaml"))]
-        rules: PathBuf,
-        /// Runtime worker threads.
-        #[arg(long, default_value_t = 1)]
-        threads: usize,
+        #[command(flatten)]
+        app: AppArgs,
     },
     /// Serves the demo gateway in front of running pools; prints
     /// `listening on ADDR` once ready.
     Gateway {
-        /// How requests are routed.
-        #[arg(long, value_enum)]
-        mode: Mode,
-        /// Address to listen on (port 0: any free port).
-        #[arg(long, default_value = "127.0.0.1:0")]
-        listen: SocketAddr,
-        /// The rule table.
-        #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/config/gateway.yaml"))]
-        rules: PathBuf,
-        /// Runtime worker threads.
-        #[arg(long, default_value_t = 1)]
-        threads: usize,
+        #[command(flatten)]
+        app: AppArgs,
         /// A pool, as NAME=ADDR (repeatable; the first takes every request
         /// in `bare` mode).
         #[arg(long = "pool", value_parser = parse_pool, required = true)]
@@ -102,6 +83,23 @@ enum Command {
         #[arg(long, default_value = "chatbot")]
         model: String,
     },
+}
+
+/// What both served apps take.
+#[derive(Debug, clap::Args)]
+struct AppArgs {
+    /// How requests are routed.
+    #[arg(long, value_enum)]
+    mode: Mode,
+    /// Address to listen on (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// The rule table.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/config/gateway.yaml"))]
+    rules: PathBuf,
+    /// Runtime worker threads.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -126,19 +124,12 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Command::Serve {
-            mode,
-            listen,
-            rules,
-            threads,
-        } => run(&rules, threads, |rules| serve(mode, listen, rules)),
-        Command::Gateway {
-            mode,
-            listen,
-            rules,
-            threads,
-            pools,
-        } => run(&rules, threads, |rules| gateway(mode, listen, rules, pools)),
+        Command::Serve { app } => run(&app.rules, app.threads, |rules| {
+            serve(app.mode, app.listen, rules)
+        }),
+        Command::Gateway { app, pools } => run(&app.rules, app.threads, |rules| {
+            gateway(app.mode, app.listen, rules, pools)
+        }),
     }
 }
 
@@ -166,16 +157,6 @@ where
             ExitCode::FAILURE
         }
     }
-}
-
-fn parse_pool(text: &str) -> Result<(String, SocketAddr), String> {
-    let (name, addr) = text
-        .split_once('=')
-        .ok_or_else(|| format!("expected NAME=ADDR, got {text:?}"))?;
-    let addr = addr
-        .parse()
-        .map_err(|e| format!("bad address {addr:?}: {e}"))?;
-    Ok((name.to_owned(), addr))
 }
 
 fn body(size: usize, model: &str) -> String {

@@ -11,7 +11,7 @@
 
 use std::{net::SocketAddr, process::ExitCode, time::Duration};
 
-use bbr_examples::pool::SimulatedPool;
+use bbr_examples::pool::{SimulatedPool, parse_pool};
 use clap::Parser;
 
 /// Runs simulated model pools.
@@ -25,19 +25,6 @@ struct Args {
     /// Pause between two streamed tokens, in milliseconds.
     #[arg(long, default_value_t = 20)]
     token_delay_ms: u64,
-}
-
-fn parse_pool(text: &str) -> Result<(String, SocketAddr), String> {
-    let (name, addr) = text
-        .split_once('=')
-        .ok_or_else(|| format!("expected NAME=ADDR, got {text:?}"))?;
-    if name.is_empty() {
-        return Err(format!("empty pool name in {text:?}"));
-    }
-    let addr = addr
-        .parse()
-        .map_err(|e| format!("bad address {addr:?}: {e}"))?;
-    Ok((name.to_owned(), addr))
 }
 
 #[tokio::main]
