@@ -390,7 +390,13 @@ impl Exchange {
                 let rewrite =
                     (decision.is_rewrite() && is_json && self.request_mode != BodyMode::Streamed)
                         .then(|| (span, json_string(decision.model())));
-                let routing = Routing::with_fields(decision.headers().to_vec(), copied);
+                let routing = Routing::with_fields(
+                    decision
+                        .headers()
+                        .map(|(name, value)| (name.clone(), value.clone()))
+                        .collect(),
+                    copied,
+                );
                 self.emit_decision(routing, rewrite, eos, out);
             }
             Ok(None) => {

@@ -10,7 +10,8 @@ use http::{HeaderName, HeaderValue};
 use serde::Deserialize as _;
 
 use super::{
-    BASE_MODEL_HEADER, ConfigError, Criticality, MODEL_NAME_HEADER, POOL_HEADER, RuleTable, glob,
+    BASE_MODEL_HEADER, ConfigError, Criticality, MODEL_NAME_HEADER, ModelMap, POOL_HEADER,
+    RuleTable, glob,
     matcher::{Matcher, PatternSet, PrefixIndex},
     pick::{Rng, Weights},
     schema::{
@@ -461,7 +462,7 @@ fn compile(file: RulesFile, has_rules_file: bool, rng: Rng) -> Result<RuleTable,
 
     let mut routes = Vec::with_capacity(file.rules.len());
     let mut names: HashMap<String, usize> = HashMap::with_capacity(file.rules.len());
-    let mut exact: HashMap<Box<str>, u32> = HashMap::new();
+    let mut exact: ModelMap<u32> = ModelMap::default();
     let mut prefixes: HashMap<Box<str>, u32> = HashMap::new();
     let mut globs: Vec<Pattern> = Vec::new();
     let mut regexes: Vec<Pattern> = Vec::new();
@@ -749,11 +750,9 @@ fn compile_default(spec: DefaultSpec) -> Result<Fallback, String> {
 }
 
 /// Adapter → base model and base model → itself.
-fn compile_base_models(
-    specs: Vec<BaseModelSpec>,
-) -> Result<HashMap<Box<str>, Arc<BaseModel>>, ConfigError> {
+fn compile_base_models(specs: Vec<BaseModelSpec>) -> Result<ModelMap<Arc<BaseModel>>, ConfigError> {
     let fail = |reason: String| ConfigError::in_section("base_models", reason);
-    let mut bases: HashMap<Box<str>, Arc<BaseModel>> = HashMap::new();
+    let mut bases: ModelMap<Arc<BaseModel>> = ModelMap::default();
     for spec in &specs {
         let value = check_name("`base_model`", &spec.base_model).map_err(fail)?;
         bases

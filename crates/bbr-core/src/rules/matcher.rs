@@ -1,7 +1,5 @@
 //! The compiled matcher: exact → longest prefix → glob → regex.
 
-use std::collections::HashMap;
-
 use regex::RegexSet;
 
 /// Longest-prefix lookup in `O(log n + d)`, where `d` is the number of
@@ -111,7 +109,7 @@ pub(crate) enum MatchKind {
 /// Every match of a table, by kind, in precedence order.
 #[derive(Debug, Default)]
 pub(crate) struct Matcher {
-    pub(crate) exact: HashMap<Box<str>, u32>,
+    pub(crate) exact: super::ModelMap<u32>,
     pub(crate) prefix: PrefixIndex,
     pub(crate) glob: Option<PatternSet>,
     pub(crate) regex: Option<PatternSet>,

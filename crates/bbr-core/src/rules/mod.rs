@@ -30,7 +30,6 @@
 //! assert_eq!(decision.criticality(), Some(Criticality::Critical));
 //! let headers: Vec<(&str, &str)> = decision
 //!     .headers()
-//!     .iter()
 //!     .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
 //!     .collect();
 //! assert_eq!(headers, [("x-gateway-model-name", "chatbot"), ("x-gateway-inference-pool", "gemma3")]);
@@ -51,7 +50,7 @@ mod shared;
 #[cfg(test)]
 mod tests;
 
-use std::{collections::HashMap, fmt, path::Path, sync::Arc};
+use std::{fmt, path::Path, sync::Arc};
 
 use http::{HeaderName, HeaderValue};
 
@@ -60,6 +59,11 @@ use crate::{Error, ErrorKind, Model};
 use compile::{BaseModel, Class, Fallback, Route};
 use matcher::Matcher;
 use pick::{Rng, stable_hash};
+
+/// A map keyed by model name, looked up once or twice a request: a fast
+/// hash with a random seed (the keys come from the configuration; a lookup
+/// of a client's model cannot change the table).
+pub(crate) type ModelMap<V> = std::collections::HashMap<Box<str>, V, foldhash::fast::RandomState>;
 
 pub use compile::{RuleTableBuilder, is_reserved_header};
 pub use error::ConfigError;
@@ -108,11 +112,16 @@ pub struct RouteDecision {
     route: Arc<Route>,
     /// The rewrite target, when it differs from the original.
     target: Option<Arc<str>>,
-    base_model: Option<Arc<str>>,
-    /// Always starts with `x-gateway-model-name`, whose value is the
-    /// original model (kept once, not copied again).
-    headers: Vec<(HeaderName, HeaderValue)>,
+    base: Option<Arc<BaseModel>>,
+    /// The `x-gateway-model-name` value: the original model (kept once,
+    /// not copied again).
+    model_value: HeaderValue,
 }
+
+/// The header names every decision may set, built once.
+static MODEL_HEADER_NAME: HeaderName = HeaderName::from_static(MODEL_NAME_HEADER);
+static BASE_HEADER_NAME: HeaderName = HeaderName::from_static(BASE_MODEL_HEADER);
+static POOL_HEADER_NAME: HeaderName = HeaderName::from_static(POOL_HEADER);
 
 impl RouteDecision {
     /// The name of the rule that matched; `None` when the table's default
@@ -153,11 +162,8 @@ impl RouteDecision {
 
     /// The model as the client sent it.
     pub fn original_model(&self) -> &str {
-        // The first header's value, built from a `&str`: never fails.
-        self.headers
-            .first()
-            .and_then(|(_, value)| std::str::from_utf8(value.as_bytes()).ok())
-            .unwrap_or_default()
+        // Built from a `&str`: never fails.
+        std::str::from_utf8(self.model_value.as_bytes()).unwrap_or_default()
     }
 
     /// Whether the body must be rewritten ([`model`](Self::model) differs
@@ -169,7 +175,7 @@ impl RouteDecision {
     /// The base model of the model sent upstream: its base when it is a
     /// LoRA adapter, itself when it is a base model, `None` when unknown.
     pub fn base_model(&self) -> Option<&str> {
-        self.base_model.as_deref()
+        self.base.as_deref().map(|base| &*base.name)
     }
 
     /// Every header to set, in order: `x-gateway-model-name` (the original
@@ -177,30 +183,99 @@ impl RouteDecision {
     /// `x-gateway-inference-pool` (when a pool is named), then the rule's
     /// `set_headers`. Adapters remove [`RuleTable::managed_headers`] from
     /// the request before setting these.
-    pub fn headers(&self) -> &[(HeaderName, HeaderValue)] {
-        &self.headers
+    ///
+    /// Nothing is allocated: the names are the table's, the values the
+    /// route's and the body's.
+    pub fn headers(&self) -> RouteHeaders<'_> {
+        RouteHeaders {
+            decision: self,
+            next: Next::Model,
+            set: self.route.set_headers.iter(),
+        }
     }
 }
+
+/// The headers a [`RouteDecision`] sets, in order: see
+/// [`RouteDecision::headers`].
+#[derive(Clone, Debug)]
+pub struct RouteHeaders<'a> {
+    decision: &'a RouteDecision,
+    next: Next,
+    set: std::slice::Iter<'a, (HeaderName, HeaderValue)>,
+}
+
+/// The next of the three `x-gateway-*` headers [`RouteHeaders`] yields.
+#[derive(Clone, Copy, Debug)]
+enum Next {
+    Model,
+    Base,
+    Pool,
+    Set,
+}
+
+impl<'a> Iterator for RouteHeaders<'a> {
+    type Item = (&'a HeaderName, &'a HeaderValue);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let decision = self.decision;
+        loop {
+            match self.next {
+                Next::Model => {
+                    self.next = Next::Base;
+                    return Some((&MODEL_HEADER_NAME, &decision.model_value));
+                }
+                Next::Base => {
+                    self.next = Next::Pool;
+                    if let Some(base) = &decision.base {
+                        return Some((&BASE_HEADER_NAME, &base.value));
+                    }
+                }
+                Next::Pool => {
+                    self.next = Next::Set;
+                    if let Some((_, pool)) = &decision.route.pool {
+                        return Some((&POOL_HEADER_NAME, pool));
+                    }
+                }
+                Next::Set => return self.set.next().map(|(name, value)| (name, value)),
+            }
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let decision = self.decision;
+        let fixed = match self.next {
+            Next::Model => {
+                1 + decision.base.is_some() as usize + decision.route.pool.is_some() as usize
+            }
+            Next::Base => decision.base.is_some() as usize + decision.route.pool.is_some() as usize,
+            Next::Pool => decision.route.pool.is_some() as usize,
+            Next::Set => 0,
+        };
+        let len = fixed + self.set.len();
+        (len, Some(len))
+    }
+}
+
+impl ExactSizeIterator for RouteHeaders<'_> {}
+
+impl std::iter::FusedIterator for RouteHeaders<'_> {}
 
 /// A compiled, immutable rule table. `Send + Sync`; share it in an `Arc`
 /// or a [`SharedRules`].
 pub struct RuleTable {
     routes: Vec<Arc<Route>>,
     matcher: Matcher,
-    base_models: HashMap<Box<str>, Arc<BaseModel>>,
+    base_models: ModelMap<Arc<BaseModel>>,
     fallback: Fallback,
     managed: Box<[HeaderName]>,
     rng: Rng,
-    model_header: HeaderName,
-    base_header: HeaderName,
-    pool_header: HeaderName,
 }
 
 impl RuleTable {
     pub(crate) fn from_parts(
         routes: Vec<Arc<Route>>,
         matcher: Matcher,
-        base_models: HashMap<Box<str>, Arc<BaseModel>>,
+        base_models: ModelMap<Arc<BaseModel>>,
         fallback: Fallback,
         managed: Box<[HeaderName]>,
         rng: Rng,
@@ -212,9 +287,6 @@ impl RuleTable {
             fallback,
             managed,
             rng,
-            model_header: HeaderName::from_static(MODEL_NAME_HEADER),
-            base_header: HeaderName::from_static(BASE_MODEL_HEADER),
-            pool_header: HeaderName::from_static(POOL_HEADER),
         }
     }
 
@@ -227,7 +299,7 @@ impl RuleTable {
     ///
     /// let decision = RuleTable::empty().decide("any-model", None).unwrap().unwrap();
     /// assert_eq!(decision.pool(), None);
-    /// assert_eq!(decision.headers()[0].1, "any-model");
+    /// assert_eq!(decision.headers().next().unwrap().1, "any-model");
     /// ```
     pub fn empty() -> RuleTable {
         let mut managed =
@@ -236,7 +308,7 @@ impl RuleTable {
         RuleTable::from_parts(
             Vec::new(),
             Matcher::default(),
-            HashMap::new(),
+            ModelMap::default(),
             Fallback::Route(Arc::new(Route::default())),
             managed.into(),
             Rng::from_entropy(),
@@ -367,28 +439,24 @@ impl RuleTable {
                     .get(targets.weights.pick(draw))
                     .ok_or_else(|| not_found(model))?;
                 if *chosen.model == *model {
-                    (None, self.base_models.get(model).cloned())
+                    (None, self.base_of(model))
                 } else {
                     (Some(Arc::clone(&chosen.model)), chosen.base.clone())
                 }
             }
-            None => (None, self.base_models.get(model).cloned()),
+            None => (None, self.base_of(model)),
         };
-        let mut headers = Vec::with_capacity(3 + route.set_headers.len());
-        headers.push((self.model_header.clone(), model_value));
-        if let Some(base) = &base {
-            headers.push((self.base_header.clone(), base.value.clone()));
-        }
-        if let Some((_, pool)) = &route.pool {
-            headers.push((self.pool_header.clone(), pool.clone()));
-        }
-        headers.extend(route.set_headers.iter().cloned());
         Ok(Some(RouteDecision {
             route: Arc::clone(route),
             target,
-            base_model: base.map(|b| Arc::clone(&b.name)),
-            headers,
+            base,
+            model_value,
         }))
+    }
+
+    /// The base model entry of `model`.
+    fn base_of(&self, model: &str) -> Option<Arc<BaseModel>> {
+        self.base_models.get(model).cloned()
     }
 
     /// Every header name a decision of this table can set, sorted: the

@@ -38,9 +38,16 @@ fn rule_of(table: &RuleTable, model: &str) -> Option<String> {
 }
 
 fn headers(decision: &RouteDecision) -> Vec<(String, String)> {
+    // The iterator knows its length at every step.
+    let mut iter = decision.headers();
+    let mut left = iter.len();
+    while iter.next().is_some() {
+        left -= 1;
+        assert_eq!(iter.len(), left);
+    }
+    assert_eq!(left, 0);
     decision
         .headers()
-        .iter()
         .map(|(n, v)| (n.as_str().to_owned(), v.to_str().unwrap().to_owned()))
         .collect()
 }
@@ -294,7 +301,7 @@ fn decide_model_shares_the_body_bytes_and_agrees_with_decide() {
     assert_eq!(headers(&by_model), headers(&by_str));
     assert_eq!(by_model.rule(), by_str.rule());
     // The model header is the body's own bytes, not a copy.
-    let value = &by_model.headers()[0].1;
+    let value = by_model.headers().next().unwrap().1;
     assert_eq!(value.as_bytes().as_ptr(), body[10..].as_ptr());
     // What cannot be a header is refused alike.
     let text = "a\u{85}b";
