@@ -43,7 +43,7 @@ use bbr_tower::{Decision, ModelRoutingLayer};
 use clap::{Parser, Subcommand, ValueEnum};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::net::TcpListener;
 use tower::Service;
 
@@ -304,23 +304,29 @@ async fn handwritten_proxy(
 }
 
 /// The handler: reads the whole body and answers with what it was routed by.
+///
+/// It does the same work in every mode (the routing fields are `null`
+/// without routing) and borrows what it echoes, so that the modes differ by
+/// the routing alone.
 async fn complete(decision: Option<Decision>, request: Request) -> Response {
-    let model = request
-        .headers()
-        .get("x-gateway-model-name")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let pool = decision
-        .as_ref()
-        .and_then(Decision::pool)
-        .map(str::to_owned);
-    match request.into_body().collect().await {
-        Ok(body) => Json(json!({
-            "object": "chat.completion",
-            "model": model,
-            "pool": pool,
-            "bytes": body.to_bytes().len(),
-        }))
+    #[derive(serde::Serialize)]
+    struct Reply<'a> {
+        object: &'static str,
+        model: Option<&'a str>,
+        pool: Option<&'a str>,
+        bytes: usize,
+    }
+    let (parts, body) = request.into_parts();
+    match body.collect().await {
+        Ok(body) => Json(Reply {
+            object: "chat.completion",
+            model: parts
+                .headers
+                .get("x-gateway-model-name")
+                .and_then(|v| v.to_str().ok()),
+            pool: decision.as_ref().and_then(Decision::pool),
+            bytes: body.to_bytes().len(),
+        })
         .into_response(),
         Err(_) => StatusCode::BAD_REQUEST.into_response(),
     }

@@ -32,6 +32,10 @@ impl BodyExtractor {
         let Some(ct) = content_type else {
             return Ok(BodyExtractor::Json(ModelExtractor::new(config)));
         };
+        // What nearly every request sends, without parameters.
+        if ct.eq_ignore_ascii_case("application/json") {
+            return Ok(BodyExtractor::Json(ModelExtractor::new(config)));
+        }
         let mut parts = ct.split(';');
         let essence = parts.next().unwrap_or("").trim();
         // Compared without allocating: this runs for every request.

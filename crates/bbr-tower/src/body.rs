@@ -10,99 +10,401 @@ use std::{
 };
 
 use bbr_core::{BodyExtractor, Error, FailureAction, FailurePolicy};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
 
 use crate::BoxError;
 
-/// The request body [`ModelRouting`](crate::ModelRouting) gives its inner
-/// service.
+/// Chunks smaller than this are copied together while they are held, from
+/// the second such chunk in a row on.
 ///
-/// It yields the chunks held before the decision (spliced when the rule
-/// rewrote the model), then the frames of the original body as they arrive.
-/// Chunks are refcounted [`Bytes`], not copied (but for chunks under 1 KiB
-/// held before the decision, which are coalesced so that a body sent a few
-/// bytes per chunk cannot inflate what is held). With the strict policy each
-/// later chunk is scanned before it is yielded; a violation (a second `model`,
-/// invalid JSON) ends the body with an error instead of the chunk, so the
-/// upstream never receives the complete body of a request that is refused.
-/// The error is a [`bbr_core::Error`] inside the [`BoxError`].
-pub struct RoutedBody<B> {
-    held: VecDeque<Bytes>,
-    held_len: u64,
-    trailers: Option<HeaderMap>,
-    inner: Option<Pin<Box<B>>>,
-    scan: Option<Box<Scan>>,
+/// Each held chunk costs a `Bytes` handle and a reference on the buffer it
+/// came from; a client sending the body a byte per chunk could otherwise
+/// make the layer hold many times `max_body` in bookkeeping. With runs of
+/// small chunks coalesced, no two held chunks in a row are both small, so
+/// the count of held chunks stays under `2 * held_len / 1 KiB + 1`. A body
+/// that arrives in one chunk, however small, is never copied.
+const COALESCE_BELOW: usize = 1 << 10;
+
+pin_project! {
+    /// The request body [`ModelRouting`](crate::ModelRouting) gives its inner
+    /// service.
+    ///
+    /// It yields the chunks held before the decision (spliced when the rule
+    /// rewrote the model), then the frames of the original body as they
+    /// arrive. Chunks are refcounted [`Bytes`], not copied (but for runs of
+    /// chunks under 1 KiB held before the decision, which are coalesced so
+    /// that a body sent a few bytes per chunk cannot inflate what is held).
+    /// With the strict policy each later chunk is scanned before it is
+    /// yielded; a violation (a second `model`, invalid JSON) ends the body
+    /// with an error instead of the chunk, so the upstream never receives the
+    /// complete body of a request that is refused. The error is a
+    /// [`bbr_core::Error`] inside the [`BoxError`].
+    pub struct RoutedBody<B> {
+        #[pin]
+        kind: Kind<B>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    #[project_ref = KindRef]
+    enum Kind<B> {
+        /// The body as it came: nothing was read before the decision.
+        Passthrough { #[pin] body: B },
+        /// The body was read up to the decision.
+        Read { stream: Pin<Box<Stream<B>>> },
+    }
+}
+
+pin_project! {
+    /// A body being read by the layer, with what it holds: one allocation
+    /// per request for the body, the extractor, the held chunks and the
+    /// scan after the decision.
+    pub(crate) struct Stream<B> {
+        #[pin]
+        body: B,
+        pub(crate) extractor: BodyExtractor,
+        pub(crate) held: Held,
+        trailers: Option<HeaderMap>,
+        // The body has yielded its last frame (or must not be polled again).
+        ended: bool,
+        // Set while the strict policy scans the chunks after the decision.
+        scan: Option<Scan>,
+    }
 }
 
 /// The strict policy's scan of the chunks after the decision.
 pub(crate) struct Scan {
-    pub(crate) extractor: BodyExtractor,
     pub(crate) failure: FailurePolicy,
     /// Where a violation is reported to the response future, which then
     /// answers with the error contract if the inner service has not.
     pub(crate) violation: Arc<OnceLock<Error>>,
 }
 
-impl<B> RoutedBody<B> {
-    /// A body that forwards `inner` as it is.
-    pub(crate) fn passthrough(inner: Pin<Box<B>>) -> RoutedBody<B> {
-        RoutedBody {
-            held: VecDeque::new(),
-            held_len: 0,
+/// The chunks held before the decision, in order.
+#[derive(Default)]
+pub(crate) struct Held {
+    first: Option<Bytes>,
+    rest: VecDeque<Bytes>,
+    /// A run of small chunks being coalesced (see [`COALESCE_BELOW`]).
+    small: BytesMut,
+    /// Bytes held, `small` included.
+    len: u64,
+}
+
+impl Held {
+    /// Holds `chunk` (not empty) after the ones held so far.
+    pub(crate) fn push(&mut self, chunk: Bytes) {
+        self.len += chunk.len() as u64;
+        if chunk.len() >= COALESCE_BELOW {
+            self.flush();
+            self.push_chunk(chunk);
+        } else if !self.small.is_empty() {
+            self.small.extend_from_slice(&chunk);
+        } else if let Some(last) = self.pop_last_if_small() {
+            // A second small chunk in a row: start a run.
+            self.small.reserve(last.len() + chunk.len());
+            self.small.extend_from_slice(&last);
+            self.small.extend_from_slice(&chunk);
+        } else {
+            self.push_chunk(chunk);
+        }
+    }
+
+    /// Moves the coalesced run to the held chunks.
+    pub(crate) fn flush(&mut self) {
+        if !self.small.is_empty() {
+            let run = self.small.split().freeze();
+            self.push_chunk(run);
+        }
+    }
+
+    fn push_chunk(&mut self, chunk: Bytes) {
+        if self.first.is_none() && self.rest.is_empty() {
+            self.first = Some(chunk);
+        } else {
+            self.rest.push_back(chunk);
+        }
+    }
+
+    fn pop_last_if_small(&mut self) -> Option<Bytes> {
+        let last = match self.rest.back() {
+            Some(last) => last,
+            None => self.first.as_ref()?,
+        };
+        if last.len() >= COALESCE_BELOW {
+            return None;
+        }
+        self.rest.pop_back().or_else(|| self.first.take())
+    }
+
+    /// The next chunk to replay.
+    fn pop(&mut self) -> Option<Bytes> {
+        let chunk = self.first.take().or_else(|| self.rest.pop_front())?;
+        self.len -= chunk.len() as u64;
+        Some(chunk)
+    }
+
+    /// Every held chunk, in order, taken out (the run flushed first).
+    pub(crate) fn take(&mut self) -> Vec<Bytes> {
+        self.flush();
+        self.len = 0;
+        self.first
+            .take()
+            .into_iter()
+            .chain(self.rest.drain(..))
+            .collect()
+    }
+
+    /// Holds `chunks` (after a rewrite) in place of what was held.
+    pub(crate) fn replace(&mut self, chunks: Vec<Bytes>) {
+        *self = Held::default();
+        for chunk in chunks.into_iter().filter(|c| !c.is_empty()) {
+            self.len += chunk.len() as u64;
+            self.push_chunk(chunk);
+        }
+    }
+
+    pub(crate) fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn clear(&mut self) {
+        *self = Held::default();
+    }
+}
+
+impl<B> Stream<B> {
+    /// A body about to be read into `extractor`.
+    pub(crate) fn new(body: B, extractor: BodyExtractor) -> Stream<B> {
+        Stream {
+            body,
+            extractor,
+            held: Held::default(),
             trailers: None,
-            inner: Some(inner),
+            ended: false,
             scan: None,
         }
     }
+}
 
-    /// A body that replays `held`, then `trailers`, then the rest of `inner`.
-    pub(crate) fn replay(
-        held: Vec<Bytes>,
-        trailers: Option<HeaderMap>,
-        inner: Option<Pin<Box<B>>>,
-        scan: Option<Box<Scan>>,
-    ) -> RoutedBody<B> {
-        let held_len = held.iter().map(|c| c.len() as u64).sum();
-        RoutedBody {
-            held: held.into(),
-            held_len,
-            trailers,
-            inner,
-            scan,
+/// What reading the body up to the decision came to.
+pub(crate) enum Read {
+    /// The extractor decided; the body may go on.
+    Decided,
+    /// The extractor refused the body.
+    Failed(Error),
+    /// The body ended without a decision before it.
+    Ended,
+    /// The body could not be read.
+    BodyError,
+}
+
+impl<B> Stream<B>
+where
+    B: Body<Data = Bytes>,
+{
+    /// Reads frames into the extractor, holding them, until it decides, it
+    /// fails, or the body ends.
+    pub(crate) fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Read> {
+        let mut this = self.project();
+        loop {
+            let frame = match this.body.as_mut().poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => {
+                    *this.ended = true;
+                    return Poll::Ready(Read::Ended);
+                }
+                Poll::Ready(Some(Err(_))) => {
+                    *this.ended = true;
+                    return Poll::Ready(Read::BodyError);
+                }
+                Poll::Ready(Some(Ok(frame))) => frame,
+            };
+            let chunk = match frame.into_data() {
+                Ok(chunk) => chunk,
+                Err(frame) => match frame.into_trailers() {
+                    Ok(trailers) => {
+                        *this.ended = true;
+                        *this.trailers = Some(trailers);
+                        return Poll::Ready(Read::Ended);
+                    }
+                    Err(_) => continue,
+                },
+            };
+            if chunk.is_empty() {
+                continue;
+            }
+            let status = this.extractor.feed(&chunk);
+            this.held.push(chunk);
+            match status {
+                Ok(bbr_core::Status::Pending) => {}
+                Ok(bbr_core::Status::Decided) => {
+                    *this.ended = this.body.is_end_stream();
+                    return Poll::Ready(Read::Decided);
+                }
+                Err(error) => return Poll::Ready(Read::Failed(error)),
+            }
         }
     }
 
-    /// The bytes of held chunks not yet yielded.
-    pub fn held_bytes(&self) -> u64 {
-        self.held_len
+    /// Whether the body has yielded its last frame.
+    pub(crate) fn ended(&self) -> bool {
+        self.ended || self.body.is_end_stream()
+    }
+
+    /// Scans the chunks still to come with the extractor, reporting a
+    /// violation to `violation`.
+    pub(crate) fn scan_rest(self: Pin<&mut Self>, failure: FailurePolicy) -> Arc<OnceLock<Error>> {
+        let violation = Arc::new(OnceLock::new());
+        *self.project().scan = Some(Scan {
+            failure,
+            violation: Arc::clone(&violation),
+        });
+        violation
     }
 
     /// Ends the body with `error` (a violation found after the decision).
-    fn abort(&mut self, error: Error) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        self.inner = None;
-        self.held.clear();
-        self.held_len = 0;
-        self.trailers = None;
-        if let Some(scan) = self.scan.take() {
+    fn abort(self: Pin<&mut Self>, error: Error) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        *this.ended = true;
+        this.held.clear();
+        *this.trailers = None;
+        if let Some(scan) = this.scan.take() {
             let _ = scan.violation.set(error.clone());
         }
         Poll::Ready(Some(Err(Box::new(error))))
     }
 
     /// Runs the scan's end-of-body check. `Err` when the body must be aborted.
-    fn finish_scan(&mut self) -> Result<(), Error> {
-        let Some(scan) = self.scan.as_mut() else {
+    fn finish_scan(self: Pin<&mut Self>) -> Result<(), Error> {
+        let this = self.project();
+        let Some(scan) = this.scan.as_ref() else {
             return Ok(());
         };
-        let result = scan.extractor.finish().map(|_| ());
-        match result {
+        match this.extractor.finish() {
             Err(e) if scan.failure.action(e.kind()) == FailureAction::Reject => Err(e),
             _ => {
-                self.scan = None;
+                *this.scan = None;
                 Ok(())
             }
+        }
+    }
+
+    /// Checks a chunk after the decision. `Err` when the body must be aborted.
+    fn scan(self: Pin<&mut Self>, chunk: &Bytes) -> Result<(), Error> {
+        let this = self.project();
+        let Some(scan) = this.scan.as_ref() else {
+            return Ok(());
+        };
+        match this.extractor.feed(chunk) {
+            Ok(_) => {
+                if !this.extractor.needs_scanning() {
+                    *this.scan = None;
+                }
+                Ok(())
+            }
+            Err(e) if scan.failure.action(e.kind()) == FailureAction::Reject => Err(e),
+            // Fail open: stop checking, release the rest as it is.
+            Err(_) => {
+                *this.scan = None;
+                Ok(())
+            }
+        }
+    }
+
+    fn poll_replay(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>>
+    where
+        B::Error: Into<BoxError>,
+    {
+        let this = self.as_mut().project();
+        if let Some(chunk) = this.held.pop() {
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        if *this.ended {
+            return Poll::Ready(this.trailers.take().map(|t| Ok(Frame::trailers(t))));
+        }
+        let frame = match this.body.poll_frame(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(None) => {
+                *this.ended = true;
+                if let Err(e) = self.as_mut().finish_scan() {
+                    return self.abort(e);
+                }
+                return Poll::Ready(
+                    self.project()
+                        .trailers
+                        .take()
+                        .map(|t| Ok(Frame::trailers(t))),
+                );
+            }
+            Poll::Ready(Some(Err(e))) => {
+                *this.ended = true;
+                *this.scan = None;
+                return Poll::Ready(Some(Err(e.into())));
+            }
+            Poll::Ready(Some(Ok(frame))) => frame,
+        };
+        if this.scan.is_none() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        if frame.is_trailers() {
+            *this.ended = true;
+            if let Err(e) = self.as_mut().finish_scan() {
+                return self.abort(e);
+            }
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        if let Some(chunk) = frame.data_ref()
+            && let Err(e) = self.as_mut().scan(chunk)
+        {
+            return self.abort(e);
+        }
+        // The last chunk is checked for completeness before it is released,
+        // so a truncated body never ends cleanly.
+        let this = self.as_mut().project();
+        if this.scan.is_some() && this.body.is_end_stream() {
+            *this.ended = true;
+            if let Err(e) = self.as_mut().finish_scan() {
+                return self.abort(e);
+            }
+        }
+        Poll::Ready(Some(Ok(frame)))
+    }
+}
+
+impl<B> RoutedBody<B> {
+    /// A body that forwards `body` as it is.
+    pub(crate) fn passthrough(body: B) -> RoutedBody<B> {
+        RoutedBody {
+            kind: Kind::Passthrough { body },
+        }
+    }
+
+    /// A body that replays what `stream` holds, then its trailers, then the
+    /// rest of its body.
+    pub(crate) fn replay(mut stream: Pin<Box<Stream<B>>>) -> RoutedBody<B> {
+        stream.as_mut().project().held.flush();
+        RoutedBody {
+            kind: Kind::Read { stream },
+        }
+    }
+
+    /// The bytes of held chunks not yet yielded.
+    pub fn held_bytes(&self) -> u64 {
+        match &self.kind {
+            Kind::Passthrough { .. } => 0,
+            Kind::Read { stream } => stream.held.len(),
         }
     }
 }
@@ -119,93 +421,128 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        if let Some(chunk) = this.held.pop_front() {
-            this.held_len -= chunk.len() as u64;
-            return Poll::Ready(Some(Ok(Frame::data(chunk))));
-        }
-        let Some(inner) = this.inner.as_mut() else {
-            return Poll::Ready(this.trailers.take().map(|t| Ok(Frame::trailers(t))));
-        };
-        match inner.as_mut().poll_frame(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(None) => {
-                this.inner = None;
-                if let Err(e) = this.finish_scan() {
-                    return this.abort(e);
-                }
-                Poll::Ready(this.trailers.take().map(|t| Ok(Frame::trailers(t))))
-            }
-            Poll::Ready(Some(Err(e))) => {
-                this.inner = None;
-                this.scan = None;
-                Poll::Ready(Some(Err(e.into())))
-            }
-            Poll::Ready(Some(Ok(frame))) => {
-                if frame.is_trailers() {
-                    this.inner = None;
-                    if let Err(e) = this.finish_scan() {
-                        return this.abort(e);
-                    }
-                    return Poll::Ready(Some(Ok(frame)));
-                }
-                if let (Some(scan), Some(chunk)) = (this.scan.as_mut(), frame.data_ref()) {
-                    match scan.extractor.feed(chunk) {
-                        Ok(_) => {
-                            if !scan.extractor.needs_scanning() {
-                                this.scan = None;
-                            }
-                        }
-                        Err(e) if scan.failure.action(e.kind()) == FailureAction::Reject => {
-                            return this.abort(e);
-                        }
-                        // Fail open: stop checking, release the rest as it is.
-                        Err(_) => this.scan = None,
-                    }
-                    // The last chunk is checked for completeness before it is
-                    // released, so a truncated body never ends cleanly.
-                    if this.scan.is_some() && this.inner.as_ref().is_some_and(|b| b.is_end_stream())
-                    {
-                        this.inner = None;
-                        if let Err(e) = this.finish_scan() {
-                            return this.abort(e);
-                        }
-                    }
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
+        match self.project().kind.project() {
+            KindProj::Passthrough { body } => match body.poll_frame(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(frame) => Poll::Ready(frame.map(|f| f.map_err(Into::into))),
+            },
+            KindProj::Read { stream } => stream.as_mut().poll_replay(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.held.is_empty()
-            && self.trailers.is_none()
-            && self.inner.as_ref().is_none_or(|b| b.is_end_stream())
-            && self.scan.is_none()
+        match &self.kind {
+            Kind::Passthrough { body } => body.is_end_stream(),
+            Kind::Read { stream } => {
+                stream.held.is_empty()
+                    && stream.trailers.is_none()
+                    && stream.scan.is_none()
+                    && (stream.ended || stream.body.is_end_stream())
+            }
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        let rest = self
-            .inner
-            .as_ref()
-            .map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint());
-        let mut hint = SizeHint::new();
-        hint.set_lower(rest.lower().saturating_add(self.held_len));
-        if let Some(upper) = rest.upper() {
-            hint.set_upper(upper.saturating_add(self.held_len));
+        match &self.kind {
+            Kind::Passthrough { body } => body.size_hint(),
+            Kind::Read { stream } => {
+                let held = stream.held.len();
+                let rest = if stream.ended {
+                    SizeHint::with_exact(0)
+                } else {
+                    stream.body.size_hint()
+                };
+                let mut hint = SizeHint::new();
+                hint.set_lower(rest.lower().saturating_add(held));
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(upper.saturating_add(held));
+                }
+                hint
+            }
         }
-        hint
     }
 }
 
 impl<B> fmt::Debug for RoutedBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RoutedBody")
-            .field("held_chunks", &self.held.len())
-            .field("held_bytes", &self.held_len)
-            .field("trailers", &self.trailers.is_some())
-            .field("streaming", &self.inner.is_some())
-            .field("scanning", &self.scan.is_some())
-            .finish()
+        let mut out = f.debug_struct("RoutedBody");
+        match &self.kind {
+            Kind::Passthrough { .. } => out.field("passthrough", &true),
+            Kind::Read { stream } => out
+                .field("held_chunks", &stream.held.count())
+                .field("held_bytes", &stream.held.len())
+                .field("trailers", &stream.trailers.is_some())
+                .field("ended", &stream.ended)
+                .field("scanning", &stream.scan.is_some()),
+        }
+        .finish()
+    }
+}
+
+impl Held {
+    fn count(&self) -> usize {
+        self.first.is_some() as usize + self.rest.len() + !self.small.is_empty() as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held(chunks: &[usize]) -> Held {
+        let mut held = Held::default();
+        let mut next = 0u8;
+        for &len in chunks {
+            let chunk: Vec<u8> = (0..len)
+                .map(|_| {
+                    next = next.wrapping_add(1);
+                    next
+                })
+                .collect();
+            held.push(Bytes::from(chunk));
+        }
+        held
+    }
+
+    fn replayed(held: &mut Held) -> Vec<usize> {
+        held.flush();
+        std::iter::from_fn(|| held.pop()).map(|c| c.len()).collect()
+    }
+
+    #[test]
+    fn one_small_chunk_is_held_as_it_came() {
+        let body = Bytes::from_static(b"{\"model\":\"x\"}");
+        let mut held = Held::default();
+        held.push(body.clone());
+        held.flush();
+        let chunk = held.pop().unwrap();
+        // The same buffer, not a copy.
+        assert_eq!(chunk.as_ptr(), body.as_ptr());
+        assert!(held.pop().is_none());
+    }
+
+    #[test]
+    fn runs_of_small_chunks_are_coalesced_in_order() {
+        let mut h = held(&[10, 20, 2000, 5, 3000, 1, 1, 1]);
+        assert_eq!(h.len(), 5038);
+        assert_eq!(replayed(&mut h), [30, 2000, 5, 3000, 3]);
+        assert_eq!(h.len(), 0);
+
+        // The bytes come back in order.
+        let mut h = held(&[3, 4, 5000, 6, 7]);
+        let all: Vec<u8> = h.take().concat();
+        let want: Vec<u8> = (1..=(3 + 4 + 5000 + 6 + 7) as u32)
+            .map(|i| i as u8)
+            .collect();
+        assert_eq!(all, want);
+    }
+
+    #[test]
+    fn a_body_a_byte_per_chunk_holds_few_chunks() {
+        let mut h = held(&[1; 10_000]);
+        h.flush();
+        assert_eq!(h.count(), 1);
+        let mut h = held(&[1, 1500, 1, 1500, 1, 1, 1500]);
+        assert_eq!(replayed(&mut h), [1, 1500, 1, 1500, 2, 1500]);
     }
 }

@@ -10,32 +10,24 @@ use std::{
 };
 
 use bbr_core::rules::RuleTable;
-use bbr_core::{BodyExtractor, Error, ErrorKind, FailureAction, Status};
-use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header, request::Parts};
+use bbr_core::{BodyExtractor, Error, ErrorKind, FailureAction};
+use http::{
+    HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, header, request::Parts,
+};
 use http_body::Body;
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use crate::{
     BoxError, Decision, ModelSource, ResponseBody, RoutedBody,
-    body::Scan,
-    decision::DecisionData,
+    body::{Read, Stream},
     layer::Config,
     response::{local_error, reject},
 };
 
-/// Chunks smaller than this are copied together while they are held.
-///
-/// Each held chunk costs a `Bytes` handle and a reference on the buffer it
-/// came from; a client sending the body a byte per chunk could otherwise
-/// make the layer hold many times `max_body` in bookkeeping. Copying only
-/// chunks this small bounds the count of held chunks by `held_len / 1 KiB`
-/// (about) at a negligible cost; larger chunks are held as they are.
-const COALESCE_BELOW: usize = 1 << 10;
-
-/// The header whose value picks among a rule's weighted targets.
-const REQUEST_ID: &str = "x-request-id";
+/// The header whose value picks among a rule's weighted targets (a name
+/// built once: looking up by `&str` parses the name every time).
+static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 pin_project! {
     /// The response future of [`ModelRouting`](crate::ModelRouting).
@@ -58,7 +50,7 @@ pin_project! {
     where
         S: Service<Request<RoutedBody<B>>>,
     {
-        Reading { reading: Option<Box<Reading<S, B>>> },
+        Reading { reading: Option<Reading<S, B>> },
         Calling {
             #[pin]
             future: S::Future,
@@ -94,20 +86,15 @@ struct Reading<S, B> {
     config: Arc<Config>,
     table: Arc<RuleTable>,
     parts: Parts,
-    body: Pin<Box<B>>,
-    extractor: BodyExtractor,
-    held: Vec<Bytes>,
-    /// Small chunks held, coalesced (see [`COALESCE_BELOW`]).
-    small: BytesMut,
-    held_len: u64,
-    /// The body has yielded its last frame.
-    ended: bool,
+    /// The body, the extractor and the held chunks: one allocation, handed
+    /// on to the [`RoutedBody`] as it is.
+    stream: Pin<Box<Stream<B>>>,
 }
 
 impl<S, B> ResponseFuture<S, B>
 where
     S: Service<Request<RoutedBody<B>>>,
-    B: Body<Data = Bytes>,
+    B: Body<Data = bytes::Bytes>,
 {
     pub(crate) fn new(service: S, config: Arc<Config>, request: Request<B>) -> Self {
         let (mut parts, body) = request.into_parts();
@@ -121,25 +108,26 @@ where
                 parts.headers.remove(name);
             }
         }
-        let body = Box::pin(body);
 
-        let path = parts.uri.path();
-        if let Some(model) = config.paths.iter().find_map(|t| t.model(path)) {
-            let model = model.to_owned();
-            return match decide(&config, &table, &mut parts, Some(ModelRef::Path(&model))) {
-                Ok(decision) => call(
-                    service,
-                    parts,
-                    RoutedBody::passthrough(body),
-                    decision,
-                    None,
-                ),
-                Err(error) => answer(Answer::Reject(error)),
-            };
+        if !config.paths.is_empty() {
+            let path = parts.uri.path();
+            if let Some(model) = config.paths.iter().find_map(|t| t.model(path)) {
+                let model = model.to_owned();
+                return match decide(&config, &table, &mut parts, Some(ModelRef::Path(&model))) {
+                    Ok(decision) => call(
+                        service,
+                        parts,
+                        RoutedBody::passthrough(body),
+                        decision,
+                        None,
+                    ),
+                    Err(error) => answer(Answer::Reject(error)),
+                };
+            }
         }
         if body.is_end_stream() {
             // Nothing to route on (`GET /v1/models`, health checks).
-            let decision = DecisionData::unrouted(ModelSource::None);
+            let decision = Decision::unrouted(ModelSource::None);
             return call(
                 service,
                 parts,
@@ -156,24 +144,19 @@ where
         match BodyExtractor::new(content_type, config.extractor.clone()) {
             Ok(extractor) => ResponseFuture {
                 state: State::Reading {
-                    reading: Some(Box::new(Reading {
+                    reading: Some(Reading {
                         service,
                         config,
                         table,
                         parts,
-                        body,
-                        extractor,
-                        held: Vec::new(),
-                        small: BytesMut::new(),
-                        held_len: 0,
-                        ended: false,
-                    })),
+                        stream: Box::pin(Stream::new(body, extractor)),
+                    }),
                 },
             },
             Err(error) => match config.failure.action(error.kind()) {
                 FailureAction::Reject => answer(Answer::Reject(error)),
                 FailureAction::PassThrough => {
-                    let mut decision = DecisionData::unrouted(ModelSource::None);
+                    let mut decision = Decision::unrouted(ModelSource::None);
                     decision.failed_open = Some(error);
                     call(
                         service,
@@ -203,14 +186,14 @@ fn call<S, B>(
     mut service: S,
     parts: Parts,
     body: RoutedBody<B>,
-    decision: DecisionData,
+    decision: Decision,
     violation: Option<Arc<OnceLock<Error>>>,
 ) -> ResponseFuture<S, B>
 where
     S: Service<Request<RoutedBody<B>>>,
 {
     let mut request = Request::from_parts(parts, body);
-    request.extensions_mut().insert(Decision::from(decision));
+    request.extensions_mut().insert(decision);
     ResponseFuture {
         state: State::Calling {
             future: service.call(request),
@@ -228,12 +211,12 @@ fn decide(
     table: &RuleTable,
     parts: &mut Parts,
     model: Option<ModelRef<'_>>,
-) -> Result<DecisionData, Error> {
+) -> Result<Decision, Error> {
     let source = match model {
         Some(ModelRef::Path(_)) => ModelSource::Path,
         _ => ModelSource::Body,
     };
-    let mut decision = DecisionData::unrouted(source);
+    let mut decision = Decision::unrouted(source);
     let Some(model) = model else {
         decision.source = ModelSource::None;
         return match config.failure.missing_model() {
@@ -245,7 +228,7 @@ fn decide(
             )),
         };
     };
-    let request_id = parts.headers.get(REQUEST_ID).map(HeaderValue::as_bytes);
+    let request_id = parts.headers.get(&REQUEST_ID).map(HeaderValue::as_bytes);
     let decided = match model {
         ModelRef::Path(model) => {
             decision.path_model = Some(model.into());
@@ -279,85 +262,12 @@ enum ModelRef<'a> {
     Body(&'a bbr_core::Model),
 }
 
-/// What reading the body up to the decision came to.
-enum Read {
-    /// The extractor decided; `ended` when the body has no more frames.
-    Decided {
-        ended: bool,
-        trailers: Option<HeaderMap>,
-    },
-    /// The body ended without a decision before it.
-    Ended {
-        trailers: Option<HeaderMap>,
-    },
-    Failed(Error),
-    BodyError,
-}
-
-impl<S, B> Reading<S, B>
-where
-    B: Body<Data = Bytes>,
-{
-    /// Moves the coalesced small chunks to the held ones, in order.
-    fn flush_small(&mut self) {
-        if !self.small.is_empty() {
-            self.held.push(self.small.split().freeze());
-        }
-    }
-
-    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Read> {
-        loop {
-            let frame = match ready!(self.body.as_mut().poll_frame(cx)) {
-                None => {
-                    self.ended = true;
-                    return Poll::Ready(Read::Ended { trailers: None });
-                }
-                Some(Err(_)) => return Poll::Ready(Read::BodyError),
-                Some(Ok(frame)) => frame,
-            };
-            let chunk = match frame.into_data() {
-                Ok(chunk) => chunk,
-                Err(frame) => match frame.into_trailers() {
-                    Ok(trailers) => {
-                        self.ended = true;
-                        return Poll::Ready(Read::Ended {
-                            trailers: Some(trailers),
-                        });
-                    }
-                    Err(_) => continue,
-                },
-            };
-            if chunk.is_empty() {
-                continue;
-            }
-            let status = self.extractor.feed(&chunk);
-            self.held_len += chunk.len() as u64;
-            if chunk.len() < COALESCE_BELOW {
-                self.small.extend_from_slice(&chunk);
-            } else {
-                self.flush_small();
-                self.held.push(chunk);
-            }
-            match status {
-                Ok(Status::Pending) => {}
-                Ok(Status::Decided) => {
-                    return Poll::Ready(Read::Decided {
-                        ended: self.body.is_end_stream(),
-                        trailers: None,
-                    });
-                }
-                Err(error) => return Poll::Ready(Read::Failed(error)),
-            }
-        }
-    }
-}
-
 impl<S, B, ResBody> Future for ResponseFuture<S, B>
 where
     S: Service<Request<RoutedBody<B>>, Response = Response<ResBody>>,
-    B: Body<Data = Bytes>,
+    B: Body<Data = bytes::Bytes>,
     B::Error: Into<BoxError>,
-    ResBody: Body<Data = Bytes>,
+    ResBody: Body<Data = bytes::Bytes>,
 {
     type Output = Result<Response<ResponseBody<ResBody>>, S::Error>;
 
@@ -382,9 +292,9 @@ where
                         // Only reachable if polled after a panic.
                         return Poll::Pending;
                     };
-                    let read = ready!(state.poll_read(cx));
+                    let read = ready!(state.stream.as_mut().poll_read(cx));
                     match reading.take() {
-                        Some(state) => (*state).proceed(read),
+                        Some(state) => state.proceed(read),
                         None => return Poll::Pending,
                     }
                 }
@@ -397,87 +307,84 @@ where
 impl<S, B> Reading<S, B>
 where
     S: Service<Request<RoutedBody<B>>>,
-    B: Body<Data = Bytes>,
+    B: Body<Data = bytes::Bytes>,
 {
     /// Turns what the read came to into the next state.
-    fn proceed(self, read: Read) -> ResponseFuture<S, B> {
-        let mut this = self;
-        this.flush_small();
-        let (ended, trailers) = match read {
+    fn proceed(mut self, read: Read) -> ResponseFuture<S, B> {
+        match read {
             Read::BodyError => return answer(Answer::BodyReadError),
-            Read::Failed(error) => return this.fail(error, None),
-            Read::Decided { ended, trailers } => (ended, trailers),
-            Read::Ended { trailers } => {
-                if this.held_len == 0 {
+            Read::Failed(error) => return self.fail(error),
+            Read::Decided => {}
+            Read::Ended => {
+                if self.stream.held.is_empty() {
                     // An empty body: nothing to route on.
-                    let decision = DecisionData::unrouted(ModelSource::None);
-                    let body = RoutedBody::replay(Vec::new(), trailers, None, None);
-                    return call(this.service, this.parts, body, decision, None);
+                    let decision = Decision::unrouted(ModelSource::None);
+                    let body = RoutedBody::replay(self.stream);
+                    return call(self.service, self.parts, body, decision, None);
                 }
-                (true, trailers)
             }
-        };
+        }
+        let ended = self.stream.ended();
+        let extractor = &mut self.stream.as_mut().project().extractor;
         // At the end of the body the extractor checks it is complete; in the
         // middle, the strict policy goes on scanning in the body.
-        if (ended || this.extractor.extraction().is_none())
-            && let Err(error) = this.extractor.finish()
+        if (ended || extractor.extraction().is_none())
+            && let Err(error) = extractor.finish()
         {
-            return this.fail(error, trailers);
+            return self.fail(error);
         }
-        let Some(extraction) = this.extractor.extraction().cloned() else {
+        let Some(extraction) = extractor.extraction().cloned() else {
             // `finish` succeeded, so this cannot happen; refuse rather than guess.
-            let error = Error::new(ErrorKind::InvalidJson, this.held_len, "no decision");
-            return this.fail(error, trailers);
+            let error = Error::new(
+                ErrorKind::InvalidJson,
+                self.stream.held.len(),
+                "no decision",
+            );
+            return self.fail(error);
         };
+        let is_json = extractor.is_json();
+        let needs_scanning = extractor.needs_scanning();
         let model = extraction.model().map(ModelRef::Body);
-        let mut decision = match decide(&this.config, &this.table, &mut this.parts, model) {
+        let mut decision = match decide(&self.config, &self.table, &mut self.parts, model) {
             Ok(decision) => decision,
             Err(error) => return answer(Answer::Reject(error)),
         };
         decision.held_bytes = extraction.decided_at();
 
-        let mut held = std::mem::take(&mut this.held);
         // Only a JSON body can be rewritten; a multipart one keeps its model.
         if let (Some(route), Some(model)) = (decision.route.as_ref(), extraction.model())
-            && this.extractor.is_json()
-            && let Some(rewritten) = bbr_core::rules::rewrite_body(&held, model, route)
+            && route.is_rewrite()
+            && is_json
         {
-            fix_content_length(&mut this.parts.headers, |old| rewritten.content_length(old));
-            held = rewritten.chunks;
+            let held = &mut self.stream.as_mut().project().held;
+            let chunks = held.take();
+            match bbr_core::rules::rewrite_body(&chunks, model, route) {
+                Some(rewritten) => {
+                    fix_content_length(&mut self.parts.headers, |old| {
+                        rewritten.content_length(old)
+                    });
+                    held.replace(rewritten.chunks);
+                }
+                None => held.replace(chunks),
+            }
         }
         decision.extraction = Some(extraction);
 
-        if ended {
-            let body = RoutedBody::replay(held, trailers, None, None);
-            return call(this.service, this.parts, body, decision, None);
-        }
-        let (scan, violation) = if this.extractor.needs_scanning() {
-            let violation = Arc::new(OnceLock::new());
-            let scan = Box::new(Scan {
-                extractor: this.extractor,
-                failure: this.config.failure.clone(),
-                violation: Arc::clone(&violation),
-            });
-            (Some(scan), Some(violation))
-        } else {
-            (None, None)
-        };
-        let body = RoutedBody::replay(held, trailers, Some(this.body), scan);
-        call(this.service, this.parts, body, decision, violation)
+        let violation = (!ended && needs_scanning)
+            .then(|| self.stream.as_mut().scan_rest(self.config.failure.clone()));
+        let body = RoutedBody::replay(self.stream);
+        call(self.service, self.parts, body, decision, violation)
     }
 
     /// An error before the decision: refuse, or forward unchanged (fail open).
-    /// `trailers` are the body's, when it has ended with them.
-    fn fail(self, error: Error, trailers: Option<HeaderMap>) -> ResponseFuture<S, B> {
+    fn fail(self, error: Error) -> ResponseFuture<S, B> {
         match self.config.failure.action(error.kind()) {
             FailureAction::Reject => answer(Answer::Reject(error)),
             FailureAction::PassThrough => {
-                let mut decision = DecisionData::unrouted(ModelSource::None);
-                decision.held_bytes = self.held_len;
+                let mut decision = Decision::unrouted(ModelSource::None);
+                decision.held_bytes = self.stream.held.len();
                 decision.failed_open = Some(error);
-                let ended = self.ended || self.body.is_end_stream();
-                let rest = (!ended).then_some(self.body);
-                let body = RoutedBody::replay(self.held, trailers, rest, None);
+                let body = RoutedBody::replay(self.stream);
                 call(self.service, self.parts, body, decision, None)
             }
         }

@@ -51,7 +51,8 @@ where
     let inner = service_fn(move |request: Request<RoutedBody<B>>| {
         let record = record.clone();
         async move {
-            let (parts, mut body) = request.into_parts();
+            let (parts, body) = request.into_parts();
+            let mut body = std::pin::pin!(body);
             {
                 let mut s = record.lock().unwrap();
                 let hint = body.size_hint();
