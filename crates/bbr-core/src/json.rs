@@ -260,8 +260,9 @@ impl ModelExtractor {
             self.begin_string(StrKind::Model, OPENING.len() as u64 - 1, OPENING.len());
             i = OPENING.len();
         }
+        let fast = self.p.config.get_policy() == crate::Policy::Fast;
         while i < buf.len() {
-            if self.p.fast_done() {
+            if fast && self.p.decided {
                 break;
             }
             if i >= blocks_from
@@ -356,7 +357,16 @@ impl ModelExtractor {
                     i += 1;
                     match b {
                         b' ' | b'\n' | b'\r' | b'\t' => {}
-                        b':' => self.state = State::Value,
+                        b':' => {
+                            self.state = State::Value;
+                            // The usual `"key":value`: start the value now.
+                            if let Some(&b) = buf.get(i)
+                                && !is_ws(b)
+                            {
+                                self.begin_value(b, base + i as u64, i)?;
+                                i += 1;
+                            }
+                        }
                         _ => return Err(self.syntax(base + i as u64 - 1, "expected `:`")),
                     }
                 }
@@ -366,8 +376,22 @@ impl ModelExtractor {
                     let in_array = self.in_array();
                     match b {
                         b' ' | b'\n' | b'\r' | b'\t' => {}
+                        b',' if in_array => self.state = State::Value,
                         b',' => {
-                            self.state = if in_array { State::Value } else { State::Key };
+                            self.state = State::Key;
+                            // The usual `,"key"`: start the key now.
+                            if buf.get(i) == Some(&b'"') {
+                                i += 1;
+                                self.begin_string(
+                                    if self.depth == 1 {
+                                        StrKind::TopKey
+                                    } else {
+                                        StrKind::Key
+                                    },
+                                    base + i as u64 - 1,
+                                    i,
+                                );
+                            }
                         }
                         b']' if in_array => self.close(base + i as u64)?,
                         b'}' if !in_array => self.close(base + i as u64)?,
@@ -384,6 +408,16 @@ impl ModelExtractor {
                     }
                 }
                 State::Num(n) => {
+                    // A run of digits at once, unless the number is a
+                    // requested field's (copied a digit at a time).
+                    if matches!(n, Num::Int | Num::Frac | Num::ExpDigits) && self.role == Role::None
+                    {
+                        let run = buf[i..].iter().take_while(|b| b.is_ascii_digit()).count();
+                        if run > 0 {
+                            i += run;
+                            continue;
+                        }
+                    }
                     let b = buf[i];
                     if self.number(n, b, base + i as u64)? {
                         i += 1;
@@ -448,6 +482,7 @@ impl ModelExtractor {
 
     /// Starts the value whose first byte is `b` (not whitespace), at `at`
     /// (`i` in the current chunk).
+    #[inline(always)]
     fn begin_value(&mut self, b: u8, at: u64, i: usize) -> Result<(), Error> {
         let state = self.state;
         let role = std::mem::replace(&mut self.role, Role::None);

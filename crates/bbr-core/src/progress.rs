@@ -54,7 +54,11 @@ impl Progress {
     }
 
     /// The index of the requested field called `name`.
+    #[inline]
     pub(crate) fn field_index(&self, name: &[u8]) -> Option<u8> {
+        if self.fields_all == 0 {
+            return None;
+        }
         self.config
             .get_fields()
             .iter()
