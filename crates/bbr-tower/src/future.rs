@@ -228,7 +228,11 @@ fn decide(
             )),
         };
     };
-    let request_id = parts.headers.get(&REQUEST_ID).map(HeaderValue::as_bytes);
+    let request_id = if table.uses_request_key() {
+        parts.headers.get(&REQUEST_ID).map(HeaderValue::as_bytes)
+    } else {
+        None
+    };
     let decided = match model {
         ModelRef::Path(model) => {
             decision.path_model = Some(model.into());

@@ -468,3 +468,45 @@ async fn unsupported_content_types_are_refused_or_passed_as_configured() {
     assert!(!seen.headers.contains_key("x-gateway-model-name"));
     assert_eq!(seen.data.concat(), br#"{"model":"m"}"#);
 }
+
+#[tokio::test]
+async fn the_request_id_keeps_the_weighted_choice_stable() {
+    let rules = RuleTable::from_yaml(
+        "rules: [{name: ab, match: {model: {exact: m}}, \
+         targets: [{model: a, weight: 1}, {model: b, weight: 1}]}]",
+    )
+    .unwrap();
+    let layer = ModelRoutingLayer::new().rules(rules);
+    let body = r#"{"model":"m","messages":[]}"#;
+    let upstream = |id: Option<String>| {
+        let layer = layer.clone();
+        async move {
+            let mut request = post(Full::new(Bytes::from(body)));
+            if let Some(id) = id {
+                request
+                    .headers_mut()
+                    .insert("x-request-id", id.parse().unwrap());
+            }
+            let (_, seen) = run(layer, request).await;
+            let seen = seen.lock().unwrap();
+            seen.decision
+                .as_ref()
+                .unwrap()
+                .upstream_model()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    // The same id, the same target, every time.
+    let first = upstream(Some("req-42".into())).await;
+    for _ in 0..20 {
+        assert_eq!(upstream(Some("req-42".into())).await, first);
+    }
+    // Across ids (and without one) both targets are chosen.
+    let mut seen = std::collections::HashSet::new();
+    for n in 0..64 {
+        seen.insert(upstream(Some(format!("req-{n}"))).await);
+        seen.insert(upstream(None).await);
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+}

@@ -269,6 +269,8 @@ pub struct RuleTable {
     fallback: Fallback,
     managed: Box<[HeaderName]>,
     rng: Rng,
+    /// Some route picks among weighted targets.
+    weighted: bool,
 }
 
 impl RuleTable {
@@ -280,6 +282,8 @@ impl RuleTable {
         managed: Box<[HeaderName]>,
         rng: Rng,
     ) -> RuleTable {
+        let weighted = routes.iter().any(|r| r.targets.is_some())
+            || matches!(&fallback, Fallback::Route(r) if r.targets.is_some());
         RuleTable {
             routes,
             matcher,
@@ -287,6 +291,7 @@ impl RuleTable {
             fallback,
             managed,
             rng,
+            weighted,
         }
     }
 
@@ -465,6 +470,23 @@ impl RuleTable {
     /// found, so that a client cannot spoof them.
     pub fn managed_headers(&self) -> &[HeaderName] {
         &self.managed
+    }
+
+    /// Whether a decision of this table can use a request key: some rule
+    /// picks among weighted targets. When not, adapters need not look the
+    /// key up.
+    ///
+    /// ```
+    /// use bbr_core::rules::RuleTable;
+    ///
+    /// assert!(!RuleTable::empty().uses_request_key());
+    /// let table = RuleTable::from_yaml(
+    ///     "rules: [{name: ab, match: {model: {exact: m}}, targets: [{model: a, weight: 1}, {model: b, weight: 1}]}]",
+    /// ).unwrap();
+    /// assert!(table.uses_request_key());
+    /// ```
+    pub fn uses_request_key(&self) -> bool {
+        self.weighted
     }
 
     /// The base model of `model`: its base when it is a known LoRA
