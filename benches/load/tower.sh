@@ -5,6 +5,9 @@
 #   - layer:       behind bbr_tower::ModelRoutingLayer (seed rules, strict),
 #   - handwritten: behind the usual middleware (collect the body, parse a
 #                  serde_json::Value, set the header),
+#   - plumbing:    behind a layer of the same shape that routes nothing (a
+#                  clone of the service, an extension, both bodies wrapped):
+#                  what any body-wrapping layer costs in axum,
 # at 1 KiB and 100 KiB bodies (`messages` before `model`, as the OpenAI SDK
 # sends them) of two shapes: `long` (one long user message) and `chat` (a
 # conversation of many turns of a few hundred bytes), with wrk on loopback,
@@ -38,8 +41,11 @@ BODIES=""
 for shape in $SHAPES; do
     for size in $SIZES; do BODIES+=" $shape-$size"; done
 done
-MODES="bare layer handwritten"
 APP=${APP:-app}
+MODES="bare layer handwritten"
+# The app also runs a layer of the same shape that routes nothing: the
+# cost of any body-wrapping layer in an axum app.
+if [ "$APP" = app ]; then MODES+=" plumbing"; fi
 
 if ! command -v wrk >/dev/null 2>&1; then
     echo "installing wrk..." >&2
@@ -172,3 +178,12 @@ for size in $BODIES; do
     awk -v l="${MCPU[layer,$size]}" -v b="${MCPU[bare,$size]}" -v h="${MCPU[handwritten,$size]}" -v s="$size" \
         'BEGIN { printf "%-12s %27.3fx %35.3fx\n", s, b / l, h / l }'
 done
+if [ "$APP" = app ]; then
+    echo
+    printf "%-12s %24s %28s %28s\n" "body" "plumbing/bare (rps)" "CPU/req bare/plumbing" "CPU/req plumbing/layer"
+    for size in $BODIES; do
+        awk -v p="${MRPS[plumbing,$size]}" -v b="${MRPS[bare,$size]}" \
+            -v cp="${MCPU[plumbing,$size]}" -v cb="${MCPU[bare,$size]}" -v cl="${MCPU[layer,$size]}" -v s="$size" \
+            'BEGIN { printf "%-12s %23.3fx %27.3fx %27.3fx\n", s, p / b, cb / cp, cp / cl }'
+    done
+fi
