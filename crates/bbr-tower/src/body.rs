@@ -42,6 +42,9 @@ pin_project! {
     /// with an error instead of the chunk, so the upstream never receives the
     /// complete body of a request that is refused. The error is a
     /// [`bbr_core::Error`] inside the [`BoxError`].
+    ///
+    /// `RoutedBody<B>` is `Unpin` when `B` is (hyper's `Incoming` and axum's
+    /// `Body` are); pin it (`std::pin::pin!`) to poll one that is not.
     pub struct RoutedBody<B> {
         #[pin]
         kind: Kind<B>,
