@@ -1,5 +1,7 @@
 //! The routing decision, handed to the inner service as a request extension.
 
+use std::sync::Arc;
+
 use bbr_core::rules::RouteDecision;
 use bbr_core::{Error, Extraction, FieldValue};
 
@@ -31,10 +33,16 @@ pub enum ModelSource {
 /// }
 /// ```
 ///
-/// Cloning copies a few reference-counted handles (the rule, the model's
-/// bytes), never the body.
+/// Cloning is cheap (a reference count): handlers and extractors may take
+/// their own copy.
 #[derive(Clone, Debug)]
 pub struct Decision {
+    data: Arc<DecisionData>,
+}
+
+/// The contents of a [`Decision`], while the layer builds it.
+#[derive(Debug)]
+pub(crate) struct DecisionData {
     /// The model when it came from the path; a body's model is read from
     /// the extraction (no copy).
     pub(crate) path_model: Option<Box<str>>,
@@ -45,9 +53,9 @@ pub struct Decision {
     pub(crate) failed_open: Option<Error>,
 }
 
-impl Decision {
-    pub(crate) fn unrouted(source: ModelSource) -> Decision {
-        Decision {
+impl DecisionData {
+    pub(crate) fn unrouted(source: ModelSource) -> DecisionData {
+        DecisionData {
             path_model: None,
             source,
             route: None,
@@ -56,35 +64,45 @@ impl Decision {
             failed_open: None,
         }
     }
+}
 
+impl From<DecisionData> for Decision {
+    fn from(data: DecisionData) -> Decision {
+        Decision {
+            data: Arc::new(data),
+        }
+    }
+}
+
+impl Decision {
     /// The model as the client named it (before any rewrite), if any.
     pub fn model(&self) -> Option<&str> {
-        match self.source {
-            ModelSource::Path => self.path_model.as_deref(),
-            _ => self.extraction.as_ref()?.model().map(|m| m.as_str()),
+        match self.data.source {
+            ModelSource::Path => self.data.path_model.as_deref(),
+            _ => self.data.extraction.as_ref()?.model().map(|m| m.as_str()),
         }
     }
 
     /// Where the model came from.
     pub fn source(&self) -> ModelSource {
-        self.source
+        self.data.source
     }
 
     /// The rule table's decision, when a rule (or a default pool) matched.
     /// `None` when the request is forwarded without routing headers.
     pub fn route(&self) -> Option<&RouteDecision> {
-        self.route.as_ref()
+        self.data.route.as_ref()
     }
 
     /// The pool the request is routed to, if any.
     pub fn pool(&self) -> Option<&str> {
-        self.route.as_ref().and_then(RouteDecision::pool)
+        self.data.route.as_ref().and_then(RouteDecision::pool)
     }
 
     /// The model sent upstream: the rewritten model when the rule rewrites
     /// it, the client's model otherwise.
     pub fn upstream_model(&self) -> Option<&str> {
-        match &self.route {
+        match &self.data.route {
             Some(route) => Some(route.model()),
             None => self.model(),
         }
@@ -95,23 +113,23 @@ impl Decision {
     /// `None` when the body was not read (model from the path, no body, or
     /// an error let through).
     pub fn extraction(&self) -> Option<&Extraction> {
-        self.extraction.as_ref()
+        self.data.extraction.as_ref()
     }
 
     /// The value of an extra top-level field of the body, such as `stream`.
     pub fn field(&self, name: &str) -> Option<&FieldValue> {
-        self.extraction.as_ref()?.field(name)
+        self.data.extraction.as_ref()?.field(name)
     }
 
     /// How many body bytes the layer held before it could decide (and call
     /// the inner service). Bounded by the position of `model` in the body.
     pub fn held_bytes(&self) -> u64 {
-        self.held_bytes
+        self.data.held_bytes
     }
 
     /// The error a fail-open [`FailurePolicy`](bbr_core::FailurePolicy) let
     /// through, if any. Such a request carries no routing headers.
     pub fn failed_open(&self) -> Option<&Error> {
-        self.failed_open.as_ref()
+        self.data.failed_open.as_ref()
     }
 }

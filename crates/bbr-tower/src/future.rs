@@ -21,6 +21,7 @@ use tower_service::Service;
 use crate::{
     BoxError, Decision, ModelSource, ResponseBody, RoutedBody,
     body::{Read, Stream},
+    decision::DecisionData,
     layer::Config,
     response::{local_error, reject},
 };
@@ -127,7 +128,7 @@ where
         }
         if body.is_end_stream() {
             // Nothing to route on (`GET /v1/models`, health checks).
-            let decision = Decision::unrouted(ModelSource::None);
+            let decision = DecisionData::unrouted(ModelSource::None);
             return call(
                 service,
                 parts,
@@ -156,7 +157,7 @@ where
             Err(error) => match config.failure.action(error.kind()) {
                 FailureAction::Reject => answer(Answer::Reject(error)),
                 FailureAction::PassThrough => {
-                    let mut decision = Decision::unrouted(ModelSource::None);
+                    let mut decision = DecisionData::unrouted(ModelSource::None);
                     decision.failed_open = Some(error);
                     call(
                         service,
@@ -186,14 +187,14 @@ fn call<S, B>(
     mut service: S,
     parts: Parts,
     body: RoutedBody<B>,
-    decision: Decision,
+    decision: DecisionData,
     violation: Option<Arc<OnceLock<Error>>>,
 ) -> ResponseFuture<S, B>
 where
     S: Service<Request<RoutedBody<B>>>,
 {
     let mut request = Request::from_parts(parts, body);
-    request.extensions_mut().insert(decision);
+    request.extensions_mut().insert(Decision::from(decision));
     ResponseFuture {
         state: State::Calling {
             future: service.call(request),
@@ -211,12 +212,12 @@ fn decide(
     table: &RuleTable,
     parts: &mut Parts,
     model: Option<ModelRef<'_>>,
-) -> Result<Decision, Error> {
+) -> Result<DecisionData, Error> {
     let source = match model {
         Some(ModelRef::Path(_)) => ModelSource::Path,
         _ => ModelSource::Body,
     };
-    let mut decision = Decision::unrouted(source);
+    let mut decision = DecisionData::unrouted(source);
     let Some(model) = model else {
         decision.source = ModelSource::None;
         return match config.failure.missing_model() {
@@ -322,7 +323,7 @@ where
             Read::Ended => {
                 if self.stream.held.is_empty() {
                     // An empty body: nothing to route on.
-                    let decision = Decision::unrouted(ModelSource::None);
+                    let decision = DecisionData::unrouted(ModelSource::None);
                     let body = RoutedBody::replay(self.stream);
                     return call(self.service, self.parts, body, decision, None);
                 }
@@ -385,7 +386,7 @@ where
         match self.config.failure.action(error.kind()) {
             FailureAction::Reject => answer(Answer::Reject(error)),
             FailureAction::PassThrough => {
-                let mut decision = Decision::unrouted(ModelSource::None);
+                let mut decision = DecisionData::unrouted(ModelSource::None);
                 decision.held_bytes = self.stream.held.len();
                 decision.failed_open = Some(error);
                 let body = RoutedBody::replay(self.stream);

@@ -540,7 +540,11 @@ fn header_value(model: &str) -> Option<HeaderValue> {
 
 /// Whether `model` can be sent in a header: not empty, no control character.
 fn valid_for_header(model: &str) -> bool {
-    !model.is_empty() && !model.chars().any(char::is_control)
+    if model.is_ascii() {
+        // The common case, a byte at a time: ASCII controls are C0 and DEL.
+        return !model.is_empty() && model.bytes().all(|b| b >= 0x20 && b != 0x7f);
+    }
+    !model.chars().any(char::is_control)
 }
 
 #[cold]

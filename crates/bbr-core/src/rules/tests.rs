@@ -1053,3 +1053,30 @@ fn the_documented_examples_compile_and_route() {
         ErrorKind::ModelNotFound
     );
 }
+
+#[test]
+fn a_model_is_refused_exactly_when_it_holds_a_control_character() {
+    let t = RuleTable::empty();
+    let mut texts: Vec<String> = (0u8..=127).map(|b| format!("m{}x", b as char)).collect();
+    texts.extend(
+        [
+            "m\u{85}x",
+            "m\u{9f}x",
+            "m\u{a0}x",
+            "m\u{200b}x",
+            "modèle",
+            "",
+        ]
+        .map(String::from),
+    );
+    for text in texts {
+        let refused = text.is_empty() || text.chars().any(char::is_control);
+        match t.decide(&text, None) {
+            Ok(_) => assert!(!refused, "{text:?} accepted"),
+            Err(e) => {
+                assert!(refused, "{text:?} refused: {e}");
+                assert_eq!(e.kind(), ErrorKind::InvalidModel);
+            }
+        }
+    }
+}
