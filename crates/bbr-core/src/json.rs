@@ -335,17 +335,7 @@ impl ModelExtractor {
                     i += 1;
                     match b {
                         b' ' | b'\n' | b'\r' | b'\t' => {}
-                        b'"' => {
-                            self.begin_string(
-                                if self.depth == 1 {
-                                    StrKind::TopKey
-                                } else {
-                                    StrKind::Key
-                                },
-                                base + i as u64 - 1,
-                                i,
-                            );
-                        }
+                        b'"' => self.begin_key(base + i as u64 - 1, i),
                         b'}' if matches!(self.state, State::ObjectFirst) => {
                             self.close(base + i as u64)?;
                         }
@@ -382,15 +372,7 @@ impl ModelExtractor {
                             // The usual `,"key"`: start the key now.
                             if buf.get(i) == Some(&b'"') {
                                 i += 1;
-                                self.begin_string(
-                                    if self.depth == 1 {
-                                        StrKind::TopKey
-                                    } else {
-                                        StrKind::Key
-                                    },
-                                    base + i as u64 - 1,
-                                    i,
-                                );
+                                self.begin_key(base + i as u64 - 1, i);
                             }
                         }
                         b']' if in_array => self.close(base + i as u64)?,
@@ -553,6 +535,18 @@ impl ModelExtractor {
             }
             _ => Err(self.syntax(at, "expected a value")),
         }
+    }
+
+    /// Starts a key at offset `at` (its opening quote), its content at
+    /// `content` in the current chunk.
+    #[inline]
+    fn begin_key(&mut self, at: u64, content: usize) {
+        let kind = if self.depth == 1 {
+            StrKind::TopKey
+        } else {
+            StrKind::Key
+        };
+        self.begin_string(kind, at, content);
     }
 
     /// Starts a string token at offset `at`, its content at `content` in
