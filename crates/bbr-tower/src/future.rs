@@ -11,6 +11,7 @@ use std::{
 
 use bbr_core::rules::RuleTable;
 use bbr_core::{BodyExtractor, Error, ErrorKind, FailureAction};
+use bytes::Bytes;
 use http::{
     HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, header, request::Parts,
 };
@@ -95,7 +96,7 @@ struct Reading<S, B> {
 impl<S, B> ResponseFuture<S, B>
 where
     S: Service<Request<RoutedBody<B>>>,
-    B: Body<Data = bytes::Bytes>,
+    B: Body<Data = Bytes>,
 {
     pub(crate) fn new(service: S, config: Arc<Config>, request: Request<B>) -> Self {
         let (mut parts, body) = request.into_parts();
@@ -270,9 +271,9 @@ enum ModelRef<'a> {
 impl<S, B, ResBody> Future for ResponseFuture<S, B>
 where
     S: Service<Request<RoutedBody<B>>, Response = Response<ResBody>>,
-    B: Body<Data = bytes::Bytes>,
+    B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
-    ResBody: Body<Data = bytes::Bytes>,
+    ResBody: Body<Data = Bytes>,
 {
     type Output = Result<Response<ResponseBody<ResBody>>, S::Error>;
 
@@ -312,7 +313,7 @@ where
 impl<S, B> Reading<S, B>
 where
     S: Service<Request<RoutedBody<B>>>,
-    B: Body<Data = bytes::Bytes>,
+    B: Body<Data = Bytes>,
 {
     /// Turns what the read came to into the next state.
     fn proceed(mut self, read: Read) -> ResponseFuture<S, B> {
