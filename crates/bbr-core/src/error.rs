@@ -30,11 +30,18 @@ pub enum ErrorKind {
     /// A `multipart/form-data` body is malformed (boundary, part headers,
     /// truncation) or its `model` field is not valid UTF-8.
     InvalidMultipart,
+    /// The request body could not be read from the client (the connection
+    /// failed or the client hung up before the decision).
+    BodyReadError,
+    /// The request names no pool and the gateway has no fallback for it.
+    NoRoute,
+    /// The request is routed to a pool that nothing serves.
+    PoolUnavailable,
 }
 
 impl ErrorKind {
     /// Every kind, in a fixed order (for metrics and tests).
-    pub const ALL: [ErrorKind; 8] = [
+    pub const ALL: [ErrorKind; 11] = [
         ErrorKind::InvalidJson,
         ErrorKind::ModelNotString,
         ErrorKind::InvalidModel,
@@ -43,6 +50,9 @@ impl ErrorKind {
         ErrorKind::ModelNotFound,
         ErrorKind::UnsupportedContentType,
         ErrorKind::InvalidMultipart,
+        ErrorKind::BodyReadError,
+        ErrorKind::NoRoute,
+        ErrorKind::PoolUnavailable,
     ];
 
     /// The stable snake_case name, used as the error `code` in responses,
@@ -57,6 +67,9 @@ impl ErrorKind {
             ErrorKind::ModelNotFound => "model_not_found",
             ErrorKind::UnsupportedContentType => "unsupported_content_type",
             ErrorKind::InvalidMultipart => "invalid_multipart",
+            ErrorKind::BodyReadError => "body_read_error",
+            ErrorKind::NoRoute => "no_route",
+            ErrorKind::PoolUnavailable => "pool_unavailable",
         }
     }
 
@@ -67,16 +80,22 @@ impl ErrorKind {
             | ErrorKind::ModelNotString
             | ErrorKind::InvalidModel
             | ErrorKind::DuplicateModel
-            | ErrorKind::InvalidMultipart => 400,
-            ErrorKind::ModelNotFound => 404,
+            | ErrorKind::InvalidMultipart
+            | ErrorKind::BodyReadError => 400,
+            ErrorKind::ModelNotFound | ErrorKind::NoRoute => 404,
             ErrorKind::TooLarge => 413,
             ErrorKind::UnsupportedContentType => 415,
+            ErrorKind::PoolUnavailable => 503,
         }
     }
 
-    /// The OpenAI error `type` field.
+    /// The OpenAI error `type` field: `server_error` when the gateway is at
+    /// fault, `invalid_request_error` otherwise.
     pub const fn error_type(self) -> &'static str {
-        "invalid_request_error"
+        match self {
+            ErrorKind::PoolUnavailable => "server_error",
+            _ => "invalid_request_error",
+        }
     }
 
     /// The OpenAI error `param` field, when the error concerns one.
@@ -89,7 +108,10 @@ impl ErrorKind {
             ErrorKind::InvalidJson
             | ErrorKind::TooLarge
             | ErrorKind::UnsupportedContentType
-            | ErrorKind::InvalidMultipart => None,
+            | ErrorKind::InvalidMultipart
+            | ErrorKind::BodyReadError
+            | ErrorKind::NoRoute
+            | ErrorKind::PoolUnavailable => None,
         }
     }
 }
@@ -111,6 +133,17 @@ pub struct Error {
     kind: ErrorKind,
     offset: u64,
     message: Box<str>,
+    detail: Detail,
+}
+
+/// What the metrics tell apart within a kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Detail {
+    None,
+    /// An [`ErrorKind::InvalidModel`] for a `model` that is `""`.
+    EmptyModel,
+    /// An [`ErrorKind::InvalidModel`] for a request that names no model.
+    MissingModel,
 }
 
 impl Error {
@@ -121,7 +154,53 @@ impl Error {
             kind,
             offset,
             message: message.into(),
+            detail: Detail::None,
         }
+    }
+
+    /// The error for a `model` that is the empty string.
+    #[cold]
+    pub(crate) fn empty_model(offset: u64) -> Error {
+        let mut error = Error::new(ErrorKind::InvalidModel, offset, "`model` is empty");
+        error.detail = Detail::EmptyModel;
+        error
+    }
+
+    /// The error for a request that names no model, when the failure
+    /// policy refuses such requests.
+    #[cold]
+    pub fn missing_model() -> Error {
+        let mut error = Error::new(ErrorKind::InvalidModel, 0, "the request names no model");
+        error.detail = Detail::MissingModel;
+        error
+    }
+
+    /// The error for a request body the client failed to send.
+    #[cold]
+    pub fn body_read() -> Error {
+        Error::new(
+            ErrorKind::BodyReadError,
+            0,
+            "the request body could not be read",
+        )
+    }
+
+    /// The error for a request that names no pool, where nothing serves
+    /// such requests.
+    #[cold]
+    pub fn no_route() -> Error {
+        Error::new(ErrorKind::NoRoute, 0, "no pool serves this request")
+    }
+
+    /// The error for a request routed to `pool`, which nothing serves.
+    #[cold]
+    pub fn pool_unavailable(pool: &str) -> Error {
+        Error::with_excerpt(
+            ErrorKind::PoolUnavailable,
+            0,
+            "no service for pool",
+            pool.as_bytes(),
+        )
     }
 
     /// Builds an error whose message ends with a short, escaped excerpt of
@@ -152,12 +231,28 @@ impl Error {
         &self.message
     }
 
+    /// Whether this is an [`ErrorKind::InvalidModel`] for an empty `model`
+    /// (`"model": ""`), which the metrics count apart.
+    pub fn is_empty_model(&self) -> bool {
+        self.detail == Detail::EmptyModel
+    }
+
+    /// Whether this is the [`ErrorKind::InvalidModel`] of a request that
+    /// names no model at all ([`Error::missing_model`]).
+    pub fn is_missing_model(&self) -> bool {
+        self.detail == Detail::MissingModel
+    }
+
     /// The HTTP status this error is answered with.
     pub fn status(&self) -> u16 {
         self.kind.status()
     }
 
-    /// The OpenAI-style JSON error body:
+    /// The `content-type` of [`to_json`](Self::to_json)'s body.
+    pub const CONTENT_TYPE: &'static str = "application/json";
+
+    /// The OpenAI-style JSON error body, the one writer of the error
+    /// contract's body for every adapter:
     /// `{"error":{"message":…,"type":"invalid_request_error","param":"model","code":…}}`.
     pub fn to_json(&self) -> String {
         let mut out = String::with_capacity(self.message.len() + 128);
@@ -317,6 +412,33 @@ mod tests {
         assert_eq!(ErrorKind::TooLarge.status(), 413);
         assert_eq!(ErrorKind::UnsupportedContentType.status(), 415);
         assert_eq!(ErrorKind::InvalidMultipart.status(), 400);
+        assert_eq!(ErrorKind::BodyReadError.status(), 400);
+        assert_eq!(ErrorKind::NoRoute.status(), 404);
+        assert_eq!(ErrorKind::PoolUnavailable.status(), 503);
+        assert_eq!(ErrorKind::PoolUnavailable.error_type(), "server_error");
+        // Every kind has its own code.
+        let codes: std::collections::HashSet<_> =
+            ErrorKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(codes.len(), ErrorKind::ALL.len());
+    }
+
+    #[test]
+    fn gateway_errors_are_written_by_the_same_writer() {
+        let body: serde_json::Value =
+            serde_json::from_str(&Error::pool_unavailable("gemma3\r\n").to_json()).unwrap();
+        assert_eq!(body["error"]["code"], "pool_unavailable");
+        assert_eq!(body["error"]["type"], "server_error");
+        assert!(body["error"]["param"].is_null());
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("gemma3") && !message.contains('\r'),
+            "{message}"
+        );
+        assert_eq!(Error::no_route().status(), 404);
+        assert_eq!(Error::body_read().kind(), ErrorKind::BodyReadError);
+        assert!(!Error::missing_model().is_empty_model());
+        assert!(Error::missing_model().is_missing_model());
+        assert!(Error::empty_model(3).is_empty_model());
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //!   from a content type.
 //! - [`PathTemplate`]: the model named in the URL path.
 //! - [`rewrite`]: zero-copy splice of a new model into the body.
+//! - [`Decider`]: the routing decision every adapter makes the same way —
+//!   route with these headers and this rewrite, pass unrouted, or reject.
 //! - [`rules`]: the compiled rule table (model → pool, criticality,
 //!   weighted rewrite, LoRA base models) and its atomic reload.
 //! - [`Error`], [`ErrorKind`]: the error taxonomy and its HTTP answers.
@@ -19,7 +21,9 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod body;
+mod body_field;
 mod config;
+pub mod decision;
 #[cfg(feature = "document")]
 #[cfg_attr(docsrs, doc(cfg(feature = "document")))]
 pub mod document;
@@ -34,10 +38,12 @@ pub mod rules;
 mod scan;
 
 pub use body::BodyExtractor;
+pub use body_field::{BodyFieldHeader, BodyFieldHeaderError};
 pub use config::{
     DEFAULT_MAX_BODY, DEFAULT_MAX_DEPTH, DEFAULT_MAX_MODEL_LEN, ExtractorConfig,
     MAX_FIELD_NAME_LEN, ParsePolicyError, Policy,
 };
+pub use decision::{Decider, Input, LateAction, Verdict};
 pub use error::{Error, ErrorKind, FailureAction, FailurePolicy};
 pub use extract::{Extraction, FieldValue, Model, Status};
 pub use json::ModelExtractor;

@@ -135,25 +135,31 @@ pub(crate) fn check_model(
     at: u64,
     max_len: usize,
 ) -> Result<(), Error> {
-    if !content.is_empty() && !overflow && no_low_controls && !has_del(content) {
+    if !content.is_empty() && !overflow && no_low_controls && !has_del_or_non_ascii(content) {
         return Ok(());
     }
-    refuse_model(content, overflow, no_low_controls, at, max_len)
+    refuse_model(content, overflow, at, max_len)
+}
+
+/// Checks a model name given as text (from the URL path, or to
+/// [`RuleTable::decide`](crate::rules::RuleTable::decide)): the same rules
+/// and messages as a model read from a body, without a length limit.
+pub(crate) fn check_model_name(model: &str) -> Result<(), Error> {
+    check_model(model.as_bytes(), false, false, 0, usize::MAX)
 }
 
 /// [`check_model`] for a value that may be refused: the error, if any.
+///
+/// A model is refused when it is empty, longer than `max_len`, or holds a
+/// control character: C0 (U+0000–U+001F), DEL (U+007F) or C1
+/// (U+0080–U+009F). Such a value could split or smuggle a header, or be
+/// read as a line break (NEL) by a backend.
 #[cold]
-fn refuse_model(
-    content: &[u8],
-    overflow: bool,
-    no_low_controls: bool,
-    at: u64,
-    max_len: usize,
-) -> Result<(), Error> {
+fn refuse_model(content: &[u8], overflow: bool, at: u64, max_len: usize) -> Result<(), Error> {
     if content.is_empty() {
-        return Err(Error::new(ErrorKind::InvalidModel, at, "`model` is empty"));
+        return Err(Error::empty_model(at));
     }
-    if overflow {
+    if overflow || content.len() > max_len {
         let message = format!("`model` is longer than {max_len} bytes");
         return Err(Error::with_excerpt(
             ErrorKind::InvalidModel,
@@ -162,10 +168,10 @@ fn refuse_model(
             content,
         ));
     }
-    let control = if no_low_controls {
-        has_del(content)
-    } else {
-        has_del(content) || content.iter().any(|&b| b < 0x20)
+    let control = match std::str::from_utf8(content) {
+        Ok(text) => text.chars().any(char::is_control),
+        // The extractors hand over valid UTF-8 only; refuse rather than guess.
+        Err(_) => true,
     };
     if control {
         return Err(Error::with_excerpt(
@@ -178,18 +184,22 @@ fn refuse_model(
     Ok(())
 }
 
-/// Whether `s` holds a DEL (0x7f), eight bytes at a time: model names are
-/// short, and `memchr` costs more to set up than this takes.
-fn has_del(s: &[u8]) -> bool {
+/// Whether `s` holds a DEL (0x7f) or a byte above 0x7f (a non-ASCII
+/// character, which the cold path checks for C1 controls), eight bytes at
+/// a time: model names are short, and `memchr` costs more to set up than
+/// this takes.
+fn has_del_or_non_ascii(s: &[u8]) -> bool {
     const LO: u64 = 0x0101_0101_0101_0101;
     const HI: u64 = 0x8080_8080_8080_8080;
     let (words, rest) = s.as_chunks::<8>();
-    // Bytes equal to 0x7f become zero, and a zero byte sets its high bit.
-    let zeros = words.iter().fold(0, |acc, w| {
-        let x = u64::from_le_bytes(*w) ^ (LO * 0x7f);
-        acc | (x.wrapping_sub(LO) & !x)
+    // Bytes equal to 0x7f become zero, and a zero byte sets its high bit;
+    // a byte above 0x7f has its high bit set already.
+    let flags = words.iter().fold(0, |acc, w| {
+        let w = u64::from_le_bytes(*w);
+        let x = w ^ (LO * 0x7f);
+        acc | (x.wrapping_sub(LO) & !x) | w
     });
-    zeros & HI != 0 || rest.iter().fold(false, |any, &b| any | (b == 0x7f))
+    flags & HI != 0 || rest.iter().fold(false, |any, &b| any | (b >= 0x7f))
 }
 
 /// A scanner fed through [`feed`] and [`finish`].

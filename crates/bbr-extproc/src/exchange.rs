@@ -1,28 +1,45 @@
 //! One HTTP request as Envoy presents it on a `Process` stream: a pure state
 //! machine fed [`ProcessingRequest`]s that appends the [`ProcessingResponse`]s
-//! to send back. It does no I/O, so every protocol path can be tested
-//! without a network.
+//! to send back. It does no I/O, so every protocol path is tested message by
+//! message without a network (the tests at the end of this file).
+//!
+//! What a request's verdict is comes from [`Decider`]; this module only
+//! follows Envoy's protocol: when each answer is owed, which message
+//! carries the routing, how held chunks go back. Before the verdict the
+//! body is *read* (chunks held); after it, with the strict policy, each
+//! chunk is *checked* before it is released.
 
 use std::{sync::Arc, time::Instant};
 
 use bbr_core::{
-    BodyExtractor, Error, ErrorKind, FailureAction, FieldValue,
-    rewrite::{json_string, splice},
+    BodyExtractor, Decider, Error, ErrorKind, ExtractorConfig, FieldValue, Input, LateAction,
+    Verdict,
+    decision::PassReason,
+    rules::{ContentLength, SharedRules},
 };
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 
 use crate::{
-    BodyFieldHeader, metrics,
+    metrics,
     pb::{
-        BodyMutation, BodyResponse, BodySendMode, CommonResponse, HeaderAppendAction,
-        HeaderMutation, HeaderValue as PbHeaderValue, HeaderValueOption, HeadersResponse, HttpBody,
-        HttpHeaders, HttpStatus, ImmediateResponse, ProcessingRequest, ProcessingResponse,
-        ProtocolConfiguration, StreamedBodyResponse, TrailersResponse, body_mutation,
-        processing_request::Request, processing_response::Response,
+        BodySendMode, HttpBody, HttpHeaders, ProcessingRequest, ProcessingResponse,
+        ProtocolConfiguration, processing_request::Request, processing_response::Response,
     },
-    service::Shared,
+    reply::{self, Mutation},
 };
+
+/// What every stream of one processor shares: the configuration and the
+/// rule table handle.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) extractor: ExtractorConfig,
+    pub(crate) decider: Decider,
+    pub(crate) rules: SharedRules,
+    pub(crate) default_mode: BodyMode,
+    pub(crate) clear_route_cache: bool,
+    pub(crate) request_key_header: String,
+}
 
 /// How Envoy sends the request body, as far as this service is concerned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -57,36 +74,14 @@ impl BodyMode {
 enum Phase {
     /// Waiting for the request headers.
     Start,
-    /// Body chunks are held until the decision.
-    Scanning,
-    /// Decided; later chunks are scanned (strict policy) before release.
+    /// Body chunks are read and held until the verdict.
+    Reading,
+    /// Decided; later chunks are checked (strict policy) before release.
     Checking,
-    /// Chunks are released as they come, unscanned.
+    /// Chunks are released as they come, unchecked.
     Passing,
     /// An immediate response went out; Envoy ends the stream.
     Done,
-}
-
-/// The header mutation of a decision (or of no decision: the strip only).
-#[derive(Debug, Default)]
-struct Routing {
-    set: Vec<(HeaderName, HeaderValue)>,
-}
-
-impl Routing {
-    /// The decision's headers, then the copied body fields whose header the
-    /// decision does not set itself.
-    fn with_fields(
-        mut set: Vec<(HeaderName, HeaderValue)>,
-        copied: Vec<(HeaderName, HeaderValue)>,
-    ) -> Routing {
-        for (name, value) in copied {
-            if !set.iter().any(|(n, _)| *n == name) {
-                set.push((name, value));
-            }
-        }
-        Routing { set }
-    }
 }
 
 pub(crate) struct Exchange {
@@ -98,14 +93,16 @@ pub(crate) struct Exchange {
     phase: Phase,
     extractor: Option<BodyExtractor>,
     held: Vec<Bytes>,
+    held_len: u64,
     /// FULL_DUPLEX_STREAMED: the request headers response is still owed.
     headers_owed: bool,
-    /// The decision that went out set headers (or rewrote the body): the
-    /// request can no longer pass through unchanged.
-    mutated: bool,
-    /// Routing headers the client sent, removed from the request.
+    /// The verdict that went out changed the request (set headers or
+    /// rewrote the body): it can no longer pass through unchanged.
+    changed: bool,
+    /// Headers the client sent that it may not send, removed from the request.
     strip: Vec<String>,
-    content_length: Option<u64>,
+    /// The raw `content-length` the client sent, if any.
+    content_length: Option<Vec<u8>>,
     request_key: Option<Vec<u8>>,
     started: Instant,
 }
@@ -122,8 +119,9 @@ impl Exchange {
             phase: Phase::Start,
             extractor: None,
             held: Vec::new(),
+            held_len: 0,
             headers_owed: false,
-            mutated: false,
+            changed: false,
             strip: Vec::new(),
             content_length: None,
             request_key: None,
@@ -144,13 +142,13 @@ impl Exchange {
             Some(Request::RequestHeaders(h)) => self.on_request_headers(h, out),
             Some(Request::RequestBody(b)) => self.on_request_body(b, out),
             Some(Request::RequestTrailers(_)) => self.on_request_trailers(out),
-            Some(Request::ResponseHeaders(_)) => out.push(response(Response::ResponseHeaders(
-                HeadersResponse::default(),
-            ))),
+            Some(Request::ResponseHeaders(_)) => out.push(reply::response(
+                Response::ResponseHeaders(Default::default()),
+            )),
             Some(Request::ResponseBody(b)) => self.on_response_body(b, out),
-            Some(Request::ResponseTrailers(_)) => out.push(response(Response::ResponseTrailers(
-                TrailersResponse::default(),
-            ))),
+            Some(Request::ResponseTrailers(_)) => out.push(reply::response(
+                Response::ResponseTrailers(Default::default()),
+            )),
             None => {}
         }
         if self.observability {
@@ -176,9 +174,7 @@ impl Exchange {
         if self.phase != Phase::Start {
             // A second headers message is a protocol error on Envoy's side;
             // answer it so that the stream does not hang.
-            out.push(response(Response::RequestHeaders(
-                HeadersResponse::default(),
-            )));
+            out.push(reply::request_headers(Default::default()));
             return;
         }
         if !self.mode_known {
@@ -187,56 +183,53 @@ impl Exchange {
             self.response_mode = self.request_mode;
         }
         let table = self.shared.rules.load();
-        let managed = table.managed_headers();
         let mut content_type = None;
-        for header in h.headers.iter().flat_map(|m| m.headers.iter()) {
-            let key = header.key.as_str();
-            let value = header_value(header);
-            let owned = managed.iter().any(|m| m.as_str().eq_ignore_ascii_case(key))
-                || (self.shared.body_fields.iter())
-                    .any(|b| b.header().as_str().eq_ignore_ascii_case(key));
-            if owned {
-                if !self.strip.iter().any(|s| s.eq_ignore_ascii_case(key)) {
+        // The message is ours: header values are moved out, not copied.
+        for header in h.headers.into_iter().flat_map(|m| m.headers) {
+            let key = header.key;
+            let value = if header.raw_value.is_empty() {
+                header.value.into_bytes()
+            } else {
+                header.raw_value
+            };
+            if self.shared.decider.strips(&table, &key) {
+                if !self.strip.iter().any(|s| s.eq_ignore_ascii_case(&key)) {
                     self.strip.push(key.to_ascii_lowercase());
                 }
             } else if key.eq_ignore_ascii_case("content-type") {
-                content_type = std::str::from_utf8(value).ok().map(str::to_owned);
+                content_type = String::from_utf8(value).ok();
             } else if key.eq_ignore_ascii_case("content-length") {
-                self.content_length = std::str::from_utf8(value)
-                    .ok()
-                    .and_then(|v| v.trim().parse().ok());
+                self.content_length = Some(value);
             } else if key.eq_ignore_ascii_case(&self.shared.request_key_header) {
-                self.request_key = Some(value.to_vec());
+                self.request_key = Some(value);
             }
         }
 
         if h.end_of_stream || self.request_mode == BodyMode::None {
             // No body to read: answer at once, removing spoofed headers.
             self.phase = Phase::Passing;
-            out.push(self.headers_response(&Routing::default()));
+            let verdict = self.shared.decider.decide(&table, Input::NoBody, None);
+            out.push(reply::request_headers(self.common(&verdict)));
             return;
         }
         match BodyExtractor::new(content_type.as_deref(), self.shared.extractor.clone()) {
             Ok(x) => {
                 self.extractor = Some(x);
-                self.phase = Phase::Scanning;
+                self.phase = Phase::Reading;
                 if self.request_mode == BodyMode::FullDuplexStreamed {
                     self.headers_owed = true;
                 } else {
                     // BUFFERED and STREAMED wait for this answer before
-                    // sending the body; the routing headers go in the body
+                    // sending the body; the routing goes in the body
                     // response.
-                    out.push(self.headers_response(&Routing::default()));
+                    out.push(reply::request_headers(self.strip_only()));
                 }
             }
-            Err(e) => match self.shared.failure.action(e.kind()) {
-                FailureAction::Reject => self.reject(&e, out),
-                FailureAction::PassThrough => {
-                    metrics::fail_open(e.kind().as_str());
-                    self.phase = Phase::Passing;
-                    out.push(self.headers_response(&Routing::default()));
-                }
-            },
+            Err(e) => {
+                // Nothing was held; the headers answer carries the verdict.
+                self.headers_owed = true;
+                self.decide(Input::Failed(e), false, out);
+            }
         }
     }
 
@@ -254,60 +247,76 @@ impl Exchange {
             Phase::Checking => {
                 if let Some(x) = self.extractor.as_mut() {
                     let mut result = Ok(());
-                    if x.needs_scanning() {
+                    if x.needs_scanning() && !chunk.is_empty() {
                         result = x.feed(&chunk).map(drop);
                     }
                     if result.is_ok() && eos {
                         result = x.finish().map(drop);
                     }
                     if let Err(e) = result
-                        && !self.violation(&e, out)
+                        && !self.late_error(&e, out)
                     {
                         return;
                     }
                 }
                 self.release(chunk, eos, out);
             }
-            Phase::Scanning => {
+            Phase::Reading => {
                 let Some(x) = self.extractor.as_mut() else {
                     return;
                 };
                 // A BUFFERED body message is the whole body, even when
                 // trailers follow it.
                 let end = eos || self.request_mode == BodyMode::Buffered;
-                let mut result = x.feed(&chunk);
+                let mut result = Ok(bbr_core::Status::Pending);
+                if !chunk.is_empty() {
+                    result = x.feed(&chunk);
+                    self.held_len += chunk.len() as u64;
+                }
+                // One body response is owed per body message in BUFFERED and
+                // STREAMED: an empty chunk is held too.
                 self.held.push(chunk);
                 if matches!(result, Ok(bbr_core::Status::Pending)) && !end {
                     return;
                 }
-                if result.is_ok() && end {
-                    result = x.finish().map(|_| bbr_core::Status::Decided);
-                }
-                match result {
-                    Ok(_) => self.decide(eos, out),
-                    Err(e) => self.fail_before_decision(&e, eos, out),
-                }
+                self.read_done(result.map(drop), end, eos, out);
             }
+        }
+    }
+
+    /// The body was read up to a decision, an error, or its end (`end`).
+    fn read_done(
+        &mut self,
+        result: Result<(), Error>,
+        end: bool,
+        eos: bool,
+        out: &mut Vec<ProcessingResponse>,
+    ) {
+        if let Err(e) = result {
+            return self.decide(Input::Failed(e), eos, out);
+        }
+        if end && self.held_len == 0 {
+            // An empty body (in any framing): nothing to route on.
+            return self.decide(Input::NoBody, eos, out);
+        }
+        let finished = match self.extractor.as_mut() {
+            Some(x) if end => x.finish().map(drop),
+            _ => Ok(()),
+        };
+        match finished {
+            Ok(()) => self.decide_on_body(eos, out),
+            Err(e) => self.decide(Input::Failed(e), eos, out),
         }
     }
 
     fn on_request_trailers(&mut self, out: &mut Vec<ProcessingResponse>) {
         match self.phase {
             Phase::Done => return,
-            Phase::Scanning => {
-                // Trailers mean the body is complete.
-                let result = match self.extractor.as_mut() {
-                    Some(x) => x.finish().map(drop),
-                    None => Ok(()),
-                };
-                match result {
-                    Ok(()) => self.decide(false, out),
-                    Err(e) => self.fail_before_decision(&e, false, out),
-                }
-            }
+            // Trailers mean the body is complete.
+            Phase::Reading => self.read_done(Ok(()), true, false, out),
             Phase::Checking => {
                 if let Some(Err(e)) = self.extractor.as_mut().map(|x| x.finish().map(drop))
-                    && !self.violation(&e, out)
+                    && !self.late_error(&e, out)
                 {
                     return;
                 }
@@ -316,27 +325,24 @@ impl Exchange {
             Phase::Start | Phase::Passing => self.flush_owed_headers(out),
         }
         if self.phase != Phase::Done {
-            out.push(response(Response::RequestTrailers(
-                TrailersResponse::default(),
-            )));
+            out.push(reply::request_trailers());
         }
     }
 
     fn on_response_body(&mut self, b: HttpBody, out: &mut Vec<ProcessingResponse>) {
         // Never held: token streams must keep flowing.
-        let body = if self.response_mode == BodyMode::FullDuplexStreamed {
-            BodyResponse {
-                response: Some(streamed(b.body, b.end_of_stream)),
-            }
-        } else {
-            BodyResponse::default()
-        };
-        out.push(response(Response::ResponseBody(body)));
+        let chunk = (self.response_mode == BodyMode::FullDuplexStreamed)
+            .then_some((b.body, b.end_of_stream));
+        out.push(reply::response_body(chunk));
     }
 
-    /// The body (or its first part) named the model, or ended: route.
-    fn decide(&mut self, eos: bool, out: &mut Vec<ProcessingResponse>) {
-        let Some(x) = self.extractor.as_ref() else {
+    /// Decides on what the extractor found, counting what the Go router
+    /// counts.
+    fn decide_on_body(&mut self, eos: bool, out: &mut Vec<ProcessingResponse>) {
+        let Exchange {
+            shared, extractor, ..
+        } = self;
+        let Some(x) = extractor.as_ref() else {
             return;
         };
         let Some(extraction) = x.extraction() else {
@@ -347,180 +353,108 @@ impl Exchange {
             extraction.decided_at(),
         );
         // Counted as the Go router counts them: absent, or an empty string.
-        for field in self.shared.extractor.get_fields() {
+        for field in shared.decider.body_fields().iter().map(|b| b.field()) {
             match extraction.field(field) {
                 None => metrics::field_not_found(field),
                 Some(FieldValue::String(s)) if s.is_empty() => metrics::field_empty(field),
                 Some(_) => {}
             }
         }
-        let copied: Vec<(HeaderName, HeaderValue)> = (self.shared.body_fields.iter())
-            .filter_map(|b| {
-                let value = extraction.field(b.field())?;
-                let header = BodyFieldHeader::header_value(value);
-                if header.is_none() {
-                    tracing::debug!(field = b.field(), "body field not copied: no header value");
-                }
-                Some((b.header().clone(), header?))
-            })
-            .collect();
-        let Some(model) = extraction.model() else {
-            metrics::model_not_in_body();
-            match self.shared.failure.missing_model() {
-                FailureAction::PassThrough => {
-                    self.emit_decision(Routing::with_fields(Vec::new(), copied), None, eos, out)
-                }
-                FailureAction::Reject => {
-                    let e = Error::new(ErrorKind::InvalidModel, 0, "the body names no model");
-                    self.reject(&e, out);
-                }
-            }
-            return;
+        // STREAMED answers each chunk in place; a splice would not line up
+        // with the chunks Envoy waits on.
+        let rewritable = x.is_json() && self.request_mode != BodyMode::Streamed;
+        let table = shared.rules.load();
+        let key = match table.uses_request_key() {
+            true => self.request_key.as_deref(),
+            false => None,
         };
-        let model_text = model.as_str().to_owned();
-        let span = model.span();
-        let is_json = x.is_json();
-        let table = self.shared.rules.load();
-        match table.decide(&model_text, self.request_key.as_deref()) {
-            Ok(Some(decision)) => {
-                metrics::success();
-                metrics::route_match(decision.rule().unwrap_or(""), decision.pool().unwrap_or(""));
-                // STREAMED answers each chunk in place; a splice would not
-                // line up with the chunks Envoy waits on.
-                let rewrite =
-                    (decision.is_rewrite() && is_json && self.request_mode != BodyMode::Streamed)
-                        .then(|| (span, json_string(decision.model())));
-                let routing = Routing::with_fields(
-                    decision
-                        .headers()
-                        .map(|(name, value)| (name.clone(), value.clone()))
-                        .collect(),
-                    copied,
-                );
-                self.emit_decision(routing, rewrite, eos, out);
-            }
-            Ok(None) => {
-                self.emit_decision(Routing::with_fields(Vec::new(), copied), None, eos, out)
-            }
-            Err(e) => self.fail_before_decision(&e, eos, out),
-        }
+        let verdict = shared
+            .decider
+            .decide(&table, Input::body(extraction, rewritable), key);
+        self.carry_out(verdict, eos, out);
     }
 
-    /// Sends the routing (headers response or body response, by mode) and
+    /// Decides on `input`, which needs no extraction.
+    fn decide(&mut self, input: Input<'_>, eos: bool, out: &mut Vec<ProcessingResponse>) {
+        let table = self.shared.rules.load();
+        let verdict = self.shared.decider.decide(&table, input, None);
+        self.carry_out(verdict, eos, out);
+    }
+
+    /// Sends the verdict (headers response or body response, by mode) and
     /// the held chunks, then moves on to checking or passing.
-    fn emit_decision(
-        &mut self,
-        mut routing: Routing,
-        rewrite: Option<(std::ops::Range<u64>, Bytes)>,
-        eos: bool,
-        out: &mut Vec<ProcessingResponse>,
-    ) {
-        self.mutated = !routing.set.is_empty() || rewrite.is_some();
+    fn carry_out(&mut self, verdict: Verdict, eos: bool, out: &mut Vec<ProcessingResponse>) {
+        count(&verdict);
+        if let Verdict::Reject(e) = &verdict {
+            return self.reject(e, out);
+        }
+        self.changed = verdict.changes_request();
+        let mut common = self.common(&verdict);
         let mut held = std::mem::take(&mut self.held);
-        if let Some((span, token)) = rewrite
-            && let Some(spliced) = splice(&held, span, token)
+        self.held_len = 0;
+        if let Verdict::Route(routing) = &verdict
+            && let Some(rewritten) = routing.rewrite().and_then(|r| r.apply(&held))
         {
-            {
-                held = spliced.chunks;
-                if let Some(len) = self.content_length {
-                    let new_len = (len as i64 + spliced.len_delta).max(0);
-                    if let Ok(v) = HeaderValue::from_str(&new_len.to_string()) {
-                        routing.set.push((http::header::CONTENT_LENGTH, v));
+            held = rewritten.chunks.clone();
+            if let Some(old) = self.content_length.as_deref() {
+                let mutation = common.header_mutation.get_or_insert_default();
+                match rewritten.content_length(old) {
+                    ContentLength::Set(len) => mutation.set_headers.push(reply::header_option(
+                        "content-length",
+                        len.to_string().as_bytes(),
+                    )),
+                    ContentLength::Remove => {
+                        mutation.remove_headers.push("content-length".to_owned());
                     }
                 }
-                if self.request_mode == BodyMode::Buffered {
-                    let body: Vec<u8> = held.iter().flat_map(|c| c.iter().copied()).collect();
-                    let mut common = self.common(&routing);
-                    common.body_mutation = Some(BodyMutation {
-                        mutation: Some(body_mutation::Mutation::Body(body)),
-                    });
-                    out.push(response(Response::RequestBody(BodyResponse {
-                        response: Some(common),
-                    })));
-                    self.after_decision();
-                    return;
-                }
+            }
+            if self.request_mode == BodyMode::Buffered {
+                let body: Vec<u8> = held.concat();
+                out.push(reply::request_body(Some(reply::with_body(common, body))));
+                return self.after_verdict(&verdict);
             }
         }
-        match self.request_mode {
-            BodyMode::FullDuplexStreamed => {
-                self.headers_owed = false;
-                out.push(self.headers_response(&routing));
-                let n = held.len();
-                for (i, chunk) in held.into_iter().enumerate() {
-                    out.push(response(Response::RequestBody(BodyResponse {
-                        response: Some(streamed(chunk.into(), eos && i + 1 == n)),
-                    })));
+        if self.headers_owed || self.request_mode == BodyMode::FullDuplexStreamed {
+            self.headers_owed = false;
+            out.push(reply::request_headers(common));
+            let n = held.len();
+            for (i, chunk) in held.into_iter().enumerate() {
+                if self.request_mode == BodyMode::FullDuplexStreamed {
+                    out.push(reply::request_chunk(chunk.into(), eos && i + 1 == n));
+                } else {
+                    out.push(reply::request_body(None));
                 }
             }
-            BodyMode::Buffered | BodyMode::Streamed | BodyMode::None => {
-                // One body response per body message received, in order; the
-                // first carries the routing.
-                for i in 0..held.len().max(1) {
-                    let common = if i == 0 {
-                        Some(self.common(&routing))
-                    } else {
-                        None
-                    };
-                    out.push(response(Response::RequestBody(BodyResponse {
-                        response: common,
-                    })));
-                }
+        } else {
+            // BUFFERED and STREAMED: one body response per body message
+            // received, in order; the first carries the routing.
+            let mut common = Some(common);
+            for _ in 0..held.len().max(1) {
+                out.push(reply::request_body(common.take()));
             }
         }
-        self.after_decision();
+        self.after_verdict(&verdict);
     }
 
-    fn after_decision(&mut self) {
-        let scanning = self.extractor.as_ref().is_some_and(|x| x.needs_scanning());
-        self.phase = if scanning {
+    fn after_verdict(&mut self, verdict: &Verdict) {
+        let checking = verdict.error().is_none()
+            && self.extractor.as_ref().is_some_and(|x| x.needs_scanning());
+        self.phase = if checking {
             Phase::Checking
         } else {
             Phase::Passing
         };
     }
 
-    /// An error before the routing went out: reject, or pass without routing.
-    fn fail_before_decision(&mut self, e: &Error, eos: bool, out: &mut Vec<ProcessingResponse>) {
-        if matches!(
-            e.kind(),
-            ErrorKind::ModelNotString | ErrorKind::InvalidModel
-        ) {
-            metrics::model_not_parsed(is_empty_model(e));
-        }
-        match self.shared.failure.action(e.kind()) {
-            FailureAction::Reject => self.reject(e, out),
-            FailureAction::PassThrough => {
-                metrics::fail_open(e.kind().as_str());
-                self.emit_decision(Routing::default(), None, eos, out);
-                self.phase = Phase::Passing;
-            }
-        }
-    }
-
-    /// An error in a chunk after the routing went out (strict policy).
+    /// An error in a chunk after the verdict went out (strict policy).
     /// Returns whether the chunk may still be released.
-    ///
-    /// Failing open means passing the request on unchanged. Once headers
-    /// were set (or the body rewritten) that is no longer possible: the
-    /// request has been routed on a body that turns out bad — a second
-    /// `model` would reach a pool chosen by the first — so it is refused
-    /// whatever the policy says for the kind.
-    fn violation(&mut self, e: &Error, out: &mut Vec<ProcessingResponse>) -> bool {
-        match self.shared.failure.action(e.kind()) {
-            FailureAction::Reject => {
+    fn late_error(&mut self, e: &Error, out: &mut Vec<ProcessingResponse>) -> bool {
+        match self.shared.decider.late_error(e, self.changed) {
+            LateAction::Reject => {
                 self.reject(e, out);
                 false
             }
-            FailureAction::PassThrough if self.mutated => {
-                tracing::debug!(
-                    kind = e.kind().as_str(),
-                    "fail-open kind found after the routing went out; rejected"
-                );
-                self.reject(e, out);
-                false
-            }
-            FailureAction::PassThrough => {
+            LateAction::Release => {
                 metrics::fail_open(e.kind().as_str());
                 self.phase = Phase::Passing;
                 true
@@ -537,70 +471,74 @@ impl Exchange {
         );
         self.phase = Phase::Done;
         self.held.clear();
-        out.push(immediate_response(e));
+        out.push(reply::immediate(e));
     }
 
     fn flush_owed_headers(&mut self, out: &mut Vec<ProcessingResponse>) {
         if self.headers_owed {
             self.headers_owed = false;
-            out.push(self.headers_response(&Routing::default()));
+            out.push(reply::request_headers(self.strip_only()));
         }
     }
 
     fn release(&mut self, chunk: Bytes, eos: bool, out: &mut Vec<ProcessingResponse>) {
-        let body = if self.request_mode == BodyMode::FullDuplexStreamed {
-            BodyResponse {
-                response: Some(streamed(chunk.into(), eos)),
-            }
+        if self.request_mode == BodyMode::FullDuplexStreamed {
+            out.push(reply::request_chunk(chunk.into(), eos));
         } else {
-            BodyResponse::default()
-        };
-        out.push(response(Response::RequestBody(body)));
-    }
-
-    fn headers_response(&self, routing: &Routing) -> ProcessingResponse {
-        let common = self.common(routing);
-        let common = (common != CommonResponse::default()).then_some(common);
-        response(Response::RequestHeaders(HeadersResponse {
-            response: common,
-        }))
-    }
-
-    /// The mutation: spoofed routing headers removed, decided ones set.
-    fn common(&self, routing: &Routing) -> CommonResponse {
-        let set_headers: Vec<HeaderValueOption> = routing
-            .set
-            .iter()
-            .map(|(name, value)| HeaderValueOption {
-                header: Some(PbHeaderValue {
-                    key: name.as_str().to_owned(),
-                    value: String::new(),
-                    raw_value: value.as_bytes().to_vec(),
-                }),
-                append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
-                ..Default::default()
-            })
-            .collect();
-        // A header set by the decision replaces the client's; only the
-        // others need removing.
-        let remove_headers: Vec<String> = self
-            .strip
-            .iter()
-            .filter(|s| !routing.set.iter().any(|(n, _)| n.as_str() == s.as_str()))
-            .cloned()
-            .collect();
-        let changed = !set_headers.is_empty() || !remove_headers.is_empty();
-        let header_mutation = changed.then_some(HeaderMutation {
-            set_headers,
-            remove_headers,
-        });
-        CommonResponse {
-            header_mutation,
-            // The route was chosen on the headers Envoy first saw; it must
-            // be recomputed whenever they changed.
-            clear_route_cache: changed && self.shared.clear_route_cache,
-            ..Default::default()
+            out.push(reply::request_body(None));
         }
+    }
+
+    /// The mutation of a verdict: spoofed headers removed, decided ones set.
+    fn common(&self, verdict: &Verdict) -> crate::pb::CommonResponse {
+        let set: Vec<(HeaderName, HeaderValue)> = verdict
+            .headers()
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect();
+        Mutation {
+            set,
+            remove: self.strip.clone(),
+        }
+        .common(self.shared.clear_route_cache)
+    }
+
+    /// The mutation before a verdict: spoofed headers removed only.
+    fn strip_only(&self) -> crate::pb::CommonResponse {
+        Mutation {
+            set: Vec::new(),
+            remove: self.strip.clone(),
+        }
+        .common(self.shared.clear_route_cache)
+    }
+}
+
+/// Counts a verdict in the Go router's metrics and bbr's own.
+fn count(verdict: &Verdict) {
+    let model_not_parsed = |e: &Error| {
+        if matches!(
+            e.kind(),
+            ErrorKind::ModelNotString | ErrorKind::InvalidModel
+        ) {
+            metrics::model_not_parsed(e.is_empty_model());
+        }
+    };
+    match verdict {
+        Verdict::Route(routing) => {
+            let route = routing.route();
+            metrics::success();
+            metrics::route_match(route.rule().unwrap_or(""), route.pool().unwrap_or(""));
+        }
+        Verdict::Pass(pass) => match pass.reason() {
+            PassReason::NoModel => metrics::model_not_in_body(),
+            PassReason::FailedOpen(e) => {
+                metrics::fail_open(e.kind().as_str());
+                model_not_parsed(e);
+            }
+            _ => {}
+        },
+        Verdict::Reject(e) if e.is_missing_model() => metrics::model_not_in_body(),
+        Verdict::Reject(e) => model_not_parsed(e),
+        _ => {}
     }
 }
 
@@ -612,63 +550,4 @@ impl std::fmt::Debug for Exchange {
             .field("held", &self.held.len())
             .finish_non_exhaustive()
     }
-}
-
-fn header_value(h: &PbHeaderValue) -> &[u8] {
-    if h.raw_value.is_empty() {
-        h.value.as_bytes()
-    } else {
-        &h.raw_value
-    }
-}
-
-fn is_empty_model(e: &Error) -> bool {
-    e.kind() == ErrorKind::InvalidModel && e.message().contains("empty")
-}
-
-fn response(r: Response) -> ProcessingResponse {
-    ProcessingResponse {
-        response: Some(r),
-        ..Default::default()
-    }
-}
-
-fn streamed(body: Vec<u8>, end_of_stream: bool) -> CommonResponse {
-    CommonResponse {
-        body_mutation: Some(BodyMutation {
-            mutation: Some(body_mutation::Mutation::StreamedResponse(
-                StreamedBodyResponse {
-                    body,
-                    end_of_stream,
-                    ..Default::default()
-                },
-            )),
-        }),
-        ..Default::default()
-    }
-}
-
-/// The error contract's answer (DESIGN §4) as an ext_proc immediate response.
-pub(crate) fn immediate_response(e: &Error) -> ProcessingResponse {
-    let content_type = HeaderValueOption {
-        header: Some(PbHeaderValue {
-            key: "content-type".to_owned(),
-            value: String::new(),
-            raw_value: b"application/json".to_vec(),
-        }),
-        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
-        ..Default::default()
-    };
-    response(Response::ImmediateResponse(ImmediateResponse {
-        status: Some(HttpStatus {
-            code: i32::from(e.status()),
-        }),
-        headers: Some(HeaderMutation {
-            set_headers: vec![content_type],
-            remove_headers: Vec::new(),
-        }),
-        body: e.to_json().into_bytes(),
-        grpc_status: None,
-        details: format!("bbr_{}", e.kind().as_str()),
-    }))
 }

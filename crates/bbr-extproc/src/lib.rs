@@ -102,13 +102,13 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-mod body_field;
 mod exchange;
 pub mod metrics;
 pub mod pb;
+mod reply;
 pub mod serve;
 mod service;
 
-pub use body_field::{BodyFieldHeader, BodyFieldHeaderError};
+pub use bbr_core::{BodyFieldHeader, BodyFieldHeaderError};
 pub use exchange::BodyMode;
 pub use service::{BodyRoutingProcessor, ProcessStream, ProcessorBuilder, SERVICE_NAME};

@@ -2,13 +2,12 @@
 
 use std::{collections::VecDeque, pin::Pin, sync::Arc};
 
-use bbr_core::{ExtractorConfig, FailurePolicy, rules::SharedRules};
+use bbr_core::{BodyFieldHeader, Decider, ExtractorConfig, FailurePolicy, rules::SharedRules};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
-    BodyFieldHeader,
-    exchange::{BodyMode, Exchange},
+    exchange::{BodyMode, Exchange, Shared},
     pb::{
         ProcessingRequest, ProcessingResponse,
         external_processor_server::{ExternalProcessor, ExternalProcessorServer},
@@ -17,18 +16,6 @@ use crate::{
 
 /// The fully qualified gRPC name of the service, as health checks ask for it.
 pub const SERVICE_NAME: &str = "envoy.service.ext_proc.v3.ExternalProcessor";
-
-/// What every stream of one processor shares.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub(crate) extractor: ExtractorConfig,
-    pub(crate) failure: FailurePolicy,
-    pub(crate) rules: SharedRules,
-    pub(crate) default_mode: BodyMode,
-    pub(crate) clear_route_cache: bool,
-    pub(crate) request_key_header: String,
-    pub(crate) body_fields: Vec<BodyFieldHeader>,
-}
 
 /// Envoy's `envoy.service.ext_proc.v3.ExternalProcessor`, routing each
 /// request on the model named in its body.
@@ -77,24 +64,22 @@ fn message_limit(config: &ExtractorConfig) -> usize {
 #[derive(Debug)]
 pub struct ProcessorBuilder {
     extractor: ExtractorConfig,
-    failure: FailurePolicy,
+    decider: Decider,
     rules: SharedRules,
     default_mode: BodyMode,
     clear_route_cache: bool,
     request_key_header: String,
-    body_fields: Vec<BodyFieldHeader>,
 }
 
 impl Default for ProcessorBuilder {
     fn default() -> Self {
         ProcessorBuilder {
             extractor: ExtractorConfig::default(),
-            failure: FailurePolicy::default(),
+            decider: Decider::default(),
             rules: SharedRules::default(),
             default_mode: BodyMode::Buffered,
             clear_route_cache: true,
             request_key_header: "x-request-id".to_owned(),
-            body_fields: Vec::new(),
         }
     }
 }
@@ -111,7 +96,19 @@ impl ProcessorBuilder {
     /// `STREAMED`, strict policy) is rejected whatever the policy says: the
     /// request can no longer pass unchanged.
     pub fn failure_policy(mut self, policy: FailurePolicy) -> Self {
-        self.failure = policy;
+        self.decider = self.decider.with_failure_policy(policy);
+        self
+    }
+
+    /// Sets the header name prefixes removed from every client request
+    /// (default `x-gateway-`), besides the headers the rule table and the
+    /// body fields set.
+    pub fn reserved_header_prefixes<I>(mut self, prefixes: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        self.decider = self.decider.with_reserved_prefixes(prefixes);
         self
     }
 
@@ -159,44 +156,28 @@ impl ProcessorBuilder {
         self
     }
 
-    /// Copies a top-level body field into a request header (a string as it
-    /// is, a number or a boolean as its JSON text), as the Go router's
-    /// `body-field-to-header` plugin does. The header is removed from what
-    /// the client sent, like the routing headers, and set when the body was
-    /// read without error: with the routing, and also when the body names
-    /// no model and passes through. An empty string, `null`, an object or an
-    /// array sets nothing; a rule's own `set_headers` win over a body field
-    /// of the same header.
+    /// Copies a top-level body field into a request header, as the Go
+    /// router's `body-field-to-header` plugin does; see
+    /// [`Decider::with_body_field`] for what is copied and when.
     ///
     /// Absent and empty fields are counted in
     /// `bbr_body_field_not_found_total` and `bbr_body_field_empty_total`
-    /// (label `field`). The field is extracted in the same pass as the
-    /// model, but the decision then waits until the field has been seen or
-    /// the top-level object closes, so a body lacking it is held whole
-    /// (up to the extractor's body limit) before it is routed.
-    ///
-    /// A second copy into the same header replaces the first.
+    /// (label `field`).
     pub fn body_field(mut self, copy: BodyFieldHeader) -> Self {
-        self.body_fields.retain(|b| b.header() != copy.header());
-        self.body_fields.push(copy);
+        self.decider = self.decider.with_body_field(copy);
         self
     }
 
     /// Builds the processor.
     pub fn build(self) -> BodyRoutingProcessor {
-        let extractor = self
-            .body_fields
-            .iter()
-            .fold(self.extractor, |config, b| config.field(b.field()));
         BodyRoutingProcessor {
             shared: Arc::new(Shared {
-                extractor,
-                failure: self.failure,
+                extractor: self.decider.extractor_config(self.extractor),
+                decider: self.decider,
                 rules: self.rules,
                 default_mode: self.default_mode,
                 clear_route_cache: self.clear_route_cache,
                 request_key_header: self.request_key_header,
-                body_fields: self.body_fields,
             }),
         }
     }

@@ -9,13 +9,13 @@ use std::{
     task::{Context, Poll},
 };
 
-use bbr_core::{BodyExtractor, Error, FailureAction, FailurePolicy};
+use bbr_core::{BodyExtractor, Error, LateAction};
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use crate::BoxError;
+use crate::{BoxError, layer::Config};
 
 /// Chunks smaller than this are copied together while they are held, from
 /// the second such chunk in a row on.
@@ -58,7 +58,7 @@ pin_project! {
         /// The body as it came: nothing was read before the decision.
         Passthrough { #[pin] body: B },
         /// The body was read up to the decision.
-        Read { stream: Pin<Box<Stream<B>>> },
+        Read { stream: Pin<Box<BodyReader<B>>> },
     }
 }
 
@@ -66,7 +66,7 @@ pin_project! {
     /// A body being read by the layer, with what it holds: one allocation
     /// per request for the body, the extractor, the held chunks and the
     /// scan after the decision.
-    pub(crate) struct Stream<B> {
+    pub(crate) struct BodyReader<B> {
         #[pin]
         body: B,
         pub(crate) extractor: BodyExtractor,
@@ -74,14 +74,17 @@ pin_project! {
         trailers: Option<HeaderMap>,
         // The body has yielded its last frame (or must not be polled again).
         ended: bool,
-        // Set while the strict policy scans the chunks after the decision.
-        scan: Option<Scan>,
+        // Set while the strict policy checks the chunks after the decision.
+        check: Option<Check>,
     }
 }
 
-/// The strict policy's scan of the chunks after the decision.
-pub(crate) struct Scan {
-    pub(crate) failure: FailurePolicy,
+/// The strict policy's check of the chunks after the decision.
+pub(crate) struct Check {
+    pub(crate) config: Arc<Config>,
+    /// The verdict changed the request: a late error can no longer let it
+    /// through unchanged (see [`Decider::late_error`]).
+    pub(crate) changed: bool,
     /// Where a violation is reported to the response future, which then
     /// answers with the error contract if the inner service has not.
     pub(crate) violation: Arc<OnceLock<Error>>,
@@ -184,16 +187,31 @@ impl Held {
     }
 }
 
-impl<B> Stream<B> {
+impl Check {
+    /// What a check's result means for the body: `Err` to abort it,
+    /// `Ok(true)` to go on checking, `Ok(false)` to stop checking and
+    /// release the rest (an error the policy lets through).
+    fn outcome(&self, result: Result<(), Error>) -> Result<bool, Error> {
+        let Err(error) = result else {
+            return Ok(true);
+        };
+        match self.config.decider.late_error(&error, self.changed) {
+            LateAction::Reject => Err(error),
+            LateAction::Release => Ok(false),
+        }
+    }
+}
+
+impl<B> BodyReader<B> {
     /// A body about to be read into `extractor`.
-    pub(crate) fn new(body: B, extractor: BodyExtractor) -> Stream<B> {
-        Stream {
+    pub(crate) fn new(body: B, extractor: BodyExtractor) -> BodyReader<B> {
+        BodyReader {
             body,
             extractor,
             held: Held::default(),
             trailers: None,
             ended: false,
-            scan: None,
+            check: None,
         }
     }
 }
@@ -210,7 +228,7 @@ pub(crate) enum Read {
     BodyError,
 }
 
-impl<B> Stream<B>
+impl<B> BodyReader<B>
 where
     B: Body<Data = Bytes>,
 {
@@ -263,12 +281,17 @@ where
         self.ended || self.body.is_end_stream()
     }
 
-    /// Scans the chunks still to come with the extractor, reporting a
-    /// violation to `violation`.
-    pub(crate) fn scan_rest(self: Pin<&mut Self>, failure: FailurePolicy) -> Arc<OnceLock<Error>> {
+    /// Checks the chunks still to come with the extractor, reporting a
+    /// violation to the returned cell.
+    pub(crate) fn check_rest(
+        self: Pin<&mut Self>,
+        config: Arc<Config>,
+        changed: bool,
+    ) -> Arc<OnceLock<Error>> {
         let violation = Arc::new(OnceLock::new());
-        *self.project().scan = Some(Scan {
-            failure,
+        *self.project().check = Some(Check {
+            config,
+            changed,
             violation: Arc::clone(&violation),
         });
         violation
@@ -280,47 +303,36 @@ where
         *this.ended = true;
         this.held.clear();
         *this.trailers = None;
-        if let Some(scan) = this.scan.take() {
-            let _ = scan.violation.set(error.clone());
+        if let Some(check) = this.check.take() {
+            let _ = check.violation.set(error.clone());
         }
         Poll::Ready(Some(Err(Box::new(error))))
     }
 
-    /// Runs the scan's end-of-body check. `Err` when the body must be aborted.
-    fn finish_scan(self: Pin<&mut Self>) -> Result<(), Error> {
+    /// Runs the check's end-of-body test. `Err` when the body must be aborted.
+    fn finish_check(self: Pin<&mut Self>) -> Result<(), Error> {
         let this = self.project();
-        let Some(scan) = this.scan.as_ref() else {
+        let Some(check) = this.check.as_ref() else {
             return Ok(());
         };
-        match this.extractor.finish() {
-            Err(e) if scan.failure.action(e.kind()) == FailureAction::Reject => Err(e),
-            _ => {
-                *this.scan = None;
-                Ok(())
-            }
-        }
+        let result = this.extractor.finish().map(drop);
+        check.outcome(result)?;
+        *this.check = None;
+        Ok(())
     }
 
     /// Checks a chunk after the decision. `Err` when the body must be aborted.
-    fn scan(self: Pin<&mut Self>, chunk: &Bytes) -> Result<(), Error> {
+    fn check(self: Pin<&mut Self>, chunk: &Bytes) -> Result<(), Error> {
         let this = self.project();
-        let Some(scan) = this.scan.as_ref() else {
+        let Some(check) = this.check.as_ref() else {
             return Ok(());
         };
-        match this.extractor.feed(chunk) {
-            Ok(_) => {
-                if !this.extractor.needs_scanning() {
-                    *this.scan = None;
-                }
-                Ok(())
-            }
-            Err(e) if scan.failure.action(e.kind()) == FailureAction::Reject => Err(e),
-            // Fail open: stop checking, release the rest as it is.
-            Err(_) => {
-                *this.scan = None;
-                Ok(())
-            }
+        let result = this.extractor.feed(chunk).map(drop);
+        let go_on = check.outcome(result)? && this.extractor.needs_scanning();
+        if !go_on {
+            *this.check = None;
         }
+        Ok(())
     }
 
     fn poll_replay(
@@ -341,7 +353,7 @@ where
             Poll::Pending => return Poll::Pending,
             Poll::Ready(None) => {
                 *this.ended = true;
-                if let Err(e) = self.as_mut().finish_scan() {
+                if let Err(e) = self.as_mut().finish_check() {
                     return self.abort(e);
                 }
                 return Poll::Ready(
@@ -353,32 +365,32 @@ where
             }
             Poll::Ready(Some(Err(e))) => {
                 *this.ended = true;
-                *this.scan = None;
+                *this.check = None;
                 return Poll::Ready(Some(Err(e.into())));
             }
             Poll::Ready(Some(Ok(frame))) => frame,
         };
-        if this.scan.is_none() {
+        if this.check.is_none() {
             return Poll::Ready(Some(Ok(frame)));
         }
         if frame.is_trailers() {
             *this.ended = true;
-            if let Err(e) = self.as_mut().finish_scan() {
+            if let Err(e) = self.as_mut().finish_check() {
                 return self.abort(e);
             }
             return Poll::Ready(Some(Ok(frame)));
         }
         if let Some(chunk) = frame.data_ref()
-            && let Err(e) = self.as_mut().scan(chunk)
+            && let Err(e) = self.as_mut().check(chunk)
         {
             return self.abort(e);
         }
         // The last chunk is checked for completeness before it is released,
         // so a truncated body never ends cleanly.
         let this = self.as_mut().project();
-        if this.scan.is_some() && this.body.is_end_stream() {
+        if this.check.is_some() && this.body.is_end_stream() {
             *this.ended = true;
-            if let Err(e) = self.as_mut().finish_scan() {
+            if let Err(e) = self.as_mut().finish_check() {
                 return self.abort(e);
             }
         }
@@ -396,7 +408,7 @@ impl<B> RoutedBody<B> {
 
     /// A body that replays what `stream` holds, then its trailers, then the
     /// rest of its body.
-    pub(crate) fn replay(mut stream: Pin<Box<Stream<B>>>) -> RoutedBody<B> {
+    pub(crate) fn replay(mut stream: Pin<Box<BodyReader<B>>>) -> RoutedBody<B> {
         stream.as_mut().project().held.flush();
         RoutedBody {
             kind: Kind::Read { stream },
@@ -439,7 +451,7 @@ where
             Kind::Read { stream } => {
                 stream.held.is_empty()
                     && stream.trailers.is_none()
-                    && stream.scan.is_none()
+                    && stream.check.is_none()
                     && (stream.ended || stream.body.is_end_stream())
             }
         }
@@ -476,7 +488,7 @@ impl<B> fmt::Debug for RoutedBody<B> {
                 .field("held_bytes", &stream.held.len())
                 .field("trailers", &stream.trailers.is_some())
                 .field("ended", &stream.ended)
-                .field("scanning", &stream.scan.is_some()),
+                .field("checking", &stream.check.is_some()),
         }
         .finish()
     }

@@ -2,8 +2,9 @@
 
 use std::sync::Arc;
 
+use bbr_core::decision::PassReason;
 use bbr_core::rules::RouteDecision;
-use bbr_core::{Error, Extraction, FieldValue};
+use bbr_core::{Error, Extraction, FieldValue, Verdict};
 
 /// Where the model of a request came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -62,6 +63,24 @@ impl DecisionData {
             extraction: None,
             held_bytes: 0,
             failed_open: None,
+        }
+    }
+}
+
+impl DecisionData {
+    /// Records what the verdict carried: the route, or the error a
+    /// fail-open policy let through.
+    pub(crate) fn take_verdict(&mut self, verdict: Verdict) {
+        match verdict {
+            Verdict::Route(routing) => self.route = Some(routing.into_route()),
+            Verdict::Pass(pass) => {
+                if let PassReason::FailedOpen(error) = pass.into_reason() {
+                    self.failed_open = Some(error);
+                    self.source = ModelSource::None;
+                }
+            }
+            // Rejected requests do not reach the inner service.
+            _ => {}
         }
     }
 }

@@ -9,22 +9,20 @@ use std::{
     task::{Context, Poll, ready},
 };
 
-use bbr_core::rules::RuleTable;
-use bbr_core::{BodyExtractor, Error, ErrorKind, FailureAction};
+use bbr_core::rules::{ContentLength, RewrittenBody, RuleTable};
+use bbr_core::{BodyExtractor, Error, Input, Verdict};
 use bytes::Bytes;
-use http::{
-    HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, header, request::Parts,
-};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, header, request::Parts};
 use http_body::Body;
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use crate::{
     BoxError, Decision, ModelSource, ResponseBody, RoutedBody,
-    body::{Read, Stream},
+    body::{BodyReader, Read},
     decision::DecisionData,
     layer::Config,
-    response::{local_error, reject},
+    response::reject,
 };
 
 /// The header whose value picks among a rule's weighted targets (a name
@@ -52,35 +50,20 @@ pin_project! {
     where
         S: Service<Request<RoutedBody<B>>>,
     {
+        // `None` once the future completed (or panicked while deciding).
         Reading { reading: Option<Reading<S, B>> },
         Calling {
             #[pin]
             future: S::Future,
             violation: Option<Arc<OnceLock<Error>>>,
         },
-        Answered { answer: Option<Answer> },
+        // `None` once the answer went out.
+        Answered { error: Option<Error> },
     }
 }
 
-/// A request answered without the inner service.
-enum Answer {
-    Reject(Error),
-    BodyReadError,
-}
-
-impl Answer {
-    fn into_response<B>(self) -> Response<ResponseBody<B>> {
-        match self {
-            Answer::Reject(error) => reject(&error),
-            Answer::BodyReadError => local_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                "body_read_error",
-                "the request body could not be read",
-            ),
-        }
-    }
-}
+/// The panic message of a future polled after it completed.
+const POLLED_AFTER_COMPLETION: &str = "ResponseFuture polled after completion";
 
 /// The request while its body is read up to the decision.
 struct Reading<S, B> {
@@ -90,7 +73,7 @@ struct Reading<S, B> {
     parts: Parts,
     /// The body, the extractor and the held chunks: one allocation, handed
     /// on to the [`RoutedBody`] as it is.
-    stream: Pin<Box<Stream<B>>>,
+    stream: Pin<Box<BodyReader<B>>>,
 }
 
 impl<S, B> ResponseFuture<S, B>
@@ -101,41 +84,34 @@ where
     pub(crate) fn new(service: S, config: Arc<Config>, request: Request<B>) -> Self {
         let (mut parts, body) = request.into_parts();
         let table = config.rules.load();
-        // A client must not choose its own routing headers, routed or not.
-        // Requests rarely carry any: one pass over the few headers they have
-        // is cheaper than a removal by name for each managed header.
-        let managed = table.managed_headers();
-        if parts.headers.keys().any(|name| managed.contains(name)) {
-            for name in managed {
-                parts.headers.remove(name);
-            }
-        }
+        strip_client_headers(&config, &table, &mut parts);
 
         if !config.paths.is_empty() {
             let path = parts.uri.path();
             if let Some(model) = config.paths.iter().find_map(|t| t.model(path)) {
                 let model = model.to_owned();
-                return match decide(&config, &table, &mut parts, Some(ModelRef::Path(&model))) {
-                    Ok(decision) => call(
-                        service,
-                        parts,
-                        RoutedBody::passthrough(body),
-                        decision,
-                        None,
-                    ),
-                    Err(error) => answer(Answer::Reject(error)),
-                };
+                let key = request_key(&table, &parts);
+                let verdict = config.decider.decide(&table, Input::Path(&model), key);
+                let mut decision = DecisionData::unrouted(ModelSource::Path);
+                decision.path_model = Some(model.into());
+                return forward(
+                    service,
+                    parts,
+                    RoutedBody::passthrough(body),
+                    verdict,
+                    decision,
+                );
             }
         }
         if body.is_end_stream() {
-            // Nothing to route on (`GET /v1/models`, health checks).
+            let verdict = config.decider.decide(&table, Input::NoBody, None);
             let decision = DecisionData::unrouted(ModelSource::None);
-            return call(
+            return forward(
                 service,
                 parts,
                 RoutedBody::passthrough(body),
+                verdict,
                 decision,
-                None,
             );
         }
 
@@ -151,37 +127,89 @@ where
                         config,
                         table,
                         parts,
-                        stream: Box::pin(Stream::new(body, extractor)),
+                        stream: Box::pin(BodyReader::new(body, extractor)),
                     }),
                 },
             },
-            Err(error) => match config.failure.action(error.kind()) {
-                FailureAction::Reject => answer(Answer::Reject(error)),
-                FailureAction::PassThrough => {
-                    let mut decision = DecisionData::unrouted(ModelSource::None);
-                    decision.failed_open = Some(error);
-                    call(
-                        service,
-                        parts,
-                        RoutedBody::passthrough(body),
-                        decision,
-                        None,
-                    )
-                }
-            },
+            Err(error) => {
+                let verdict = config.decider.decide(&table, Input::Failed(error), None);
+                let decision = DecisionData::unrouted(ModelSource::None);
+                forward(
+                    service,
+                    parts,
+                    RoutedBody::passthrough(body),
+                    verdict,
+                    decision,
+                )
+            }
         }
     }
 }
 
-fn answer<S, B>(answer: Answer) -> ResponseFuture<S, B>
+/// Removes the headers a client may not send (the routing headers, the
+/// reserved family). Requests rarely carry any: one pass over the few
+/// headers they have finds out.
+fn strip_client_headers(config: &Config, table: &RuleTable, parts: &mut Parts) {
+    let strips = |name: &HeaderName| config.decider.strips(table, name.as_str());
+    if parts.headers.keys().any(strips) {
+        let names: Vec<HeaderName> = parts
+            .headers
+            .keys()
+            .filter(|n| strips(n))
+            .cloned()
+            .collect();
+        for name in names {
+            parts.headers.remove(name);
+        }
+    }
+}
+
+/// The request id that keys weighted choices, when the table can use one.
+fn request_key<'a>(table: &RuleTable, parts: &'a Parts) -> Option<&'a [u8]> {
+    if table.uses_request_key() {
+        parts.headers.get(&REQUEST_ID).map(HeaderValue::as_bytes)
+    } else {
+        None
+    }
+}
+
+fn answer<S, B>(error: Error) -> ResponseFuture<S, B>
 where
     S: Service<Request<RoutedBody<B>>>,
 {
     ResponseFuture {
-        state: State::Answered {
-            answer: Some(answer),
-        },
+        state: State::Answered { error: Some(error) },
     }
+}
+
+/// Carries out a verdict for a request whose body is not held (no body, a
+/// model from the path, a body refused before it was read).
+fn forward<S, B>(
+    service: S,
+    mut parts: Parts,
+    body: RoutedBody<B>,
+    verdict: Verdict,
+    mut decision: DecisionData,
+) -> ResponseFuture<S, B>
+where
+    S: Service<Request<RoutedBody<B>>>,
+{
+    if let Err(error) = apply(&verdict, &mut parts.headers) {
+        return answer(error);
+    }
+    decision.take_verdict(verdict);
+    call(service, parts, body, decision, None)
+}
+
+/// Sets the verdict's headers; `Err` for a rejection.
+fn apply(verdict: &Verdict, headers: &mut HeaderMap) -> Result<(), Error> {
+    if let Verdict::Reject(error) = verdict {
+        return Err(error.clone());
+    }
+    for (name, value) in verdict.headers() {
+        headers.insert(name.clone(), value.clone());
+    }
+    Ok(())
 }
 
 fn call<S, B>(
@@ -204,70 +232,6 @@ where
     }
 }
 
-/// Matches `model` against the table and sets the routing headers.
-///
-/// `Ok` carries the decision to forward with (routed or not); `Err` an error
-/// the failure policy refuses.
-fn decide(
-    config: &Config,
-    table: &RuleTable,
-    parts: &mut Parts,
-    model: Option<ModelRef<'_>>,
-) -> Result<DecisionData, Error> {
-    let source = match model {
-        Some(ModelRef::Path(_)) => ModelSource::Path,
-        _ => ModelSource::Body,
-    };
-    let mut decision = DecisionData::unrouted(source);
-    let Some(model) = model else {
-        decision.source = ModelSource::None;
-        return match config.failure.missing_model() {
-            FailureAction::PassThrough => Ok(decision),
-            FailureAction::Reject => Err(Error::new(
-                ErrorKind::InvalidModel,
-                0,
-                "the request names no model",
-            )),
-        };
-    };
-    let request_id = if table.uses_request_key() {
-        parts.headers.get(&REQUEST_ID).map(HeaderValue::as_bytes)
-    } else {
-        None
-    };
-    let decided = match model {
-        ModelRef::Path(model) => {
-            decision.path_model = Some(model.into());
-            table.decide(model, request_id)
-        }
-        ModelRef::Body(model) => table.decide_model(model, request_id),
-    };
-    match decided {
-        Ok(Some(route)) => {
-            for (name, value) in route.headers() {
-                parts.headers.insert(name.clone(), value.clone());
-            }
-            decision.route = Some(route);
-            Ok(decision)
-        }
-        Ok(None) => Ok(decision),
-        Err(error) => match config.failure.action(error.kind()) {
-            FailureAction::Reject => Err(error),
-            FailureAction::PassThrough => {
-                decision.failed_open = Some(error);
-                Ok(decision)
-            }
-        },
-    }
-}
-
-/// Where the model to decide on came from.
-#[derive(Clone, Copy)]
-enum ModelRef<'a> {
-    Path(&'a str),
-    Body(&'a bbr_core::Model),
-}
-
 impl<S, B, ResBody> Future for ResponseFuture<S, B>
 where
     S: Service<Request<RoutedBody<B>>, Response = Response<ResBody>>,
@@ -284,25 +248,20 @@ where
                     let result = ready!(future.poll(cx));
                     // A violation found after the decision ends the upstream
                     // body; the client gets the error contract's answer.
-                    if let Some(error) = violation.as_ref().and_then(|v| v.get()) {
+                    if let Some(error) = violation.take().as_ref().and_then(|v| v.get()) {
                         return Poll::Ready(Ok(reject(error)));
                     }
                     return Poll::Ready(result.map(|r| r.map(ResponseBody::inner)));
                 }
-                StateProj::Answered { answer } => {
-                    let answer = answer.take().unwrap_or(Answer::BodyReadError);
-                    return Poll::Ready(Ok(answer.into_response()));
+                StateProj::Answered { error } => {
+                    let error = error.take().expect(POLLED_AFTER_COMPLETION);
+                    return Poll::Ready(Ok(reject(&error)));
                 }
                 StateProj::Reading { reading } => {
-                    let Some(state) = reading.as_mut() else {
-                        // Only reachable if polled after a panic.
-                        return Poll::Pending;
-                    };
+                    let state = reading.as_mut().expect(POLLED_AFTER_COMPLETION);
                     let read = ready!(state.stream.as_mut().poll_read(cx));
-                    match reading.take() {
-                        Some(state) => state.proceed(read),
-                        None => return Poll::Pending,
-                    }
+                    let state = reading.take().expect(POLLED_AFTER_COMPLETION);
+                    state.proceed(read)
                 }
             };
             self.as_mut().project().state.set(next.state);
@@ -318,100 +277,88 @@ where
     /// Turns what the read came to into the next state.
     fn proceed(mut self, read: Read) -> ResponseFuture<S, B> {
         match read {
-            Read::BodyError => return answer(Answer::BodyReadError),
-            Read::Failed(error) => return self.fail(error),
-            Read::Decided => {}
-            Read::Ended => {
-                if self.stream.held.is_empty() {
-                    // An empty body: nothing to route on.
-                    let decision = DecisionData::unrouted(ModelSource::None);
-                    let body = RoutedBody::replay(self.stream);
-                    return call(self.service, self.parts, body, decision, None);
-                }
+            Read::BodyError => return answer(Error::body_read()),
+            Read::Failed(error) => return self.carry_out(Input::Failed(error), None),
+            // An empty body (in any framing): nothing to route on.
+            Read::Ended if self.stream.held.is_empty() => {
+                return self.carry_out(Input::NoBody, None);
             }
+            Read::Decided | Read::Ended => {}
         }
         let ended = self.stream.ended();
         let extractor = &mut self.stream.as_mut().project().extractor;
-        // At the end of the body the extractor checks it is complete; in the
-        // middle, the strict policy goes on scanning in the body.
-        if (ended || extractor.extraction().is_none())
-            && let Err(error) = extractor.finish()
-        {
-            return self.fail(error);
+        // At the end of the body the extractor checks it is complete; in
+        // the middle, the strict policy goes on checking in the body.
+        let outcome = match extractor.extraction() {
+            Some(extraction) if !ended => Ok(extraction.clone()),
+            _ => extractor.finish().cloned(),
+        };
+        match outcome {
+            Ok(extraction) => {
+                let is_json = self.stream.extractor.is_json();
+                self.carry_out(Input::body(&extraction, is_json), Some(&extraction))
+            }
+            Err(error) => self.carry_out(Input::Failed(error), None),
         }
-        let Some(extraction) = extractor.extraction().cloned() else {
-            // `finish` succeeded, so this cannot happen; refuse rather than guess.
-            let error = Error::new(
-                ErrorKind::InvalidJson,
-                self.stream.held.len(),
-                "no decision",
-            );
-            return self.fail(error);
-        };
-        let is_json = extractor.is_json();
-        let needs_scanning = extractor.needs_scanning();
-        let model = extraction.model().map(ModelRef::Body);
-        let mut decision = match decide(&self.config, &self.table, &mut self.parts, model) {
-            Ok(decision) => decision,
-            Err(error) => return answer(Answer::Reject(error)),
-        };
-        decision.held_bytes = extraction.decided_at();
+    }
 
-        // Only a JSON body can be rewritten; a multipart one keeps its model.
-        if let (Some(route), Some(model)) = (decision.route.as_ref(), extraction.model())
-            && route.is_rewrite()
-            && is_json
+    /// Decides on `input` and carries the verdict out: the headers set, the
+    /// held chunks rewritten, the rest of the body checked.
+    fn carry_out(
+        mut self,
+        input: Input<'_>,
+        extraction: Option<&bbr_core::Extraction>,
+    ) -> ResponseFuture<S, B> {
+        let key = request_key(&self.table, &self.parts);
+        let verdict = self.config.decider.decide(&self.table, input, key);
+        if let Err(error) = apply(&verdict, &mut self.parts.headers) {
+            return answer(error);
+        }
+        if let Verdict::Route(routing) = &verdict
+            && let Some(rewrite) = routing.rewrite()
         {
             let held = &mut self.stream.as_mut().project().held;
             let chunks = held.take();
-            match bbr_core::rules::rewrite_body(&chunks, model, route) {
+            match rewrite.apply(&chunks) {
                 Some(rewritten) => {
-                    fix_content_length(&mut self.parts.headers, |old| {
-                        rewritten.content_length(old)
-                    });
+                    fix_content_length(&mut self.parts.headers, &rewritten);
                     held.replace(rewritten.chunks);
                 }
                 None => held.replace(chunks),
             }
         }
-        decision.extraction = Some(extraction);
-
-        let violation = (!ended && needs_scanning)
-            .then(|| self.stream.as_mut().scan_rest(self.config.failure.clone()));
+        let source = match extraction.and_then(|x| x.model()) {
+            Some(_) => ModelSource::Body,
+            None => ModelSource::None,
+        };
+        let mut decision = DecisionData::unrouted(source);
+        decision.held_bytes = self.stream.held.len();
+        let violation = (!self.stream.ended()
+            && verdict.error().is_none()
+            && self.stream.extractor.needs_scanning())
+        .then(|| {
+            let changed = verdict.changes_request();
+            let config = Arc::clone(&self.config);
+            self.stream.as_mut().check_rest(config, changed)
+        });
+        decision.take_verdict(verdict);
+        decision.extraction = extraction.cloned();
         let body = RoutedBody::replay(self.stream);
         call(self.service, self.parts, body, decision, violation)
     }
-
-    /// An error before the decision: refuse, or forward unchanged (fail open).
-    fn fail(self, error: Error) -> ResponseFuture<S, B> {
-        match self.config.failure.action(error.kind()) {
-            FailureAction::Reject => answer(Answer::Reject(error)),
-            FailureAction::PassThrough => {
-                let mut decision = DecisionData::unrouted(ModelSource::None);
-                decision.held_bytes = self.stream.held.len();
-                decision.failed_open = Some(error);
-                let body = RoutedBody::replay(self.stream);
-                call(self.service, self.parts, body, decision, None)
-            }
-        }
-    }
 }
 
-/// Sets the request's `Content-Length`, if it has one, to `new(old)`; drops
-/// it when the new length cannot be computed (a `Content-Length` that lied).
-fn fix_content_length(headers: &mut HeaderMap, new: impl FnOnce(u64) -> Option<u64>) {
-    let Some(old) = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-    else {
+/// Applies the one `Content-Length` rule after a rewrite (see
+/// [`RewrittenBody::content_length`]).
+fn fix_content_length(headers: &mut HeaderMap, rewritten: &RewrittenBody) {
+    let Some(old) = headers.get(header::CONTENT_LENGTH) else {
         return;
     };
-    match new(old) {
-        Some(length) => {
+    match rewritten.content_length(old.as_bytes()) {
+        ContentLength::Set(length) => {
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
         }
-        None => {
+        ContentLength::Remove => {
             headers.remove(header::CONTENT_LENGTH);
         }
     }

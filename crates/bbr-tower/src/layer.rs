@@ -7,7 +7,7 @@ use std::{
 };
 
 use bbr_core::rules::{RuleTable, SharedRules};
-use bbr_core::{ExtractorConfig, FailurePolicy, PathTemplate, Policy};
+use bbr_core::{BodyFieldHeader, Decider, ExtractorConfig, FailurePolicy, PathTemplate, Policy};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
@@ -36,7 +36,7 @@ impl Rules {
 #[derive(Clone)]
 pub(crate) struct Config {
     pub(crate) extractor: ExtractorConfig,
-    pub(crate) failure: FailurePolicy,
+    pub(crate) decider: Decider,
     pub(crate) rules: Rules,
     pub(crate) paths: Vec<PathTemplate>,
 }
@@ -45,7 +45,7 @@ impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
             .field("extractor", &self.extractor)
-            .field("failure", &self.failure)
+            .field("decider", &self.decider)
             .field(
                 "rules",
                 &match self.rules {
@@ -62,7 +62,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             extractor: ExtractorConfig::default(),
-            failure: FailurePolicy::default(),
+            decider: Decider::default(),
             rules: Rules::Fixed(Arc::new(RuleTable::empty())),
             paths: Vec::new(),
         }
@@ -117,7 +117,8 @@ impl ModelRoutingLayer {
 
     /// Sets the extractor's policy and limits.
     pub fn extractor_config(mut self, config: ExtractorConfig) -> Self {
-        Arc::make_mut(&mut self.config).extractor = config;
+        let this = Arc::make_mut(&mut self.config);
+        this.extractor = this.decider.extractor_config(config);
         self
     }
 
@@ -138,7 +139,37 @@ impl ModelRoutingLayer {
 
     /// Sets which errors are refused and which are let through.
     pub fn failure_policy(mut self, policy: FailurePolicy) -> Self {
-        Arc::make_mut(&mut self.config).failure = policy;
+        let config = Arc::make_mut(&mut self.config);
+        config.decider = config.decider.clone().with_failure_policy(policy);
+        self
+    }
+
+    /// Copies a top-level body field into a request header, as the Go
+    /// router's `body-field-to-header` plugin does; see
+    /// [`Decider::with_body_field`] for what is copied and when.
+    ///
+    /// ```
+    /// use bbr_tower::ModelRoutingLayer;
+    ///
+    /// let layer = ModelRoutingLayer::new().body_field("stream=x-llm-stream".parse().unwrap());
+    /// # drop(layer);
+    /// ```
+    pub fn body_field(mut self, copy: BodyFieldHeader) -> Self {
+        let config = Arc::make_mut(&mut self.config);
+        config.extractor = config.extractor.clone().field(copy.field());
+        config.decider = config.decider.clone().with_body_field(copy);
+        self
+    }
+
+    /// Sets the header name prefixes removed from every client request
+    /// (default `x-gateway-`), besides the headers the rule table sets.
+    pub fn reserved_header_prefixes<I>(mut self, prefixes: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        let config = Arc::make_mut(&mut self.config);
+        config.decider = config.decider.clone().with_reserved_prefixes(prefixes);
         self
     }
 

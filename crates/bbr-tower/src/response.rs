@@ -90,27 +90,6 @@ pub(crate) fn reject<B>(error: &bbr_core::Error) -> Response<ResponseBody<B>> {
     json(status, error.to_json())
 }
 
-/// An error the contract of `bbr-core` does not cover (a pool with no
-/// service, a body the client failed to send), in the same JSON shape.
-pub(crate) fn local_error<B>(
-    status: StatusCode,
-    error_type: &str,
-    code: &str,
-    message: &str,
-) -> Response<ResponseBody<B>> {
-    let body = format!(
-        "{{\"error\":{{\"message\":{},\"type\":{},\"param\":null,\"code\":{}}}}}",
-        json_string(message),
-        json_string(error_type),
-        json_string(code),
-    );
-    json(status, body)
-}
-
-fn json_string(text: &str) -> String {
-    String::from_utf8_lossy(&bbr_core::rewrite::json_string(text)).into_owned()
-}
-
 fn json<B>(status: StatusCode, body: String) -> Response<ResponseBody<B>> {
     let len = body.len();
     let mut response = Response::new(ResponseBody::full(Bytes::from(body)));
@@ -118,7 +97,7 @@ fn json<B>(status: StatusCode, body: String) -> Response<ResponseBody<B>> {
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
+        HeaderValue::from_static(bbr_core::Error::CONTENT_TYPE),
     );
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     response
@@ -130,20 +109,15 @@ mod tests {
     use http_body_util::BodyExt;
 
     #[tokio::test]
-    async fn local_errors_are_openai_shaped() {
-        let response: Response<ResponseBody<http_body_util::Empty<Bytes>>> = local_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "server_error",
-            "pool_unavailable",
-            "no service for pool \"x\"\r\n",
-        );
+    async fn gateway_errors_are_answered_from_the_core_table() {
+        let error = bbr_core::Error::pool_unavailable("x\r\n");
+        let response: Response<ResponseBody<http_body_util::Empty<Bytes>>> = reject(&error);
         assert_eq!(response.status(), 503);
         assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
         let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, error.to_json().as_bytes());
         let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(value["error"]["code"], "pool_unavailable");
         assert_eq!(value["error"]["type"], "server_error");
-        assert_eq!(value["error"]["message"], "no service for pool \"x\"\r\n");
-        assert!(value["error"]["param"].is_null());
     }
 }

@@ -8,13 +8,17 @@ use std::{
     task::{Context, Poll, ready},
 };
 
+use bbr_core::Error;
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use http_body::Body;
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use crate::{Decision, ResponseBody, response::local_error};
+use crate::{Decision, ResponseBody, response::reject};
+
+/// The panic message of a future polled after it completed.
+const POLLED_AFTER_COMPLETION: &str = "RouterFuture polled after completion";
 
 /// Dispatches each request to the service of the pool its [`Decision`]
 /// names: put it behind [`ModelRouting`](crate::ModelRouting) and it is the
@@ -123,14 +127,11 @@ where
         let service = match pool {
             Some(pool) => match self.pools.get(pool) {
                 Some(service) => service.clone(),
-                None => {
-                    let message = format!("no service for pool {pool:?}");
-                    return RouterFuture::answer(Unroutable::NoPool(message));
-                }
+                None => return RouterFuture::answer(Error::pool_unavailable(pool)),
             },
             None => match &self.fallback {
                 Some(service) => service.clone(),
-                None => return RouterFuture::answer(Unroutable::NoRoute),
+                None => return RouterFuture::answer(Error::no_route()),
             },
         };
         RouterFuture {
@@ -140,13 +141,6 @@ where
             },
         }
     }
-}
-
-/// Why a request could not be dispatched.
-#[derive(Debug)]
-enum Unroutable {
-    NoPool(String),
-    NoRoute,
 }
 
 pin_project! {
@@ -166,9 +160,11 @@ pin_project! {
     where
         S: Service<Request<B>>,
     {
+        // `request` is `None` once it was handed to the service.
         NotReady { service: S, request: Option<Request<B>> },
         Called { #[pin] future: S::Future },
-        Answered { unroutable: Option<Unroutable> },
+        // `None` once the answer went out.
+        Answered { error: Option<Error> },
     }
 }
 
@@ -176,11 +172,9 @@ impl<S, B> RouterFuture<S, B>
 where
     S: Service<Request<B>>,
 {
-    fn answer(unroutable: Unroutable) -> Self {
+    fn answer(error: Error) -> Self {
         RouterFuture {
-            state: RouterState::Answered {
-                unroutable: Some(unroutable),
-            },
+            state: RouterState::Answered { error: Some(error) },
         }
     }
 }
@@ -197,31 +191,16 @@ where
             let future = match self.as_mut().project().state.project() {
                 RouterStateProj::NotReady { service, request } => {
                     ready!(service.poll_ready(cx))?;
-                    match request.take() {
-                        Some(request) => service.call(request),
-                        None => return Poll::Pending,
-                    }
+                    let request = request.take().expect(POLLED_AFTER_COMPLETION);
+                    service.call(request)
                 }
                 RouterStateProj::Called { future } => {
                     let response = ready!(future.poll(cx))?;
                     return Poll::Ready(Ok(response.map(ResponseBody::inner)));
                 }
-                RouterStateProj::Answered { unroutable } => {
-                    let response = match unroutable.take() {
-                        Some(Unroutable::NoPool(message)) => local_error(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "server_error",
-                            "pool_unavailable",
-                            &message,
-                        ),
-                        _ => local_error(
-                            StatusCode::NOT_FOUND,
-                            "invalid_request_error",
-                            "no_route",
-                            "no pool serves this request",
-                        ),
-                    };
-                    return Poll::Ready(Ok(response));
+                RouterStateProj::Answered { error } => {
+                    let error = error.take().expect(POLLED_AFTER_COMPLETION);
+                    return Poll::Ready(Ok(reject(&error)));
                 }
             };
             self.as_mut()

@@ -67,7 +67,8 @@ pub(crate) type ModelMap<V> = std::collections::HashMap<Box<str>, V, foldhash::f
 
 pub use compile::{RuleTableBuilder, is_reserved_header};
 pub use error::ConfigError;
-pub use rewrite::{RewrittenBody, rewrite_body};
+pub(crate) use rewrite::rewrite_body_with;
+pub use rewrite::{ContentLength, RewrittenBody, rewrite_body};
 pub use shared::SharedRules;
 
 /// The header carrying the model as the client sent it.
@@ -392,9 +393,9 @@ impl RuleTable {
         model: &str,
         request_key: Option<&[u8]>,
     ) -> Result<Option<RouteDecision>, Error> {
-        let Some(model_value) = header_value(model) else {
-            return Err(invalid_model(model));
-        };
+        crate::progress::check_model_name(model)?;
+        let model_value =
+            HeaderValue::from_str(model).map_err(|_| not_a_header_value(model.as_bytes()))?;
         self.decide_with(model, model_value, request_key)
     }
 
@@ -406,13 +407,16 @@ impl RuleTable {
         model: &Model,
         request_key: Option<&[u8]>,
     ) -> Result<Option<RouteDecision>, Error> {
+        // The extractor that found the model checked it already, by the
+        // same rules as `decide`. Checked again cheaply all the same: the
+        // header value refuses C0 and DEL, and a non-ASCII model goes
+        // through the one model check (C1 controls).
         let text = model.as_str();
-        let value = valid_for_header(text)
-            .then(|| HeaderValue::from_maybe_shared(model.as_bytes().clone()).ok())
-            .flatten();
-        let Some(model_value) = value else {
-            return Err(invalid_model(text));
-        };
+        let model_value = HeaderValue::from_maybe_shared(model.as_bytes().clone())
+            .map_err(|_| not_a_header_value(model.as_bytes()))?;
+        if !text.is_ascii() {
+            crate::progress::check_model_name(text)?;
+        }
         self.decide_with(text, model_value, request_key)
     }
 
@@ -531,30 +535,16 @@ impl fmt::Debug for RuleTable {
     }
 }
 
-/// The header value for `model`, or `None` when it cannot be one.
-fn header_value(model: &str) -> Option<HeaderValue> {
-    valid_for_header(model)
-        .then(|| HeaderValue::from_str(model).ok())
-        .flatten()
-}
-
-/// Whether `model` can be sent in a header: not empty, no control character.
-fn valid_for_header(model: &str) -> bool {
-    if model.is_ascii() {
-        // The common case, a byte at a time: ASCII controls are C0 and DEL.
-        return !model.is_empty() && model.bytes().all(|b| b >= 0x20 && b != 0x7f);
-    }
-    !model.chars().any(char::is_control)
-}
-
+/// A checked model that `http` still refuses as a header value (it cannot
+/// happen: the check is stricter than `http`'s).
 #[cold]
-fn invalid_model(model: &str) -> Error {
-    let reason = if model.is_empty() {
-        "model is empty"
-    } else {
-        "model holds a control character"
-    };
-    Error::with_excerpt(ErrorKind::InvalidModel, 0, reason, model.as_bytes())
+fn not_a_header_value(model: &[u8]) -> Error {
+    Error::with_excerpt(
+        ErrorKind::InvalidModel,
+        0,
+        "`model` cannot be a header value",
+        model,
+    )
 }
 
 #[cold]

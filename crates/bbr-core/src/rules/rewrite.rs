@@ -21,11 +21,38 @@ pub struct RewrittenBody {
     pub len_delta: i64,
 }
 
+/// What becomes of a request's `Content-Length` header after a rewrite: see
+/// [`RewrittenBody::content_length`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContentLength {
+    /// Set the header to this length.
+    Set(u64),
+    /// Remove the header: the body is then framed by its end (chunked in
+    /// HTTP/1.1, `END_STREAM` in HTTP/2).
+    Remove,
+}
+
 impl RewrittenBody {
-    /// The new `Content-Length` of a body whose old one was `old`, or `None`
-    /// if the change does not fit (a `Content-Length` that lied about the body).
-    pub fn content_length(&self, old: u64) -> Option<u64> {
-        old.checked_add_signed(self.len_delta)
+    /// The one `Content-Length` rule after a rewrite, for every adapter: a
+    /// request that carries the header (`old`, its raw value) gets the old
+    /// length plus the change; one whose value is not a length, or whose
+    /// change does not fit (a header that lied about the body), loses it.
+    /// A request without the header keeps none.
+    ///
+    /// ```
+    /// use bbr_core::rules::{ContentLength, RewrittenBody};
+    ///
+    /// let body = RewrittenBody { chunks: vec![], len: 0, len_delta: -2 };
+    /// assert_eq!(body.content_length(b"22"), ContentLength::Set(20));
+    /// assert_eq!(body.content_length(b"1"), ContentLength::Remove);
+    /// assert_eq!(body.content_length(b"x"), ContentLength::Remove);
+    /// ```
+    pub fn content_length(&self, old: &[u8]) -> ContentLength {
+        std::str::from_utf8(old)
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .and_then(|old| old.checked_add_signed(self.len_delta))
+            .map_or(ContentLength::Remove, ContentLength::Set)
     }
 }
 
@@ -54,7 +81,7 @@ impl RewrittenBody {
 /// let decision = table.decide(model.as_str(), None).unwrap().unwrap();
 /// let out = rewrite_body(&chunks, &model, &decision).unwrap();
 /// assert_eq!(out.chunks.concat(), br#"{"model":"gemma-3","n":1}"#);
-/// assert_eq!(out.content_length(22), Some(25));
+/// assert_eq!(out.content_length(b"22"), bbr_core::rules::ContentLength::Set(25));
 /// ```
 pub fn rewrite_body(
     chunks: &[Bytes],
@@ -64,7 +91,16 @@ pub fn rewrite_body(
     if !decision.is_rewrite() {
         return None;
     }
-    let spliced = splice(chunks, model.span(), json_string(decision.model()))?;
+    rewrite_body_with(chunks, model.span(), json_string(decision.model()))
+}
+
+/// Replaces the value token at `span` with `token` (a JSON string).
+pub(crate) fn rewrite_body_with(
+    chunks: &[Bytes],
+    span: std::ops::Range<u64>,
+    token: Bytes,
+) -> Option<RewrittenBody> {
+    let spliced = splice(chunks, span, token)?;
     let len = spliced.chunks.iter().map(|c| c.len() as u64).sum();
     Some(RewrittenBody {
         chunks: spliced.chunks,

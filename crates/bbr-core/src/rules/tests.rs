@@ -899,8 +899,8 @@ rules:
         let joined = out.chunks.concat();
         assert_eq!(out.len, joined.len() as u64);
         assert_eq!(
-            out.content_length(body.len() as u64),
-            Some(joined.len() as u64)
+            out.content_length(body.len().to_string().as_bytes()),
+            super::ContentLength::Set(joined.len() as u64)
         );
         let value: serde_json::Value = serde_json::from_slice(&joined).unwrap();
         assert_eq!(value["model"], "org/gemma \"3\" \\ it");

@@ -1,15 +1,12 @@
 //! Top-level body fields copied into request headers
-//! ([`ProcessorBuilder::body_field`](crate::ProcessorBuilder::body_field)).
+//! ([`Decider::with_body_field`](crate::Decider::with_body_field)).
 
 use std::{fmt, str::FromStr};
 
-use bbr_core::{FieldValue, MAX_FIELD_NAME_LEN};
+use crate::{FieldValue, MAX_FIELD_NAME_LEN};
 use http::{HeaderName, HeaderValue};
 
-/// The prefix of the headers bbr itself sets (`x-gateway-model-name` and
-/// friends) and of those the inference gateway reads; a body field may not
-/// write into it.
-const RESERVED_PREFIX: &str = "x-gateway-";
+use crate::decision::RESERVED_PREFIX;
 
 /// A top-level body field whose value is copied into a request header, as
 /// the Go router's `body-field-to-header` plugin does.
@@ -20,7 +17,7 @@ const RESERVED_PREFIX: &str = "x-gateway-";
 /// (`content-length`, `host`, hop-by-hop headers …).
 ///
 /// ```
-/// use bbr_extproc::BodyFieldHeader;
+/// use bbr_core::BodyFieldHeader;
 ///
 /// let copy: BodyFieldHeader = "stream=x-llm-stream".parse().unwrap();
 /// assert_eq!(copy.field(), "stream");
@@ -59,7 +56,7 @@ impl BodyFieldHeader {
                 name.as_str()
             )));
         }
-        if bbr_core::rules::is_reserved_header(&name) {
+        if crate::rules::is_reserved_header(&name) {
             return Err(BodyFieldHeaderError::new(format!(
                 "{:?} frames or addresses the request and may not be set from the body",
                 name.as_str()

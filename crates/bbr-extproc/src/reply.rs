@@ -1,0 +1,146 @@
+//! Building the protobuf replies to Envoy: header and body mutations,
+//! streamed body chunks, and the error contract as an immediate response.
+//! What to send is decided in [`exchange`](crate::exchange); this module
+//! only spells it in Envoy's messages.
+
+use bbr_core::Error;
+use http::{HeaderName, HeaderValue};
+
+use crate::pb::{
+    BodyMutation, BodyResponse, CommonResponse, HeaderAppendAction, HeaderMutation,
+    HeaderValue as PbHeaderValue, HeaderValueOption, HeadersResponse, HttpStatus,
+    ImmediateResponse, ProcessingResponse, StreamedBodyResponse, TrailersResponse, body_mutation,
+    processing_response::Response,
+};
+
+/// The header mutation of a verdict: the headers to set, and the client's
+/// headers to remove (those not overwritten anyway).
+#[derive(Debug, Default)]
+pub(crate) struct Mutation {
+    pub(crate) set: Vec<(HeaderName, HeaderValue)>,
+    pub(crate) remove: Vec<String>,
+}
+
+impl Mutation {
+    /// The `CommonResponse` carrying this mutation. `clear_route_cache`
+    /// asks Envoy to pick the route again: the route was chosen on the
+    /// headers Envoy first saw and must be recomputed when they change.
+    pub(crate) fn common(&self, clear_route_cache: bool) -> CommonResponse {
+        let set_headers: Vec<HeaderValueOption> = self
+            .set
+            .iter()
+            .map(|(name, value)| header_option(name.as_str(), value.as_bytes()))
+            .collect();
+        // A header set by the verdict replaces the client's; only the
+        // others need removing.
+        let remove_headers: Vec<String> = self
+            .remove
+            .iter()
+            .filter(|s| !self.set.iter().any(|(n, _)| n.as_str() == s.as_str()))
+            .cloned()
+            .collect();
+        let changed = !set_headers.is_empty() || !remove_headers.is_empty();
+        CommonResponse {
+            header_mutation: changed.then_some(HeaderMutation {
+                set_headers,
+                remove_headers,
+            }),
+            clear_route_cache: changed && clear_route_cache,
+            ..Default::default()
+        }
+    }
+}
+
+/// One header to set, overwriting the client's.
+pub(crate) fn header_option(key: &str, value: &[u8]) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(PbHeaderValue {
+            key: key.to_owned(),
+            value: String::new(),
+            raw_value: value.to_vec(),
+        }),
+        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+        ..Default::default()
+    }
+}
+
+/// Wraps one response.
+pub(crate) fn response(r: Response) -> ProcessingResponse {
+    ProcessingResponse {
+        response: Some(r),
+        ..Default::default()
+    }
+}
+
+/// The request headers response; no `CommonResponse` when nothing changes.
+pub(crate) fn request_headers(common: CommonResponse) -> ProcessingResponse {
+    let common = (common != CommonResponse::default()).then_some(common);
+    response(Response::RequestHeaders(HeadersResponse {
+        response: common,
+    }))
+}
+
+/// A request body response carrying `common` (or nothing: continue).
+pub(crate) fn request_body(common: Option<CommonResponse>) -> ProcessingResponse {
+    response(Response::RequestBody(BodyResponse { response: common }))
+}
+
+/// A request body response that sends `body` on (`FULL_DUPLEX_STREAMED`).
+pub(crate) fn request_chunk(body: Vec<u8>, end_of_stream: bool) -> ProcessingResponse {
+    request_body(Some(streamed(body, end_of_stream)))
+}
+
+/// A response body response: the chunk sent on as it came in
+/// `FULL_DUPLEX_STREAMED`, or a plain continue.
+pub(crate) fn response_body(streamed_chunk: Option<(Vec<u8>, bool)>) -> ProcessingResponse {
+    let response = streamed_chunk.map(|(body, eos)| streamed(body, eos));
+    self::response(Response::ResponseBody(BodyResponse { response }))
+}
+
+/// The request trailers response (continue).
+pub(crate) fn request_trailers() -> ProcessingResponse {
+    response(Response::RequestTrailers(TrailersResponse::default()))
+}
+
+/// `common` with the whole body replaced (`BUFFERED` after a rewrite).
+pub(crate) fn with_body(mut common: CommonResponse, body: Vec<u8>) -> CommonResponse {
+    common.body_mutation = Some(BodyMutation {
+        mutation: Some(body_mutation::Mutation::Body(body)),
+    });
+    common
+}
+
+fn streamed(body: Vec<u8>, end_of_stream: bool) -> CommonResponse {
+    CommonResponse {
+        body_mutation: Some(BodyMutation {
+            mutation: Some(body_mutation::Mutation::StreamedResponse(
+                StreamedBodyResponse {
+                    body,
+                    end_of_stream,
+                    ..Default::default()
+                },
+            )),
+        }),
+        ..Default::default()
+    }
+}
+
+/// The error contract's answer as an ext_proc immediate response: the
+/// error's status, and the body and content type of [`Error::to_json`].
+pub(crate) fn immediate(error: &Error) -> ProcessingResponse {
+    response(Response::ImmediateResponse(ImmediateResponse {
+        status: Some(HttpStatus {
+            code: i32::from(error.status()),
+        }),
+        headers: Some(HeaderMutation {
+            set_headers: vec![header_option(
+                "content-type",
+                Error::CONTENT_TYPE.as_bytes(),
+            )],
+            remove_headers: Vec::new(),
+        }),
+        body: error.to_json().into_bytes(),
+        grpc_status: None,
+        details: format!("bbr_{}", error.kind().as_str()),
+    }))
+}
