@@ -551,3 +551,265 @@ impl std::fmt::Debug for Exchange {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The protocol driven message by message, with no network.
+
+    use super::*;
+    use crate::pb::{
+        CommonResponse, HeaderMap, HeaderValue as PbHeaderValue, HttpTrailers,
+        body_mutation::Mutation as BodyMut,
+    };
+    use bbr_core::{FailureAction, FailurePolicy, rules::RuleTable};
+
+    fn shared(mode: BodyMode, rules: Option<&str>, failure: FailurePolicy) -> Arc<Shared> {
+        let table = rules.map_or_else(RuleTable::empty, |r| RuleTable::from_yaml(r).unwrap());
+        Arc::new(Shared {
+            extractor: ExtractorConfig::new(),
+            decider: Decider::new().with_failure_policy(failure),
+            rules: SharedRules::new(table),
+            default_mode: mode,
+            clear_route_cache: true,
+            request_key_header: "x-request-id".to_owned(),
+        })
+    }
+
+    fn exchange(mode: BodyMode) -> Exchange {
+        Exchange::new(shared(mode, None, FailurePolicy::new()))
+    }
+
+    fn headers(x: &mut Exchange, headers: &[(&str, &str)], eos: bool) -> Vec<Response> {
+        let h = HttpHeaders {
+            headers: Some(HeaderMap {
+                headers: headers
+                    .iter()
+                    .map(|(k, v)| PbHeaderValue {
+                        key: (*k).to_owned(),
+                        raw_value: v.as_bytes().to_vec(),
+                        ..Default::default()
+                    })
+                    .collect(),
+            }),
+            end_of_stream: eos,
+            ..Default::default()
+        };
+        send(x, Request::RequestHeaders(h))
+    }
+
+    fn body(x: &mut Exchange, chunk: &[u8], eos: bool) -> Vec<Response> {
+        let b = HttpBody {
+            body: chunk.to_vec(),
+            end_of_stream: eos,
+            ..Default::default()
+        };
+        send(x, Request::RequestBody(b))
+    }
+
+    fn send(x: &mut Exchange, request: Request) -> Vec<Response> {
+        let mut out = Vec::new();
+        let msg = ProcessingRequest {
+            request: Some(request),
+            ..Default::default()
+        };
+        x.on_message(msg, &mut out);
+        out.into_iter().filter_map(|r| r.response).collect()
+    }
+
+    fn common(r: &Response) -> CommonResponse {
+        match r {
+            Response::RequestHeaders(h) => h.response.clone().unwrap_or_default(),
+            Response::RequestBody(b) => b.response.clone().unwrap_or_default(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn set(r: &Response) -> Vec<(String, String)> {
+        let mutation = common(r).header_mutation.unwrap_or_default();
+        mutation
+            .set_headers
+            .iter()
+            .filter_map(|h| h.header.as_ref())
+            .map(|h| {
+                (
+                    h.key.clone(),
+                    String::from_utf8_lossy(&h.raw_value).into_owned(),
+                )
+            })
+            .collect()
+    }
+
+    fn removed(r: &Response) -> Vec<String> {
+        common(r).header_mutation.unwrap_or_default().remove_headers
+    }
+
+    fn streamed(r: &Response) -> (Vec<u8>, bool) {
+        match common(r).body_mutation.and_then(|m| m.mutation) {
+            Some(BodyMut::StreamedResponse(s)) => (s.body, s.end_of_stream),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn immediate(r: &Response) -> (i32, serde_json::Value) {
+        let Response::ImmediateResponse(i) = r else {
+            panic!("{r:?}")
+        };
+        let code = i.status.as_ref().map_or(0, |s| s.code);
+        (code, serde_json::from_slice(&i.body).unwrap())
+    }
+
+    const JSON: (&str, &str) = ("content-type", "application/json");
+
+    #[test]
+    fn full_duplex_holds_the_headers_answer_until_the_model_then_the_chunks() {
+        let mut x = exchange(BodyMode::FullDuplexStreamed);
+        assert!(headers(&mut x, &[JSON], false).is_empty());
+        assert!(body(&mut x, br#"{"messages":[],"mod"#, false).is_empty());
+        let out = body(&mut x, br#"el":"chatbot","n":1"#, false);
+        assert_eq!(out.len(), 3, "{out:?}");
+        assert_eq!(
+            set(&out[0]),
+            [("x-gateway-model-name".to_owned(), "chatbot".to_owned())]
+        );
+        assert!(common(&out[0]).clear_route_cache);
+        assert_eq!(
+            streamed(&out[1]),
+            (br#"{"messages":[],"mod"#.to_vec(), false)
+        );
+        assert_eq!(
+            streamed(&out[2]),
+            (br#"el":"chatbot","n":1"#.to_vec(), false)
+        );
+        // Checked, then released one for one.
+        let out = body(&mut x, b"}", true);
+        assert_eq!(out.len(), 1);
+        assert_eq!(streamed(&out[0]), (b"}".to_vec(), true));
+    }
+
+    #[test]
+    fn a_duplicate_after_the_routing_went_out_is_an_immediate_400() {
+        let mut x = exchange(BodyMode::FullDuplexStreamed);
+        headers(&mut x, &[JSON], false);
+        assert_eq!(body(&mut x, br#"{"model":"a","#, false).len(), 2);
+        let out = body(&mut x, br#""model":"b"}"#, true);
+        assert_eq!(out.len(), 1);
+        let (status, reply) = immediate(&out[0]);
+        assert_eq!(status, 400);
+        assert_eq!(reply["error"]["code"], "duplicate_model");
+        // Nothing more is answered once the request is refused.
+        assert!(body(&mut x, b" ", true).is_empty());
+    }
+
+    #[test]
+    fn an_empty_body_passes_unrouted_in_every_framing() {
+        // Chunked: headers without end of stream, then one empty chunk.
+        for mode in [BodyMode::FullDuplexStreamed, BodyMode::Buffered] {
+            let mut x = Exchange::new(shared(
+                mode,
+                None,
+                FailurePolicy::new().on_missing_model(FailureAction::Reject),
+            ));
+            let mut out = headers(&mut x, &[JSON, ("x-gateway-model-name", "evil")], false);
+            out.extend(body(&mut x, b"", true));
+            assert!(
+                out.iter()
+                    .all(|r| !matches!(r, Response::ImmediateResponse(_))),
+                "{mode:?}: {out:?}"
+            );
+            assert!(set(&out[0]).is_empty());
+            assert_eq!(removed(&out[0]), ["x-gateway-model-name"]);
+        }
+    }
+
+    #[test]
+    fn header_only_requests_are_answered_at_once_and_stripped() {
+        let mut x = exchange(BodyMode::FullDuplexStreamed);
+        let out = headers(
+            &mut x,
+            &[
+                ("x-gateway-destination-endpoint", "10.0.0.1:80"),
+                ("accept", "*/*"),
+            ],
+            true,
+        );
+        assert_eq!(out.len(), 1);
+        assert_eq!(removed(&out[0]), ["x-gateway-destination-endpoint"]);
+    }
+
+    #[test]
+    fn buffered_routes_in_the_body_response_and_rewrites_with_the_length_rule() {
+        let rules = "rules: [{name: c, match: {model: {exact: chat}}, pool: p, targets: [{model: gemma-3, weight: 1}]}]";
+        let mut x = Exchange::new(shared(
+            BodyMode::Buffered,
+            Some(rules),
+            FailurePolicy::new(),
+        ));
+        let out = headers(&mut x, &[JSON, ("content-length", "22")], false);
+        assert_eq!(out.len(), 1, "the headers are answered before the body");
+        let out = body(&mut x, br#"{"model":"chat","n":1}"#, true);
+        assert_eq!(out.len(), 1);
+        let sets = set(&out[0]);
+        assert!(
+            sets.contains(&("content-length".to_owned(), "25".to_owned())),
+            "{sets:?}"
+        );
+        assert!(sets.contains(&("x-gateway-inference-pool".to_owned(), "p".to_owned())));
+        let Some(BodyMut::Body(new)) = common(&out[0]).body_mutation.and_then(|m| m.mutation)
+        else {
+            panic!("{out:?}")
+        };
+        assert_eq!(new, br#"{"model":"gemma-3","n":1}"#);
+
+        // A content-length that is not a length is removed, not kept.
+        let mut x = Exchange::new(shared(
+            BodyMode::Buffered,
+            Some(rules),
+            FailurePolicy::new(),
+        ));
+        headers(&mut x, &[JSON, ("content-length", "x")], false);
+        let out = body(&mut x, br#"{"model":"chat","n":1}"#, true);
+        assert!(removed(&out[0]).contains(&"content-length".to_owned()));
+    }
+
+    #[test]
+    fn errors_before_the_routing_are_refused_or_passed_by_policy() {
+        let mut x = exchange(BodyMode::FullDuplexStreamed);
+        headers(&mut x, &[JSON], false);
+        let out = body(&mut x, br#"{"model":1}"#, true);
+        let (status, reply) = immediate(&out[0]);
+        assert_eq!(
+            (status, reply["error"]["code"].as_str()),
+            (400, Some("model_not_string"))
+        );
+
+        let open = FailurePolicy::new().on(ErrorKind::ModelNotString, FailureAction::PassThrough);
+        let mut x = Exchange::new(shared(BodyMode::FullDuplexStreamed, None, open));
+        headers(&mut x, &[JSON], false);
+        let out = body(&mut x, br#"{"model":1}"#, true);
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert!(set(&out[0]).is_empty());
+        assert_eq!(streamed(&out[1]), (br#"{"model":1}"#.to_vec(), true));
+
+        // A content type bbr does not read: 415 at the headers.
+        let mut x = exchange(BodyMode::FullDuplexStreamed);
+        let out = headers(&mut x, &[("content-type", "text/plain")], false);
+        assert_eq!(immediate(&out[0]).0, 415);
+    }
+
+    #[test]
+    fn trailers_end_the_body_and_come_last() {
+        let mut x = exchange(BodyMode::FullDuplexStreamed);
+        headers(&mut x, &[JSON], false);
+        assert!(body(&mut x, br#"{"messages":[]"#, false).is_empty());
+        let mut out = body(&mut x, br#","model":"m"}"#, false);
+        out.extend(send(
+            &mut x,
+            Request::RequestTrailers(HttpTrailers::default()),
+        ));
+        assert!(
+            matches!(out.last(), Some(Response::RequestTrailers(_))),
+            "{out:?}"
+        );
+        assert_eq!(set(&out[0])[0].1, "m");
+    }
+}

@@ -510,3 +510,145 @@ async fn the_request_id_keeps_the_weighted_choice_stable() {
     }
     assert_eq!(seen.len(), 2, "{seen:?}");
 }
+
+#[tokio::test]
+async fn an_empty_body_passes_unrouted_in_every_framing() {
+    // Empty with a known length, and empty in a chunked body (one empty
+    // frame then the end): no model to route on, never invalid JSON.
+    let closed = FailurePolicy::new().on_missing_model(FailureAction::Reject);
+    for layer in [
+        ModelRoutingLayer::new(),
+        ModelRoutingLayer::new().failure_policy(closed),
+    ] {
+        let (status, seen) = run(layer.clone(), post(Full::new(Bytes::new()))).await;
+        assert_eq!(status, 200);
+        let decision = seen.lock().unwrap().decision.clone().unwrap();
+        assert!(decision.route().is_none() && decision.failed_open().is_none());
+        let (status, seen) = run(layer, post(chunks(&[Bytes::new()], None))).await;
+        assert_eq!(status, 200);
+        assert!(
+            seen.lock()
+                .unwrap()
+                .decision
+                .clone()
+                .unwrap()
+                .pool()
+                .is_none()
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_reserved_header_family_is_stripped_routed_or_not() {
+    for body in [&br#"{"model":"a"}"#[..], br#"{"messages":[]}"#, b""] {
+        let request = Request::post("/v1/chat/completions")
+            .header("content-type", "application/json")
+            .header("x-gateway-destination-endpoint", "10.0.0.1:8000")
+            .header("X-Gateway-Model-Name", "spoofed")
+            .header("x-other", "kept")
+            .body(Full::new(Bytes::from_static(body)))
+            .unwrap();
+        let (status, seen) = run(ModelRoutingLayer::new(), request).await;
+        assert_eq!(status, 200);
+        let headers = seen.lock().unwrap().headers.clone();
+        assert!(
+            headers.get("x-gateway-destination-endpoint").is_none(),
+            "{headers:?}"
+        );
+        assert_ne!(
+            headers.get("x-gateway-model-name").map(|v| v.as_bytes()),
+            Some(&b"spoofed"[..])
+        );
+        assert_eq!(headers["x-other"], "kept");
+    }
+    // Configurable: with no reserved prefix only the managed headers go.
+    let request = Request::post("/v1/chat/completions")
+        .header("content-type", "application/json")
+        .header("x-gateway-destination-endpoint", "10.0.0.1:8000")
+        .body(Full::new(Bytes::from_static(br#"{"model":"a"}"#)))
+        .unwrap();
+    let layer = ModelRoutingLayer::new().reserved_header_prefixes(Vec::<String>::new());
+    let (_, seen) = run(layer, request).await;
+    assert!(
+        seen.lock()
+            .unwrap()
+            .headers
+            .get("x-gateway-destination-endpoint")
+            .is_some()
+    );
+}
+
+#[tokio::test]
+async fn a_fail_open_kind_found_after_routing_still_ends_the_body() {
+    // The request went out with routing headers: letting the rest through
+    // would forward a body routed on a model it then contradicts.
+    let parts = [
+        Bytes::from_static(br#"{"model":"a","messages":["#),
+        Bytes::from_static(br#""x"]}}"#),
+    ];
+    let open = FailurePolicy::new().on(ErrorKind::InvalidJson, FailureAction::PassThrough);
+    let layer = ModelRoutingLayer::new().failure_policy(open);
+    let (status, seen) = run(layer, post(chunks(&parts, None))).await;
+    assert_eq!(status, 400);
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.error, Some(ErrorKind::InvalidJson));
+    assert_eq!(seen.data, parts[..1]);
+}
+
+#[tokio::test]
+async fn body_fields_are_copied_into_headers() {
+    let layer = ModelRoutingLayer::new().body_field("stream=x-llm-stream".parse().unwrap());
+    let request = Request::post("/v1/chat/completions")
+        .header("content-type", "application/json")
+        .header("x-llm-stream", "spoofed")
+        .body(Full::new(Bytes::from_static(
+            br#"{"model":"a","stream":true}"#,
+        )))
+        .unwrap();
+    let (status, seen) = run(layer.clone(), request).await;
+    assert_eq!(status, 200);
+    assert_eq!(seen.lock().unwrap().headers["x-llm-stream"], "true");
+    let (_, seen) = run(
+        layer,
+        post(Full::new(Bytes::from_static(br#"{"model":"a"}"#))),
+    )
+    .await;
+    assert!(seen.lock().unwrap().headers.get("x-llm-stream").is_none());
+}
+
+#[tokio::test]
+#[should_panic(expected = "polled after completion")]
+async fn polling_a_completed_response_future_panics_instead_of_inventing_an_answer() {
+    use std::future::Future;
+    let inner = service_fn(|_: Request<RoutedBody<Full<Bytes>>>| async {
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+    });
+    let mut service = tower::Layer::layer(&ModelRoutingLayer::new(), inner);
+    // Refused at once (not JSON): the future answers by itself.
+    let request = Request::post("/v1/chat/completions")
+        .header("content-type", "text/plain")
+        .body(Full::new(Bytes::from_static(b"x")))
+        .unwrap();
+    let mut future = std::pin::pin!(service.call(request));
+    let waker = std::task::Waker::noop();
+    let mut cx = Context::from_waker(waker);
+    let Poll::Ready(Ok(response)) = future.as_mut().poll(&mut cx) else {
+        panic!("not answered at once")
+    };
+    assert_eq!(response.status(), 415);
+    let _ = future.as_mut().poll(&mut cx);
+}
+
+#[tokio::test]
+#[should_panic(expected = "polled after completion")]
+async fn polling_a_completed_router_future_panics() {
+    use std::future::Future;
+    let mut router: PoolRouter<Pool> = PoolRouter::new();
+    let mut future = std::pin::pin!(router.call(post(Full::new(Bytes::new()))));
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    let Poll::Ready(Ok(response)) = future.as_mut().poll(&mut cx) else {
+        panic!("not answered at once")
+    };
+    assert_eq!(response.status(), 404);
+    let _ = future.as_mut().poll(&mut cx);
+}
