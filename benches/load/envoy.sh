@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Load benchmark through a real Envoy on loopback (DESIGN §7): requests/s and
+# Load benchmark through a real Envoy on loopback: requests/s and
 # p99 latency of
 #   (a) header:      Envoy routing on an X-Gateway-Model-Name the client sent
 #                    (no ext_proc: the floor),

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Load benchmark of the tower layer (DESIGN §7): requests/s and p99 latency
+# Load benchmark of the tower layer: requests/s and p99 latency
 # of the same axum app
 #   - bare:        no routing (the floor),
 #   - layer:       behind bbr_tower::ModelRoutingLayer (seed rules, strict),

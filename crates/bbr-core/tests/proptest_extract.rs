@@ -1,7 +1,7 @@
 //! Property tests of the JSON extractor: generated documents (escapes,
 //! unicode, decoy and duplicate `model` keys, numbers, nesting, invalid
 //! mutations) split into arbitrary chunks must give the one-shot result,
-//! and the one-shot result must be what `serde_json` says (DESIGN §2).
+//! and the one-shot result must be what `serde_json` says (the semantics in `docs/core.md`).
 //!
 //! `PROPTEST_CASES=10000 cargo test -p bbr-core --test proptest_extract`
 //! runs more cases than the default.

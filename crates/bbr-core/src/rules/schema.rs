@@ -1,4 +1,4 @@
-//! The configuration file as written (DESIGN §3): serde types, not yet
+//! The configuration file as written (`docs/rules.md`): serde types, not yet
 //! validated. [`compile`](super::compile) turns them into a [`RuleTable`](super::RuleTable).
 
 use std::fmt;
