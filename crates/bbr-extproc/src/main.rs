@@ -322,7 +322,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
         serve::watch_file(
             path,
             Duration::from_millis(args.rules_poll_ms.max(10)),
-            move |p| rules.reload_from(p),
+            move |p, text| rules.reload_text(p, text),
         )
     });
 

@@ -97,6 +97,9 @@ pub(crate) enum Fallback {
 #[derive(Clone, Debug)]
 enum Source {
     Path(PathBuf),
+    /// A file's contents read already: the path names it in errors and
+    /// picks the format.
+    File(PathBuf, String),
     Yaml(String),
     Json(String),
 }
@@ -140,6 +143,15 @@ impl RuleTableBuilder {
         self
     }
 
+    /// Takes the rules from `text`, the contents of the file at `path`
+    /// read by the caller (a watcher that made sure the file was not caught
+    /// half-written): JSON when the name ends in `.json`, YAML otherwise;
+    /// errors name `path`. Replaces any earlier rules source.
+    pub fn rules_file_text(mut self, path: impl Into<PathBuf>, text: impl Into<String>) -> Self {
+        self.rules = Some(Source::File(path.into(), text.into()));
+        self
+    }
+
     /// Takes the rules from YAML text. Replaces any earlier rules source.
     pub fn rules_yaml(mut self, text: impl Into<String>) -> Self {
         self.rules = Some(Source::Yaml(text.into()));
@@ -177,17 +189,18 @@ impl RuleTableBuilder {
 
     /// Reads, validates and compiles the configuration.
     pub fn build(&self) -> Result<RuleTable, ConfigError> {
+        let parse_file = |path: &Path, text: &str| {
+            let parsed = if is_json(path) {
+                parse_rules_json(text)
+            } else {
+                parse_rules_yaml(text)
+            };
+            parsed.map_err(|e| e.in_file(path))
+        };
         let (file, path) = match &self.rules {
             None => (None, None),
-            Some(Source::Path(path)) => {
-                let text = read(path)?;
-                let parsed = if is_json(path) {
-                    parse_rules_json(&text)
-                } else {
-                    parse_rules_yaml(&text)
-                };
-                (Some(parsed.map_err(|e| e.in_file(path))?), Some(path))
-            }
+            Some(Source::Path(path)) => (Some(parse_file(path, &read(path)?)?), Some(path)),
+            Some(Source::File(path, text)) => (Some(parse_file(path, text)?), Some(path)),
             Some(Source::Yaml(text)) => (Some(parse_rules_yaml(text)?), None),
             Some(Source::Json(text)) => (Some(parse_rules_json(text)?), None),
         };
@@ -201,6 +214,10 @@ impl RuleTableBuilder {
                 }
                 Source::Yaml(text) | Source::Json(text) => {
                     file.base_models.extend(parse_configmaps(text)?);
+                }
+                Source::File(path, text) => {
+                    file.base_models
+                        .extend(parse_configmaps(text).map_err(|e| e.in_file(path))?);
                 }
             }
         }
@@ -225,11 +242,21 @@ fn read(path: &Path) -> Result<String, ConfigError> {
         .map_err(|e| ConfigError::new(format!("cannot read the file: {e}")).in_file(path))
 }
 
+/// The deepest nesting of collections a rules file may have. Real files
+/// nest four or five levels; YAML parsers take time quadratic in the depth,
+/// so a deeper file is refused before it is parsed.
+pub const MAX_NESTING: usize = 32;
+
 pub(crate) fn parse_rules_yaml(text: &str) -> Result<RulesFile, ConfigError> {
+    check_nesting(text)?;
     match serde_yaml_ng::from_str::<Option<RulesFile>>(text) {
         Ok(Some(file)) => Ok(file),
         Ok(None) => Err(ConfigError::new(
             "the configuration is empty (write `default: {action: reject}` to reject every model)",
+        )),
+        Err(err) if err.to_string().contains("unknown field `<<`") => Err(ConfigError::new(
+            "YAML merge keys (`<<: *anchor`) are not supported: write the fields out \
+             (anchors and aliases alone work)",
         )),
         Err(err) => {
             let err = ConfigError::new(err.to_string());
@@ -269,6 +296,7 @@ pub(crate) fn parse_rules_yaml(text: &str) -> Result<RulesFile, ConfigError> {
 }
 
 pub(crate) fn parse_rules_json(text: &str) -> Result<RulesFile, ConfigError> {
+    check_nesting(text)?;
     match serde_json::from_str::<RulesFile>(text) {
         Ok(file) => Ok(file),
         Err(err) => {
@@ -589,6 +617,14 @@ fn compile(file: RulesFile, has_rules_file: bool, rng: Rng) -> Result<RuleTable,
         routes.push(Arc::new(route));
     }
 
+    if has_rules_file && routes.is_empty() && file.default.is_none() {
+        // `rules:` or `rules: []` alone, or a file caught half-written: a
+        // table that would refuse every request is refused itself.
+        return Err(ConfigError::new(
+            "the file has no rules and no `default`: it would refuse every request \
+             (write `default: {action: reject}` if that is what you want)",
+        ));
+    }
     let fallback = match file.default {
         None if has_rules_file => Fallback::Reject,
         None => Fallback::Route(Arc::new(Route::default())),
@@ -797,4 +833,91 @@ fn compile_base_models(specs: Vec<BaseModelSpec>) -> Result<ModelMap<Arc<BaseMod
         }
     }
     Ok(map)
+}
+
+/// Refuses a text that nests collections deeper than [`MAX_NESTING`],
+/// before any parser sees it: one pass, linear in the text.
+///
+/// The depth counted is an upper bound of what a YAML (or JSON) parser
+/// would build: flow collections (`[`, `{` outside quotes and comments),
+/// plus block collections (each deeper indentation, and each `- ` or `? `
+/// that opens a nested one on the same line). Block scalars (`|`, `>`) are
+/// skipped.
+pub(crate) fn check_nesting(text: &str) -> Result<(), ConfigError> {
+    let mut flow = 0usize;
+    let mut indents: Vec<usize> = Vec::new();
+    let mut scalar_indent: Option<usize> = None;
+    for line in text.lines() {
+        let indent = line.len() - line.trim_start_matches(' ').len();
+        let content = line[indent..].trim_end();
+        if let Some(parent) = scalar_indent {
+            if content.is_empty() || indent > parent {
+                continue;
+            }
+            scalar_indent = None;
+        }
+        if content.is_empty() || content.starts_with('#') {
+            continue;
+        }
+        let mut depth = flow;
+        if flow == 0 {
+            while indents.last().is_some_and(|&top| top >= indent) {
+                indents.pop();
+            }
+            indents.push(indent);
+            depth = indents.len();
+            // `- - - x` and `? - x` open one collection per indicator.
+            let mut rest = content;
+            while let Some(after) = rest.strip_prefix("- ").or_else(|| rest.strip_prefix("? ")) {
+                depth += 1;
+                rest = after.trim_start_matches(' ');
+            }
+        }
+        let (flow_after, deepest) = scan_flow(content, flow);
+        flow = flow_after;
+        if depth.max(deepest + indents.len()) > MAX_NESTING {
+            return Err(ConfigError::new(format!(
+                "the file nests collections more than {MAX_NESTING} levels deep"
+            )));
+        }
+        let bare = content.split(" #").next().unwrap_or(content);
+        if flow == 0
+            && bare
+                .trim_end()
+                .trim_end_matches(|c: char| c.is_ascii_digit() || c == '-' || c == '+')
+                .ends_with(['|', '>'])
+        {
+            scalar_indent = Some(indent);
+        }
+    }
+    Ok(())
+}
+
+/// Follows flow brackets through one line: the depth after it, and the
+/// deepest reached. Quoted strings and comments are skipped.
+fn scan_flow(line: &str, mut depth: usize) -> (usize, usize) {
+    let mut deepest = depth;
+    let mut quote: Option<char> = None;
+    let mut prev = ' ';
+    for c in line.chars() {
+        match quote {
+            Some(q) => {
+                if c == q && (q == '\'' || prev != '\\') {
+                    quote = None;
+                }
+            }
+            None => match c {
+                '"' | '\'' if prev == ' ' || "[{,:".contains(prev) => quote = Some(c),
+                '#' if prev == ' ' => break,
+                '[' | '{' => {
+                    depth += 1;
+                    deepest = deepest.max(depth);
+                }
+                ']' | '}' => depth = depth.saturating_sub(1),
+                _ => {}
+            },
+        }
+        prev = c;
+    }
+    (depth, deepest)
 }

@@ -65,7 +65,7 @@ use pick::{Rng, stable_hash};
 /// of a client's model cannot change the table).
 pub(crate) type ModelMap<V> = std::collections::HashMap<Box<str>, V, foldhash::fast::RandomState>;
 
-pub use compile::{RuleTableBuilder, is_reserved_header};
+pub use compile::{MAX_NESTING, RuleTableBuilder, is_reserved_header};
 pub use error::ConfigError;
 pub(crate) use rewrite::rewrite_body_with;
 pub use rewrite::{ContentLength, RewrittenBody, rewrite_body};

@@ -55,6 +55,18 @@ impl SharedRules {
         Ok(())
     }
 
+    /// Compiles `text`, the contents of the rules file at `path` as the
+    /// caller read it, and swaps it in. On error the current table stays in
+    /// place. See [`RuleTableBuilder::rules_file_text`].
+    pub fn reload_text(&self, path: &Path, text: &str) -> Result<(), ConfigError> {
+        self.replace(
+            RuleTableBuilder::new()
+                .rules_file_text(path, text)
+                .build()?,
+        );
+        Ok(())
+    }
+
     /// Rebuilds from `builder`'s sources (a rules file and ConfigMaps) and
     /// swaps the result in; on error the current table stays in place.
     pub fn reload_with(&self, builder: &RuleTableBuilder) -> Result<(), ConfigError> {

@@ -1080,3 +1080,84 @@ fn a_model_is_refused_exactly_when_it_holds_a_control_character() {
         }
     }
 }
+
+// ---- hardened loading ----------------------------------------------------
+
+#[test]
+fn deep_nesting_is_refused_before_parsing() {
+    let deep_flow = format!("rules: {}{}", "[".repeat(40_000), "]".repeat(40_000));
+    let deep_block: String = (0..5_000)
+        .map(|i| format!("{}- \n", " ".repeat(i)))
+        .collect();
+    let dashes = format!("rules:\n  {}x\n", "- ".repeat(40_000));
+    let deep_json = format!("{{\"rules\": {}{}}}", "[".repeat(200), "]".repeat(200));
+    for text in [&deep_flow, &deep_block, &dashes] {
+        let err = RuleTable::from_yaml(text).unwrap_err();
+        assert!(err.to_string().contains("levels deep"), "{err}");
+    }
+    let err = RuleTable::from_json(&deep_json).unwrap_err();
+    assert!(err.to_string().contains("levels deep"), "{err}");
+    // Real files, flow or block style, quoted brackets and block scalars
+    // included, are not affected.
+    let fine = r#"
+rules:
+  - name: "weird [[[[ name"
+    match: { model: { regex: "^a[[:alpha:]]{1,3}$" } }  # [[[[ in a comment
+    pool: p
+    set_headers:
+      x-note: >-
+        [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[
+        {{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{
+default: { action: reject }
+"#;
+    RuleTable::from_yaml(fine).unwrap();
+}
+
+#[test]
+fn a_file_with_no_rules_and_no_default_is_refused() {
+    for text in [
+        "rules:\n",
+        "rules: []\n",
+        "base_models: []\n",
+        "rules:\n  # - name: a\n",
+    ] {
+        let err = RuleTable::from_yaml(text).unwrap_err();
+        assert!(
+            err.to_string().contains("no rules and no `default`"),
+            "{text:?}: {err}"
+        );
+    }
+    // With an explicit default it is a choice, and accepted.
+    RuleTable::from_yaml("rules: []\ndefault: {action: reject}\n").unwrap();
+    RuleTable::from_yaml("default: {action: pass}\n").unwrap();
+}
+
+#[test]
+fn merge_keys_get_a_clear_error() {
+    let text = "rules:\n  - &base {name: a, match: {model: {exact: a}}, pool: p}\n  - <<: *base\n    name: b\n";
+    let err = RuleTable::from_yaml(text).unwrap_err();
+    assert!(err.to_string().contains("merge keys"), "{err}");
+}
+
+#[test]
+fn a_file_read_by_the_caller_is_named_in_errors() {
+    let err = RuleTableBuilder::new()
+        .rules_file_text("/etc/bbr/rules.yaml", "rules: [{name: a}]")
+        .build()
+        .unwrap_err();
+    assert_eq!(
+        err.file(),
+        Some(std::path::Path::new("/etc/bbr/rules.yaml"))
+    );
+    let shared = SharedRules::default();
+    shared
+        .reload_text(
+            std::path::Path::new("r.json"),
+            r#"{"rules":[{"name":"a","match":{"model":{"exact":"a"}},"pool":"p"}]}"#,
+        )
+        .unwrap();
+    assert_eq!(
+        shared.load().decide("a", None).unwrap().unwrap().pool(),
+        Some("p")
+    );
+}
