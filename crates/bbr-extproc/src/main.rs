@@ -81,6 +81,12 @@ struct Args {
     /// as its JSON text) into the request header HEADER. Repeatable.
     #[arg(long, value_name = "NAME=HEADER")]
     body_field: Vec<BodyFieldHeader>,
+    /// Remove every client header whose name starts with PREFIX, routed or
+    /// not (besides the headers the rules and body fields set). Repeatable;
+    /// replaces the default `x-gateway-`; `--strip-header-prefix=` strips
+    /// only the headers bbr sets.
+    #[arg(long, value_name = "PREFIX", default_values_t = [bbr_core::decision::RESERVED_PREFIX.to_owned()])]
+    strip_header_prefix: Vec<String>,
     /// On SIGTERM or ctrl-c, how long open streams may take to finish, in seconds.
     #[arg(long, default_value_t = 30)]
     drain_timeout_secs: u64,
@@ -163,6 +169,7 @@ impl Args {
             )
             .failure_policy(self.failure_policy())
             .rules(rules)
+            .reserved_header_prefixes(&self.strip_header_prefix)
             .streaming(self.streaming);
         self.body_field
             .iter()
@@ -254,6 +261,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
         )?
         .install_recorder()?;
     metrics::describe();
+    metrics::register_fields(args.body_field.iter().map(BodyFieldHeader::field));
 
     let rules = match &args.rules {
         Some(path) => SharedRules::new(RuleTable::from_path(path)?),

@@ -101,6 +101,39 @@ pub fn describe() {
     );
 }
 
+/// Registers every counter at zero, so that `/metrics` lists each metric
+/// from start-up, before the first event (dashboards and alerts on a
+/// fresh replica see a 0, not a missing series). Counters labelled by
+/// error kind get one series per kind; `field` gets `model`. Histograms
+/// appear with their first sample.
+pub fn register() {
+    for name in [
+        SUCCESS_TOTAL,
+        MODEL_NOT_IN_BODY_TOTAL,
+        MODEL_NOT_PARSED_TOTAL,
+        RULES_RELOADS_TOTAL,
+        RULES_RELOAD_FAILURES_TOTAL,
+    ] {
+        counter!(name).absolute(0);
+    }
+    for name in [BODY_FIELD_NOT_FOUND_TOTAL, BODY_FIELD_EMPTY_TOTAL] {
+        counter!(name, "field" => "model").absolute(0);
+    }
+    for kind in bbr_core::ErrorKind::ALL {
+        counter!(REJECTED_TOTAL, "reason" => kind.as_str()).absolute(0);
+        counter!(FAIL_OPEN_TOTAL, "reason" => kind.as_str()).absolute(0);
+    }
+}
+
+/// [`register`] plus the counters of the body fields copied into headers.
+pub fn register_fields<'a>(fields: impl IntoIterator<Item = &'a str>) {
+    register();
+    for field in fields {
+        counter!(BODY_FIELD_NOT_FOUND_TOTAL, "field" => field.to_owned()).absolute(0);
+        counter!(BODY_FIELD_EMPTY_TOTAL, "field" => field.to_owned()).absolute(0);
+    }
+}
+
 pub(crate) fn success() {
     counter!(SUCCESS_TOTAL).increment(1);
 }

@@ -54,6 +54,34 @@ fn unknown_kinds_and_bad_headers_are_usage_errors() {
 }
 
 #[tokio::test]
+async fn metrics_are_listed_from_start_up() {
+    let (_process, _grpc, metrics) = start(&[
+        "--secure-serving=false",
+        "--body-field",
+        "stream=x-llm-stream",
+        "-v",
+        "0",
+    ]);
+    let reply = http::get(metrics, "/metrics").await.unwrap();
+    let text = String::from_utf8_lossy(&reply.body);
+    for line in [
+        "bbr_success_total 0",
+        "bbr_model_not_in_body_total 0",
+        "bbr_model_not_parsed_total 0",
+        "bbr_body_field_not_found_total{field=\"model\"} 0",
+        "bbr_body_field_empty_total{field=\"stream\"} 0",
+        "bbr_rejected_total{reason=\"duplicate_model\"} 0",
+        "bbr_fail_open_total{reason=\"invalid_json\"} 0",
+        "bbr_rules_reload_failures_total 0",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "{line:?} missing from:\n{text}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn flags_set_the_failure_policy_and_the_body_fields() {
     let (_process, grpc, metrics) = start(&[
         "--secure-serving=false",
