@@ -104,6 +104,7 @@ impl SimulatedPool {
     }
 
     /// Sets the pause between two streamed tokens.
+    #[must_use]
     pub fn token_delay(mut self, delay: Duration) -> Self {
         self.token_delay = delay;
         self
@@ -111,6 +112,7 @@ impl SimulatedPool {
 
     /// Makes every streamed token after the first wait for a permit of
     /// `gate` (consumed), so that a test decides when each token is produced.
+    #[must_use]
     pub fn token_gate(mut self, gate: Arc<Semaphore>) -> Self {
         self.token_gate = Some(gate);
         self

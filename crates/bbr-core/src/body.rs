@@ -16,6 +16,7 @@ use crate::{
     clippy::large_enum_variant,
     reason = "JSON is the hot path: kept inline to save an allocation per request"
 )]
+#[non_exhaustive]
 pub enum BodyExtractor {
     /// A JSON body.
     Json(ModelExtractor),

@@ -4,6 +4,7 @@ use std::{fmt, str::FromStr, sync::Arc};
 
 /// How much of the body is checked once the model is known.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Policy {
     /// Keep scanning every chunk after the decision, before it is released:
     /// the whole body must be valid JSON and `model` must appear once.
@@ -99,6 +100,7 @@ impl ExtractorConfig {
     }
 
     /// Sets the policy.
+    #[must_use]
     pub fn policy(mut self, policy: Policy) -> Self {
         self.policy = policy;
         self
@@ -106,6 +108,7 @@ impl ExtractorConfig {
 
     /// Sets the most bytes scanned before a decision; past it the body is
     /// refused with [`ErrorKind::TooLarge`](crate::ErrorKind::TooLarge).
+    #[must_use]
     pub fn max_body(mut self, bytes: u64) -> Self {
         self.max_body = bytes;
         self
@@ -114,12 +117,14 @@ impl ExtractorConfig {
     /// Sets the deepest nesting accepted (the top-level object counts as 1).
     /// Values above 127 are clamped to 127 so that bbr never accepts a body
     /// its backends' parsers refuse.
+    #[must_use]
     pub fn max_depth(mut self, depth: usize) -> Self {
         self.max_depth = depth.clamp(1, DEFAULT_MAX_DEPTH);
         self
     }
 
     /// Sets the longest model name accepted, in bytes (at least 1).
+    #[must_use]
     pub fn max_model_len(mut self, bytes: usize) -> Self {
         self.max_model_len = bytes.max(1);
         self
@@ -129,6 +134,7 @@ impl ExtractorConfig {
     /// (for example `stream`). With extra fields the decision waits until
     /// every requested field has been seen or the top-level object closes.
     /// Names longer than [`MAX_FIELD_NAME_LEN`] bytes, and `model`, are ignored.
+    #[must_use]
     pub fn field(mut self, name: &str) -> Self {
         if name.len() <= MAX_FIELD_NAME_LEN
             && name != "model"

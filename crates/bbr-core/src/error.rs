@@ -326,12 +326,14 @@ impl FailurePolicy {
     }
 
     /// Sets the action for errors of `kind`.
+    #[must_use]
     pub fn on(mut self, kind: ErrorKind, action: FailureAction) -> FailurePolicy {
         self.actions[index(kind)] = action;
         self
     }
 
     /// Sets the action for bodies that carry no `model` member.
+    #[must_use]
     pub fn on_missing_model(mut self, action: FailureAction) -> FailurePolicy {
         self.missing_model = action;
         self

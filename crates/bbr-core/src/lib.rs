@@ -35,6 +35,8 @@ mod path;
 mod progress;
 pub mod rewrite;
 pub mod rules;
+// The one module with `unsafe`: the SIMD scanner, each block with a SAFETY note.
+#[allow(unsafe_code)]
 mod scan;
 
 pub use body::BodyExtractor;

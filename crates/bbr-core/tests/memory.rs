@@ -5,6 +5,9 @@
 //! Live bytes are counted per thread by this test binary's global
 //! allocator, so the tests may run in parallel.
 
+// A counting global allocator needs `unsafe`; test code only.
+#![allow(unsafe_code)]
+
 use std::{
     alloc::{GlobalAlloc, Layout, System},
     cell::Cell,

@@ -210,14 +210,11 @@ mod tests {
         dir.join("rules.yaml")
     }
 
-    /// Watches `path`, recording each text reloaded and the thread it was
-    /// reloaded on.
-    fn record(
-        path: &Path,
-    ) -> (
-        JoinHandle<()>,
-        Arc<Mutex<Vec<(String, std::thread::ThreadId)>>>,
-    ) {
+    /// Each text reloaded, with the thread it was reloaded on.
+    type Seen = Arc<Mutex<Vec<(String, std::thread::ThreadId)>>>;
+
+    /// Watches `path`, recording each reload.
+    fn record(path: &Path) -> (JoinHandle<()>, Seen) {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = Arc::clone(&seen);
         let watcher = watch_file(
@@ -233,7 +230,7 @@ mod tests {
         (watcher, seen)
     }
 
-    async fn wait_for(seen: &Mutex<Vec<(String, std::thread::ThreadId)>>, n: usize) {
+    async fn wait_for(seen: &Seen, n: usize) {
         for _ in 0..100 {
             if seen.lock().unwrap().len() >= n {
                 return;

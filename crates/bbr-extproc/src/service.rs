@@ -86,6 +86,7 @@ impl Default for ProcessorBuilder {
 
 impl ProcessorBuilder {
     /// Sets the extraction policy and limits.
+    #[must_use]
     pub fn extractor(mut self, config: ExtractorConfig) -> Self {
         self.extractor = config;
         self
@@ -95,6 +96,7 @@ impl ProcessorBuilder {
     /// An error found after the routing went out (`FULL_DUPLEX_STREAMED` or
     /// `STREAMED`, strict policy) is rejected whatever the policy says: the
     /// request can no longer pass unchanged.
+    #[must_use]
     pub fn failure_policy(mut self, policy: FailurePolicy) -> Self {
         self.decider = self.decider.with_failure_policy(policy);
         self
@@ -103,6 +105,7 @@ impl ProcessorBuilder {
     /// Sets the header name prefixes removed from every client request
     /// (default `x-gateway-`), besides the headers the rule table and the
     /// body fields set.
+    #[must_use]
     pub fn reserved_header_prefixes<I>(mut self, prefixes: I) -> Self
     where
         I: IntoIterator,
@@ -116,6 +119,7 @@ impl ProcessorBuilder {
     /// [`SharedRules::replace`] or [`SharedRules::reload_from`] on a clone
     /// applies to the next request, while requests under way keep the table
     /// they started with.
+    #[must_use]
     pub fn rules(mut self, rules: SharedRules) -> Self {
         self.rules = rules;
         self
@@ -125,6 +129,7 @@ impl ProcessorBuilder {
     /// `ProcessingRequest.protocol_config` (Envoy before 1.33 does not):
     /// `true` for `FULL_DUPLEX_STREAMED` (the `--streaming` flag), `false`
     /// for `BUFFERED`.
+    #[must_use]
     pub fn streaming(mut self, streaming: bool) -> Self {
         self.default_mode = if streaming {
             BodyMode::FullDuplexStreamed
@@ -135,6 +140,7 @@ impl ProcessorBuilder {
     }
 
     /// Sets the body mode assumed when Envoy does not announce one.
+    #[must_use]
     pub fn default_mode(mut self, mode: BodyMode) -> Self {
         self.default_mode = mode;
         self
@@ -144,6 +150,7 @@ impl ProcessorBuilder {
     /// the route (`clear_route_cache`). On by default, and required for
     /// routing on the headers this service sets; turn it off only where the
     /// filter runs in the upstream filter chain, where Envoy ignores it.
+    #[must_use]
     pub fn clear_route_cache(mut self, clear: bool) -> Self {
         self.clear_route_cache = clear;
         self
@@ -151,6 +158,7 @@ impl ProcessorBuilder {
 
     /// Sets the request header whose value keys weighted target choices
     /// (default `x-request-id`, which Envoy sets on every request).
+    #[must_use]
     pub fn request_key_header(mut self, name: &str) -> Self {
         self.request_key_header = name.to_ascii_lowercase();
         self
@@ -163,6 +171,7 @@ impl ProcessorBuilder {
     /// Absent and empty fields are counted in
     /// `bbr_body_field_not_found_total` and `bbr_body_field_empty_total`
     /// (label `field`).
+    #[must_use]
     pub fn body_field(mut self, copy: BodyFieldHeader) -> Self {
         self.decider = self.decider.with_body_field(copy);
         self

@@ -103,6 +103,7 @@ impl ModelRoutingLayer {
     }
 
     /// Routes with `table`.
+    #[must_use]
     pub fn rules(mut self, table: RuleTable) -> Self {
         Arc::make_mut(&mut self.config).rules = Rules::Fixed(Arc::new(table));
         self
@@ -110,12 +111,14 @@ impl ModelRoutingLayer {
 
     /// Routes with the table `rules` holds at the time of each request, so
     /// that a reload takes effect on the next request.
+    #[must_use]
     pub fn shared_rules(mut self, rules: SharedRules) -> Self {
         Arc::make_mut(&mut self.config).rules = Rules::Shared(rules);
         self
     }
 
     /// Sets the extractor's policy and limits.
+    #[must_use]
     pub fn extractor_config(mut self, config: ExtractorConfig) -> Self {
         let this = Arc::make_mut(&mut self.config);
         this.extractor = this.decider.extractor_config(config);
@@ -123,6 +126,7 @@ impl ModelRoutingLayer {
     }
 
     /// Sets the extraction policy (a shortcut into the extractor configuration).
+    #[must_use]
     pub fn policy(mut self, policy: Policy) -> Self {
         let config = Arc::make_mut(&mut self.config);
         config.extractor = config.extractor.clone().policy(policy);
@@ -131,6 +135,7 @@ impl ModelRoutingLayer {
 
     /// Sets the most bytes read before a decision; past it the request is
     /// answered 413 (a shortcut into the extractor configuration).
+    #[must_use]
     pub fn max_body(mut self, bytes: u64) -> Self {
         let config = Arc::make_mut(&mut self.config);
         config.extractor = config.extractor.clone().max_body(bytes);
@@ -138,6 +143,7 @@ impl ModelRoutingLayer {
     }
 
     /// Sets which errors are refused and which are let through.
+    #[must_use]
     pub fn failure_policy(mut self, policy: FailurePolicy) -> Self {
         let config = Arc::make_mut(&mut self.config);
         config.decider = config.decider.clone().with_failure_policy(policy);
@@ -154,6 +160,7 @@ impl ModelRoutingLayer {
     /// let layer = ModelRoutingLayer::new().body_field("stream=x-llm-stream".parse().unwrap());
     /// # drop(layer);
     /// ```
+    #[must_use]
     pub fn body_field(mut self, copy: BodyFieldHeader) -> Self {
         let config = Arc::make_mut(&mut self.config);
         config.extractor = config.extractor.clone().field(copy.field());
@@ -163,6 +170,7 @@ impl ModelRoutingLayer {
 
     /// Sets the header name prefixes removed from every client request
     /// (default `x-gateway-`), besides the headers the rule table sets.
+    #[must_use]
     pub fn reserved_header_prefixes<I>(mut self, prefixes: I) -> Self
     where
         I: IntoIterator,
@@ -177,6 +185,7 @@ impl ModelRoutingLayer {
     /// (Gemini-style `/v1beta/models/{model}:generateContent`). Such
     /// requests are routed at once, without reading the body. Templates are
     /// tried in the order they were added.
+    #[must_use]
     pub fn path_template(mut self, template: PathTemplate) -> Self {
         Arc::make_mut(&mut self.config).paths.push(template);
         self

@@ -72,12 +72,14 @@ impl<S> PoolRouter<S> {
 
     /// Sends the requests routed to `pool` to `service` (replacing any
     /// service given for that pool before).
+    #[must_use]
     pub fn pool(mut self, pool: impl Into<Box<str>>, service: S) -> Self {
         self.pools.insert(pool.into(), service);
         self
     }
 
     /// Sends the requests that name no pool to `service`.
+    #[must_use]
     pub fn fallback(mut self, service: S) -> Self {
         self.fallback = Some(service);
         self

@@ -138,6 +138,7 @@ impl RuleTableBuilder {
 
     /// Reads the rules from `path`: JSON when the name ends in `.json`,
     /// YAML otherwise. Replaces any earlier rules source.
+    #[must_use]
     pub fn rules_path(mut self, path: impl Into<PathBuf>) -> Self {
         self.rules = Some(Source::Path(path.into()));
         self
@@ -147,18 +148,21 @@ impl RuleTableBuilder {
     /// read by the caller (a watcher that made sure the file was not caught
     /// half-written): JSON when the name ends in `.json`, YAML otherwise;
     /// errors name `path`. Replaces any earlier rules source.
+    #[must_use]
     pub fn rules_file_text(mut self, path: impl Into<PathBuf>, text: impl Into<String>) -> Self {
         self.rules = Some(Source::File(path.into(), text.into()));
         self
     }
 
     /// Takes the rules from YAML text. Replaces any earlier rules source.
+    #[must_use]
     pub fn rules_yaml(mut self, text: impl Into<String>) -> Self {
         self.rules = Some(Source::Yaml(text.into()));
         self
     }
 
     /// Takes the rules from JSON text. Replaces any earlier rules source.
+    #[must_use]
     pub fn rules_json(mut self, text: impl Into<String>) -> Self {
         self.rules = Some(Source::Json(text.into()));
         self
@@ -169,12 +173,14 @@ impl RuleTableBuilder {
     /// `adapters`), or a YAML file holding ConfigMap manifests (`data:`
     /// with `baseModel` and `adapters`, several separated by `---`) or
     /// bare data maps.
+    #[must_use]
     pub fn base_models_path(mut self, path: impl Into<PathBuf>) -> Self {
         self.base_models.push(Source::Path(path.into()));
         self
     }
 
     /// Adds the base models of Go router ConfigMap data given as YAML text.
+    #[must_use]
     pub fn base_models_yaml(mut self, text: impl Into<String>) -> Self {
         self.base_models.push(Source::Yaml(text.into()));
         self
@@ -182,6 +188,7 @@ impl RuleTableBuilder {
 
     /// Seeds the random choice among weighted targets (requests without a
     /// request key), for reproducible tests.
+    #[must_use]
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
         self

@@ -371,6 +371,7 @@ impl RuleTable {
 
     /// The same table with its random choice among weighted targets seeded
     /// (requests with a request key are not affected: they hash).
+    #[must_use]
     pub fn with_seed(mut self, seed: u64) -> RuleTable {
         self.rng = Rng::seeded(seed);
         self
