@@ -89,8 +89,8 @@ fn jiter_keys(body: &[u8]) -> usize {
 }
 
 fn extract(c: &mut Criterion) {
-    let strict = ExtractorConfig::new().max_body(u64::MAX);
-    let fast = strict.clone().policy(Policy::Fast);
+    let strict = ExtractorConfig::new().with_max_body(u64::MAX);
+    let fast = strict.clone().with_policy(Policy::Fast);
     for case in extract_cases() {
         let body = case.body.as_slice();
         let chunks = chunks(body, CHUNK);

@@ -106,9 +106,9 @@ fn read_body(file: Option<&Path>) -> Result<Bytes, String> {
 
 /// The JSON line for `body`.
 fn outcome(args: &Args, rules: Option<&RuleTable>, body: Bytes) -> String {
-    let mut config = ExtractorConfig::new().policy(args.policy);
+    let mut config = ExtractorConfig::new().with_policy(args.policy);
     if let Some(max) = args.max_body {
-        config = config.max_body(max);
+        config = config.with_max_body(max);
     }
     let model = match extract(args, config, body) {
         Ok(model) => model,

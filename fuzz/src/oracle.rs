@@ -93,10 +93,10 @@ pub fn chunks(body: &[u8], cuts: &[usize]) -> Vec<Bytes> {
 pub fn config(flags: u8) -> ExtractorConfig {
     let mut config = ExtractorConfig::new();
     if flags & 1 != 0 {
-        config = config.field(EXTRA_FIELD);
+        config = config.with_field(EXTRA_FIELD);
     }
     if flags & 2 != 0 {
-        config = config.max_model_len(8);
+        config = config.with_max_model_len(8);
     }
     config
 }
@@ -126,7 +126,7 @@ pub fn run_json(body: &[u8], cuts: &[usize], config: &ExtractorConfig) -> Run {
                     decided,
                     "extraction() disagrees with the status {status:?}"
                 );
-                if config.get_policy() == Policy::Strict {
+                if config.policy() == Policy::Strict {
                     assert_eq!(extractor.bytes_scanned(), fed, "bytes_scanned");
                 }
             }
@@ -248,7 +248,7 @@ fn check_model_token(
 
 fn model_is_valid(model: &str, config: &ExtractorConfig) -> bool {
     !model.is_empty()
-        && model.len() <= config.get_max_model_len()
+        && model.len() <= config.max_model_len()
         && !model.chars().any(|c| c <= '\u{1f}' || c == '\u{7f}')
 }
 
@@ -332,7 +332,7 @@ pub fn check_against_oracle(body: &[u8], config: &ExtractorConfig, run: &Run) {
     if matches!(run.outcome, Outcome::Error { .. }) || expected == Expected::Unknown {
         return;
     }
-    if config.get_fields().iter().any(|f| &**f == EXTRA_FIELD) {
+    if config.fields().iter().any(|f| &**f == EXTRA_FIELD) {
         let top: TopLevel = serde_json::from_slice(body).expect("accepted above");
         let got = run
             .fields
@@ -360,7 +360,7 @@ fn check_field(value: &Value, got: Option<&FieldValue>, config: &ExtractorConfig
             serde_json::from_str::<Value>(text).ok().as_ref() == Some(&Value::Number(n.clone()))
         }
         (Value::String(s), FieldValue::String(t)) => s == t,
-        (Value::String(s), FieldValue::LongString) => s.len() > config.get_max_model_len(),
+        (Value::String(s), FieldValue::LongString) => s.len() > config.max_model_len(),
         (Value::Number(_), FieldValue::LongNumber) => {
             // The number as written was longer than the limit.
             true
@@ -374,7 +374,7 @@ fn check_field(value: &Value, got: Option<&FieldValue>, config: &ExtractorConfig
 /// The strict checks of one body under one split: the API invariants, the
 /// `serde_json` oracle, and agreement with the one-shot extraction.
 pub fn check_strict(body: &[u8], cuts: &[usize], config: &ExtractorConfig) {
-    assert_eq!(config.get_policy(), Policy::Strict);
+    assert_eq!(config.policy(), Policy::Strict);
     let whole = run_json(body, &[], config);
     check_against_oracle(body, config, &whole);
     let split = run_json(body, cuts, config);
@@ -396,7 +396,7 @@ fn assert_same(whole: &Run, split: &Run, body: &[u8], cuts: &[usize]) {
 /// error, which it does not see; and it is split-independent too.
 pub fn check_fast_vs_strict(body: &[u8], cuts: &[usize]) {
     let strict = run_json(body, cuts, &ExtractorConfig::new());
-    let fast_config = ExtractorConfig::new().policy(Policy::Fast);
+    let fast_config = ExtractorConfig::new().with_policy(Policy::Fast);
     let fast = run_json(body, cuts, &fast_config);
     let fast_whole = run_json(body, &[], &fast_config);
     assert_same(&fast_whole, &fast, body, cuts);
@@ -610,7 +610,7 @@ pub fn multipart(data: &[u8]) {
         String::from_utf8_lossy(&body)
     );
     // The fast policy stops at the first model part.
-    let fast = run_multipart(&body, &cuts, &config.clone().policy(Policy::Fast));
+    let fast = run_multipart(&body, &cuts, &config.clone().with_policy(Policy::Fast));
     assert!(
         matches!(&fast, Outcome::Found { model: m, .. } if *m == model),
         "fast: expected {model:?}, got {fast:?}"

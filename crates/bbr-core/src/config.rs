@@ -66,10 +66,11 @@ pub const MAX_FIELD_NAME_LEN: usize = 64;
 /// use bbr_core::{ExtractorConfig, Policy};
 ///
 /// let config = ExtractorConfig::new()
-///     .policy(Policy::Strict)
-///     .max_body(8 << 20)
-///     .field("stream");
-/// assert_eq!(config.get_max_model_len(), 256);
+///     .with_policy(Policy::Strict)
+///     .with_max_body(8 << 20)
+///     .with_field("stream");
+/// assert_eq!(config.max_model_len(), 256);
+/// assert_eq!(config.fields().len(), 1);
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExtractorConfig {
@@ -101,7 +102,7 @@ impl ExtractorConfig {
 
     /// Sets the policy.
     #[must_use]
-    pub fn policy(mut self, policy: Policy) -> Self {
+    pub fn with_policy(mut self, policy: Policy) -> Self {
         self.policy = policy;
         self
     }
@@ -109,7 +110,7 @@ impl ExtractorConfig {
     /// Sets the most bytes scanned before a decision; past it the body is
     /// refused with [`ErrorKind::TooLarge`](crate::ErrorKind::TooLarge).
     #[must_use]
-    pub fn max_body(mut self, bytes: u64) -> Self {
+    pub fn with_max_body(mut self, bytes: u64) -> Self {
         self.max_body = bytes;
         self
     }
@@ -118,14 +119,14 @@ impl ExtractorConfig {
     /// Values above 127 are clamped to 127 so that bbr never accepts a body
     /// its backends' parsers refuse.
     #[must_use]
-    pub fn max_depth(mut self, depth: usize) -> Self {
+    pub fn with_max_depth(mut self, depth: usize) -> Self {
         self.max_depth = depth.clamp(1, DEFAULT_MAX_DEPTH);
         self
     }
 
     /// Sets the longest model name accepted, in bytes (at least 1).
     #[must_use]
-    pub fn max_model_len(mut self, bytes: usize) -> Self {
+    pub fn with_max_model_len(mut self, bytes: usize) -> Self {
         self.max_model_len = bytes.max(1);
         self
     }
@@ -135,12 +136,12 @@ impl ExtractorConfig {
     /// every requested field has been seen or the top-level object closes.
     /// Names longer than [`MAX_FIELD_NAME_LEN`] bytes, and `model`, are ignored.
     #[must_use]
-    pub fn field(mut self, name: &str) -> Self {
+    pub fn with_field(mut self, name: &str) -> Self {
         if name.len() <= MAX_FIELD_NAME_LEN
             && name != "model"
-            && !self.get_fields().iter().any(|f| &**f == name)
+            && !self.fields().iter().any(|f| &**f == name)
         {
-            let mut fields: Vec<Box<str>> = self.get_fields().to_vec();
+            let mut fields: Vec<Box<str>> = self.fields().to_vec();
             fields.push(name.into());
             self.fields = Some(fields.into());
         }
@@ -148,27 +149,27 @@ impl ExtractorConfig {
     }
 
     /// The policy.
-    pub fn get_policy(&self) -> Policy {
+    pub fn policy(&self) -> Policy {
         self.policy
     }
 
     /// The most bytes scanned before a decision.
-    pub fn get_max_body(&self) -> u64 {
+    pub fn max_body(&self) -> u64 {
         self.max_body
     }
 
     /// The deepest nesting accepted.
-    pub fn get_max_depth(&self) -> usize {
+    pub fn max_depth(&self) -> usize {
         self.max_depth
     }
 
     /// The longest model name accepted, in bytes.
-    pub fn get_max_model_len(&self) -> usize {
+    pub fn max_model_len(&self) -> usize {
         self.max_model_len
     }
 
     /// The extra top-level fields requested.
-    pub fn get_fields(&self) -> &[Box<str>] {
+    pub fn fields(&self) -> &[Box<str>] {
         self.fields.as_deref().unwrap_or(&[])
     }
 }

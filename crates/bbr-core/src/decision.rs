@@ -140,7 +140,7 @@ impl Decider {
     pub fn extractor_config(&self, config: ExtractorConfig) -> ExtractorConfig {
         self.body_fields
             .iter()
-            .fold(config, |config, b| config.field(b.field()))
+            .fold(config, |config, b| config.with_field(b.field()))
     }
 
     /// Whether the client's header `name` must be removed before the
@@ -572,7 +572,7 @@ default: { action: pass }
     fn missing_models_pass_or_are_refused_by_policy() {
         let x = extract(
             br#"{"prompt":"hi","stream":false}"#,
-            ExtractorConfig::new().field("stream"),
+            ExtractorConfig::new().with_field("stream"),
         )
         .unwrap();
         let open = Decider::new().with_body_field("stream=x-stream".parse().unwrap());

@@ -260,7 +260,7 @@ impl ModelExtractor {
             self.begin_string(StrKind::Model, OPENING.len() as u64 - 1, OPENING.len());
             i = OPENING.len();
         }
-        let fast = self.p.config.get_policy() == crate::Policy::Fast;
+        let fast = self.p.config.policy() == crate::Policy::Fast;
         while i < buf.len() {
             if fast && self.p.decided {
                 break;
@@ -564,7 +564,7 @@ impl ModelExtractor {
 
     /// Opens an object or array at `at`.
     fn open(&mut self, array: bool, at: u64) -> Result<(), Error> {
-        if self.depth as usize >= self.p.config.get_max_depth() {
+        if self.depth as usize >= self.p.config.max_depth() {
             return Err(self.syntax(at, "nesting is too deep"));
         }
         self.arrays = (self.arrays << 1) | array as u128;
@@ -605,7 +605,7 @@ impl ModelExtractor {
     fn capture_limit(&self) -> usize {
         match self.kind {
             StrKind::TopKey => MAX_FIELD_NAME_LEN,
-            _ => self.p.config.get_max_model_len(),
+            _ => self.p.config.max_model_len(),
         }
     }
 
@@ -819,7 +819,7 @@ impl ModelExtractor {
                 let start = self.token_start;
                 // Unescaped content cannot hold a byte below 0x20: that is
                 // invalid JSON, refused before the closing quote.
-                let max_len = self.p.config.get_max_model_len();
+                let max_len = self.p.config.max_model_len();
                 progress::check_model(content, overflow, !self.spilled, start, max_len)?;
                 // Borrowed when the whole value lies in this chunk, unescaped.
                 let model = if self.spilled {
@@ -864,7 +864,7 @@ impl ModelExtractor {
             _ => return Err(self.syntax(at, "invalid number")),
         };
         if matches!(self.role, Role::Field(_)) {
-            if self.buf.len() < self.p.config.get_max_model_len() {
+            if self.buf.len() < self.p.config.max_model_len() {
                 self.buf.push(b);
             } else {
                 self.overflow = true;

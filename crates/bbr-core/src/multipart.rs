@@ -246,11 +246,7 @@ impl MultipartExtractor {
     /// Content of the current part.
     fn emit(&mut self, bytes: &[u8]) {
         if matches!(self.part, Part::Model | Part::Field(_)) {
-            let room = self
-                .p
-                .config
-                .get_max_model_len()
-                .saturating_sub(self.buf.len());
+            let room = self.p.config.max_model_len().saturating_sub(self.buf.len());
             if bytes.len() > room {
                 self.overflow = true;
             }
@@ -266,7 +262,7 @@ impl MultipartExtractor {
                 if std::str::from_utf8(&self.buf).is_err() {
                     return Err(self.malformed(start, "the `model` field is not valid UTF-8"));
                 }
-                let max_len = self.p.config.get_max_model_len();
+                let max_len = self.p.config.max_model_len();
                 progress::check_model(&self.buf, self.overflow, false, start, max_len)?;
                 let model = Model::new(Bytes::copy_from_slice(&self.buf), start..at, false);
                 self.p.set_model(model, at);
@@ -429,7 +425,7 @@ mod tests {
 
     #[test]
     fn span_and_extra_fields() {
-        let config = ExtractorConfig::new().field("language");
+        let config = ExtractorConfig::new().with_field("language");
         let mut x = MultipartExtractor::new("b0undary", config).unwrap();
         x.feed(&Bytes::from_static(AUDIO.as_bytes())).unwrap();
         let e = x.finish().unwrap();
@@ -495,7 +491,7 @@ mod tests {
 
     #[test]
     fn too_large_before_the_model() {
-        let config = ExtractorConfig::new().max_body(40);
+        let config = ExtractorConfig::new().with_max_body(40);
         assert_eq!(
             run(&config, &[AUDIO.as_bytes()]).unwrap_err(),
             (ErrorKind::TooLarge, 40)
@@ -504,7 +500,7 @@ mod tests {
 
     #[test]
     fn fast_policy_stops_at_the_model() {
-        let config = ExtractorConfig::new().policy(Policy::Fast);
+        let config = ExtractorConfig::new().with_policy(Policy::Fast);
         let cut = AUDIO.find("en\r\n").unwrap();
         assert_eq!(
             run(&config, &[&AUDIO.as_bytes()[..cut]]),

@@ -30,7 +30,7 @@ pub(crate) struct Progress {
 
 impl Progress {
     pub(crate) fn new(config: ExtractorConfig) -> Progress {
-        let nfields = config.get_fields().len().min(MAX_FIELDS);
+        let nfields = config.fields().len().min(MAX_FIELDS);
         let fields_all = if nfields == MAX_FIELDS {
             u64::MAX
         } else {
@@ -60,7 +60,7 @@ impl Progress {
             return None;
         }
         self.config
-            .get_fields()
+            .fields()
             .iter()
             .take(MAX_FIELDS)
             .position(|f| f.as_bytes() == name)
@@ -82,7 +82,7 @@ impl Progress {
         let bit = 1u64 << n;
         if self.fields_seen & bit == 0 && !self.decided {
             self.fields_seen |= bit;
-            let name = self.config.get_fields()[n as usize].clone();
+            let name = self.config.fields()[n as usize].clone();
             self.found.fields.push((name, value));
         }
         self.maybe_decide(at);
@@ -113,13 +113,13 @@ impl Progress {
     /// Whether the fast policy has decided (so scanning stops).
     #[inline]
     pub(crate) fn fast_done(&self) -> bool {
-        self.decided && self.config.get_policy() == Policy::Fast
+        self.decided && self.config.policy() == Policy::Fast
     }
 
     /// Whether later chunks still need scanning: until the decision, and
     /// after it in the strict policy; not after an error.
     pub(crate) fn needs_scanning(&self) -> bool {
-        self.error.is_none() && (!self.decided || self.config.get_policy() == Policy::Strict)
+        self.error.is_none() && (!self.decided || self.config.policy() == Policy::Strict)
     }
 }
 
@@ -231,7 +231,7 @@ pub(crate) fn feed<S: Scan>(s: &mut S, chunk: &Bytes) -> Result<Status, Error> {
     }
     let mut end = chunk.len();
     if !p.decided {
-        let budget = p.config.get_max_body().saturating_sub(p.base);
+        let budget = p.config.max_body().saturating_sub(p.base);
         end = end.min(usize::try_from(budget).unwrap_or(usize::MAX));
     }
     let mut result = s.scan(chunk, 0, end);
@@ -240,7 +240,7 @@ pub(crate) fn feed<S: Scan>(s: &mut S, chunk: &Bytes) -> Result<Status, Error> {
         if !p.decided {
             result = Err(Error::new(
                 ErrorKind::TooLarge,
-                p.config.get_max_body(),
+                p.config.max_body(),
                 "request body is larger than the limit before the model",
             ));
         } else if s.needs_scanning() {
@@ -265,7 +265,7 @@ pub(crate) fn finish<S: Scan>(s: &mut S) -> Result<&Extraction, Error> {
     if let Some(err) = &s.progress().error {
         return Err(err.clone());
     }
-    let complete = match s.progress().config.get_policy() {
+    let complete = match s.progress().config.policy() {
         Policy::Strict => s.complete(),
         Policy::Fast => s.progress().decided,
     };

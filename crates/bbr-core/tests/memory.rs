@@ -210,7 +210,7 @@ fn assert_constant(small: &Usage, large: &Usage) {
 
 #[test]
 fn strict_model_last_holds_nothing_of_a_100_mib_body() {
-    let config = ExtractorConfig::new().max_body(u64::MAX);
+    let config = ExtractorConfig::new().with_max_body(u64::MAX);
     let small = stream(10 * MIB, Position::Last, config.clone());
     let large = stream(100 * MIB, Position::Last, config);
     assert_constant(&small, &large);
@@ -225,7 +225,7 @@ fn strict_model_first_holds_nothing_of_a_100_mib_body() {
 
 #[test]
 fn fast_model_first_stops_at_the_model() {
-    let config = ExtractorConfig::new().policy(Policy::Fast);
+    let config = ExtractorConfig::new().with_policy(Policy::Fast);
     let mut extractor = ModelExtractor::new(config);
     let mut chunks = ChatStream::new(100 * MIB, Position::First);
     let first = chunks.next().expect("a chunk");

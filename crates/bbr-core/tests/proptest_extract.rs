@@ -404,8 +404,8 @@ proptest! {
         policy in prop_oneof![Just(Policy::Strict), Just(Policy::Fast)],
     ) {
         let max_body = limit.index(body.len() + 1) as u64;
-        let unlimited = oracle::run_json(&body, &[], &ExtractorConfig::new().policy(policy));
-        let config = ExtractorConfig::new().policy(policy).max_body(max_body);
+        let unlimited = oracle::run_json(&body, &[], &ExtractorConfig::new().with_policy(policy));
+        let config = ExtractorConfig::new().with_policy(policy).with_max_body(max_body);
         let whole = oracle::run_json(&body, &[], &config);
         let split = oracle::run_json(&body, &positions(&cuts, body.len()), &config);
         prop_assert_eq!(&whole.outcome, &split.outcome);
@@ -432,7 +432,7 @@ proptest! {
         body in prop_oneof![valid_document(), mutated_document()],
         policy in prop_oneof![Just(Policy::Strict), Just(Policy::Fast)],
     ) {
-        let config = ExtractorConfig::new().policy(policy);
+        let config = ExtractorConfig::new().with_policy(policy);
         let whole = oracle::run_json(&body, &[], &config);
         for cut in 0..=body.len() {
             let split = oracle::run_json(&body, &[cut], &config);
@@ -532,7 +532,7 @@ fn depth_of(body: &[u8]) -> usize {
 
 #[test]
 fn a_lower_depth_limit_is_enforced() {
-    let config = ExtractorConfig::new().max_depth(4);
+    let config = ExtractorConfig::new().with_max_depth(4);
     for (depth, ok) in [(3, true), (4, true), (5, false)] {
         let body = nested(depth, Nesting::Arrays, true);
         let run = oracle::run_json(&body, &[], &config);
@@ -694,7 +694,7 @@ fn invalid_bodies_are_refused_at_any_split() {
 #[test]
 fn decision_point_with_an_extra_field_is_split_independent() {
     let long = "x".repeat(100);
-    let config = ExtractorConfig::new().field("stream");
+    let config = ExtractorConfig::new().with_field("stream");
     for body in [
         format!(r#"{{"model":"m","stream":[1,"{long}"]}}"#),
         format!(r#"{{"model":"m","stream":{{"a":true,"b":"{long}"}}}}"#),
@@ -720,7 +720,9 @@ fn long_numbers_in_extra_fields_are_not_cut() {
         (8, "-1.2345678e9"),
         (256, digits.as_str()),
     ] {
-        let config = ExtractorConfig::new().max_model_len(limit).field("n");
+        let config = ExtractorConfig::new()
+            .with_max_model_len(limit)
+            .with_field("n");
         let body = format!(r#"{{"model":"m","n":{number}}}"#);
         let run = oracle::run_json(body.as_bytes(), &[], &config);
         let got = run

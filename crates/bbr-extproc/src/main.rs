@@ -164,8 +164,8 @@ impl Args {
         let builder = BodyRoutingProcessor::builder()
             .extractor(
                 ExtractorConfig::new()
-                    .policy(self.policy)
-                    .max_body(self.max_body),
+                    .with_policy(self.policy)
+                    .with_max_body(self.max_body),
             )
             .failure_policy(self.failure_policy())
             .rules(rules)

@@ -54,7 +54,7 @@ impl BodyRoutingProcessor {
 /// The largest gRPC message the service sends or accepts: the body limit
 /// plus room for headers and framing.
 fn message_limit(config: &ExtractorConfig) -> usize {
-    usize::try_from(config.get_max_body())
+    usize::try_from(config.max_body())
         .unwrap_or(usize::MAX)
         .saturating_add(1 << 20)
         .max(4 << 20)

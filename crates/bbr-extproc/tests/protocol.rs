@@ -233,7 +233,7 @@ async fn duplicate_model_in_one_chunk_is_rejected_before_routing() {
 #[tokio::test]
 async fn fast_policy_stops_scanning_after_the_model() {
     let fast = BodyRoutingProcessor::builder()
-        .extractor(ExtractorConfig::new().policy(Policy::Fast))
+        .extractor(ExtractorConfig::new().with_policy(Policy::Fast))
         .build();
     let mut c = serve(fast).await;
     let mut s = Stream::open(&mut c, full_duplex()).await;
@@ -394,7 +394,7 @@ async fn unsupported_content_type_is_415() {
 #[tokio::test]
 async fn too_large_before_the_decision_is_413() {
     let small = BodyRoutingProcessor::builder()
-        .extractor(ExtractorConfig::new().max_body(1024))
+        .extractor(ExtractorConfig::new().with_max_body(1024))
         .build();
     let mut c = serve(small).await;
     let mut s = Stream::open(&mut c, full_duplex()).await;

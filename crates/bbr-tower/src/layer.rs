@@ -87,7 +87,7 @@ impl Default for Config {
 /// .unwrap();
 /// let layer = ModelRoutingLayer::new()
 ///     .rules(rules)
-///     .extractor_config(ExtractorConfig::new().policy(Policy::Strict).max_body(8 << 20))
+///     .extractor_config(ExtractorConfig::new().with_policy(Policy::Strict).with_max_body(8 << 20))
 ///     .failure_policy(FailurePolicy::new());
 /// # let _ = layer;
 /// ```
@@ -129,7 +129,7 @@ impl ModelRoutingLayer {
     #[must_use]
     pub fn policy(mut self, policy: Policy) -> Self {
         let config = Arc::make_mut(&mut self.config);
-        config.extractor = config.extractor.clone().policy(policy);
+        config.extractor = config.extractor.clone().with_policy(policy);
         self
     }
 
@@ -138,7 +138,7 @@ impl ModelRoutingLayer {
     #[must_use]
     pub fn max_body(mut self, bytes: u64) -> Self {
         let config = Arc::make_mut(&mut self.config);
-        config.extractor = config.extractor.clone().max_body(bytes);
+        config.extractor = config.extractor.clone().with_max_body(bytes);
         self
     }
 
@@ -163,7 +163,7 @@ impl ModelRoutingLayer {
     #[must_use]
     pub fn body_field(mut self, copy: BodyFieldHeader) -> Self {
         let config = Arc::make_mut(&mut self.config);
-        config.extractor = config.extractor.clone().field(copy.field());
+        config.extractor = config.extractor.clone().with_field(copy.field());
         config.decider = config.decider.clone().with_body_field(copy);
         self
     }

@@ -182,7 +182,7 @@ impl ModelExtractor {
         let Some(state) = compact(self.state, self.arrays & 1 != 0) else {
             return (i, Exit::Anomaly);
         };
-        let max_depth = self.p.config.get_max_depth() as u32;
+        let max_depth = self.p.config.max_depth() as u32;
         let mut at = Between {
             state,
             depth: self.depth,

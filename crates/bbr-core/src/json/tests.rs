@@ -187,7 +187,7 @@ fn invalid_model() {
     // The limit counts unescaped bytes.
     let escaped = format!(r#"{{"model":"{}"}}"#, r"\u0061".repeat(256));
     assert_eq!(found(&escaped).len(), 256);
-    let limit = ExtractorConfig::new().max_model_len(3);
+    let limit = ExtractorConfig::new().with_max_model_len(3);
     assert_eq!(
         check_splits(&limit, br#"{"model":"abc"}"#),
         Ok(Some("abc".into()))
@@ -209,7 +209,7 @@ fn duplicate_model() {
         ErrorKind::DuplicateModel
     );
     // Fast policy decides at the first one and does not look further.
-    let fast = ExtractorConfig::new().policy(Policy::Fast);
+    let fast = ExtractorConfig::new().with_policy(Policy::Fast);
     assert_eq!(
         check_splits(&fast, br#"{"model":"a","model":"b"}"#),
         Ok(Some("a".into()))
@@ -365,14 +365,14 @@ fn depth_limit_matches_serde_json() {
         run(&strict(), &[&body]).unwrap_err().0,
         ErrorKind::InvalidJson
     );
-    let lower = ExtractorConfig::new().max_depth(3);
+    let lower = ExtractorConfig::new().with_max_depth(3);
     assert!(run(&lower, &[br#"{"a":[[1]]}"#]).is_ok());
     assert!(run(&lower, &[br#"{"a":[[[1]]]}"#]).is_err());
 }
 
 #[test]
 fn strict_validates_after_the_model_and_fast_does_not() {
-    let fast = ExtractorConfig::new().policy(Policy::Fast);
+    let fast = ExtractorConfig::new().with_policy(Policy::Fast);
     let body = br#"{"model":"a","x":[1,,]}"#;
     assert_eq!(kind(body), ErrorKind::InvalidJson);
     assert_eq!(check_splits(&fast, body), Ok(Some("a".into())));
@@ -389,7 +389,7 @@ fn strict_validates_after_the_model_and_fast_does_not() {
 #[test]
 fn too_large_before_the_decision() {
     let body = br#"{"prompt":"xxxxxxxxxxxxxxxxxxxx","model":"a"}"#;
-    let tight = ExtractorConfig::new().max_body(20);
+    let tight = ExtractorConfig::new().with_max_body(20);
     assert_eq!(check_splits(&tight, body), Err((ErrorKind::TooLarge, 20)));
     // The limit applies before the decision only.
     let body = br#"{"model":"a","prompt":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#;
@@ -437,11 +437,11 @@ fn the_model_is_borrowed_when_it_lies_in_one_chunk() {
 #[test]
 fn extra_fields_in_the_same_pass() {
     let config = ExtractorConfig::new()
-        .field("stream")
-        .field("n")
-        .field("user")
-        .field("tools")
-        .field("max_tokens");
+        .with_field("stream")
+        .with_field("n")
+        .with_field("user")
+        .with_field("tools")
+        .with_field("max_tokens");
     let body =
         br#"{"model":"a","stream":true,"n":2.5e1,"user":"u\"1","tools":[],"max_tokens":null}"#;
     let mut x = ModelExtractor::new(config.clone());
@@ -464,7 +464,7 @@ fn extra_fields_in_the_same_pass() {
 
 #[test]
 fn the_decision_waits_for_requested_fields() {
-    let config = ExtractorConfig::new().field("stream");
+    let config = ExtractorConfig::new().with_field("stream");
     let mut x = ModelExtractor::new(config.clone());
     assert_eq!(
         x.feed(&Bytes::from_static(br#"{"model":"a","#)).unwrap(),
@@ -492,7 +492,7 @@ fn the_decision_waits_for_requested_fields() {
 
 #[test]
 fn long_field_strings_are_not_captured() {
-    let config = ExtractorConfig::new().field("prompt");
+    let config = ExtractorConfig::new().with_field("prompt");
     let body = format!(r#"{{"prompt":"{}","model":"a"}}"#, "p".repeat(10_000));
     let e = ModelExtractor::extract(config, &Bytes::from(body)).unwrap();
     assert_eq!(e.field("prompt"), Some(&FieldValue::LongString));
@@ -811,7 +811,9 @@ fn the_block_path_hands_over_at_every_offset() {
 
 #[test]
 fn long_numbers_in_fields_are_not_cut() {
-    let config = ExtractorConfig::new().field("stream").max_model_len(8);
+    let config = ExtractorConfig::new()
+        .with_field("stream")
+        .with_max_model_len(8);
     let body = Bytes::from_static(br#"{"stream":777777777778,"model":"m"}"#);
     let e = ModelExtractor::extract(config.clone(), &body).unwrap();
     assert_eq!(e.field("stream"), Some(&FieldValue::LongNumber));
