@@ -6,7 +6,7 @@
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use bbr_core::{
-    ErrorKind, ExtractorConfig, FailureAction, FailurePolicy, Policy,
+    Decider, ErrorKind, ExtractorConfig, FailureAction, FailurePolicy, Policy,
     rules::{RuleTable, SharedRules},
 };
 use bbr_extproc::{BodyFieldHeader, BodyRoutingProcessor, SERVICE_NAME, metrics, serve};
@@ -160,6 +160,15 @@ impl Args {
         policy
     }
 
+    fn decider(&self) -> Decider {
+        self.body_field.iter().fold(
+            Decider::new()
+                .with_failure_policy(self.failure_policy())
+                .with_reserved_prefixes(&self.strip_header_prefix),
+            |decider, copy| decider.with_body_field(copy.clone()),
+        )
+    }
+
     fn processor(&self, rules: SharedRules) -> BodyRoutingProcessor {
         let builder = BodyRoutingProcessor::builder()
             .extractor(
@@ -167,14 +176,10 @@ impl Args {
                     .with_policy(self.policy)
                     .with_max_body(self.max_body),
             )
-            .failure_policy(self.failure_policy())
+            .decider(self.decider())
             .rules(rules)
-            .reserved_header_prefixes(&self.strip_header_prefix)
             .streaming(self.streaming);
-        self.body_field
-            .iter()
-            .fold(builder, |b, copy| b.body_field(copy.clone()))
-            .build()
+        builder.build()
     }
 }
 

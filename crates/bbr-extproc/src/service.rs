@@ -102,16 +102,14 @@ impl ProcessorBuilder {
         self
     }
 
-    /// Sets the header name prefixes removed from every client request
-    /// (default `x-gateway-`), besides the headers the rule table and the
-    /// body fields set.
+    /// Sets the whole decision step at once — failure policy, body fields
+    /// and the reserved header prefixes removed from every client request
+    /// (default `x-gateway-`) — replacing what
+    /// [`failure_policy`](Self::failure_policy) and
+    /// [`body_field`](Self::body_field) set.
     #[must_use]
-    pub fn reserved_header_prefixes<I>(mut self, prefixes: I) -> Self
-    where
-        I: IntoIterator,
-        I::Item: AsRef<str>,
-    {
-        self.decider = self.decider.with_reserved_prefixes(prefixes);
+    pub fn decider(mut self, decider: Decider) -> Self {
+        self.decider = decider;
         self
     }
 

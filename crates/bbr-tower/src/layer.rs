@@ -168,16 +168,26 @@ impl ModelRoutingLayer {
         self
     }
 
-    /// Sets the header name prefixes removed from every client request
-    /// (default `x-gateway-`), besides the headers the rule table sets.
+    /// Sets the whole decision step at once — failure policy, body fields
+    /// and the reserved header prefixes removed from every client request
+    /// (default `x-gateway-`) — replacing what [`failure_policy`] and
+    /// [`body_field`] set.
+    ///
+    /// [`failure_policy`]: ModelRoutingLayer::failure_policy
+    /// [`body_field`]: ModelRoutingLayer::body_field
+    ///
+    /// ```
+    /// use bbr_core::Decider;
+    /// use bbr_tower::ModelRoutingLayer;
+    ///
+    /// let layer = ModelRoutingLayer::new().decider(Decider::new().with_reserved_prefixes(["x-internal-"]));
+    /// # drop(layer);
+    /// ```
     #[must_use]
-    pub fn reserved_header_prefixes<I>(mut self, prefixes: I) -> Self
-    where
-        I: IntoIterator,
-        I::Item: AsRef<str>,
-    {
+    pub fn decider(mut self, decider: Decider) -> Self {
         let config = Arc::make_mut(&mut self.config);
-        config.decider = config.decider.clone().with_reserved_prefixes(prefixes);
+        config.extractor = decider.extractor_config(config.extractor.clone());
+        config.decider = decider;
         self
     }
 

@@ -567,7 +567,8 @@ async fn the_reserved_header_family_is_stripped_routed_or_not() {
         .header("x-gateway-destination-endpoint", "10.0.0.1:8000")
         .body(Full::new(Bytes::from_static(br#"{"model":"a"}"#)))
         .unwrap();
-    let layer = ModelRoutingLayer::new().reserved_header_prefixes(Vec::<String>::new());
+    let layer =
+        ModelRoutingLayer::new().decider(bbr_core::Decider::new().with_reserved_prefixes([""; 0]));
     let (_, seen) = run(layer, request).await;
     assert!(
         seen.lock()
