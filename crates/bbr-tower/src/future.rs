@@ -94,25 +94,13 @@ where
                 let verdict = config.decider.decide(&table, Input::Path(&model), key);
                 let mut decision = DecisionData::unrouted(ModelSource::Path);
                 decision.path_model = Some(model.into());
-                return forward(
-                    service,
-                    parts,
-                    RoutedBody::passthrough(body),
-                    verdict,
-                    decision,
-                );
+                return forward(service, parts, body, verdict, decision);
             }
         }
         if body.is_end_stream() {
             let verdict = config.decider.decide(&table, Input::NoBody, None);
             let decision = DecisionData::unrouted(ModelSource::None);
-            return forward(
-                service,
-                parts,
-                RoutedBody::passthrough(body),
-                verdict,
-                decision,
-            );
+            return forward(service, parts, body, verdict, decision);
         }
 
         let content_type = parts
@@ -134,13 +122,7 @@ where
             Err(error) => {
                 let verdict = config.decider.decide(&table, Input::Failed(error), None);
                 let decision = DecisionData::unrouted(ModelSource::None);
-                forward(
-                    service,
-                    parts,
-                    RoutedBody::passthrough(body),
-                    verdict,
-                    decision,
-                )
+                forward(service, parts, body, verdict, decision)
             }
         }
     }
@@ -187,7 +169,7 @@ where
 fn forward<S, B>(
     service: S,
     mut parts: Parts,
-    body: RoutedBody<B>,
+    body: B,
     verdict: Verdict,
     mut decision: DecisionData,
 ) -> ResponseFuture<S, B>
@@ -198,7 +180,13 @@ where
         return answer(error);
     }
     decision.take_verdict(verdict);
-    call(service, parts, body, decision, None)
+    call(
+        service,
+        parts,
+        RoutedBody::passthrough(body),
+        decision,
+        None,
+    )
 }
 
 /// Sets the verdict's headers; `Err` for a rejection.
