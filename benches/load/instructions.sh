@@ -57,7 +57,7 @@ total() {
     addr=$(grep -o "listening on [0-9.:]*" "$out.log" | awk '{print $3}')
     [ -n "$addr" ] || { echo "$mode did not start" >&2; cat "$out.log" >&2; exit 1; }
     timeout 600 python3 "$WORK/client.py" "${addr%:*}" "${addr##*:}" "$n" "$WORK/body.json"
-    kill -INT "$pid"
+    kill -TERM "$pid"
     wait "$pid" || true
     grep -E "^(summary|totals):" "$out.cg" | head -n 1 | awk '{print $2}'
 }
