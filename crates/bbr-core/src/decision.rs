@@ -161,6 +161,17 @@ impl Decider {
                 .any(|b| b.header().as_str().eq_ignore_ascii_case(name))
     }
 
+    /// [`strips`](Decider::strips) for a header name as `http` holds it
+    /// (lowercase): the same answer, without case folding.
+    pub fn strips_header(&self, table: &RuleTable, name: &HeaderName) -> bool {
+        let text = name.as_str();
+        self.reserved_prefixes
+            .iter()
+            .any(|p| text.starts_with(&**p))
+            || table.managed_headers().contains(name)
+            || self.body_fields.iter().any(|b| b.header() == name)
+    }
+
     /// What to do with a request, given what reading it came to.
     ///
     /// `request_key` (for example the `x-request-id` header) makes the
@@ -677,6 +688,21 @@ default: { action: pass }
         }
         for name in ["content-type", "x-gateway", "x-request-id", "authorization"] {
             assert!(!decider.strips(&t, name), "{name}");
+        }
+        // The same answers for header names as `http` holds them.
+        for name in [
+            "x-gateway-model-name",
+            "x-gateway-anything",
+            "x-tier",
+            "x-stream",
+            "accept",
+        ] {
+            let header = HeaderName::from_static(name);
+            assert_eq!(
+                decider.strips_header(&t, &header),
+                decider.strips(&t, name),
+                "{name}"
+            );
         }
         let custom = Decider::new().with_reserved_prefixes(["X-Internal-"]);
         assert!(custom.strips(&t, "x-internal-user"));

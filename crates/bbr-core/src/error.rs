@@ -37,11 +37,17 @@ pub enum ErrorKind {
     NoRoute,
     /// The request is routed to a pool that nothing serves.
     PoolUnavailable,
+    /// The gateway holds as many body bytes awaiting a decision as its
+    /// budget allows; the client may retry shortly.
+    Overloaded,
+    /// The client stopped sending the body before the decision (no data
+    /// for longer than the body-idle timeout).
+    BodyTimeout,
 }
 
 impl ErrorKind {
     /// Every kind, in a fixed order (for metrics and tests).
-    pub const ALL: [ErrorKind; 11] = [
+    pub const ALL: [ErrorKind; 13] = [
         ErrorKind::InvalidJson,
         ErrorKind::ModelNotString,
         ErrorKind::InvalidModel,
@@ -53,6 +59,8 @@ impl ErrorKind {
         ErrorKind::BodyReadError,
         ErrorKind::NoRoute,
         ErrorKind::PoolUnavailable,
+        ErrorKind::Overloaded,
+        ErrorKind::BodyTimeout,
     ];
 
     /// The stable snake_case name, used as the error `code` in responses,
@@ -70,6 +78,8 @@ impl ErrorKind {
             ErrorKind::BodyReadError => "body_read_error",
             ErrorKind::NoRoute => "no_route",
             ErrorKind::PoolUnavailable => "pool_unavailable",
+            ErrorKind::Overloaded => "overloaded",
+            ErrorKind::BodyTimeout => "body_timeout",
         }
     }
 
@@ -85,7 +95,17 @@ impl ErrorKind {
             ErrorKind::ModelNotFound | ErrorKind::NoRoute => 404,
             ErrorKind::TooLarge => 413,
             ErrorKind::UnsupportedContentType => 415,
-            ErrorKind::PoolUnavailable => 503,
+            ErrorKind::BodyTimeout => 408,
+            ErrorKind::PoolUnavailable | ErrorKind::Overloaded => 503,
+        }
+    }
+
+    /// The `Retry-After` (seconds) an answer of this kind carries: a
+    /// client may retry an overloaded gateway shortly.
+    pub const fn retry_after(self) -> Option<u32> {
+        match self {
+            ErrorKind::Overloaded => Some(1),
+            _ => None,
         }
     }
 
@@ -93,7 +113,7 @@ impl ErrorKind {
     /// fault, `invalid_request_error` otherwise.
     pub const fn error_type(self) -> &'static str {
         match self {
-            ErrorKind::PoolUnavailable => "server_error",
+            ErrorKind::PoolUnavailable | ErrorKind::Overloaded => "server_error",
             _ => "invalid_request_error",
         }
     }
@@ -111,7 +131,9 @@ impl ErrorKind {
             | ErrorKind::InvalidMultipart
             | ErrorKind::BodyReadError
             | ErrorKind::NoRoute
-            | ErrorKind::PoolUnavailable => None,
+            | ErrorKind::PoolUnavailable
+            | ErrorKind::Overloaded
+            | ErrorKind::BodyTimeout => None,
         }
     }
 }
@@ -190,6 +212,28 @@ impl Error {
     #[cold]
     pub fn no_route() -> Error {
         Error::new(ErrorKind::NoRoute, 0, "no pool serves this request")
+    }
+
+    /// The error for a request refused because the gateway holds as many
+    /// body bytes awaiting a decision as its budget allows.
+    #[cold]
+    pub fn overloaded() -> Error {
+        Error::new(
+            ErrorKind::Overloaded,
+            0,
+            "too many request bodies are awaiting a routing decision; retry shortly",
+        )
+    }
+
+    /// The error for a body whose client stopped sending before the
+    /// decision, `held` bytes in.
+    #[cold]
+    pub fn body_timeout(held: u64) -> Error {
+        Error::new(
+            ErrorKind::BodyTimeout,
+            held,
+            "the request body stopped arriving before the model was read",
+        )
     }
 
     /// The error for a request routed to `pool`, which nothing serves.
@@ -418,6 +462,10 @@ mod tests {
         assert_eq!(ErrorKind::NoRoute.status(), 404);
         assert_eq!(ErrorKind::PoolUnavailable.status(), 503);
         assert_eq!(ErrorKind::PoolUnavailable.error_type(), "server_error");
+        assert_eq!(ErrorKind::Overloaded.status(), 503);
+        assert_eq!(ErrorKind::Overloaded.retry_after(), Some(1));
+        assert_eq!(ErrorKind::BodyTimeout.status(), 408);
+        assert_eq!(ErrorKind::TooLarge.retry_after(), None);
         // Every kind has its own code.
         let codes: std::collections::HashSet<_> =
             ErrorKind::ALL.iter().map(|k| k.as_str()).collect();

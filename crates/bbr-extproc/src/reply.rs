@@ -133,10 +133,17 @@ pub(crate) fn immediate(error: &Error) -> ProcessingResponse {
             code: i32::from(error.status()),
         }),
         headers: Some(HeaderMutation {
-            set_headers: vec![header_option(
+            set_headers: std::iter::once(header_option(
                 "content-type",
                 Error::CONTENT_TYPE.as_bytes(),
-            )],
+            ))
+            .chain(
+                error
+                    .kind()
+                    .retry_after()
+                    .map(|seconds| header_option("retry-after", seconds.to_string().as_bytes())),
+            )
+            .collect(),
             remove_headers: Vec::new(),
         }),
         body: error.to_json().into_bytes(),

@@ -7,6 +7,7 @@ use std::{
     pin::Pin,
     sync::{Arc, OnceLock},
     task::{Context, Poll},
+    time::Duration,
 };
 
 use bbr_core::{BodyExtractor, Error, LateAction};
@@ -15,7 +16,11 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use crate::{BoxError, layer::Config};
+use crate::{
+    BoxError,
+    budget::{HoldBudget, Reservation},
+    layer::Config,
+};
 
 /// Chunks smaller than this are copied together while they are held, from
 /// the second such chunk in a row on.
@@ -71,6 +76,11 @@ pin_project! {
         body: B,
         pub(crate) extractor: BodyExtractor,
         pub(crate) held: Held,
+        // What the held bytes take from the layer's budget, until the decision.
+        pub(crate) reservation: Option<Reservation>,
+        // The body-idle timeout while reading, armed at the first wait.
+        #[pin]
+        idle: Idle,
         trailers: Option<HeaderMap>,
         // The body has yielded its last frame (or must not be polled again).
         ended: bool,
@@ -203,16 +213,85 @@ impl Check {
 }
 
 impl<B> BodyReader<B> {
-    /// A body about to be read into `extractor`.
-    pub(crate) fn new(body: B, extractor: BodyExtractor) -> BodyReader<B> {
+    /// A body about to be read into `extractor`, its held bytes counted in
+    /// `budget`, cut off after `idle` without data before the decision.
+    pub(crate) fn new(
+        body: B,
+        extractor: BodyExtractor,
+        budget: Option<&HoldBudget>,
+        idle: Option<Duration>,
+    ) -> BodyReader<B> {
         BodyReader {
             body,
             extractor,
             held: Held::default(),
+            reservation: budget.map(|b| Reservation::new(b.clone())),
+            idle: Idle::new(idle),
             trailers: None,
             ended: false,
             check: None,
         }
+    }
+}
+
+pin_project! {
+    /// The body-idle timeout while a body is read up to its decision: the
+    /// request is refused (`408 body_timeout`) when no data came for
+    /// `after`. The timer is armed only when the body first has to wait,
+    /// and re-armed at a wait that follows new data, so a body that
+    /// arrives at once costs no timer.
+    pub(crate) struct Idle {
+        after: Option<Duration>,
+        progress: bool,
+        #[pin]
+        sleep: Timer,
+    }
+}
+
+/// The timer of [`Idle`]: tokio's, or none without the `tokio` feature.
+#[cfg(feature = "tokio")]
+type Timer = Option<tokio::time::Sleep>;
+#[cfg(not(feature = "tokio"))]
+type Timer = ();
+
+impl Idle {
+    fn new(after: Option<Duration>) -> Idle {
+        Idle {
+            after,
+            progress: false,
+            sleep: Timer::default(),
+        }
+    }
+
+    /// Data arrived.
+    fn progress(self: Pin<&mut Self>) {
+        *self.project().progress = true;
+    }
+
+    /// The body must wait: whether it has waited too long (arming or
+    /// re-arming the timer first).
+    #[cfg(feature = "tokio")]
+    fn expired(self: Pin<&mut Self>, cx: &mut Context<'_>) -> bool {
+        use std::future::Future;
+        let mut this = self.project();
+        let Some(after) = *this.after else {
+            return false;
+        };
+        let deadline = || tokio::time::Instant::now() + after;
+        match this.sleep.as_mut().as_pin_mut() {
+            None => this.sleep.set(Some(tokio::time::sleep_until(deadline()))),
+            Some(sleep) if *this.progress => sleep.reset(deadline()),
+            Some(_) => {}
+        }
+        *this.progress = false;
+        this.sleep
+            .as_pin_mut()
+            .is_some_and(|sleep| sleep.poll(cx).is_ready())
+    }
+
+    #[cfg(not(feature = "tokio"))]
+    fn expired(self: Pin<&mut Self>, _: &mut Context<'_>) -> bool {
+        false
     }
 }
 
@@ -238,7 +317,12 @@ where
         let mut this = self.project();
         loop {
             let frame = match this.body.as_mut().poll_frame(cx) {
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    if this.idle.as_mut().expired(cx) {
+                        return Poll::Ready(Read::Failed(Error::body_timeout(this.held.len())));
+                    }
+                    return Poll::Pending;
+                }
                 Poll::Ready(None) => {
                     *this.ended = true;
                     return Poll::Ready(Read::Ended);
@@ -262,6 +346,12 @@ where
             };
             if chunk.is_empty() {
                 continue;
+            }
+            this.idle.as_mut().progress();
+            if let Some(reservation) = this.reservation.as_mut()
+                && !reservation.take(chunk.len() as u64)
+            {
+                return Poll::Ready(Read::Failed(Error::overloaded()));
             }
             let status = this.extractor.feed(&chunk);
             this.held.push(chunk);

@@ -10,7 +10,7 @@ use std::{
 };
 
 use bbr_core::rules::{ContentLength, RewrittenBody, RuleTable};
-use bbr_core::{BodyExtractor, Error, Input, Verdict};
+use bbr_core::{BodyExtractor, Error, Extraction, Input, Verdict};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, header, request::Parts};
 use http_body::Body;
@@ -108,17 +108,25 @@ where
             .get(header::CONTENT_TYPE)
             .map(|v| v.to_str().unwrap_or(""));
         match BodyExtractor::new(content_type, config.extractor.clone()) {
-            Ok(extractor) => ResponseFuture {
-                state: State::Reading {
-                    reading: Some(Reading {
-                        service,
-                        config,
-                        table,
-                        parts,
-                        stream: Box::pin(BodyReader::new(body, extractor)),
-                    }),
-                },
-            },
+            Ok(extractor) => {
+                let stream = BodyReader::new(
+                    body,
+                    extractor,
+                    config.budget.as_ref(),
+                    config.hold_idle_timeout,
+                );
+                ResponseFuture {
+                    state: State::Reading {
+                        reading: Some(Reading {
+                            service,
+                            config,
+                            table,
+                            parts,
+                            stream: Box::pin(stream),
+                        }),
+                    },
+                }
+            }
             Err(error) => {
                 let verdict = config.decider.decide(&table, Input::Failed(error), None);
                 let decision = DecisionData::unrouted(ModelSource::None);
@@ -132,7 +140,7 @@ where
 /// reserved family). Requests rarely carry any: one pass over the few
 /// headers they have finds out.
 fn strip_client_headers(config: &Config, table: &RuleTable, parts: &mut Parts) {
-    let strips = |name: &HeaderName| config.decider.strips(table, name.as_str());
+    let strips = |name: &HeaderName| config.decider.strips_header(table, name);
     if parts.headers.keys().any(strips) {
         let names: Vec<HeaderName> = parts
             .headers
@@ -266,11 +274,9 @@ where
     fn proceed(mut self, read: Read) -> ResponseFuture<S, B> {
         match read {
             Read::BodyError => return answer(Error::body_read()),
-            Read::Failed(error) => return self.carry_out(Input::Failed(error), None),
+            Read::Failed(error) => return self.carry_out(Err(error)),
             // An empty body (in any framing): nothing to route on.
-            Read::Ended if self.stream.held.is_empty() => {
-                return self.carry_out(Input::NoBody, None);
-            }
+            Read::Ended if self.stream.held.is_empty() => return self.carry_out(Ok(None)),
             Read::Decided | Read::Ended => {}
         }
         let ended = self.stream.ended();
@@ -281,24 +287,29 @@ where
             Some(extraction) if !ended => Ok(extraction.clone()),
             _ => extractor.finish().cloned(),
         };
-        match outcome {
-            Ok(extraction) => {
-                let is_json = self.stream.extractor.is_json();
-                self.carry_out(Input::body(&extraction, is_json), Some(&extraction))
-            }
-            Err(error) => self.carry_out(Input::Failed(error), None),
-        }
+        self.carry_out(outcome.map(Some))
     }
 
     /// Decides on `input` and carries the verdict out: the headers set, the
     /// held chunks rewritten, the rest of the body checked.
-    fn carry_out(
-        mut self,
-        input: Input<'_>,
-        extraction: Option<&bbr_core::Extraction>,
-    ) -> ResponseFuture<S, B> {
+    ///
+    /// `read` is what the extractor found (`None`: an empty body), or why
+    /// it refused the body.
+    fn carry_out(mut self, read: Result<Option<Extraction>, Error>) -> ResponseFuture<S, B> {
+        // Decided: what is held now goes on, and leaves the budget.
+        if let Some(reservation) = self.stream.as_mut().project().reservation.as_mut() {
+            reservation.release();
+        }
         let key = request_key(&self.table, &self.parts);
-        let verdict = self.config.decider.decide(&self.table, input, key);
+        let decider = &self.config.decider;
+        let (verdict, extraction) = match read {
+            Ok(Some(extraction)) => {
+                let input = Input::body(&extraction, self.stream.extractor.is_json());
+                (decider.decide(&self.table, input, key), Some(extraction))
+            }
+            Ok(None) => (decider.decide(&self.table, Input::NoBody, key), None),
+            Err(error) => (decider.decide(&self.table, Input::Failed(error), key), None),
+        };
         if let Err(error) = apply(&verdict, &mut self.parts.headers) {
             return answer(error);
         }
@@ -315,7 +326,7 @@ where
                 None => held.replace(chunks),
             }
         }
-        let source = match extraction.and_then(|x| x.model()) {
+        let source = match extraction.as_ref().and_then(|x| x.model()) {
             Some(_) => ModelSource::Body,
             None => ModelSource::None,
         };
@@ -330,7 +341,7 @@ where
             self.stream.as_mut().check_rest(config, changed)
         });
         decision.take_verdict(verdict);
-        decision.extraction = extraction.cloned();
+        decision.extraction = extraction;
         let body = RoutedBody::replay(self.stream);
         call(self.service, self.parts, body, decision, violation)
     }

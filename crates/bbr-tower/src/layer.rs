@@ -4,6 +4,7 @@ use std::{
     fmt, mem,
     sync::Arc,
     task::{Context, Poll},
+    time::Duration,
 };
 
 use bbr_core::rules::{RuleTable, SharedRules};
@@ -14,7 +15,15 @@ use http_body::Body;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::{BoxError, ResponseBody, ResponseFuture, RoutedBody};
+use crate::{BoxError, HoldBudget, ResponseBody, ResponseFuture, RoutedBody};
+
+/// The default body-idle timeout while a body is held: 30 s with the
+/// `tokio` feature (the timer needs tokio), none without it.
+pub const DEFAULT_HOLD_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn default_hold_idle_timeout() -> Option<Duration> {
+    cfg!(feature = "tokio").then_some(DEFAULT_HOLD_IDLE_TIMEOUT)
+}
 
 /// The rule table a layer consults: fixed, or shared and reloadable.
 #[derive(Clone)]
@@ -39,6 +48,8 @@ pub(crate) struct Config {
     pub(crate) decider: Decider,
     pub(crate) rules: Rules,
     pub(crate) paths: Vec<PathTemplate>,
+    pub(crate) budget: Option<HoldBudget>,
+    pub(crate) hold_idle_timeout: Option<Duration>,
 }
 
 impl fmt::Debug for Config {
@@ -54,6 +65,8 @@ impl fmt::Debug for Config {
                 },
             )
             .field("paths", &self.paths)
+            .field("budget", &self.budget)
+            .field("hold_idle_timeout", &self.hold_idle_timeout)
             .finish()
     }
 }
@@ -65,6 +78,8 @@ impl Default for Config {
             decider: Decider::default(),
             rules: Rules::Fixed(Arc::new(RuleTable::empty())),
             paths: Vec::new(),
+            budget: Some(HoldBudget::default()),
+            hold_idle_timeout: default_hold_idle_timeout(),
         }
     }
 }
@@ -165,6 +180,36 @@ impl ModelRoutingLayer {
         let config = Arc::make_mut(&mut self.config);
         config.extractor = config.extractor.clone().with_field(copy.field());
         config.decider = config.decider.clone().with_body_field(copy);
+        self
+    }
+
+    /// Shares `budget` of body bytes held before decisions with every
+    /// request of this layer (default: a budget of its own of
+    /// [`DEFAULT_HOLD_BUDGET`](crate::DEFAULT_HOLD_BUDGET), 256 MiB). Pass
+    /// the same budget to several layers to bound them together.
+    #[must_use]
+    pub fn hold_budget(mut self, budget: HoldBudget) -> Self {
+        Arc::make_mut(&mut self.config).budget = Some(budget);
+        self
+    }
+
+    /// Holds without a shared budget: each request is bounded by the body
+    /// limit only.
+    #[must_use]
+    pub fn no_hold_budget(mut self) -> Self {
+        Arc::make_mut(&mut self.config).budget = None;
+        self
+    }
+
+    /// Refuses a request whose body sends no data for `timeout` before its
+    /// decision (`408 body_timeout`); `None` waits as long as the client
+    /// does. Default: [`DEFAULT_HOLD_IDLE_TIMEOUT`] (30 s). The timer is
+    /// tokio's (feature `tokio`, on by default; without it there is no
+    /// timeout). After the decision the body streams to the inner service:
+    /// bound it there (hyper's and tower-http's timeouts).
+    #[must_use]
+    pub fn hold_idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        Arc::make_mut(&mut self.config).hold_idle_timeout = timeout;
         self
     }
 

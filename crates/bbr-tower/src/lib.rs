@@ -73,6 +73,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod body;
+mod budget;
 mod decision;
 mod future;
 mod layer;
@@ -84,9 +85,10 @@ mod router;
 pub mod axum;
 
 pub use body::RoutedBody;
+pub use budget::{DEFAULT_HOLD_BUDGET, HoldBudget};
 pub use decision::{Decision, ModelSource};
 pub use future::ResponseFuture;
-pub use layer::{ModelRouting, ModelRoutingLayer};
+pub use layer::{DEFAULT_HOLD_IDLE_TIMEOUT, ModelRouting, ModelRoutingLayer};
 pub use response::ResponseBody;
 pub use router::{PoolRouter, RouterFuture};
 

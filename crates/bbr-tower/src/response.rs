@@ -87,7 +87,13 @@ where
 /// and its OpenAI-style JSON body.
 pub(crate) fn reject<B>(error: &bbr_core::Error) -> Response<ResponseBody<B>> {
     let status = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::BAD_REQUEST);
-    json(status, error.to_json())
+    let mut response = json(status, error.to_json());
+    if let Some(seconds) = error.kind().retry_after() {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    response
 }
 
 fn json<B>(status: StatusCode, body: String) -> Response<ResponseBody<B>> {

@@ -653,3 +653,98 @@ async fn polling_a_completed_router_future_panics() {
     assert_eq!(response.status(), 404);
     let _ = future.as_mut().poll(&mut cx);
 }
+
+/// A body whose chunks the test sends one by one, then ends.
+type Sender = tokio::sync::mpsc::UnboundedSender<Result<Frame<Bytes>, Infallible>>;
+type ChannelBody =
+    StreamBody<tokio_stream::wrappers::UnboundedReceiverStream<Result<Frame<Bytes>, Infallible>>>;
+
+fn channel_body() -> (Sender, ChannelBody) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let stream = tokio_stream::wrappers::UnboundedReceiverStream::new(rx);
+    (tx, StreamBody::new(stream))
+}
+
+#[tokio::test]
+async fn the_hold_budget_bounds_what_all_requests_hold_together() {
+    let budget = crate::HoldBudget::new(1000);
+    let layer = ModelRoutingLayer::new().hold_budget(budget.clone());
+    let inner = service_fn(|request: Request<RoutedBody<_>>| async move {
+        let _ = request.into_body().collect().await;
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+    });
+    let service = tower::Layer::layer(&layer, inner);
+
+    // A first request holds 600 bytes of prompt, no model yet.
+    let (first_tx, first_body) = channel_body();
+    let prompt = format!(r#"{{"messages":["{}"],"#, "x".repeat(583));
+    assert_eq!(prompt.len(), 600);
+    first_tx.send(Ok(Frame::data(Bytes::from(prompt)))).unwrap();
+    let first = tokio::spawn(service.clone().oneshot(post(first_body)));
+    for _ in 0..100 {
+        if budget.in_use() > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(budget.in_use(), 600);
+
+    // A second one that would hold 600 more is refused: 503, Retry-After.
+    let second = format!(r#"{{"messages":["{}"],"model":"a"}}"#, "y".repeat(600));
+    let (tx, body) = channel_body();
+    tx.send(Ok(Frame::data(Bytes::from(second)))).unwrap();
+    drop(tx);
+    let response = service.clone().oneshot(post(body)).await.unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "1");
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(value["error"]["code"], "overloaded");
+    assert_eq!(budget.refused(), 1);
+
+    // Once the first is decided, its bytes leave the budget.
+    first_tx
+        .send(Ok(Frame::data(Bytes::from_static(br#""model":"a"}"#))))
+        .unwrap();
+    drop(first_tx);
+    assert_eq!(first.await.unwrap().unwrap().status(), 200);
+    assert_eq!(budget.in_use(), 0);
+
+    // A request dropped while holding gives its bytes back too.
+    let (tx, body) = channel_body();
+    tx.send(Ok(Frame::data(Bytes::from_static(br#"{"messages":[1,"#))))
+        .unwrap();
+    let pending = tokio::spawn(service.clone().oneshot(post(body)));
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert!(budget.in_use() > 0);
+    pending.abort();
+    let _ = pending.await;
+    assert_eq!(budget.in_use(), 0);
+    drop(tx);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_that_stops_before_the_model_is_cut_off() {
+    let layer = ModelRoutingLayer::new().hold_idle_timeout(Some(std::time::Duration::from_secs(5)));
+    let (tx, body) = channel_body();
+    tx.send(Ok(Frame::data(Bytes::from_static(br#"{"messages":["#))))
+        .unwrap();
+    // Data keeps the request alive: 3 s apart, under the timeout …
+    let feeder = tokio::spawn({
+        let tx = tx.clone();
+        async move {
+            for _ in 0..3 {
+                tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+                let _ = tx.send(Ok(Frame::data(Bytes::from_static(b"1,"))));
+            }
+        }
+    });
+    let started = tokio::time::Instant::now();
+    let (status, seen) = run(layer, post(body)).await;
+    // … then nothing: cut off 5 s after the last chunk, never forwarded.
+    assert_eq!(status, 408);
+    assert!(started.elapsed() >= std::time::Duration::from_secs(14));
+    assert!(seen.lock().unwrap().decision.is_none());
+    feeder.await.unwrap();
+    drop(tx);
+}
