@@ -1,4 +1,4 @@
-//! The `extract` example's command-line contract (DESIGN §9): one JSON line
+//! The `extract` example's command-line contract: one JSON line
 //! on stdout, exit 0 for any decision, 2 for usage errors.
 
 use std::{
