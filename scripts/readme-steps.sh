@@ -33,7 +33,9 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-step() { echo "readme-steps: $*"; }
+# Each line says how long the steps have taken so far: the first builds
+# dominate, and CI time matters.
+step() { printf 'readme-steps [%4d s]: %s\n' "$SECONDS" "$*"; }
 fail() {
   echo "readme-steps: FAILED: $*" >&2
   for log in "$work"/*.log; do
