@@ -11,7 +11,11 @@ cd "$(dirname "$0")/.."
 BBR_ENVOY="$(scripts/install-envoy.sh)"
 export BBR_ENVOY
 
-cargo test --workspace --all-targets
+cargo test --workspace --lib --bins --tests --examples
+# Each benchmark once, as a test. Criterion names every one it runs
+# ("Testing …", "Success"): only what goes wrong is worth reading.
+cargo test --workspace --bench '*' 2>&1 |
+  { grep -vE '^(Testing .*|Success|Gnuplot not found, using plotters backend|)$' || true; }
 cargo test --workspace --doc
 
 if [ "${BBR_SKIP_README_STEPS:-0}" != 1 ]; then
