@@ -22,20 +22,22 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use axum::{
-    Router,
-    body::Body,
-    extract::{Request, State},
-    http::{HeaderMap, HeaderValue, StatusCode, header},
-    response::{IntoResponse, Response},
-    routing::{get, post},
-};
 use bytes::Bytes;
-use futures_util::stream;
-use http_body_util::BodyExt;
+use futures_util::{StreamExt, stream};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body::Frame;
+use http_body_util::{BodyExt, Full, StreamBody, combinators::UnsyncBoxBody};
+use hyper::body::Incoming;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::{net::TcpListener, sync::Semaphore, task::JoinHandle};
+
+/// The body of a pool's answers: a whole JSON document or a stream of events.
+pub type PoolBody = UnsyncBoxBody<Bytes, Infallible>;
 
 /// The header every pool answer carries, naming the pool.
 pub const POOL_HEADER: &str = "x-inference-pool";
@@ -130,21 +132,38 @@ impl SimulatedPool {
         log.iter().cloned().collect()
     }
 
-    /// The pool as an axum router.
-    pub fn router(&self) -> Router {
-        Router::new()
-            .route("/v1/chat/completions", post(complete))
-            .route("/v1/completions", post(complete))
-            .route("/v1/embeddings", post(complete))
-            .route("/v1/responses", post(complete))
-            .route("/health", get(health))
-            .fallback(not_found)
-            .with_state(self.clone())
+    /// Answers one request.
+    pub async fn handle(&self, request: Request<Incoming>) -> Response<PoolBody> {
+        let answer = match (request.method(), request.uri().path()) {
+            (
+                &Method::POST,
+                "/v1/chat/completions" | "/v1/completions" | "/v1/embeddings" | "/v1/responses",
+            ) => complete(self, request).await,
+            (&Method::GET, "/health") => Response::new(full("ok")),
+            _ => {
+                let body = json!({"error": {"message": "not found", "type": "invalid_request_error", "param": null, "code": "not_found"}});
+                json_response(StatusCode::NOT_FOUND, &body)
+            }
+        };
+        with_pool(self, answer)
     }
 
-    /// Serves the pool on `listener` until the task is dropped.
+    /// Serves the pool on `listener` (HTTP/1.1 and HTTP/2 without TLS)
+    /// until the task is dropped.
     pub async fn serve(self, listener: TcpListener) -> io::Result<()> {
-        axum::serve(listener, self.router()).await
+        loop {
+            let (stream, _) = listener.accept().await?;
+            let pool = self.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request| {
+                    let pool = pool.clone();
+                    async move { Ok::<_, Infallible>(pool.handle(request).await) }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
     }
 
     /// Binds `addr` (port 0 for any) and serves the pool in a task.
@@ -172,19 +191,21 @@ impl SimulatedPool {
     }
 }
 
-async fn health(State(pool): State<SimulatedPool>) -> Response {
-    with_pool(&pool, "ok".into_response())
+fn full(bytes: impl Into<Bytes>) -> PoolBody {
+    Full::new(bytes.into()).boxed_unsync()
 }
 
-async fn not_found(State(pool): State<SimulatedPool>) -> Response {
-    let body = json!({"error": {"message": "not found", "type": "invalid_request_error", "param": null, "code": "not_found"}});
-    with_pool(
-        &pool,
-        (StatusCode::NOT_FOUND, axum::Json(body)).into_response(),
-    )
+fn json_response(status: StatusCode, value: &Value) -> Response<PoolBody> {
+    let mut response = Response::new(full(value.to_string()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
-async fn complete(State(pool): State<SimulatedPool>, request: Request) -> Response {
+async fn complete(pool: &SimulatedPool, request: Request<Incoming>) -> Response<PoolBody> {
     let (parts, body) = request.into_parts();
     let path = parts.uri.path().to_owned();
     let mut body = body;
@@ -216,21 +237,11 @@ async fn complete(State(pool): State<SimulatedPool>, request: Request) -> Respon
     let model_header = received.model_header().map(str::to_owned);
     pool.record(received);
     if !complete {
-        return error(
-            &pool,
-            StatusCode::BAD_REQUEST,
-            "the request body was cut short",
-        );
+        return error(StatusCode::BAD_REQUEST, "the request body was cut short");
     }
     let request: Value = match serde_json::from_slice(&bytes) {
         Ok(v) => v,
-        Err(e) => {
-            return error(
-                &pool,
-                StatusCode::BAD_REQUEST,
-                &format!("invalid JSON: {e}"),
-            );
-        }
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("invalid JSON: {e}")),
     };
     let Some(model) = request
         .get("model")
@@ -238,7 +249,6 @@ async fn complete(State(pool): State<SimulatedPool>, request: Request) -> Respon
         .map(str::to_owned)
     else {
         return error(
-            &pool,
             StatusCode::BAD_REQUEST,
             "you must provide a model parameter",
         );
@@ -249,11 +259,11 @@ async fn complete(State(pool): State<SimulatedPool>, request: Request) -> Respon
         .unwrap_or(false);
 
     let mut response = if path == "/v1/embeddings" {
-        axum::Json(embedding(&model)).into_response()
+        json_response(StatusCode::OK, &embedding(&model))
     } else if stream {
-        sse(&pool, &path, &model)
+        sse(pool, &path, &model)
     } else {
-        axum::Json(answer(&pool, &path, &model)).into_response()
+        json_response(StatusCode::OK, &answer(pool, &path, &model))
     };
     let headers = response.headers_mut();
     headers.insert("x-pool-received-bytes", HeaderValue::from(bytes.len()));
@@ -263,19 +273,19 @@ async fn complete(State(pool): State<SimulatedPool>, request: Request) -> Respon
     if let Some(v) = model_header.and_then(|m| HeaderValue::from_str(&m).ok()) {
         headers.insert("x-pool-received-model-header", v);
     }
-    with_pool(&pool, response)
+    response
 }
 
-fn with_pool(pool: &SimulatedPool, mut response: Response) -> Response {
+fn with_pool(pool: &SimulatedPool, mut response: Response<PoolBody>) -> Response<PoolBody> {
     if let Ok(v) = HeaderValue::from_str(pool.name()) {
         response.headers_mut().insert(POOL_HEADER, v);
     }
     response
 }
 
-fn error(pool: &SimulatedPool, status: StatusCode, message: &str) -> Response {
+fn error(status: StatusCode, message: &str) -> Response<PoolBody> {
     let body = json!({"error": {"message": message, "type": "invalid_request_error", "param": null, "code": null}});
-    with_pool(pool, (status, axum::Json(body)).into_response())
+    json_response(status, &body)
 }
 
 fn hex(digest: &[u8]) -> String {
@@ -291,10 +301,15 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// The words of the simulated answer.
-fn tokens(pool: &SimulatedPool, model: &str) -> Vec<String> {
+/// The words of the simulated answer; a streamed one says it is.
+fn tokens(pool: &SimulatedPool, model: &str, streamed: bool) -> Vec<String> {
+    let how = if streamed {
+        ", streamed one token at a time"
+    } else {
+        ""
+    };
     format!(
-        "This is {model} served by pool {}: a simulated answer, streamed one token at a time.",
+        "This is {model} served by pool {}: a simulated answer{how}.",
         pool.name()
     )
     .split(' ')
@@ -310,8 +325,9 @@ fn tokens(pool: &SimulatedPool, model: &str) -> Vec<String> {
 }
 
 fn answer(pool: &SimulatedPool, path: &str, model: &str) -> Value {
-    let text: String = tokens(pool, model).concat();
-    let n = tokens(pool, model).len();
+    let tokens = tokens(pool, model, false);
+    let text: String = tokens.concat();
+    let n = tokens.len();
     let usage = json!({"prompt_tokens": 12, "completion_tokens": n, "total_tokens": 12 + n});
     match path {
         "/v1/completions" => json!({
@@ -357,8 +373,8 @@ fn chunk(path: &str, model: &str, token: Option<&str>) -> Bytes {
 }
 
 /// Server-sent events, one token per event, then a final event and `[DONE]`.
-fn sse(pool: &SimulatedPool, path: &str, model: &str) -> Response {
-    let mut events: Vec<Bytes> = tokens(pool, model)
+fn sse(pool: &SimulatedPool, path: &str, model: &str) -> Response<PoolBody> {
+    let mut events: Vec<Bytes> = tokens(pool, model, true)
         .iter()
         .map(|t| chunk(path, model, Some(t)))
         .collect();
@@ -381,10 +397,11 @@ fn sse(pool: &SimulatedPool, path: &str, model: &str) -> Response {
                     tokio::time::sleep(delay).await;
                 }
             }
-            Some((Ok::<_, Infallible>(event), (it, i + 1)))
+            Some((event, (it, i + 1)))
         }
     });
-    let mut response = Response::new(Body::from_stream(events));
+    let frames = events.map(|event| Ok::<_, Infallible>(Frame::data(event)));
+    let mut response = Response::new(StreamBody::new(frames).boxed_unsync());
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
@@ -397,6 +414,22 @@ fn sse(pool: &SimulatedPool, path: &str, model: &str) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_streamed_answer_says_it_is_streamed() {
+        let pool = SimulatedPool::new("gemma3");
+        let whole = answer(&pool, "/v1/chat/completions", "chatbot");
+        let text = whole["choices"][0]["message"]["content"].as_str().unwrap();
+        assert_eq!(
+            text,
+            "This is chatbot served by pool gemma3: a simulated answer."
+        );
+        let streamed = tokens(&pool, "chatbot", true).concat();
+        assert!(
+            streamed.ends_with("streamed one token at a time."),
+            "{streamed}"
+        );
+    }
 
     #[test]
     fn the_log_keeps_only_the_latest_requests() {

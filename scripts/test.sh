@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: unit, property, integration, fuzz-corpus replay,
-# and the end-to-end tests against a real Envoy (installed on first use).
+# Runs the whole test suite: unit, property and integration tests, the
+# fuzz-corpus replay, the end-to-end tests against a real Envoy (installed on
+# first use), the code of the README and docs/ (doc tests), then the
+# README's steps in a fresh clone (scripts/readme-steps.sh; set
+# BBR_SKIP_README_STEPS=1 to leave them out).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,5 +11,13 @@ cd "$(dirname "$0")/.."
 BBR_ENVOY="$(scripts/install-envoy.sh)"
 export BBR_ENVOY
 
-cargo test --workspace --all-targets
+cargo test --workspace --lib --bins --tests --examples
+# Each benchmark once, as a test. Criterion names every one it runs
+# ("Testing …", "Success"): only what goes wrong is worth reading.
+cargo test --workspace --bench '*' 2>&1 |
+  { grep -vE '^(Testing .*|Success|Gnuplot not found, using plotters backend|)$' || true; }
 cargo test --workspace --doc
+
+if [ "${BBR_SKIP_README_STEPS:-0}" != 1 ]; then
+  scripts/readme-steps.sh
+fi

@@ -2,7 +2,7 @@
 //! handlers that take the routing [`Decision`] as an extractor.
 //!
 //! ```sh
-//! cargo run -p bbr-examples --example axum_layer            # listens on 127.0.0.1:3000
+//! cargo run -p bbr-examples --features axum --example axum_layer   # listens on 127.0.0.1:3000
 //! curl -s localhost:3000/v1/chat/completions -H 'content-type: application/json' \
 //!   -d '{"messages":[{"role":"user","content":"hi"}],"model":"chatbot"}'
 //! ```
@@ -19,7 +19,7 @@ use bbr_tower::{Decision, ModelRoutingLayer};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
-/// The seed rules: `chatbot` → pool `gemma3`, `recommender` → `deepseek-r1`.
+/// The demo's rules: `chatbot` → pool `gemma3`, `recommender` → `deepseek-r1`.
 const RULES: &str = include_str!("../config/gateway.yaml");
 
 async fn chat(decision: Decision, body: axum::body::Bytes) -> Json<Value> {

@@ -96,6 +96,40 @@ struct Args {
     /// Log verbosity: 0 errors … 1 warnings, 2 info (default), 3 debug, 4+ trace.
     #[arg(short = 'v', long = "v", alias = "verbosity", default_value_t = 2)]
     verbosity: u8,
+    /// Log format on stderr: text (coloured only when stderr is a terminal)
+    /// or json (one object a line, for log collectors).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// The format of the log lines on stderr.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logs to stderr at `verbosity` (`RUST_LOG` wins when set). Colour codes
+/// are written only to a terminal: a log file or a collector gets plain text.
+fn init_logging(verbosity: u8, format: LogFormat) {
+    use std::io::IsTerminal;
+
+    let level = match verbosity {
+        0 => "error",
+        1 => "warn",
+        2 => "info",
+        3 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().with_ansi(false).init(),
+    }
 }
 
 /// One entry of `--fail-open`.
@@ -212,20 +246,7 @@ fn main() -> ExitCode {
     if let Err(e) = args.check() {
         e.exit();
     }
-    let level = match args.verbosity {
-        0 => "error",
-        1 => "warn",
-        2 => "info",
-        3 => "debug",
-        _ => "trace",
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging(args.verbosity, args.log_format);
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if args.worker_threads > 0 {
         builder.worker_threads(args.worker_threads);
@@ -254,6 +275,15 @@ fn incoming(listener: TcpListener) -> TcpIncoming {
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Binds one of the three ports; the error names the address and the flag
+/// that chose it (a port already taken is the usual cause).
+async fn bind(address: std::net::IpAddr, port: u16, flag: &str) -> Result<TcpListener, BoxError> {
+    let addr = SocketAddr::new(address, port);
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr} ({flag} {port}): {e}").into())
+}
+
 async fn run(args: Args) -> Result<(), BoxError> {
     let prometheus = PrometheusBuilder::new()
         .set_buckets_for_metric(
@@ -274,10 +304,9 @@ async fn run(args: Args) -> Result<(), BoxError> {
     };
     let processor = args.processor(rules.clone());
 
-    let grpc = TcpListener::bind(SocketAddr::new(args.address, args.grpc_port)).await?;
-    let health = TcpListener::bind(SocketAddr::new(args.address, args.grpc_health_port)).await?;
-    let metrics_listener =
-        TcpListener::bind(SocketAddr::new(args.address, args.metrics_port)).await?;
+    let grpc = bind(args.address, args.grpc_port, "--grpc-port").await?;
+    let health = bind(args.address, args.grpc_health_port, "--grpc-health-port").await?;
+    let metrics_listener = bind(args.address, args.metrics_port, "--metrics-port").await?;
     let (grpc_addr, health_addr, metrics_addr) = (
         grpc.local_addr()?,
         health.local_addr()?,

@@ -37,6 +37,59 @@ fn usage_error(args: &[&str]) -> String {
     stderr
 }
 
+/// Runs the binary with its gRPC port on a port that is already taken, and
+/// returns its exit status and standard error (a pipe, not a terminal).
+fn start_on_a_taken_port(args: &[&str]) -> (std::process::ExitStatus, String, u16) {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_bbr-extproc"))
+        .args(["--address", "127.0.0.1", "--grpc-port", &port])
+        .args(["--grpc-health-port", "0", "--metrics-port", "0"])
+        .arg("--secure-serving=false")
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("cannot start bbr-extproc");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.stdout.is_empty(), "started serving on a taken port");
+    (out.status, stderr, port.parse().unwrap())
+}
+
+#[test]
+fn a_taken_port_is_named_in_plain_text_logs() {
+    let (status, stderr, port) = start_on_a_taken_port(&[]);
+    assert!(!status.success());
+    assert!(
+        stderr.contains(&format!(
+            "cannot listen on 127.0.0.1:{port} (--grpc-port {port})"
+        )),
+        "{stderr}"
+    );
+    // stderr is a pipe here: no colour codes for a log file to carry.
+    assert!(!stderr.contains('\x1b'), "{stderr:?}");
+}
+
+#[test]
+fn log_format_json_writes_one_object_a_line() {
+    let (status, stderr, port) = start_on_a_taken_port(&["--log-format", "json"]);
+    assert!(!status.success());
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect();
+    let error = lines
+        .iter()
+        .find(|l| l["level"] == "ERROR")
+        .unwrap_or_else(|| panic!("no error line in {stderr}"));
+    assert_eq!(error["fields"]["message"], "bbr-extproc failed");
+    let text = error["fields"]["error"].as_str().unwrap();
+    assert!(text.contains(&format!("(--grpc-port {port})")), "{text}");
+
+    let e = usage_error(&["--log-format", "xml"]);
+    assert!(e.contains("xml"), "{e}");
+}
+
 #[test]
 fn unknown_kinds_and_bad_headers_are_usage_errors() {
     let e = usage_error(&["--fail-open", "invalid_json,bogus_kind"]);

@@ -3,7 +3,9 @@
 use std::{
     io::{BufRead, BufReader},
     net::SocketAddr,
+    path::PathBuf,
     process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
 };
 
 /// The flags that put every listener of the binary on a free loopback port.
@@ -18,13 +20,20 @@ pub const FREE_PORTS: [&str; 8] = [
     "0",
 ];
 
-/// A running `bbr-extproc`, killed when dropped.
-pub struct ServerProcess(pub Child);
+/// A running `bbr-extproc`, killed when dropped. Its log (stderr) goes to
+/// a file, shown only when the test fails: some tests provoke the errors it
+/// logs.
+pub struct ServerProcess(pub Child, PathBuf);
 
 impl Drop for ServerProcess {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.1).unwrap_or_default();
+            eprintln!("--- bbr-extproc log ---\n{log}--- end of bbr-extproc log ---");
+        }
+        let _ = std::fs::remove_file(&self.1);
     }
 }
 
@@ -32,19 +41,26 @@ impl Drop for ServerProcess {
 /// first line of output: the process, then the gRPC, health and metrics
 /// addresses.
 pub fn start_binary(args: &[&str]) -> (ServerProcess, SocketAddr, SocketAddr, SocketAddr) {
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    let log_path = std::env::temp_dir().join(format!(
+        "bbr-extproc-{}-{}.log",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    let log = std::fs::File::create(&log_path).expect("cannot create the log file");
     let mut child = Command::new(env!("CARGO_BIN_EXE_bbr-extproc"))
         .args(FREE_PORTS)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(log)
         .spawn()
         .expect("cannot start bbr-extproc");
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    let process = ServerProcess(child);
+    let process = ServerProcess(child, log_path);
     let addr = |key: &str| -> SocketAddr {
         line.split_whitespace()
             .find_map(|w| w.strip_prefix(key))

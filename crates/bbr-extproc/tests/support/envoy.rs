@@ -58,17 +58,28 @@ pub struct Ports {
     pub deepseek: u16,
 }
 
-/// A running Envoy.
+/// A running Envoy. Its log goes to a file, shown only when the test fails:
+/// Envoy's warnings about its own configuration are noise in a passing run.
 pub struct Envoy {
     child: Child,
     dir: PathBuf,
     pub port: u16,
 }
 
+impl Envoy {
+    /// Envoy's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("envoy.log")).unwrap_or_default()
+    }
+}
+
 impl Drop for Envoy {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- envoy log ---\n{}--- end of envoy log ---", self.log());
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -94,6 +105,7 @@ impl Envoy {
         let config_path = dir.join("envoy.yaml");
         std::fs::write(&config_path, config).unwrap();
         let admin_path = dir.join("admin-address");
+        let log = std::fs::File::create(dir.join("envoy.log")).unwrap();
         let child = Command::new(binary())
             .arg("-c")
             .arg(&config_path)
@@ -108,7 +120,7 @@ impl Envoy {
             ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(log)
             .spawn()
             .expect("cannot start envoy");
         let mut envoy = Envoy {
