@@ -104,10 +104,14 @@
 
 mod body_field;
 mod exchange;
+#[cfg(feature = "kubernetes")]
+#[cfg_attr(docsrs, doc(cfg(feature = "kubernetes")))]
+pub mod kubernetes;
 pub mod metrics;
 pub mod pb;
 pub mod serve;
 mod service;
+pub mod sources;
 
 pub use body_field::{BodyFieldHeader, BodyFieldHeaderError};
 pub use exchange::BodyMode;

@@ -32,7 +32,16 @@ impl Drop for ServerProcess {
 /// first line of output: the process, then the gRPC, health and metrics
 /// addresses.
 pub fn start_binary(args: &[&str]) -> (ServerProcess, SocketAddr, SocketAddr, SocketAddr) {
+    start_binary_with_env(args, &[])
+}
+
+/// [`start_binary`] with extra environment variables.
+pub fn start_binary_with_env(
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (ServerProcess, SocketAddr, SocketAddr, SocketAddr) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_bbr-extproc"))
+        .envs(env.iter().copied())
         .args(FREE_PORTS)
         .args(args)
         .stdin(Stdio::null())
