@@ -10,3 +10,13 @@ export BBR_ENVOY
 
 cargo test --workspace --all-targets
 cargo test --workspace --doc
+
+# Kubernetes: the chart, the manifests, RBAC and the base-model ConfigMap
+# watch against a real API server on loopback (tools built from their Go
+# modules on first use), then the container image, built with buildah and run.
+scripts/test-kubernetes.sh
+if command -v buildah >/dev/null || [ "$(id -u)" = 0 ] || [ "${CI:-}" = true ]; then
+  scripts/build-image.sh
+else
+  echo "skipped: the container image (buildah is missing and cannot be installed without root)"
+fi
