@@ -21,16 +21,28 @@ fn main() {
     let commit = match std::env::var("BBR_GIT_COMMIT") {
         Ok(commit) if !commit.trim().is_empty() => commit.trim().to_owned(),
         _ => {
-            // Rebuild when HEAD moves: HEAD itself, the branch it names, and
-            // packed refs.
+            // Rebuild when HEAD moves: HEAD itself, the branch it names (or
+            // the directory it will appear in, when the ref is packed), and
+            // packed refs. Only paths that exist: Cargo treats a missing one
+            // as always changed.
+            let watch = |path: String| {
+                if std::path::Path::new(&path).exists() {
+                    println!("cargo::rerun-if-changed={path}");
+                    true
+                } else {
+                    false
+                }
+            };
             if let Some(dir) = git(&["rev-parse", "--absolute-git-dir"]) {
-                println!("cargo::rerun-if-changed={dir}/HEAD");
+                watch(format!("{dir}/HEAD"));
                 if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"])
                     && let Some(common) =
                         git(&["rev-parse", "--path-format=absolute", "--git-common-dir"])
                 {
-                    println!("cargo::rerun-if-changed={common}/{branch}");
-                    println!("cargo::rerun-if-changed={common}/packed-refs");
+                    if !watch(format!("{common}/{branch}")) {
+                        watch(format!("{common}/refs/heads"));
+                    }
+                    watch(format!("{common}/packed-refs"));
                 }
             }
             git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".to_owned())
