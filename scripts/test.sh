@@ -18,6 +18,16 @@ cargo test --workspace --bench '*' 2>&1 |
   { grep -vE '^(Testing .*|Success|Gnuplot not found, using plotters backend|)$' || true; }
 cargo test --workspace --doc
 
+# Kubernetes: the chart, the manifests, RBAC and the base-model ConfigMap
+# watch against a real API server on loopback (tools built from their Go
+# modules on first use), then the container image, built with buildah and run.
+scripts/test-kubernetes.sh
+if command -v buildah >/dev/null || [ "$(id -u)" = 0 ] || [ "${CI:-}" = true ]; then
+  scripts/build-image.sh
+else
+  echo "skipped: the container image (buildah is missing and cannot be installed without root)"
+fi
+
 if [ "${BBR_SKIP_README_STEPS:-0}" != 1 ]; then
   scripts/readme-steps.sh
 fi

@@ -103,11 +103,15 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod exchange;
+#[cfg(feature = "kubernetes")]
+#[cfg_attr(docsrs, doc(cfg(feature = "kubernetes")))]
+pub mod kubernetes;
 pub mod metrics;
 pub mod pb;
 mod reply;
 pub mod serve;
 mod service;
+pub mod sources;
 
 pub use bbr_core::{BodyFieldHeader, BodyFieldHeaderError};
 pub use exchange::BodyMode;

@@ -6,15 +6,25 @@
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use bbr_core::{
-    Decider, ErrorKind, ExtractorConfig, FailureAction, FailurePolicy, Policy,
-    rules::{RuleTable, SharedRules},
+    Decider, ErrorKind, ExtractorConfig, FailureAction, FailurePolicy, Policy, rules::SharedRules,
 };
-use bbr_extproc::{BodyFieldHeader, BodyRoutingProcessor, SERVICE_NAME, metrics, serve};
+use bbr_extproc::{
+    BodyFieldHeader, BodyRoutingProcessor, SERVICE_NAME, metrics, serve, sources::TableSources,
+};
 use clap::{ArgAction, CommandFactory, Parser};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use tokio::{net::TcpListener, sync::watch};
 use tonic::transport::{Server, ServerTlsConfig, server::TcpIncoming};
 use tonic_health::ServingStatus;
+
+/// `bbr-extproc --version`: the crate version and the git commit it was
+/// built from (see build.rs).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("BBR_GIT_COMMIT"),
+    ")"
+);
 
 /// Envoy ext_proc server routing LLM inference requests on the model named
 /// in the body.
@@ -22,7 +32,7 @@ use tonic_health::ServingStatus;
 /// Flags may be written Go-style too: `-grpc-port=9004`, `--grpcPort 9004`,
 /// `-streaming`, `--secure-serving=false`, `-v=4`.
 #[derive(Debug, Parser)]
-#[command(name = "bbr-extproc", version)]
+#[command(name = "bbr-extproc", version = VERSION)]
 struct Args {
     /// Port of the ext_proc gRPC service (also serves grpc.health.v1).
     #[arg(long, alias = "grpcPort", default_value_t = 9004)]
@@ -53,6 +63,13 @@ struct Args {
     /// it the model is copied into X-Gateway-Model-Name, as the Go router does.
     #[arg(long)]
     rules: Option<PathBuf>,
+    /// Watch ConfigMaps labelled inference.networking.k8s.io/bbr-managed=true
+    /// through the Kubernetes API for adapter → base model mappings, in the
+    /// namespace named by the NAMESPACE environment variable (all namespaces
+    /// when unset). Health answers NOT_SERVING until the first full list.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          default_value_t = false, action = ArgAction::Set)]
+    base_model_configmaps: bool,
     /// How often the rules file is checked for changes, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     rules_poll_ms: u64,
@@ -298,11 +315,9 @@ async fn run(args: Args) -> Result<(), BoxError> {
     metrics::describe();
     metrics::register_fields(args.body_field.iter().map(BodyFieldHeader::field));
 
-    let rules = match &args.rules {
-        Some(path) => SharedRules::new(RuleTable::from_path(path)?),
-        None => SharedRules::new(RuleTable::empty()),
-    };
-    let processor = args.processor(rules.clone());
+    let sources = TableSources::new(args.rules.clone())?;
+    let processor = args.processor(sources.rules());
+    let base_models = start_base_model_watch(&args, &sources).await?;
 
     let grpc = bind(args.address, args.grpc_port, "--grpc-port").await?;
     let health = bind(args.address, args.grpc_health_port, "--grpc-health-port").await?;
@@ -314,12 +329,27 @@ async fn run(args: Args) -> Result<(), BoxError> {
     );
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
-    reporter
-        .set_service_status("", ServingStatus::Serving)
-        .await;
-    reporter
-        .set_service_status(SERVICE_NAME, ServingStatus::Serving)
-        .await;
+    // With base models from the API server: NOT_SERVING until they are listed.
+    let initial = match base_models {
+        Some(_) => ServingStatus::NotServing,
+        None => ServingStatus::Serving,
+    };
+    reporter.set_service_status("", initial).await;
+    reporter.set_service_status(SERVICE_NAME, initial).await;
+    let ready = base_models.map(|mut synced| {
+        let reporter = reporter.clone();
+        tokio::spawn(async move {
+            if synced.wait_for(|synced| *synced).await.is_ok() {
+                reporter
+                    .set_service_status("", ServingStatus::Serving)
+                    .await;
+                reporter
+                    .set_service_status(SERVICE_NAME, ServingStatus::Serving)
+                    .await;
+                tracing::info!("base models listed; serving");
+            }
+        })
+    });
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {
@@ -364,7 +394,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
         serve::watch_file(
             path,
             Duration::from_millis(args.rules_poll_ms.max(10)),
-            move |p, text| rules.reload_text(p, text),
+            move |p, text| sources.reload_rules_text(p, text),
         )
     });
 
@@ -381,6 +411,9 @@ async fn run(args: Args) -> Result<(), BoxError> {
 
     shutdown.await;
     tracing::info!("shutting down; open streams may finish");
+    if let Some(ready) = ready {
+        ready.abort();
+    }
     reporter
         .set_service_status("", ServingStatus::NotServing)
         .await;
@@ -404,6 +437,37 @@ async fn run(args: Args) -> Result<(), BoxError> {
         Err(_) => tracing::warn!("streams still open after the drain timeout; exiting"),
     }
     Ok(())
+}
+
+/// Starts the base-model ConfigMap watch when `--base-model-configmaps` is
+/// given; the receiver turns true after the first full list.
+#[cfg(feature = "kubernetes")]
+async fn start_base_model_watch(
+    args: &Args,
+    sources: &TableSources,
+) -> Result<Option<watch::Receiver<bool>>, BoxError> {
+    use bbr_extproc::kubernetes;
+    if !args.base_model_configmaps {
+        return Ok(None);
+    }
+    kubernetes::describe_metrics();
+    let client = ::kube::Client::try_default().await?;
+    let (_task, synced) =
+        kubernetes::watch_base_models(client, kubernetes::Scope::from_env(), sources.clone());
+    Ok(Some(synced))
+}
+
+#[cfg(not(feature = "kubernetes"))]
+async fn start_base_model_watch(
+    args: &Args,
+    _sources: &TableSources,
+) -> Result<Option<watch::Receiver<bool>>, BoxError> {
+    if args.base_model_configmaps {
+        return Err(
+            "--base-model-configmaps needs bbr-extproc built with the `kubernetes` feature".into(),
+        );
+    }
+    Ok(None)
 }
 
 #[cfg(test)]

@@ -144,6 +144,13 @@ impl RuleTableBuilder {
         self
     }
 
+    /// Reads a rules file as [`rules_file_text`](Self::rules_file_text)
+    /// takes it, with the error [`rules_path`](Self::rules_path) gives for a
+    /// file that cannot be read.
+    pub fn read_rules_file(path: &Path) -> Result<String, ConfigError> {
+        read(path)
+    }
+
     /// Takes the rules from `text`, the contents of the file at `path`
     /// read by the caller (a watcher that made sure the file was not caught
     /// half-written): JSON when the name ends in `.json`, YAML otherwise;

@@ -41,6 +41,14 @@ impl Drop for ServerProcess {
 /// first line of output: the process, then the gRPC, health and metrics
 /// addresses.
 pub fn start_binary(args: &[&str]) -> (ServerProcess, SocketAddr, SocketAddr, SocketAddr) {
+    start_binary_with_env(args, &[])
+}
+
+/// [`start_binary`] with extra environment variables.
+pub fn start_binary_with_env(
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (ServerProcess, SocketAddr, SocketAddr, SocketAddr) {
     static SEQ: AtomicU32 = AtomicU32::new(0);
     let log_path = std::env::temp_dir().join(format!(
         "bbr-extproc-{}-{}.log",
@@ -49,6 +57,7 @@ pub fn start_binary(args: &[&str]) -> (ServerProcess, SocketAddr, SocketAddr, So
     ));
     let log = std::fs::File::create(&log_path).expect("cannot create the log file");
     let mut child = Command::new(env!("CARGO_BIN_EXE_bbr-extproc"))
+        .envs(env.iter().copied())
         .args(FREE_PORTS)
         .args(args)
         .stdin(Stdio::null())

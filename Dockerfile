@@ -1,0 +1,42 @@
+# bbr-extproc as a container image: a static binary on a minimal base, run
+# as user 65532, no shell.
+#
+#   buildah bud --build-arg BBR_GIT_COMMIT=$(git rev-parse --short=12 HEAD) -t bbr-extproc .
+#   docker build --build-arg BBR_GIT_COMMIT=$(git rev-parse --short=12 HEAD) -t bbr-extproc .
+#
+# BASE_IMAGE may be any image that can run a static binary: the default
+# distroless static (nonroot), or scratch. scripts/build-image.sh builds the
+# same final image without a registry (binary built on the host, then
+# `buildah from scratch`).
+
+ARG RUST_IMAGE=docker.io/library/rust:1-bookworm
+ARG BASE_IMAGE=gcr.io/distroless/static-debian12:nonroot
+
+FROM ${RUST_IMAGE} AS build
+# .git is not copied into the build: the commit that --version prints
+# comes from this argument.
+ARG BBR_GIT_COMMIT=unknown
+ENV BBR_GIT_COMMIT=${BBR_GIT_COMMIT} \
+    CARGO_PROFILE_RELEASE_DEBUG=0 \
+    CARGO_PROFILE_RELEASE_STRIP=symbols
+WORKDIR /src
+COPY . .
+# glibc linked statically (crt-static): the binary needs nothing from the
+# base image, not even a libc.
+RUN target="$(uname -m)-unknown-linux-gnu" \
+ && RUSTFLAGS="-C target-feature=+crt-static" \
+    cargo build --release --locked -p bbr-extproc --target "$target" \
+ && cp "target/$target/release/bbr-extproc" /bbr-extproc
+
+FROM ${BASE_IMAGE}
+ARG BBR_GIT_COMMIT=unknown
+LABEL org.opencontainers.image.title="bbr-extproc" \
+      org.opencontainers.image.description="Envoy ext_proc server routing LLM inference requests on the model named in the body" \
+      org.opencontainers.image.source="https://github.com/bbr-rs/bbr" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.revision="${BBR_GIT_COMMIT}"
+COPY --from=build --chown=65532:65532 /bbr-extproc /bbr-extproc
+USER 65532:65532
+# ext_proc gRPC, grpc.health.v1 (plaintext), Prometheus /metrics.
+EXPOSE 9004 9005 9090
+ENTRYPOINT ["/bbr-extproc"]

@@ -1,0 +1,59 @@
+{{/* Labels every object carries. */}}
+{{- define "bbr.labels" -}}
+app.kubernetes.io/name: bbr-extproc
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: body-based-router
+app.kubernetes.io/part-of: inference-gateway
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- end -}}
+
+{{/* The selector: the Go chart's, so that an upgrade from it keeps the
+     (immutable) Deployment selector. */}}
+{{- define "bbr.selector" -}}
+app: {{ .Values.bbr.name }}
+{{- end -}}
+
+{{- define "bbr.serviceAccount" -}}
+{{ .Values.bbr.name }}-{{ .Release.Name }}
+{{- end -}}
+
+{{/* registry/repository:tag, or v0.5.1's hub/name:tag when hub is set. */}}
+{{- define "bbr.image" -}}
+{{- $i := .Values.bbr.image -}}
+{{- $tag := toString (default .Chart.AppVersion $i.tag) -}}
+{{- if $i.hub -}}
+{{ $i.hub }}/{{ default "bbr-extproc" $i.name }}:{{ $tag }}
+{{- else if $i.name -}}
+{{- fail "bbr.image.name needs bbr.image.hub (v0.5.1's spelling: hub/name:tag); or set bbr.image.registry and bbr.image.repository" -}}
+{{- else -}}
+{{ $i.registry }}/{{ $i.repository }}:{{ $tag }}
+{{- end -}}
+{{- end -}}
+
+{{/* TLS on the ext_proc port: bbr.secureServing, else flags.secure-serving,
+     else on except for envoy-gateway (h2c to the Service). */}}
+{{- define "bbr.secure" -}}
+{{- $flags := .Values.bbr.flags | default dict -}}
+{{- if kindIs "bool" .Values.bbr.secureServing -}}
+{{ .Values.bbr.secureServing }}
+{{- else if hasKey $flags "secure-serving" -}}
+{{ index $flags "secure-serving" }}
+{{- else -}}
+{{ ne .Values.provider.name "envoy-gateway" }}
+{{- end -}}
+{{- end -}}
+
+{{/* Whether the base-model ConfigMap watch is on: the Go router's
+     base-model-to-header plugin, listed or implied by an empty list. */}}
+{{- define "bbr.baseModels" -}}
+{{- $on := true -}}
+{{- if .Values.bbr.plugins -}}
+{{- $on = false -}}
+{{- range .Values.bbr.plugins -}}
+{{- if eq .type "base-model-to-header" -}}{{- $on = true -}}{{- end -}}
+{{- end -}}
+{{- end -}}
+{{ $on }}
+{{- end -}}

@@ -1,0 +1,430 @@
+//! bbr-extproc as it runs in Kubernetes: the rules file mounted from a
+//! ConfigMap (the kubelet's symlink swap), readiness held while the
+//! base-model ConfigMaps cannot be listed, and — against a real API server
+//! (`BBR_KUBECONFIG` and `BBR_KUBECTL`, exported by
+//! `scripts/test-kubernetes.sh`) — base models that follow ConfigMaps as
+//! they are created, changed and deleted.
+//!
+//! Without `BBR_KUBECONFIG` the API-server test says it skipped, unless
+//! `BBR_REQUIRE_KUBERNETES=1`, which makes a missing API server an error.
+
+#![cfg(feature = "kubernetes")]
+
+mod support;
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use bbr_extproc::pb::BodySendMode;
+use support::{
+    JSON,
+    binary::{ServerProcess, start_binary_with_env},
+    common, protocol, set_headers,
+};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+const BASE: &str = "x-gateway-base-model-name";
+const POOL: &str = "x-gateway-inference-pool";
+
+/// How long a ConfigMap change may take to show in a decision.
+const FOLLOW: Duration = Duration::from_secs(2);
+
+/// The routing headers bbr-extproc at `grpc` (plaintext) sets for `model`.
+async fn route(grpc: SocketAddr, model: &str) -> Vec<(String, String)> {
+    let mut client = bbr_extproc::pb::external_processor_client::ExternalProcessorClient::connect(
+        format!("http://{grpc}"),
+    )
+    .await
+    .expect("connect to bbr-extproc");
+    let mode = protocol(BodySendMode::FullDuplexStreamed, BodySendMode::None);
+    let mut s = support::Stream::open(&mut client, Some(mode)).await;
+    s.headers(&[JSON], false).await;
+    let body = format!(r#"{{"model":"{model}","messages":[]}}"#);
+    s.body(body.as_bytes(), true).await;
+    let first = s.recv().await;
+    assert!(
+        matches!(
+            first,
+            bbr_extproc::pb::processing_response::Response::RequestHeaders(_)
+        ),
+        "{first:?}"
+    );
+    s.close();
+    set_headers(&common(&first))
+}
+
+fn header(headers: &[(String, String)], name: &str) -> Option<String> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.clone())
+}
+
+/// Polls until the base model `model` gets equals `expected`, for at most
+/// [`FOLLOW`]; returns what was seen last.
+async fn base_model_becomes(
+    grpc: SocketAddr,
+    model: &str,
+    expected: Option<&str>,
+) -> Option<String> {
+    let deadline = Instant::now() + FOLLOW;
+    loop {
+        let seen = header(&route(grpc, model).await, BASE);
+        if seen.as_deref() == expected || Instant::now() >= deadline {
+            return seen;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn health_status(health: SocketAddr) -> i32 {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{health}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("bbr-k8s-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Lays out `files` as the kubelet does for a ConfigMap volume: a
+/// timestamped directory, `..data` pointing to it, and each file a link
+/// through `..data`. A second call swaps `..data` atomically (rename).
+fn kubelet_write(dir: &Path, generation: u32, files: &[(&str, &str)]) {
+    let data = format!("..2026_01_01_00_00_0{generation}.{generation}");
+    std::fs::create_dir(dir.join(&data)).unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.join(&data).join(name), text).unwrap();
+    }
+    let tmp = dir.join("..data_tmp");
+    std::os::unix::fs::symlink(&data, &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    for (name, _) in files {
+        let link = dir.join(name);
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(format!("..data/{name}"), &link).unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_mounted_from_a_configmap_follow_the_kubelets_symlink_swap() {
+    let dir = temp_dir("rules");
+    let rules = |pool: &str| {
+        format!("rules: [{{name: chat, match: {{model: {{exact: chatbot}}}}, pool: {pool}}}]\n")
+    };
+    kubelet_write(&dir, 1, &[("rules.yaml", &rules("gemma3"))]);
+    let path = dir.join("rules.yaml");
+    let (_server, grpc, _, _) = start_binary_with_env(
+        &[
+            "--secure-serving=false",
+            "--rules",
+            path.to_str().unwrap(),
+            "--rules-poll-ms",
+            "50",
+        ],
+        &[],
+    );
+    assert_eq!(
+        header(&route(grpc, "chatbot").await, POOL).as_deref(),
+        Some("gemma3")
+    );
+    // Same length, so that only the swap (a new inode and mtime) can tell.
+    kubelet_write(&dir, 2, &[("rules.yaml", &rules("gemma4"))]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut pool = None;
+    while Instant::now() < deadline {
+        pool = header(&route(grpc, "chatbot").await, POOL);
+        if pool.as_deref() == Some("gemma4") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(pool.as_deref(), Some("gemma4"), "the swap was not reloaded");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_ready_while_the_base_models_cannot_be_listed_yet_requests_are_served() {
+    let dir = temp_dir("unreachable");
+    // An API server that is not there: a closed port on loopback.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:{port}\n    insecure-skip-tls-verify: true\nusers:\n- name: u\n  user:\n    token: t\ncontexts:\n- name: c\n  context: {{cluster: c, user: u}}\ncurrent-context: c\n"
+        ),
+    )
+    .unwrap();
+    let (_server, grpc, health, _) = start_binary_with_env(
+        &["--secure-serving=false", "--base-model-configmaps"],
+        &[
+            ("KUBECONFIG", kubeconfig.to_str().unwrap()),
+            ("NAMESPACE", "default"),
+        ],
+    );
+    // Still not serving after retries have had time to fail.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        health_status(health).await,
+        ServingStatus::NotServing as i32
+    );
+    // Requests that reach it anyway are routed on the model.
+    let headers = route(grpc, "chatbot").await;
+    assert_eq!(
+        header(&headers, "x-gateway-model-name").as_deref(),
+        Some("chatbot")
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The API server of `scripts/test-kubernetes.sh`, or `None` (skipped).
+fn cluster() -> Option<(String, String)> {
+    let kubeconfig = std::env::var("BBR_KUBECONFIG")
+        .ok()
+        .filter(|v| !v.is_empty());
+    let kubectl = std::env::var("BBR_KUBECTL").ok().filter(|v| !v.is_empty());
+    match (kubeconfig, kubectl) {
+        (Some(c), Some(k)) => Some((c, k)),
+        _ => {
+            assert!(
+                std::env::var("BBR_REQUIRE_KUBERNETES").as_deref() != Ok("1"),
+                "BBR_REQUIRE_KUBERNETES=1 but BBR_KUBECONFIG or BBR_KUBECTL is not set"
+            );
+            eprintln!(
+                "skipped: no API server (BBR_KUBECONFIG and BBR_KUBECTL unset; scripts/test-kubernetes.sh sets them)"
+            );
+            None
+        }
+    }
+}
+
+struct Kubectl {
+    bin: String,
+    kubeconfig: String,
+    namespace: String,
+}
+
+impl Kubectl {
+    fn run(&self, args: &[&str], stdin: Option<&str>) -> String {
+        use std::io::Write;
+        let mut child = Command::new(&self.bin)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .args(["--request-timeout=20s", "-n", &self.namespace])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot run kubectl");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.unwrap_or("").as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn apply(&self, manifest: &str) {
+        self.run(&["apply", "-f", "-"], Some(manifest));
+    }
+}
+
+impl Drop for Kubectl {
+    fn drop(&mut self) {
+        let _ = Command::new(&self.bin)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .args([
+                "delete",
+                "namespace",
+                &self.namespace,
+                "--wait=false",
+                "--request-timeout=20s",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn base_model_configmap(name: &str, base: &str, adapters: &[&str], managed: bool) -> String {
+    let list: String = adapters.iter().map(|a| format!("    - {a}\n")).collect();
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  labels:\n    inference.networking.k8s.io/bbr-managed: \"{managed}\"\ndata:\n  baseModel: {base}\n  adapters: |\n{list}"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn base_models_follow_configmaps_through_the_api_server() {
+    let Some((kubeconfig, kubectl)) = cluster() else {
+        return;
+    };
+    let k = Kubectl {
+        bin: kubectl,
+        kubeconfig: kubeconfig.clone(),
+        namespace: format!("bbr-watch-{}", std::process::id()),
+    };
+    Command::new(&k.bin)
+        .env("KUBECONFIG", &k.kubeconfig)
+        .args(["create", "namespace", &k.namespace])
+        .status()
+        .expect("kubectl create namespace");
+    // Present before the start: part of the first list.
+    k.apply(&base_model_configmap(
+        "llama",
+        "llama-3",
+        &["sql-lora"],
+        true,
+    ));
+    // In another namespace: not watched.
+    let other = format!("{}-other", k.namespace);
+    k.run(&["create", "namespace", &other], None);
+    k.run(
+        &["apply", "-n", &other, "-f", "-"],
+        Some(&base_model_configmap(
+            "elsewhere",
+            "qwen",
+            &["far-lora"],
+            true,
+        )),
+    );
+
+    let (server, grpc, health, metrics): (ServerProcess, _, _, _) = start_binary_with_env(
+        &["--secure-serving=false", "--base-model-configmaps"],
+        &[
+            ("KUBECONFIG", kubeconfig.as_str()),
+            ("NAMESPACE", k.namespace.as_str()),
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while health_status(health).await != ServingStatus::Serving as i32 {
+        assert!(Instant::now() < deadline, "never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Ready means listed: the mapping is there at once.
+    assert_eq!(
+        header(&route(grpc, "sql-lora").await, BASE).as_deref(),
+        Some("llama-3")
+    );
+    assert_eq!(header(&route(grpc, "far-lora").await, BASE), None);
+
+    // Created.
+    k.apply(&base_model_configmap(
+        "gemma",
+        "gemma-3",
+        &["chat-lora"],
+        true,
+    ));
+    assert_eq!(
+        base_model_becomes(grpc, "chat-lora", Some("gemma-3"))
+            .await
+            .as_deref(),
+        Some("gemma-3")
+    );
+    // Changed: the adapter moves to another base model.
+    k.apply(&base_model_configmap(
+        "gemma",
+        "gemma-3-27b",
+        &["chat-lora", "qa-lora"],
+        true,
+    ));
+    assert_eq!(
+        base_model_becomes(grpc, "qa-lora", Some("gemma-3-27b"))
+            .await
+            .as_deref(),
+        Some("gemma-3-27b")
+    );
+    assert_eq!(
+        header(&route(grpc, "chat-lora").await, BASE).as_deref(),
+        Some("gemma-3-27b")
+    );
+
+    // Malformed: refused, counted, and everything else keeps serving.
+    k.apply(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: broken\n  labels:\n    inference.networking.k8s.io/bbr-managed: \"true\"\ndata:\n  adapters: \"not: [a list\"\n",
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let refused = loop {
+        let reply = support::http::get(metrics, "/metrics").await.unwrap();
+        let text = String::from_utf8_lossy(&reply.body).into_owned();
+        if let Some(line) = text.lines().find(|l| {
+            l.starts_with("bbr_base_model_configmaps_refused_total{")
+                && l.contains("name=\"broken\"")
+        }) {
+            break line.to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the broken ConfigMap was not counted:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let count: f64 = refused
+        .rsplit(' ')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(count >= 1.0, "{refused}");
+    assert_eq!(
+        header(&route(grpc, "sql-lora").await, BASE).as_deref(),
+        Some("llama-3")
+    );
+    assert_eq!(
+        header(&route(grpc, "qa-lora").await, BASE).as_deref(),
+        Some("gemma-3-27b")
+    );
+    assert_eq!(health_status(health).await, ServingStatus::Serving as i32);
+
+    // Label removed: like a delete.
+    k.apply(&base_model_configmap(
+        "llama",
+        "llama-3",
+        &["sql-lora"],
+        false,
+    ));
+    assert_eq!(base_model_becomes(grpc, "sql-lora", None).await, None);
+    // Deleted.
+    k.run(&["delete", "configmap", "gemma"], None);
+    assert_eq!(base_model_becomes(grpc, "qa-lora", None).await, None);
+    assert_eq!(base_model_becomes(grpc, "chat-lora", None).await, None);
+    // The model header is still set on every request.
+    assert_eq!(
+        header(&route(grpc, "qa-lora").await, "x-gateway-model-name").as_deref(),
+        Some("qa-lora")
+    );
+    drop(server);
+    let _ = Command::new(&k.bin)
+        .env("KUBECONFIG", &k.kubeconfig)
+        .args(["delete", "namespace", &other, "--wait=false"])
+        .stdout(Stdio::null())
+        .status();
+}

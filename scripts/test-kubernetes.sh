@@ -1,0 +1,383 @@
+#!/usr/bin/env bash
+# The deployment checks, against a real Kubernetes API server on loopback:
+#
+#   - helm lint --strict and helm template for every provider and for the
+#     Go chart's own v0.5.1 and v1.5.0 default values;
+#   - server-side apply of the rendered chart and of examples/kubernetes/
+#     (the CRDs' schemas and CEL rules run in the API server), for every
+#     provider whose CRDs are published as Go modules (GKE's are not: said
+#     and skipped);
+#   - known-bad values files and a broken HTTPRoute are refused;
+#   - kubectl auth can-i: the chart's RBAC allows what bbr-extproc needs
+#     (configmaps get/list/watch) and nothing more;
+#   - the chart's Deployment args start the real bbr-extproc;
+#   - cargo test --test kubernetes: bbr-extproc follows base-model
+#     ConfigMaps through the API server.
+#
+# Tools: scripts/install-k8s-tools.sh (kube-apiserver, kubectl, etcd, helm,
+# built from their Go modules and cached under .tools/). CRDs: downloaded
+# from their own Go modules at the pinned versions below, never copied
+# into this repository. etcd and kube-apiserver listen on 127.0.0.1 only,
+# are stopped on exit, and stop by themselves after an hour at most.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo="$PWD"
+
+GATEWAY_API_VERSION=v1.4.1
+INFERENCE_EXTENSION_VERSION=v1.5.0     # InferencePool, inference.networking.k8s.io/v1
+INFERENCE_EXTENSION_V0_VERSION=v0.5.1  # InferencePool, inference.networking.x-k8s.io/v1alpha2
+ISTIO_API_VERSION=v1.28.0
+ENVOY_GATEWAY_VERSION=v1.7.0
+PROMETHEUS_OPERATOR_VERSION=v0.85.0
+
+started=$SECONDS
+log() { echo "test-kubernetes: $*" >&2; }
+
+eval "$(scripts/install-k8s-tools.sh)"
+kubectl="$BBR_KUBECTL"
+helm="$BBR_HELM"
+log "tools ready after $((SECONDS - started)) s"
+
+work="$(mktemp -d)"
+pids=()
+stop() {
+  # The API server first (it waits on etcd while shutting down), then etcd.
+  # Each pid is a `timeout` (which bounds the server's life to an hour even
+  # if this script dies) and passes SIGTERM on; a server still there after
+  # 10 s is killed.
+  local i pid child
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+    pid="${pids[$i]}"
+    child="$(ps -o pid= --ppid "$pid" 2>/dev/null || true)"
+    kill "$pid" 2>/dev/null || continue
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$pid" 2>/dev/null; then
+      # shellcheck disable=SC2086
+      kill -KILL $child "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+  done
+  rm -rf "$work"
+}
+trap stop EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# --- certificates, keys and an admin token --------------------------------
+(
+  cd "$work"
+  openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 2 \
+    -subj /CN=bbr-test-ca 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -keyout apiserver.key -out apiserver.csr \
+    -subj /CN=kube-apiserver 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost,IP:10.96.0.1\n' >san.ext
+  openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial \
+    -out apiserver.crt -days 2 -extfile san.ext 2>/dev/null
+  openssl genrsa -out sa.key 2048 2>/dev/null
+  openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
+  echo "$(openssl rand -hex 24),admin,admin,system:masters" >tokens.csv
+)
+token="$(cut -d, -f1 "$work/tokens.csv")"
+
+# --- etcd and kube-apiserver ------------------------------------------------
+etcd_port="$(free_port)"; peer_port="$(free_port)"; api_port="$(free_port)"
+timeout --kill-after=10 3600 "$BBR_ETCD" --name bbr-test --data-dir "$work/etcd" \
+  --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
+  --listen-peer-urls "http://127.0.0.1:$peer_port" --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
+  --initial-cluster "bbr-test=http://127.0.0.1:$peer_port" --listen-metrics-urls '' \
+  --unsafe-no-fsync --log-level error >"$work/etcd.log" 2>&1 &
+pids+=($!)
+timeout --kill-after=10 3600 "$BBR_KUBE_APISERVER" \
+  --etcd-servers "http://127.0.0.1:$etcd_port" \
+  --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
+  --tls-cert-file "$work/apiserver.crt" --tls-private-key-file "$work/apiserver.key" \
+  --client-ca-file "$work/ca.crt" --token-auth-file "$work/tokens.csv" \
+  --service-account-issuer https://kubernetes.default.svc.cluster.local \
+  --service-account-key-file "$work/sa.pub" --service-account-signing-key-file "$work/sa.key" \
+  --authorization-mode RBAC --service-cluster-ip-range 10.96.0.0/16 \
+  --allow-privileged=false --enable-priority-and-fairness=false \
+  --cert-dir "$work/certs" >"$work/apiserver.log" 2>&1 &
+pids+=($!)
+
+export KUBECONFIG="$work/kubeconfig"
+cat >"$KUBECONFIG" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: test
+  cluster:
+    server: https://127.0.0.1:$api_port
+    certificate-authority: $work/ca.crt
+users:
+- name: admin
+  user:
+    token: $token
+contexts:
+- name: test
+  context: {cluster: test, user: admin, namespace: default}
+current-context: test
+EOF
+ready=0
+for _ in $(seq 1 240); do
+  if "$kubectl" get --raw /readyz >/dev/null 2>&1; then ready=1; break; fi
+  for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null || break 2; done
+  sleep 0.5
+done
+if [ "$ready" != 1 ]; then
+  log "the API server did not become ready"; tail -n 30 "$work/etcd.log" "$work/apiserver.log" >&2; exit 1
+fi
+# The default namespace and the bootstrap RBAC roles come a moment later.
+for _ in $(seq 1 120); do
+  "$kubectl" get namespace default >/dev/null 2>&1 &&
+    "$kubectl" get clusterrole admin >/dev/null 2>&1 && break
+  sleep 0.5
+done
+log "API server $("$kubectl" version -o json | sed -n 's/.*"gitVersion": "\(.*\)".*/\1/p' | tail -n 1) ready on 127.0.0.1:$api_port after $((SECONDS - started)) s"
+
+# --- CRDs from their Go modules -------------------------------------------
+module_dir() {
+  (cd "$work" && GOFLAGS=-mod=mod go mod download -json "$1" |
+    sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+}
+gw="$(module_dir "sigs.k8s.io/gateway-api@$GATEWAY_API_VERSION")"
+gie="$(module_dir "sigs.k8s.io/gateway-api-inference-extension@$INFERENCE_EXTENSION_VERSION")"
+gie0="$(module_dir "sigs.k8s.io/gateway-api-inference-extension@$INFERENCE_EXTENSION_V0_VERSION")"
+istio="$(module_dir "istio.io/api@$ISTIO_API_VERSION")"
+eg="$(module_dir "github.com/envoyproxy/gateway@$ENVOY_GATEWAY_VERSION")"
+prom="$(module_dir "github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION")"
+crds=(
+  "$gw/config/crd/standard"
+  "$gie/config/crd/bases/inference.networking.k8s.io_inferencepools.yaml"
+  "$gie0/config/crd/bases/inference.networking.x-k8s.io_inferencepools.yaml"
+  "$istio/kubernetes/customresourcedefinitions.gen.yaml"
+  "$eg/charts/gateway-helm/crds/generated/gateway.envoyproxy.io_envoyextensionpolicies.yaml"
+  "$prom/example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml"
+)
+for crd in "${crds[@]}"; do
+  [ -e "$crd" ] || { log "CRD source missing: $crd"; exit 1; }
+  "$kubectl" apply --server-side -f "$crd" >/dev/null
+done
+"$kubectl" wait --for condition=Established --timeout=60s crd --all >/dev/null
+log "CRDs installed: Gateway API $GATEWAY_API_VERSION, InferencePool $INFERENCE_EXTENSION_VERSION and $INFERENCE_EXTENSION_V0_VERSION, Istio $ISTIO_API_VERSION, Envoy Gateway $ENVOY_GATEWAY_VERSION, ServiceMonitor $PROMETHEUS_OPERATOR_VERSION"
+log "skipped: GKE's CRDs (GCPRoutingExtension, HealthCheckPolicy) are not published; the gke rendering is linted and templated, and its other objects applied"
+
+# --- the checks -------------------------------------------------------------
+passed=0; failed=0
+check() { # check NAME COMMAND...: runs COMMAND, counts and reports it
+  local name="$1"; shift
+  if out="$("$@" 2>&1)"; then
+    passed=$((passed + 1)); echo "ok     $name"
+  else
+    failed=$((failed + 1)); echo "FAILED $name"; echo "$out" | tail -n 20 | sed 's/^/       /'
+  fi
+}
+refused() { # refused NAME EXPECTED_TEXT COMMAND...: COMMAND must fail, saying EXPECTED_TEXT
+  local name="$1" expected="$2"; shift 2
+  if out="$("$@" 2>&1)"; then
+    failed=$((failed + 1)); echo "FAILED $name: accepted"
+  elif ! grep -qF -- "$expected" <<<"$out"; then
+    failed=$((failed + 1)); echo "FAILED $name: refused without saying '$expected':"; echo "$out" | tail -n 10 | sed 's/^/       /'
+  else
+    passed=$((passed + 1)); echo "ok     $name (refused: $(grep -F -m1 -- "$expected" <<<"$out" | sed 's/^[[:space:]]*//' | cut -c1-160))"
+  fi
+}
+
+chart=charts/body-based-routing
+examples=examples/kubernetes
+values="$work/values"; mkdir -p "$values"
+
+# The Go chart's default values files, v0.5.1 and v1.5.0, as values.
+cat >"$values/go-v0.5.1.yaml" <<'EOF'
+bbr:
+  name: body-based-router
+  replicas: 1
+  image:
+    name: bbr
+    hub: registry.k8s.io/gateway-api-inference-extension
+    tag: v0.5.1
+    pullPolicy: Always
+  port: 9004
+  healthCheckPort: 9005
+provider:
+  name: none
+inferenceGateway:
+  name: inference-gateway
+EOF
+cat >"$values/go-v1.5.0.yaml" <<'EOF'
+bbr:
+  name: body-based-router
+  replicas: 1
+  image:
+    registry: registry.k8s.io
+    repository: gateway-api-inference-extension/bbr
+    tag: v1.5.0
+    pullPolicy: Always
+  port: 9004
+  healthCheckPort: 9005
+  multiNamespace: false
+  flags:
+    v: 3
+  plugins:
+    - type: body-field-to-header
+      name: model-extractor
+      json:
+        fieldName: model
+        headerName: X-Gateway-Model-Name
+    - type: base-model-to-header
+      name: base-model-mapper
+  tracing:
+    enabled: false
+    otelServiceName: "gateway-api-inference-extension/bbr"
+    otelExporterEndpoint: "http://localhost:4317"
+    sampling:
+      sampler: "parentbased_traceidratio"
+      samplerArg: "0.1"
+provider:
+  name: none
+  istio:
+    envoyFilter:
+      operation: INSERT_FIRST
+      anchorSubFilter: ""
+inferenceGateway:
+  name: inference-gateway
+EOF
+printf 'provider:\n  name: none\n' >"$values/none.yaml"
+cp "$examples/values-gke.yaml" "$values/gke.yaml"
+cp "$examples/values-istio.yaml" "$values/istio.yaml"
+cp "$examples/values-envoy-gateway.yaml" "$values/envoy-gateway.yaml"
+cat >"$values/everything.yaml" <<'EOF'
+provider: {name: istio, istio: {envoyFilter: {operation: INSERT_BEFORE, anchorSubFilter: envoy.filters.http.router}}}
+bbr:
+  multiNamespace: true
+  secureServing: true
+  tls: {secretName: bbr-tls}
+  autoscaling: {enabled: true}
+  serviceMonitor: {enabled: true}
+  flags: {v: 2, policy: fast, fail-open: "invalid_json,too_large", tracing: false, enable-pprof: false}
+  plugins:
+    - {type: body-field-to-header, name: model, json: {fieldName: model, headerName: X-Gateway-Model-Name}}
+    - {type: body-field-to-header, name: user, json: {fieldName: user, headerName: X-LLM-User}}
+    - {type: base-model-to-header, name: base-model-mapper}
+  rules:
+    rules: [{name: chatbot, match: {model: {exact: chatbot}}, pool: gemma3}]
+EOF
+
+for v in none gke istio envoy-gateway go-v0.5.1 go-v1.5.0 everything; do
+  check "helm lint --strict ($v)" "$helm" lint --strict "$chart" -f "$values/$v.yaml"
+  check "helm template ($v)" sh -c "'$helm' template body-based-router '$chart' -n bbr-${v//./-} -f '$values/$v.yaml' >'$work/$v.yaml'"
+done
+
+# The known-bad values: refused by the schema, saying where.
+printf 'bbr:\n  tracing:\n    enabled: true\n' >"$values/bad-tracing.yaml"
+refused "values with tracing on are refused" "/bbr/tracing/enabled" \
+  "$helm" template x "$chart" -f "$values/bad-tracing.yaml"
+printf 'bbr:\n  plugins:\n    - type: prefix-cache-scorer\n      name: p\n' >"$values/bad-plugin.yaml"
+refused "values with an unknown plugin are refused" "/bbr/plugins" \
+  "$helm" template x "$chart" -f "$values/bad-plugin.yaml"
+refused "a provider bbr has no manifests for is refused" "/provider/name" \
+  "$helm" template x "$chart" --set provider.name=kgateway
+refused "a Go logging flag bbr cannot honour is refused" "zap-devel" \
+  "$helm" template x "$chart" --set bbr.flags.zap-devel=true
+refused "INSERT_BEFORE without an anchor is refused" "anchorSubFilter" \
+  "$helm" template x "$chart" --set provider.name=istio --set provider.istio.envoyFilter.operation=INSERT_BEFORE
+
+# What each provider renders.
+has() { grep -q -- "$2" "$work/$1.yaml"; }
+check "gke renders GCPRoutingExtension (FullDuplexStreamed) and HealthCheckPolicy" sh -c \
+  "grep -q 'kind: GCPRoutingExtension' '$work/gke.yaml' && grep -q 'requestBodySendMode: \"FullDuplexStreamed\"' '$work/gke.yaml' && grep -q 'kind: HealthCheckPolicy' '$work/gke.yaml'"
+check "istio renders EnvoyFilter and DestinationRule" sh -c \
+  "grep -q 'kind: EnvoyFilter' '$work/istio.yaml' && grep -q 'operation: INSERT_FIRST' '$work/istio.yaml' && grep -q 'kind: DestinationRule' '$work/istio.yaml'"
+check "envoy-gateway renders EnvoyExtensionPolicy over h2c" sh -c \
+  "grep -q 'kind: EnvoyExtensionPolicy' '$work/envoy-gateway.yaml' && grep -q 'appProtocol: kubernetes.io/h2c' '$work/envoy-gateway.yaml' && grep -q -- '--secure-serving=false' '$work/envoy-gateway.yaml'"
+check "none renders no provider objects" sh -c \
+  "! grep -qE 'kind: (GCPRoutingExtension|EnvoyFilter|EnvoyExtensionPolicy|DestinationRule)' '$work/none.yaml'"
+check "without base-model-to-header: no watch, no RBAC, no token" sh -c \
+  "'$helm' template x '$chart' --set-json 'bbr.plugins=[{\"type\":\"body-field-to-header\",\"name\":\"m\",\"json\":{\"fieldName\":\"model\",\"headerName\":\"X-Gateway-Model-Name\"}}]' >'$work/no-watch.yaml' && ! grep -qE 'kind: (Role|ClusterRole)\$|base-model-configmaps' '$work/no-watch.yaml' && grep -q 'automountServiceAccountToken: false' '$work/no-watch.yaml'"
+check "everything renders the body field, TLS mount, HPA and ServiceMonitor" sh -c \
+  "grep -q -- '--body-field=user=X-LLM-User' '$work/everything.yaml' && grep -q -- '--cert-path=/etc/bbr/tls' '$work/everything.yaml' && grep -q 'kind: HorizontalPodAutoscaler' '$work/everything.yaml' && grep -q 'kind: ServiceMonitor' '$work/everything.yaml' && grep -q 'kind: ClusterRole' '$work/everything.yaml'"
+check "v0.5.1 image spelling (hub/name:tag) is honoured" \
+  grep -q 'image: "registry.k8s.io/gateway-api-inference-extension/bbr:v0.5.1"' "$work/go-v0.5.1.yaml"
+
+# Server-side apply, each rendering in its own namespace.
+apply_ns() { # apply_ns NS FILE...
+  local ns="$1"; shift
+  "$kubectl" create namespace "$ns" --dry-run=client -o yaml | "$kubectl" apply --server-side -f - >/dev/null
+  local f; for f in "$@"; do "$kubectl" apply --server-side -n "$ns" -f "$f" || return 1; done
+}
+# GKE: every object but the networking.gke.io ones.
+awk 'BEGIN { RS = "\n---\n"; ORS = "\n---\n" } !/apiVersion: networking\.gke\.io\// { print }' \
+  "$work/gke.yaml" >"$work/gke-applicable.yaml"
+check "the gke rendering without its GKE objects keeps the Deployment" sh -c \
+  "grep -q 'kind: Deployment' '$work/gke-applicable.yaml' && ! grep -q 'networking.gke.io' '$work/gke-applicable.yaml'"
+check "apply: chart (none) and the seed (v1 InferencePool)" apply_ns bbr-none "$work/none.yaml" \
+  "$examples/inferencepools.yaml" "$examples/httproute.yaml" "$examples/base-models.yaml" "$examples/gateway-istio.yaml"
+check "apply: chart (istio) and its Gateway" apply_ns bbr-istio "$work/istio.yaml" "$examples/gateway-istio.yaml" \
+  "$examples/inferencepools.yaml" "$examples/httproute.yaml"
+check "apply: chart (envoy-gateway) and its GatewayClass and Gateway" apply_ns bbr-envoy-gateway \
+  "$work/envoy-gateway.yaml" "$examples/gateway-envoy-gateway.yaml" "$examples/inferencepools.yaml" "$examples/httproute.yaml"
+check "apply: chart (gke) without the GKE objects, and its Gateway" apply_ns bbr-gke "$work/gke-applicable.yaml" \
+  "$examples/gateway-gke.yaml" "$examples/inferencepools.yaml" "$examples/httproute.yaml"
+check "apply: the seed's HTTPRoute as written (inference.networking.x-k8s.io)" apply_ns bbr-v1alpha2 \
+  "$examples/gateway-istio.yaml" "$examples/inferencepools-v1alpha2.yaml" "$examples/httproute-v1alpha2.yaml"
+check "apply: the Go chart's v0.5.1 values" apply_ns bbr-go-v0-5-1 "$work/go-v0.5.1.yaml"
+check "apply: the Go chart's v1.5.0 values" apply_ns bbr-go-v1-5-0 "$work/go-v1.5.0.yaml"
+check "apply: everything on (TLS secret, HPA, ServiceMonitor, rules, multiNamespace)" apply_ns bbr-everything "$work/everything.yaml"
+check "the rules ConfigMap holds the rule table" sh -c \
+  "'$kubectl' -n bbr-everything get configmap body-based-router-rules -o jsonpath='{.data.rules\\.yaml}' | grep -q 'pool: gemma3'"
+
+# A broken HTTPRoute: a path that does not start with '/'.
+sed 's|value: /$|value: v1|' "$examples/httproute.yaml" >"$work/broken-httproute.yaml"
+check "the broken HTTPRoute differs from the good one" sh -c "! cmp -s '$examples/httproute.yaml' '$work/broken-httproute.yaml'"
+refused "a broken HTTPRoute is refused by the API server" "Invalid value" \
+  "$kubectl" apply --server-side -n bbr-none -f "$work/broken-httproute.yaml"
+# A broken EnvoyExtensionPolicy: failOpen with full duplex (a CEL rule).
+sed 's/failOpen: false/failOpen: true/' "$work/envoy-gateway.yaml" >"$work/broken-eg.yaml"
+refused "full duplex with failOpen is refused by the EnvoyExtensionPolicy CEL rule" "FailOpen must be false" \
+  "$kubectl" apply --server-side -n bbr-envoy-gateway -f "$work/broken-eg.yaml"
+
+# RBAC: what the ServiceAccount may do.
+can() { "$kubectl" auth can-i --as="system:serviceaccount:$1:body-based-router-body-based-router" "${@:2}"; }
+cannot() { ! can "$@"; }
+for verb in get list watch; do
+  check "RBAC: the ServiceAccount may $verb configmaps" can bbr-none "$verb" configmaps -n bbr-none
+done
+for what in "create configmaps" "update configmaps" "patch configmaps" "delete configmaps" "get secrets" "list pods" "list configmaps --all-namespaces"; do
+  # shellcheck disable=SC2086
+  check "RBAC: the ServiceAccount may not $what" cannot bbr-none $what -n bbr-none
+done
+check "RBAC: the ServiceAccount may not list configmaps in another namespace" cannot bbr-none list configmaps -n bbr-istio
+check "RBAC (multiNamespace): may list configmaps in every namespace" can bbr-everything list configmaps --all-namespaces
+check "RBAC (multiNamespace): may not get secrets" cannot bbr-everything get secrets -n bbr-none
+
+# The chart's args start the real binary (ports moved to free ones).
+binary="${CARGO_TARGET_DIR:-target}/debug/bbr-extproc"
+nice -n 10 cargo build -q -p bbr-extproc
+start_with_chart_args() {
+  local a out="$work/chart-args.log" args
+  args="$("$kubectl" -n bbr-go-v1-5-0 get deployment body-based-router \
+    -o jsonpath='{range .spec.template.spec.containers[0].args[*]}{@}{"\n"}{end}')" || return 1
+  local -a argv=(--address 127.0.0.1)
+  while IFS= read -r a; do
+    case "$a" in
+      --grpc-port=*|--grpc-health-port=*|--metrics-port=*) argv+=("${a%%=*}=0") ;;
+      *) argv+=("$a") ;;
+    esac
+  done <<<"$args"
+  echo "args: ${argv[*]}"
+  NAMESPACE=bbr-go-v1-5-0 timeout 60 "$binary" "${argv[@]}" >"$out" 2>&1 &
+  local pid=$!
+  for _ in $(seq 1 100); do grep -q 'bbr-extproc listening' "$out" && break; sleep 0.1; done
+  sleep 1
+  grep -q 'base-model ConfigMaps listed' "$out"; local listed=$?
+  kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
+  grep -q 'bbr-extproc listening' "$out" && [ "$listed" = 0 ] || { cat "$out"; return 1; }
+}
+check "the chart's Deployment args start bbr-extproc, which lists the ConfigMaps" start_with_chart_args
+
+# bbr-extproc follows base-model ConfigMaps through this API server.
+export BBR_KUBECONFIG="$KUBECONFIG" BBR_KUBECTL="$kubectl" BBR_REQUIRE_KUBERNETES=1
+check "cargo test --test kubernetes (ConfigMaps created, changed, deleted, malformed)" \
+  nice -n 10 cargo test -q -p bbr-extproc --test kubernetes -- --test-threads 1
+
+echo "test-kubernetes: $passed passed, $failed failed ($((SECONDS - started)) s)"
+[ "$failed" = 0 ]
