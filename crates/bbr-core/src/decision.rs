@@ -57,6 +57,8 @@ pub struct Decider {
     failure: FailurePolicy,
     body_fields: Vec<BodyFieldHeader>,
     reserved_prefixes: Vec<Box<str>>,
+    /// The first bytes of the prefixes and the body fields' headers.
+    first: FirstBytes,
 }
 
 impl Default for Decider {
@@ -65,7 +67,33 @@ impl Default for Decider {
             failure: FailurePolicy::default(),
             body_fields: Vec::new(),
             reserved_prefixes: vec![RESERVED_PREFIX.into()],
+            first: FirstBytes::of([RESERVED_PREFIX]),
         }
+        .with_first_bytes()
+    }
+}
+
+/// A set of bytes: the first bytes of the header names a check looks for,
+/// so that most headers (`host`, `content-type` …) are passed over after
+/// one lookup.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct FirstBytes([u64; 4]);
+
+impl FirstBytes {
+    /// The (lowercase) first bytes of `names`.
+    pub(crate) fn of<'a>(names: impl IntoIterator<Item = &'a str>) -> FirstBytes {
+        let mut set = FirstBytes::default();
+        for name in names {
+            if let Some(&b) = name.as_bytes().first() {
+                let b = b.to_ascii_lowercase();
+                set.0[usize::from(b >> 6)] |= 1 << (b & 63);
+            }
+        }
+        set
+    }
+
+    fn has(self, b: u8) -> bool {
+        self.0[usize::from(b >> 6)] & (1 << (b & 63)) != 0
     }
 }
 
@@ -101,7 +129,7 @@ impl Decider {
     pub fn with_body_field(mut self, copy: BodyFieldHeader) -> Self {
         self.body_fields.retain(|b| b.header() != copy.header());
         self.body_fields.push(copy);
-        self
+        self.with_first_bytes()
     }
 
     /// Sets the header name prefixes removed from every client request
@@ -118,7 +146,20 @@ impl Decider {
             .map(|p| p.as_ref().to_ascii_lowercase().into_boxed_str())
             .filter(|p| !p.is_empty())
             .collect();
+        self.with_first_bytes()
+    }
+
+    fn with_first_bytes(mut self) -> Self {
+        let prefixes = self.reserved_prefixes.iter().map(|p| &**p);
+        let fields = self.body_fields.iter().map(|b| b.header().as_str());
+        self.first = FirstBytes::of(prefixes.chain(fields));
         self
+    }
+
+    /// Whether a header whose name starts with `b` may be one to strip.
+    fn may_strip(&self, table: &RuleTable, b: u8) -> bool {
+        let b = b.to_ascii_lowercase();
+        self.first.has(b) || table.managed_first_bytes().has(b)
     }
 
     /// The failure policy.
@@ -148,6 +189,13 @@ impl Decider {
     /// sets, or one under a reserved prefix. `name` is compared without
     /// regard to case.
     pub fn strips(&self, table: &RuleTable, name: &str) -> bool {
+        if !name
+            .as_bytes()
+            .first()
+            .is_some_and(|&b| self.may_strip(table, b))
+        {
+            return false;
+        }
         self.reserved_prefixes
             .iter()
             .any(|p| starts_with_ignore_case(name, p))
@@ -165,6 +213,13 @@ impl Decider {
     /// (lowercase): the same answer, without case folding.
     pub fn strips_header(&self, table: &RuleTable, name: &HeaderName) -> bool {
         let text = name.as_str();
+        if !text
+            .as_bytes()
+            .first()
+            .is_some_and(|&b| self.may_strip(table, b))
+        {
+            return false;
+        }
         self.reserved_prefixes
             .iter()
             .any(|p| text.starts_with(&**p))
@@ -384,6 +439,11 @@ impl Routing {
         self.rewrite.as_ref()
     }
 
+    /// The copied body fields' headers (after the route's own).
+    pub fn fields(&self) -> &[(HeaderName, HeaderValue)] {
+        &self.fields
+    }
+
     /// The rule table's decision, taken out.
     pub fn into_route(self) -> RouteDecision {
         self.route
@@ -400,6 +460,11 @@ pub struct Pass {
 impl Pass {
     fn new(reason: PassReason, fields: Vec<(HeaderName, HeaderValue)>) -> Pass {
         Pass { reason, fields }
+    }
+
+    /// The copied body fields' headers.
+    pub fn fields(&self) -> &[(HeaderName, HeaderValue)] {
+        &self.fields
     }
 
     /// Why the request is not routed.

@@ -269,6 +269,8 @@ pub struct RuleTable {
     base_models: ModelMap<Arc<BaseModel>>,
     fallback: Fallback,
     managed: Box<[HeaderName]>,
+    /// The first bytes of `managed`.
+    managed_first: crate::decision::FirstBytes,
     rng: Rng,
     /// Some route picks among weighted targets.
     weighted: bool,
@@ -285,12 +287,14 @@ impl RuleTable {
     ) -> RuleTable {
         let weighted = routes.iter().any(|r| r.targets.is_some())
             || matches!(&fallback, Fallback::Route(r) if r.targets.is_some());
+        let managed_first = crate::decision::FirstBytes::of(managed.iter().map(|m| m.as_str()));
         RuleTable {
             routes,
             matcher,
             base_models,
             fallback,
             managed,
+            managed_first,
             rng,
             weighted,
         }
@@ -475,6 +479,10 @@ impl RuleTable {
     /// found, so that a client cannot spoof them.
     pub fn managed_headers(&self) -> &[HeaderName] {
         &self.managed
+    }
+
+    pub(crate) fn managed_first_bytes(&self) -> crate::decision::FirstBytes {
+        self.managed_first
     }
 
     /// Whether a decision of this table can use a request key: some rule
