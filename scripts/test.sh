@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: unit, property and integration tests, the
 # fuzz-corpus replay, the end-to-end tests against a real Envoy (installed on
-# first use), the code of the README and docs/ (doc tests), then the
+# first use), the code of the README and docs/ (doc tests, and each
+# snippet in a crate of its own with the Cargo.toml lines it shows), then the
 # README's steps in a fresh clone (scripts/readme-steps.sh; set
 # BBR_SKIP_README_STEPS=1 to leave them out).
 set -euo pipefail
@@ -17,6 +18,8 @@ cargo test --workspace --lib --bins --tests --examples
 cargo test --workspace --bench '*' 2>&1 |
   { grep -vE '^(Testing .*|Success|Gnuplot not found, using plotters backend|)$' || true; }
 cargo test --workspace --doc
+# The snippets of the README and docs/ with only the Cargo.toml lines they show.
+scripts/check-snippets.sh
 
 # Kubernetes: the chart, the manifests, RBAC and the base-model ConfigMap
 # watch against a real API server on loopback (tools built from their Go
