@@ -4,7 +4,7 @@
 //! handler (or proxy) does, served three ways:
 //!
 //! - `bare`: no routing at all (the floor);
-//! - `layer`: behind `bbr_tower::ModelRoutingLayer` with the seed rules;
+//! - `layer`: behind `bbr_tower::ModelRoutingLayer` with the demo rules;
 //! - `handwritten`: behind the usual hand-written middleware, which collects
 //!   the whole body, parses it into a `serde_json::Value`, reads `model`,
 //!   sets `X-Gateway-Model-Name` and rebuilds the request.

@@ -2,7 +2,7 @@
 # Load benchmark of the tower layer: requests/s and p99 latency
 # of the same axum app
 #   - bare:        no routing (the floor),
-#   - layer:       behind bbr_tower::ModelRoutingLayer (seed rules, strict),
+#   - layer:       behind bbr_tower::ModelRoutingLayer (the demo rules, strict),
 #   - handwritten: behind the usual middleware (collect the body, parse a
 #                  serde_json::Value, set the header),
 #   - plumbing:    behind a layer of the same shape that routes nothing (a

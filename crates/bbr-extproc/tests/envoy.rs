@@ -103,7 +103,7 @@ impl Scene {
 
 /// The two requests of the demo reach the pool their model names, with
 /// the body unchanged.
-async fn seed_requests_route(s: &Scene) {
+async fn demo_requests_route(s: &Scene) {
     let r = s.post("/v1/chat/completions", &[], CHAT).await;
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.header("x-inference-pool"), Some("gemma3"));
@@ -191,9 +191,9 @@ async fn invalid_bodies_get_the_json_error(s: &Scene) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn binary_full_duplex_routes_seed_requests_strips_spoofs_and_rejects_bad_bodies() {
+async fn binary_full_duplex_routes_demo_requests_strips_spoofs_and_rejects_bad_bodies() {
     let s = scene_binary("envoy-full-duplex.yaml", &["--streaming", "-v", "1"]).await;
-    seed_requests_route(&s).await;
+    demo_requests_route(&s).await;
     spoofed_header_is_stripped(&s).await;
     invalid_bodies_get_the_json_error(&s).await;
 
@@ -245,13 +245,13 @@ async fn binary_full_duplex_routes_seed_requests_strips_spoofs_and_rejects_bad_b
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn buffered_routes_seed_requests_and_rejects_bad_bodies() {
+async fn buffered_routes_demo_requests_and_rejects_bad_bodies() {
     let s = scene(
         "envoy-buffered.yaml",
         BodyRoutingProcessor::builder().build(),
     )
     .await;
-    seed_requests_route(&s).await;
+    demo_requests_route(&s).await;
     spoofed_header_is_stripped(&s).await;
     invalid_bodies_get_the_json_error(&s).await;
 }
@@ -312,11 +312,11 @@ async fn binary_reloads_rules_and_keeps_the_old_table_on_a_bad_file() {
     let dir = std::env::temp_dir().join(format!("bbr-rules-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("rules.yaml");
-    let seed = concat!(
+    let demo = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../examples/config/gateway.yaml"
     );
-    std::fs::copy(seed, &path).unwrap();
+    std::fs::copy(demo, &path).unwrap();
     let s = scene_binary(
         "envoy-buffered.yaml",
         &[
@@ -329,7 +329,7 @@ async fn binary_reloads_rules_and_keeps_the_old_table_on_a_bad_file() {
         ],
     )
     .await;
-    seed_requests_route(&s).await;
+    demo_requests_route(&s).await;
     let r = s
         .post("/v1/completions", &[], r#"{"model":"gpt-4","prompt":"x"}"#)
         .await;
@@ -504,7 +504,7 @@ async fn binary_serves_a_given_certificate() {
         metrics: None,
         health: None,
     };
-    seed_requests_route(&s).await;
+    demo_requests_route(&s).await;
     let _ = std::fs::remove_dir_all(&dir);
 
     // A missing certificate is a start-up error, not a silent fallback.

@@ -16,9 +16,9 @@ const CHAT: &str = r#"{"model":"chatbot","messages":[{"role":"user","content":"W
 const COMPLETION: &str = r#"{"model":"recommender","prompt":"Give me restaurant recommendations in Paris","max_tokens":100,"temperature":0}"#;
 
 #[tokio::test]
-async fn the_seed_requests_reach_their_pools() {
+async fn the_demo_requests_reach_their_pools() {
     bounded(async {
-        let gw = TestGateway::seed().await;
+        let gw = TestGateway::demo().await;
         let client = http1();
         let cases = [
             ("/v1/chat/completions", "chatbot", "gemma3"),
@@ -68,7 +68,7 @@ async fn the_seed_requests_reach_their_pools() {
 #[tokio::test]
 async fn bodies_in_many_small_chunks_are_routed_and_forwarded_intact() {
     bounded(async {
-        let gw = TestGateway::seed().await;
+        let gw = TestGateway::demo().await;
         let body = format!(
             r#"{{"messages":[{{"role":"user","content":"{}"}}],"model":"recommender","stream":false}}"#,
             "tell me about Paris, ".repeat(200)
@@ -92,7 +92,7 @@ async fn bodies_in_many_small_chunks_are_routed_and_forwarded_intact() {
 #[tokio::test]
 async fn http2_requests_are_routed() {
     bounded(async {
-        let gw = TestGateway::seed().await;
+        let gw = TestGateway::demo().await;
         let client = http2();
         for (body, pool) in [(CHAT, "gemma3"), (COMPLETION, "deepseek-r1")] {
             let response = post_json(
@@ -129,7 +129,7 @@ fn large_body(size: usize, model_first: bool) -> (Bytes, usize) {
 async fn a_50_mib_body_is_forwarded_intact_and_held_only_up_to_the_model() {
     bounded(async {
         let gw = TestGateway::start(
-            bbr_examples::gateway::layer(seed_rules()).max_body(64 << 20),
+            bbr_examples::gateway::layer(demo_rules()).max_body(64 << 20),
             default_pools(),
         )
         .await;
@@ -170,7 +170,7 @@ async fn a_50_mib_body_is_forwarded_intact_and_held_only_up_to_the_model() {
 #[tokio::test]
 async fn a_spoofed_model_header_is_replaced() {
     bounded(async {
-        let gw = TestGateway::seed().await;
+        let gw = TestGateway::demo().await;
         let response = http1()
             .post(gw.url("/v1/chat/completions"))
             .header("content-type", "application/json")
@@ -198,7 +198,7 @@ async fn a_spoofed_model_header_is_replaced() {
 async fn refused_requests_get_the_error_contract() {
     bounded(async {
         let gw = TestGateway::start(
-            bbr_examples::gateway::layer(seed_rules()).max_body(4096),
+            bbr_examples::gateway::layer(demo_rules()).max_body(4096),
             default_pools(),
         )
         .await;
@@ -264,7 +264,7 @@ async fn refused_requests_get_the_error_contract() {
 #[tokio::test]
 async fn a_duplicate_model_after_the_decision_aborts_the_upstream_body() {
     bounded(async {
-        let gw = TestGateway::seed().await;
+        let gw = TestGateway::demo().await;
         let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
         let head = format!(
             r#"{{"model":"chatbot","messages":[{{"role":"user","content":"{}"}}]"#,
@@ -308,7 +308,7 @@ async fn server_sent_events_stream_through_token_by_token() {
                 .token_gate(gate.clone()),
             SimulatedPool::new("deepseek-r1").token_delay(Duration::ZERO),
         ];
-        let gw = TestGateway::start(bbr_examples::gateway::layer(seed_rules()), pools).await;
+        let gw = TestGateway::start(bbr_examples::gateway::layer(demo_rules()), pools).await;
         let body = CHAT.replace("\"temperature\":0", "\"temperature\":0,\"stream\":true");
         let response = post_json(&http1(), gw.url("/v1/chat/completions"), body).await;
         assert_eq!(response.status(), 200);
@@ -350,7 +350,7 @@ async fn server_sent_events_stream_through_token_by_token() {
 #[tokio::test]
 async fn requests_without_a_model_pass_through_unrouted() {
     bounded(async {
-        let gw = TestGateway::seed().await;
+        let gw = TestGateway::demo().await;
         // No body: nothing to route on; the router has no fallback pool.
         let response = http1().get(gw.url("/v1/models")).send().await.unwrap();
         assert_eq!(error_code(response).await, (404, "no_route".to_owned()));

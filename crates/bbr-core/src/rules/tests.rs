@@ -603,13 +603,13 @@ impl Drop for Scratch {
     }
 }
 
-fn seed_config() -> PathBuf {
+fn demo_config() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/config/gateway.yaml")
 }
 
 #[test]
 fn the_seed_config_loads_and_routes() {
-    let t = RuleTable::from_path(&seed_config()).unwrap();
+    let t = RuleTable::from_path(&demo_config()).unwrap();
     let chat = decide(&t, "chatbot");
     assert_eq!(chat.pool(), Some("gemma3"));
     assert_eq!(chat.criticality(), Some(Criticality::Critical));

@@ -27,13 +27,13 @@ use tower::{Layer, Service};
 /// Every test is bounded: nothing here may hang a test run.
 pub const LIMIT: Duration = Duration::from_secs(60);
 
-/// The seed's rule table, as the demo gateway loads it.
-pub fn seed_rules() -> RuleTable {
+/// The demo's rule table, as the demo gateway loads it.
+pub fn demo_rules() -> RuleTable {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../examples/config/gateway.yaml"
     );
-    RuleTable::from_path(std::path::Path::new(path)).expect("the seed rule table loads")
+    RuleTable::from_path(std::path::Path::new(path)).expect("the demo rule table loads")
 }
 
 /// What the layer handed on: one decision per request that reached the pools.
@@ -105,9 +105,9 @@ impl Drop for TestGateway {
 }
 
 impl TestGateway {
-    /// The demo gateway: the seed rules, pools `gemma3` and `deepseek-r1`.
-    pub async fn seed() -> TestGateway {
-        TestGateway::start(gateway::layer(seed_rules()), default_pools()).await
+    /// The demo gateway: the demo rules, pools `gemma3` and `deepseek-r1`.
+    pub async fn demo() -> TestGateway {
+        TestGateway::start(gateway::layer(demo_rules()), default_pools()).await
     }
 
     /// A gateway with `layer` in front of `pools`.
