@@ -27,10 +27,7 @@ use tower::{Layer, Service};
 
 /// The demo's rule table, as the demo gateway loads it.
 pub fn demo_rules() -> RuleTable {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/config/gateway.yaml"
-    );
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/gateway.yaml");
     RuleTable::from_path(std::path::Path::new(path)).expect("the demo rule table loads")
 }
 
