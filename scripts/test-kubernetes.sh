@@ -379,5 +379,6 @@ export BBR_KUBECONFIG="$KUBECONFIG" BBR_KUBECTL="$kubectl" BBR_REQUIRE_KUBERNETE
 check "cargo test --test kubernetes (ConfigMaps created, changed, deleted, malformed)" \
   nice -n 10 cargo test -q -p bbr-extproc --test kubernetes -- --test-threads 1
 
-echo "test-kubernetes: $passed passed, $failed failed ($((SECONDS - started)) s)"
+log "done in $((SECONDS - started)) s"
+echo "test-kubernetes: $passed passed, $failed failed"
 [ "$failed" = 0 ]
