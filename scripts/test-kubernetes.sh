@@ -374,6 +374,20 @@ start_with_chart_args() {
 }
 check "the chart's Deployment args start bbr-extproc, which lists the ConfigMaps" start_with_chart_args
 
+# The rule table the envoy-gateway values put in the rules ConfigMap loads.
+rules_load() {
+  local out="$work/rules-load.log" pid
+  "$kubectl" -n bbr-envoy-gateway get configmap body-based-router-rules \
+    -o jsonpath='{.data.rules\.yaml}' >"$work/rules.yaml" || return 1
+  timeout 60 "$binary" --address 127.0.0.1 --grpc-port=0 --grpc-health-port=0 --metrics-port=0 \
+    --secure-serving=false --rules "$work/rules.yaml" >"$out" 2>&1 &
+  pid=$!
+  for _ in $(seq 1 100); do grep -q 'bbr-extproc listening' "$out" && break; kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
+  grep -q 'bbr-extproc listening' "$out" || { cat "$work/rules.yaml" "$out"; return 1; }
+}
+check "the rule table rendered from values loads in bbr-extproc" rules_load
+
 # bbr-extproc follows base-model ConfigMaps through this API server.
 export BBR_KUBECONFIG="$KUBECONFIG" BBR_KUBECTL="$kubectl" BBR_REQUIRE_KUBERNETES=1
 check "cargo test --test kubernetes (ConfigMaps created, changed, deleted, malformed)" \
