@@ -21,7 +21,6 @@
 # are stopped on exit, and stop by themselves after an hour at most.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-repo="$PWD"
 
 GATEWAY_API_VERSION=v1.4.1
 INFERENCE_EXTENSION_VERSION=v1.5.0     # InferencePool, inference.networking.k8s.io/v1
