@@ -365,8 +365,12 @@ start_with_chart_args() {
   echo "args: ${argv[*]}"
   NAMESPACE=bbr-go-v1-5-0 timeout 60 "$binary" "${argv[@]}" >"$out" 2>&1 &
   local pid=$!
-  for _ in $(seq 1 100); do grep -q 'bbr-extproc listening' "$out" && break; sleep 0.1; done
-  sleep 1
+  # Listening, then the ConfigMaps listed (bounded: 20 s).
+  for _ in $(seq 1 200); do
+    grep -q 'base-model ConfigMaps listed' "$out" && break
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
   grep -q 'base-model ConfigMaps listed' "$out"; local listed=$?
   kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
   grep -q 'bbr-extproc listening' "$out" && [ "$listed" = 0 ] || { cat "$out"; return 1; }
