@@ -21,7 +21,6 @@
 # are stopped on exit, and stop by themselves after an hour at most.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-repo="$PWD"
 
 GATEWAY_API_VERSION=v1.4.1
 INFERENCE_EXTENSION_VERSION=v1.5.0     # InferencePool, inference.networking.k8s.io/v1
@@ -366,18 +365,37 @@ start_with_chart_args() {
   echo "args: ${argv[*]}"
   NAMESPACE=bbr-go-v1-5-0 timeout 60 "$binary" "${argv[@]}" >"$out" 2>&1 &
   local pid=$!
-  for _ in $(seq 1 100); do grep -q 'bbr-extproc listening' "$out" && break; sleep 0.1; done
-  sleep 1
+  # Listening, then the ConfigMaps listed (bounded: 20 s).
+  for _ in $(seq 1 200); do
+    grep -q 'base-model ConfigMaps listed' "$out" && break
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
   grep -q 'base-model ConfigMaps listed' "$out"; local listed=$?
   kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
   grep -q 'bbr-extproc listening' "$out" && [ "$listed" = 0 ] || { cat "$out"; return 1; }
 }
 check "the chart's Deployment args start bbr-extproc, which lists the ConfigMaps" start_with_chart_args
 
+# The rule table the envoy-gateway values put in the rules ConfigMap loads.
+rules_load() {
+  local out="$work/rules-load.log" pid
+  "$kubectl" -n bbr-envoy-gateway get configmap body-based-router-rules \
+    -o jsonpath='{.data.rules\.yaml}' >"$work/rules.yaml" || return 1
+  timeout 60 "$binary" --address 127.0.0.1 --grpc-port=0 --grpc-health-port=0 --metrics-port=0 \
+    --secure-serving=false --rules "$work/rules.yaml" >"$out" 2>&1 &
+  pid=$!
+  for _ in $(seq 1 100); do grep -q 'bbr-extproc listening' "$out" && break; kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
+  grep -q 'bbr-extproc listening' "$out" || { cat "$work/rules.yaml" "$out"; return 1; }
+}
+check "the rule table rendered from values loads in bbr-extproc" rules_load
+
 # bbr-extproc follows base-model ConfigMaps through this API server.
 export BBR_KUBECONFIG="$KUBECONFIG" BBR_KUBECTL="$kubectl" BBR_REQUIRE_KUBERNETES=1
 check "cargo test --test kubernetes (ConfigMaps created, changed, deleted, malformed)" \
   nice -n 10 cargo test -q -p bbr-extproc --test kubernetes -- --test-threads 1
 
-echo "test-kubernetes: $passed passed, $failed failed ($((SECONDS - started)) s)"
+log "done in $((SECONDS - started)) s"
+echo "test-kubernetes: $passed passed, $failed failed"
 [ "$failed" = 0 ]

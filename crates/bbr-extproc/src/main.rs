@@ -607,6 +607,21 @@ mod tests {
     }
 
     #[test]
+    fn base_model_configmaps_is_off_unless_asked_and_version_names_the_commit() {
+        assert!(!parse(&[]).base_model_configmaps);
+        assert!(parse(&["--base-model-configmaps"]).base_model_configmaps);
+        assert!(!parse(&["-base-model-configmaps=false"]).base_model_configmaps);
+        let version = Args::command().render_version();
+        assert!(
+            version.starts_with(&format!(
+                "bbr-extproc {} (commit ",
+                env!("CARGO_PKG_VERSION")
+            )),
+            "{version}"
+        );
+    }
+
+    #[test]
     fn bad_values_are_usage_errors() {
         let argv = ["bbr-extproc", "--policy", "loose"].map(str::to_owned);
         assert!(Args::try_parse_from(go_style(argv.into_iter())).is_err());
