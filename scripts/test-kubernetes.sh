@@ -308,7 +308,7 @@ awk 'BEGIN { RS = "\n---\n"; ORS = "\n---\n" } !/apiVersion: networking\.gke\.io
   "$work/gke.yaml" >"$work/gke-applicable.yaml"
 check "the gke rendering without its GKE objects keeps the Deployment" sh -c \
   "grep -q 'kind: Deployment' '$work/gke-applicable.yaml' && ! grep -q 'networking.gke.io' '$work/gke-applicable.yaml'"
-check "apply: chart (none) and the seed (v1 InferencePool)" apply_ns bbr-none "$work/none.yaml" \
+check "apply: chart (none) and the demo (v1 InferencePool)" apply_ns bbr-none "$work/none.yaml" \
   "$examples/inferencepools.yaml" "$examples/httproute.yaml" "$examples/base-models.yaml" "$examples/gateway-istio.yaml"
 check "apply: chart (istio) and its Gateway" apply_ns bbr-istio "$work/istio.yaml" "$examples/gateway-istio.yaml" \
   "$examples/inferencepools.yaml" "$examples/httproute.yaml"
@@ -316,7 +316,7 @@ check "apply: chart (envoy-gateway) and its GatewayClass and Gateway" apply_ns b
   "$work/envoy-gateway.yaml" "$examples/gateway-envoy-gateway.yaml" "$examples/inferencepools.yaml" "$examples/httproute.yaml"
 check "apply: chart (gke) without the GKE objects, and its Gateway" apply_ns bbr-gke "$work/gke-applicable.yaml" \
   "$examples/gateway-gke.yaml" "$examples/inferencepools.yaml" "$examples/httproute.yaml"
-check "apply: the seed's HTTPRoute as written (inference.networking.x-k8s.io)" apply_ns bbr-v1alpha2 \
+check "apply: the demo's HTTPRoute as written (inference.networking.x-k8s.io)" apply_ns bbr-v1alpha2 \
   "$examples/gateway-istio.yaml" "$examples/inferencepools-v1alpha2.yaml" "$examples/httproute-v1alpha2.yaml"
 check "apply: the Go chart's v0.5.1 values" apply_ns bbr-go-v0-5-1 "$work/go-v0.5.1.yaml"
 check "apply: the Go chart's v1.5.0 values" apply_ns bbr-go-v1-5-0 "$work/go-v1.5.0.yaml"
