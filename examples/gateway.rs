@@ -159,9 +159,10 @@ pub fn gateway(layer: ModelRoutingLayer, pools: &[(String, SocketAddr)]) -> Gate
     layer.layer(router)
 }
 
-/// The layer of the demo for `rules`, with the default (strict) policy.
+/// The layer of the demo for `rules`, with the default (strict) policy,
+/// answering `GET /v1/models` from the table.
 pub fn layer(rules: RuleTable) -> ModelRoutingLayer {
-    ModelRoutingLayer::new().rules(rules)
+    ModelRoutingLayer::new().rules(rules).serve_models(true)
 }
 
 /// Serves `service` on `listener` (HTTP/1.1 and HTTP/2 without TLS) until

@@ -374,3 +374,28 @@ async fn requests_without_a_model_pass_through_unrouted() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn the_gateway_lists_its_models() {
+    bounded(async {
+        let gw = TestGateway::demo().await;
+        let response = http1()
+            .get(format!("http://{}/v1/models", gw.addr))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let list: serde_json::Value = response.json().await.unwrap();
+        let models: Vec<(&str, &str)> = list["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| (m["id"].as_str().unwrap(), m["owned_by"].as_str().unwrap()))
+            .collect();
+        assert_eq!(
+            models,
+            [("chatbot", "gemma3"), ("recommender", "deepseek-r1")]
+        );
+    })
+    .await;
+}

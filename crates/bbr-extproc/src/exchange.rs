@@ -39,6 +39,8 @@ pub(crate) struct Shared {
     pub(crate) default_mode: BodyMode,
     pub(crate) clear_route_cache: bool,
     pub(crate) request_key_header: String,
+    /// Answer `GET /v1/models` from the rule table.
+    pub(crate) serve_models: bool,
 }
 
 /// How Envoy sends the request body, as far as this service is concerned.
@@ -184,6 +186,7 @@ impl Exchange {
         }
         let table = self.shared.rules.load();
         let mut content_type = None;
+        let (mut get, mut models_path) = (false, false);
         // The message is ours: header values are moved out, not copied.
         for header in h.headers.into_iter().flat_map(|m| m.headers) {
             let key = header.key;
@@ -202,7 +205,19 @@ impl Exchange {
                 self.content_length = Some(value);
             } else if key.eq_ignore_ascii_case(&self.shared.request_key_header) {
                 self.request_key = Some(value);
+            } else if key == ":method" {
+                get = value == b"GET";
+            } else if key == ":path" {
+                let path = value.split(|&b| b == b'?').next().unwrap_or_default();
+                models_path = path == b"/v1/models";
             }
+        }
+        if self.shared.serve_models && get && models_path {
+            // The model list, from the table in force, without a round
+            // trip to a backend.
+            self.phase = Phase::Done;
+            out.push(reply::models(table.models_json()));
+            return;
         }
 
         if h.end_of_stream || self.request_mode == BodyMode::None {
@@ -572,6 +587,7 @@ mod tests {
             default_mode: mode,
             clear_route_cache: true,
             request_key_header: "x-request-id".to_owned(),
+            serve_models: false,
         })
     }
 
@@ -794,6 +810,29 @@ mod tests {
         let mut x = exchange(BodyMode::FullDuplexStreamed);
         let out = headers(&mut x, &[("content-type", "text/plain")], false);
         assert_eq!(immediate(&out[0]).0, 415);
+    }
+
+    #[test]
+    fn the_model_list_is_an_immediate_answer_when_served() {
+        let rules = "rules: [{name: c, match: {model: {exact: chatbot}}, pool: gemma3}]\ndefault: {action: reject}";
+        let mut served = shared(
+            BodyMode::FullDuplexStreamed,
+            Some(rules),
+            FailurePolicy::new(),
+        );
+        Arc::get_mut(&mut served).unwrap().serve_models = true;
+        let get = [(":method", "GET"), (":path", "/v1/models?x=1")];
+        let out = headers(&mut Exchange::new(Arc::clone(&served)), &get, true);
+        let (status, list) = immediate(&out[0]);
+        assert_eq!(status, 200);
+        assert_eq!(list["data"][0]["id"], "chatbot");
+        assert_eq!(list["data"][0]["owned_by"], "gemma3");
+        // Other paths and methods go on; and nothing is served unless asked.
+        let post = [(":method", "POST"), (":path", "/v1/models")];
+        let out = headers(&mut Exchange::new(Arc::clone(&served)), &post, true);
+        assert!(matches!(out[0], Response::RequestHeaders(_)));
+        let out = headers(&mut exchange(BodyMode::FullDuplexStreamed), &get, true);
+        assert!(matches!(out[0], Response::RequestHeaders(_)));
     }
 
     #[test]

@@ -104,6 +104,11 @@ struct Args {
     /// only the headers bbr sets.
     #[arg(long, value_name = "PREFIX", default_values_t = [bbr_core::decision::RESERVED_PREFIX.to_owned()])]
     strip_header_prefix: Vec<String>,
+    /// Answer `GET /v1/models` from the rule table (an ImmediateResponse
+    /// with the OpenAI model list) instead of letting it through.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          default_value_t = false, action = ArgAction::Set)]
+    serve_models: bool,
     /// On SIGTERM or ctrl-c, how long open streams may take to finish, in seconds.
     #[arg(long, default_value_t = 30)]
     drain_timeout_secs: u64,
@@ -229,6 +234,7 @@ impl Args {
             )
             .decider(self.decider())
             .rules(rules)
+            .serve_models(self.serve_models)
             .streaming(self.streaming);
         builder.build()
     }

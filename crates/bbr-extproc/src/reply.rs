@@ -151,3 +151,17 @@ pub(crate) fn immediate(error: &Error) -> ProcessingResponse {
         details: format!("bbr_{}", error.kind().as_str()),
     }))
 }
+
+/// `GET /v1/models` answered with the model list (`200`, JSON).
+pub(crate) fn models(list: String) -> ProcessingResponse {
+    response(Response::ImmediateResponse(ImmediateResponse {
+        status: Some(HttpStatus { code: 200 }),
+        headers: Some(HeaderMutation {
+            set_headers: vec![header_option("content-type", b"application/json")],
+            remove_headers: Vec::new(),
+        }),
+        body: list.into_bytes(),
+        grpc_status: None,
+        details: "bbr_models".to_owned(),
+    }))
+}

@@ -69,6 +69,7 @@ pub struct ProcessorBuilder {
     default_mode: BodyMode,
     clear_route_cache: bool,
     request_key_header: String,
+    serve_models: bool,
 }
 
 impl Default for ProcessorBuilder {
@@ -80,6 +81,7 @@ impl Default for ProcessorBuilder {
             default_mode: BodyMode::Buffered,
             clear_route_cache: true,
             request_key_header: "x-request-id".to_owned(),
+            serve_models: false,
         }
     }
 }
@@ -175,6 +177,18 @@ impl ProcessorBuilder {
         self
     }
 
+    /// Answers `GET /v1/models` with an `ImmediateResponse` carrying the
+    /// rule table's model list (the OpenAI list format; see
+    /// [`RuleTable::models_json`](bbr_core::rules::RuleTable::models_json)),
+    /// so that an Envoy gateway serves the list from the same table it
+    /// routes with. Off by default. Envoy must send the request headers of
+    /// that route to the server (it does wherever the filter runs).
+    #[must_use]
+    pub fn serve_models(mut self, serve: bool) -> Self {
+        self.serve_models = serve;
+        self
+    }
+
     /// Builds the processor.
     pub fn build(self) -> BodyRoutingProcessor {
         BodyRoutingProcessor {
@@ -185,6 +199,7 @@ impl ProcessorBuilder {
                 default_mode: self.default_mode,
                 clear_route_cache: self.clear_route_cache,
                 request_key_header: self.request_key_header,
+                serve_models: self.serve_models,
             }),
         }
     }

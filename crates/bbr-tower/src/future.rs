@@ -22,7 +22,7 @@ use crate::{
     body::{BodyReader, Read},
     decision::DecisionData,
     layer::Config,
-    response::reject,
+    response::{json_ok, reject},
 };
 
 /// The header whose value picks among a rule's weighted targets (a name
@@ -58,8 +58,16 @@ pin_project! {
             violation: Option<Arc<OnceLock<Error>>>,
         },
         // `None` once the answer went out.
-        Answered { error: Option<Error> },
+        Answered { answer: Option<Answer> },
     }
+}
+
+/// A request the layer answers itself.
+enum Answer {
+    /// The error contract's answer.
+    Refused(Error),
+    /// `GET /v1/models`, from the rule table.
+    Models(Bytes),
 }
 
 /// The panic message of a future polled after it completed.
@@ -85,6 +93,16 @@ where
         let (mut parts, body) = request.into_parts();
         let table = config.rules.load();
         strip_client_headers(&config, &table, &mut parts);
+        if config.serve_models
+            && parts.method == http::Method::GET
+            && parts.uri.path() == MODELS_PATH
+        {
+            return ResponseFuture {
+                state: State::Answered {
+                    answer: Some(Answer::Models(Bytes::from(table.models_json()))),
+                },
+            };
+        }
 
         if !config.paths.is_empty() {
             let path = parts.uri.path();
@@ -168,9 +186,15 @@ where
     S: Service<Request<RoutedBody<B>>>,
 {
     ResponseFuture {
-        state: State::Answered { error: Some(error) },
+        state: State::Answered {
+            answer: Some(Answer::Refused(error)),
+        },
     }
 }
+
+/// The path of the model list the layer serves (see
+/// [`ModelRoutingLayer::serve_models`](crate::ModelRoutingLayer::serve_models)).
+const MODELS_PATH: &str = "/v1/models";
 
 /// Carries out a verdict for a request whose body is not held (no body, a
 /// model from the path, a body refused before it was read).
@@ -259,9 +283,12 @@ where
                     }
                     return Poll::Ready(result.map(|r| r.map(ResponseBody::inner)));
                 }
-                StateProj::Answered { error } => {
-                    let error = error.take().expect(POLLED_AFTER_COMPLETION);
-                    return Poll::Ready(Ok(reject(&error)));
+                StateProj::Answered { answer } => {
+                    let response = match answer.take().expect(POLLED_AFTER_COMPLETION) {
+                        Answer::Refused(error) => reject(&error),
+                        Answer::Models(list) => json_ok(list),
+                    };
+                    return Poll::Ready(Ok(response));
                 }
                 StateProj::Reading { reading } => {
                     let state = reading.as_mut().expect(POLLED_AFTER_COMPLETION);

@@ -50,6 +50,7 @@ pub(crate) struct Config {
     pub(crate) paths: Vec<PathTemplate>,
     pub(crate) budget: Option<HoldBudget>,
     pub(crate) hold_idle_timeout: Option<Duration>,
+    pub(crate) serve_models: bool,
 }
 
 impl fmt::Debug for Config {
@@ -67,6 +68,7 @@ impl fmt::Debug for Config {
             .field("paths", &self.paths)
             .field("budget", &self.budget)
             .field("hold_idle_timeout", &self.hold_idle_timeout)
+            .field("serve_models", &self.serve_models)
             .finish()
     }
 }
@@ -80,6 +82,7 @@ impl Default for Config {
             paths: Vec::new(),
             budget: Some(HoldBudget::default()),
             hold_idle_timeout: default_hold_idle_timeout(),
+            serve_models: false,
         }
     }
 }
@@ -180,6 +183,16 @@ impl ModelRoutingLayer {
         let config = Arc::make_mut(&mut self.config);
         config.extractor = config.extractor.clone().with_field(copy.field());
         config.decider = config.decider.clone().with_body_field(copy);
+        self
+    }
+
+    /// Answers `GET /v1/models` itself, from the rule table in force (the
+    /// OpenAI list format; see
+    /// [`RuleTable::models_json`](bbr_core::rules::RuleTable::models_json)),
+    /// instead of passing it to the inner service. Off by default.
+    #[must_use]
+    pub fn serve_models(mut self, serve: bool) -> Self {
+        Arc::make_mut(&mut self.config).serve_models = serve;
         self
     }
 

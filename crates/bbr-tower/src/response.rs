@@ -96,6 +96,19 @@ pub(crate) fn reject<B>(error: &bbr_core::Error) -> Response<ResponseBody<B>> {
     response
 }
 
+/// A `200 OK` JSON answer the layer gives itself (the model list).
+pub(crate) fn json_ok<B>(body: Bytes) -> Response<ResponseBody<B>> {
+    let len = body.len();
+    let mut response = Response::new(ResponseBody::full(body));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    response
+}
+
 fn json<B>(status: StatusCode, body: String) -> Response<ResponseBody<B>> {
     let len = body.len();
     let mut response = Response::new(ResponseBody::full(Bytes::from(body)));

@@ -748,3 +748,46 @@ async fn a_body_that_stops_before_the_model_is_cut_off() {
     feeder.await.unwrap();
     drop(tx);
 }
+
+#[tokio::test]
+async fn the_model_list_is_served_from_the_table_when_asked() {
+    let rules = RuleTable::from_yaml(
+        "rules:\n  - {name: c, match: {model: {exact: chatbot}}, pool: gemma3}\n  - {name: r, match: {model: {exact: recommender}}, pool: deepseek-r1}\ndefault: {action: reject}\n",
+    )
+    .unwrap();
+    let get = || {
+        Request::get("/v1/models")
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let layer = ModelRoutingLayer::new().rules(rules).serve_models(true);
+    let (status, seen) = run(layer.clone(), get()).await;
+    assert_eq!(status, 200);
+    assert!(
+        seen.lock().unwrap().decision.is_none(),
+        "answered by the layer"
+    );
+    let inner = service_fn(|_: Request<RoutedBody<Full<Bytes>>>| async {
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+    });
+    let response = tower::Layer::layer(&layer, inner)
+        .oneshot(get())
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let list: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let ids: Vec<&str> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["chatbot", "recommender"]);
+    assert_eq!(list["data"][1]["owned_by"], "deepseek-r1");
+
+    // Off by default: the inner service answers.
+    let (status, seen) = run(ModelRoutingLayer::new(), get()).await;
+    assert_eq!(status, 200);
+    assert!(seen.lock().unwrap().decision.is_some());
+}

@@ -508,6 +508,55 @@ impl RuleTable {
         self.base_models.get(model).map(|b| &*b.name)
     }
 
+    /// The models a client can name by their exact name, sorted, each with
+    /// the pool its rule names (`None` when the rule names none). Prefix,
+    /// glob and regex rules match names no list can give, and are left
+    /// out; so is the default.
+    pub fn exact_models(&self) -> Vec<(&str, Option<&str>)> {
+        let mut models: Vec<(&str, Option<&str>)> = self
+            .matcher
+            .exact
+            .iter()
+            .map(|(model, &rule)| {
+                let pool = self.routes.get(rule as usize).and_then(|r| r.pool.as_ref());
+                (&**model, pool.map(|(name, _)| &**name))
+            })
+            .collect();
+        models.sort_unstable();
+        models
+    }
+
+    /// `GET /v1/models` answered from the table: the OpenAI list format,
+    /// one entry per [exact model](Self::exact_models), `owned_by` its pool
+    /// (or `bbr`).
+    ///
+    /// ```
+    /// use bbr_core::rules::RuleTable;
+    ///
+    /// let table = RuleTable::from_yaml(
+    ///     "rules: [{name: c, match: {model: {exact: chatbot}}, pool: gemma3}]\ndefault: {action: reject}",
+    /// ).unwrap();
+    /// let list: serde_json::Value = serde_json::from_str(&table.models_json()).unwrap();
+    /// assert_eq!(list["object"], "list");
+    /// assert_eq!(list["data"][0]["id"], "chatbot");
+    /// assert_eq!(list["data"][0]["owned_by"], "gemma3");
+    /// ```
+    pub fn models_json(&self) -> String {
+        let mut out = String::from("{\"object\":\"list\",\"data\":[");
+        for (i, (model, pool)) in self.exact_models().into_iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str("{\"id\":");
+            crate::error::push_json_string(&mut out, model);
+            out.push_str(",\"object\":\"model\",\"created\":0,\"owned_by\":");
+            crate::error::push_json_string(&mut out, pool.unwrap_or("bbr"));
+            out.push('}');
+        }
+        out.push_str("]}");
+        out
+    }
+
     /// The number of rules (not counting the default).
     pub fn len(&self) -> usize {
         self.routes.len()

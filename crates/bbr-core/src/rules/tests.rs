@@ -1161,3 +1161,33 @@ fn a_file_read_by_the_caller_is_named_in_errors() {
         Some("p")
     );
 }
+
+#[test]
+fn the_model_list_names_the_exact_models_with_their_pools() {
+    let t = table(PRECEDENCE);
+    let list: serde_json::Value = serde_json::from_str(&t.models_json()).unwrap();
+    let ids: Vec<&str> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    let exact: Vec<&str> = t.exact_models().into_iter().map(|(m, _)| m).collect();
+    assert_eq!(ids, exact);
+    assert!(!ids.is_empty());
+    let mut sorted = ids.clone();
+    sorted.sort_unstable();
+    assert_eq!(ids, sorted);
+    for entry in list["data"].as_array().unwrap() {
+        assert_eq!(entry["object"], "model");
+        assert!(entry["owned_by"].is_string());
+    }
+    // Quotes and controls in a model name stay valid JSON.
+    let odd =
+        RuleTable::from_yaml(r#"rules: [{name: q, match: {model: {exact: "a\"b\\c"}}}]"#).unwrap();
+    let list: serde_json::Value = serde_json::from_str(&odd.models_json()).unwrap();
+    assert_eq!(list["data"][0]["id"], "a\"b\\c");
+    assert_eq!(list["data"][0]["owned_by"], "bbr");
+    let empty: serde_json::Value = serde_json::from_str(&RuleTable::empty().models_json()).unwrap();
+    assert_eq!(empty["data"].as_array().unwrap().len(), 0);
+}
