@@ -8,7 +8,9 @@ use std::{
     io,
     net::SocketAddr,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
+    time::Duration,
 };
 
 use bbr_core::rules::RuleTable;
@@ -20,10 +22,10 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
-    rt::{TokioExecutor, TokioIo},
-    server::conn::auto,
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::{conn::auto, graceful::GracefulShutdown},
 };
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::Semaphore};
 use tower::{Layer, Service, ServiceExt};
 
 /// The response body of an [`Upstream`]: the pool's, or a `502` of its own.
@@ -165,8 +167,32 @@ pub fn layer(rules: RuleTable) -> ModelRoutingLayer {
     ModelRoutingLayer::new().rules(rules).serve_models(true)
 }
 
-/// Serves `service` on `listener` (HTTP/1.1 and HTTP/2 without TLS) until
-/// the task is dropped.
+/// How [`serve_with`] treats connections.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// How long a client may take to send a request's headers (HTTP/1.1;
+    /// an idle keep-alive connection is closed after it too).
+    pub header_read_timeout: Duration,
+    /// The most connections served at once; past it the listener waits
+    /// (the kernel's backlog holds the rest).
+    pub max_connections: usize,
+    /// On shutdown, how long open requests (a token stream, say) may take
+    /// to finish before their connections are closed.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 4096,
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Serves `service` on `listener` (HTTP/1.1 and HTTP/2 without TLS) with
+/// the default [`ServeOptions`], until the task is dropped.
 pub async fn serve<S, ResBody>(listener: TcpListener, service: S) -> io::Result<()>
 where
     S: Service<Request<Incoming>, Response = Response<ResBody>, Error = Infallible>
@@ -177,16 +203,83 @@ where
     ResBody: Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
+    serve_with(
+        listener,
+        service,
+        ServeOptions::default(),
+        std::future::pending(),
+    )
+    .await;
+    Ok(())
+}
+
+/// Serves `service` on `listener` until `shutdown` completes, then stops
+/// accepting and lets open requests finish for up to
+/// [`drain_timeout`](ServeOptions::drain_timeout).
+///
+/// An accept error (out of file descriptors, a connection reset before it
+/// was accepted) is logged and the loop goes on after a short pause: one
+/// client must not be able to stop the server.
+pub async fn serve_with<S, ResBody>(
+    listener: TcpListener,
+    service: S,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()>,
+) where
+    S: Service<Request<Incoming>, Response = Response<ResBody>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(options.max_connections.max(1)));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(options.header_read_timeout);
+    let builder = Arc::new(builder);
+    let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let (stream, _) = listener.accept().await?;
+        let slot = tokio::select! {
+            slot = Arc::clone(&slots).acquire_owned() => slot,
+            () = &mut shutdown => break,
+        };
+        let Ok(slot) = slot else { break };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // EMFILE and friends: wait for connections to close.
+                eprintln!("gateway: accept failed ({e}); retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         let service = service.clone();
+        let hyper_service =
+            hyper::service::service_fn(move |request| service.clone().oneshot(request));
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), hyper_service)
+            .into_owned();
+        let connection = graceful.watch(connection);
         tokio::spawn(async move {
-            let hyper_service =
-                hyper::service::service_fn(move |request| service.clone().oneshot(request));
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), hyper_service)
-                .await;
+            let _ = connection.await;
+            drop(slot);
         });
+    }
+    drop(listener);
+    if tokio::time::timeout(options.drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        eprintln!("gateway: drain timed out; closing the connections left");
     }
 }

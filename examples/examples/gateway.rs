@@ -10,7 +10,10 @@
 //! Options: `--listen ADDR` (default `127.0.0.1:8080`), `--rules FILE`
 //! (default `examples/config/gateway.yaml`), `--pool NAME` (repeatable;
 //! default `gemma3` and `deepseek-r1`), `--policy strict|fast`,
-//! `--token-delay-ms N` (pause between streamed tokens, default 20).
+//! `--token-delay-ms N` (pause between streamed tokens, default 20),
+//! `--max-connections N` (4096), `--header-read-timeout-secs N` (10),
+//! `--drain-timeout-secs N` (30: on SIGINT or SIGTERM, open streams may
+//! finish for that long).
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
@@ -39,6 +42,16 @@ struct Args {
     /// Pause between two streamed tokens, in milliseconds.
     #[arg(long, default_value_t = 20)]
     token_delay_ms: u64,
+    /// The most client connections served at once.
+    #[arg(long, default_value_t = 4096)]
+    max_connections: usize,
+    /// How long a client may take to send a request's headers, in seconds.
+    #[arg(long, default_value_t = 10)]
+    header_read_timeout_secs: u64,
+    /// On SIGINT or SIGTERM, how long open requests (token streams) may
+    /// take to finish, in seconds.
+    #[arg(long, default_value_t = 30)]
+    drain_timeout_secs: u64,
 }
 
 #[tokio::main]
@@ -85,14 +98,30 @@ async fn main() -> ExitCode {
         "try: curl -X POST -i {}/v1/chat/completions -H 'Content-Type: application/json' -d '{{\"model\":\"chatbot\",\"messages\":[{{\"role\":\"user\",\"content\":\"What is the color of the sky?\"}}]}}'",
         args.listen
     );
-    tokio::select! {
-        result = gateway::serve(listener, service) => {
-            if let Err(e) = result {
-                eprintln!("gateway: {e}");
-                return ExitCode::FAILURE;
-            }
-        }
-        _ = tokio::signal::ctrl_c() => println!("gateway: shutting down"),
-    }
+    let options = gateway::ServeOptions {
+        header_read_timeout: Duration::from_secs(args.header_read_timeout_secs),
+        max_connections: args.max_connections,
+        drain_timeout: Duration::from_secs(args.drain_timeout_secs),
+    };
+    gateway::serve_with(listener, service, options, shutdown_signal()).await;
+    println!("gateway: stopped");
     ExitCode::SUCCESS
+}
+
+/// SIGINT (ctrl-c) or SIGTERM: stop accepting, let open requests finish.
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(e) => {
+            eprintln!("gateway: no SIGTERM handler ({e}); ctrl-c only");
+            let _ = tokio::signal::ctrl_c().await;
+            println!("gateway: draining open requests");
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    println!("gateway: draining open requests");
 }

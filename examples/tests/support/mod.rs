@@ -8,6 +8,7 @@ mod clients;
 pub use clients::*;
 
 use std::{
+    future::Future,
     net::SocketAddr,
     sync::{Arc, Mutex},
     task::{Context, Poll},
@@ -107,6 +108,17 @@ impl TestGateway {
 
     /// A gateway with `layer` in front of `pools`.
     pub async fn start(layer: ModelRoutingLayer, pools: Vec<SimulatedPool>) -> TestGateway {
+        let options = gateway::ServeOptions::default();
+        TestGateway::start_with(layer, pools, options, std::future::pending()).await
+    }
+
+    /// [`start`](Self::start), served with `options` until `shutdown`.
+    pub async fn start_with(
+        layer: ModelRoutingLayer,
+        pools: Vec<SimulatedPool>,
+        options: gateway::ServeOptions,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> TestGateway {
         let mut tasks = Vec::new();
         let mut router = PoolRouter::new();
         for pool in &pools {
@@ -121,9 +133,9 @@ impl TestGateway {
         });
         let listener = TcpListener::bind(loopback()).await.expect("gateway binds");
         let addr = listener.local_addr().unwrap();
-        tasks.push(tokio::spawn(async move {
-            let _ = gateway::serve(listener, service).await;
-        }));
+        tasks.push(tokio::spawn(gateway::serve_with(
+            listener, service, options, shutdown,
+        )));
         TestGateway {
             addr,
             pools,
