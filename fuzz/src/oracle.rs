@@ -246,10 +246,13 @@ fn check_model_token(
     }
 }
 
+/// A model bbr accepts: not empty, within the length limit, and without a
+/// control character — C0, DEL or C1 (U+0080–U+009F), exactly
+/// `char::is_control`.
 fn model_is_valid(model: &str, config: &ExtractorConfig) -> bool {
     !model.is_empty()
         && model.len() <= config.max_model_len()
-        && !model.chars().any(|c| c <= '\u{1f}' || c == '\u{7f}')
+        && !model.chars().any(char::is_control)
 }
 
 /// The top-level `model` values, in order, and the values of
