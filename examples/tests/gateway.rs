@@ -352,7 +352,7 @@ async fn requests_without_a_model_pass_through_unrouted() {
     bounded(async {
         let gw = TestGateway::demo().await;
         // No body: nothing to route on; the router has no fallback pool.
-        let response = http1().get(gw.url("/v1/models")).send().await.unwrap();
+        let response = http1().get(gw.url("/v1/files")).send().await.unwrap();
         assert_eq!(error_code(response).await, (404, "no_route".to_owned()));
         let response = http1()
             .post(gw.url("/v1/chat/completions"))
