@@ -37,11 +37,14 @@ pub enum ErrorKind {
     NoRoute,
     /// The request is routed to a pool that nothing serves.
     PoolUnavailable,
+    /// A compressed body (`Content-Encoding`) cannot be decoded: the
+    /// compressed stream is corrupt, truncated, or followed by other bytes.
+    InvalidEncoding,
 }
 
 impl ErrorKind {
     /// Every kind, in a fixed order (for metrics and tests).
-    pub const ALL: [ErrorKind; 11] = [
+    pub const ALL: [ErrorKind; 12] = [
         ErrorKind::InvalidJson,
         ErrorKind::ModelNotString,
         ErrorKind::InvalidModel,
@@ -53,6 +56,7 @@ impl ErrorKind {
         ErrorKind::BodyReadError,
         ErrorKind::NoRoute,
         ErrorKind::PoolUnavailable,
+        ErrorKind::InvalidEncoding,
     ];
 
     /// The stable snake_case name, used as the error `code` in responses,
@@ -70,6 +74,7 @@ impl ErrorKind {
             ErrorKind::BodyReadError => "body_read_error",
             ErrorKind::NoRoute => "no_route",
             ErrorKind::PoolUnavailable => "pool_unavailable",
+            ErrorKind::InvalidEncoding => "invalid_encoding",
         }
     }
 
@@ -81,6 +86,7 @@ impl ErrorKind {
             | ErrorKind::InvalidModel
             | ErrorKind::DuplicateModel
             | ErrorKind::InvalidMultipart
+            | ErrorKind::InvalidEncoding
             | ErrorKind::BodyReadError => 400,
             ErrorKind::ModelNotFound | ErrorKind::NoRoute => 404,
             ErrorKind::TooLarge => 413,
@@ -111,7 +117,8 @@ impl ErrorKind {
             | ErrorKind::InvalidMultipart
             | ErrorKind::BodyReadError
             | ErrorKind::NoRoute
-            | ErrorKind::PoolUnavailable => None,
+            | ErrorKind::PoolUnavailable
+            | ErrorKind::InvalidEncoding => None,
         }
     }
 }
@@ -417,6 +424,7 @@ mod tests {
         assert_eq!(ErrorKind::BodyReadError.status(), 400);
         assert_eq!(ErrorKind::NoRoute.status(), 404);
         assert_eq!(ErrorKind::PoolUnavailable.status(), 503);
+        assert_eq!(ErrorKind::InvalidEncoding.status(), 400);
         assert_eq!(ErrorKind::PoolUnavailable.error_type(), "server_error");
         // Every kind has its own code.
         let codes: std::collections::HashSet<_> =
