@@ -68,7 +68,7 @@ impl std::fmt::Display for Model {
 }
 
 /// The value of an extra top-level field requested with
-/// [`ExtractorConfig::field`](crate::ExtractorConfig::field). Scalars are captured (strings unescaped, up to
+/// [`ExtractorConfig::with_field`](crate::ExtractorConfig::with_field). Scalars are captured (strings unescaped, up to
 /// the model length limit); objects and arrays are reported by kind only.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]

@@ -128,7 +128,7 @@ impl Decision {
     }
 
     /// What the extractor found in the body (the model and the extra fields
-    /// requested with [`ExtractorConfig::field`](bbr_core::ExtractorConfig::field)).
+    /// requested with [`ExtractorConfig::with_field`](bbr_core::ExtractorConfig::with_field)).
     /// `None` when the body was not read (model from the path, no body, or
     /// an error let through).
     pub fn extraction(&self) -> Option<&Extraction> {
