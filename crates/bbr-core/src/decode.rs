@@ -263,6 +263,15 @@ mod decoding {
     /// What went wrong in the compressed stream (the message's tail).
     type Corrupt = &'static str;
 
+    /// What one decoding step did: the bytes consumed and produced, and
+    /// the error it stopped at (after what it produced, which is scanned
+    /// first, so that the outcome does not depend on the chunks).
+    type Step = (usize, usize, Option<Corrupt>);
+
+    fn progressed((used, made): (usize, usize)) -> Step {
+        (used, made, None)
+    }
+
     impl Decoder {
         fn new(coding: Coding, config: &ExtractorConfig) -> Result<Decoder, Error> {
             let codec = match coding {
@@ -317,10 +326,7 @@ mod decoding {
                     self.out.reserve(DECODE_BUFFER);
                     self.out.resize(DECODE_BUFFER, 0);
                 }
-                let (used, made) = self
-                    .codec
-                    .step(input, &mut self.out)
-                    .map_err(|why| self.corrupt(why))?;
+                let (used, made, error) = self.codec.step(input, &mut self.out);
                 input = &input[used..];
                 self.consumed += used as u64;
                 if made > 0 {
@@ -335,6 +341,9 @@ mod decoding {
                     if !scan(self.out.split_to(made).freeze())? {
                         return Ok(());
                     }
+                }
+                if let Some(why) = error {
+                    return Err(self.corrupt(why));
                 }
                 // More output may be pending while the buffer came back full.
                 if made < DECODE_BUFFER && (input.is_empty() || (used == 0 && made == 0)) {
@@ -386,15 +395,15 @@ mod decoding {
     impl Codec {
         /// Decodes what it can of `input` into `out`: the bytes consumed and
         /// produced.
-        fn step(&mut self, input: &[u8], out: &mut [u8]) -> Result<(usize, usize), Corrupt> {
+        fn step(&mut self, input: &[u8], out: &mut [u8]) -> Step {
             match self {
                 Codec::Gzip(gz) => gz.step(input, out),
                 Codec::Deflate(d) => d.step(input, out),
                 Codec::Brotli(state, done) => {
                     if *done {
                         return match input.is_empty() {
-                            true => Ok((0, 0)),
-                            false => Err("bytes follow the end of the brotli stream"),
+                            true => progressed((0, 0)),
+                            false => (0, 0, Some("bytes follow the end of the brotli stream")),
                         };
                     }
                     let (mut avail_in, mut in_at) = (input.len(), 0);
@@ -409,33 +418,37 @@ mod decoding {
                         &mut total,
                         state,
                     );
-                    match result {
-                        BrotliResult::ResultFailure => Err("the brotli stream is corrupt"),
+                    let error = match result {
+                        BrotliResult::ResultFailure => Some("the brotli stream is corrupt"),
                         BrotliResult::ResultSuccess => {
                             *done = true;
-                            match in_at < input.len() {
-                                true => Err("bytes follow the end of the brotli stream"),
-                                false => Ok((in_at, out_at)),
-                            }
+                            (in_at < input.len())
+                                .then_some("bytes follow the end of the brotli stream")
                         }
-                        BrotliResult::NeedsMoreInput | BrotliResult::NeedsMoreOutput => {
-                            Ok((in_at, out_at))
-                        }
-                    }
+                        BrotliResult::NeedsMoreInput | BrotliResult::NeedsMoreOutput => None,
+                    };
+                    (in_at, out_at, error)
                 }
                 Codec::Zstd(zstd, frame_done) => {
                     let mut src = InBuffer::around(input);
                     let mut dst = OutBuffer::around(out);
-                    let hint = zstd
-                        .run(&mut src, &mut dst)
-                        .map_err(|_| "the zstd stream is corrupt or needs a window over 8 MiB")?;
+                    let result = zstd.run(&mut src, &mut dst);
                     let (used, made) = (src.pos(), dst.pos());
-                    if used > 0 || made > 0 {
-                        // 0: a frame is complete and flushed; more input
-                        // starts another.
-                        *frame_done = hint == 0;
+                    match result {
+                        Ok(hint) => {
+                            if used > 0 || made > 0 {
+                                // 0: a frame is complete and flushed; more
+                                // input starts another.
+                                *frame_done = hint == 0;
+                            }
+                            progressed((used, made))
+                        }
+                        Err(_) => (
+                            used,
+                            made,
+                            Some("the zstd stream is corrupt or needs a window over 8 MiB"),
+                        ),
                     }
-                    Ok((used, made))
                 }
             }
         }
@@ -463,21 +476,21 @@ mod decoding {
     }
 
     impl Deflate {
-        fn step(&mut self, input: &[u8], out: &mut [u8]) -> Result<(usize, usize), Corrupt> {
+        fn step(&mut self, input: &[u8], out: &mut [u8]) -> Step {
             if self.done {
                 return match input.is_empty() {
-                    true => Ok((0, 0)),
-                    false => Err("bytes follow the end of the deflate stream"),
+                    true => progressed((0, 0)),
+                    false => (0, 0, Some("bytes follow the end of the deflate stream")),
                 };
             }
             let inflate = match &mut self.inflate {
                 Some(inflate) => inflate,
                 None => {
                     let (b0, b1) = match (self.first, input) {
-                        (_, []) => return Ok((0, 0)),
+                        (_, []) => return progressed((0, 0)),
                         (None, [b0]) => {
                             self.first = Some(*b0);
-                            return Ok((1, 0));
+                            return progressed((1, 0));
                         }
                         (None, [b0, b1, ..]) => (*b0, *b1),
                         (Some(b0), [b1, ..]) => (b0, *b1),
@@ -486,28 +499,28 @@ mod decoding {
                         && b0 >> 4 <= 7
                         && (u16::from(b0) << 8 | u16::from(b1)) % 31 == 0;
                     let mut inflate = Decompress::new(zlib);
-                    if let Some(b0) = self.first.take() {
+                    if let Some(b0) = self.first.take()
                         // One byte never completes a symbol: nothing comes out.
-                        inflate
-                            .decompress(&[b0], out, FlushDecompress::None)
-                            .map_err(|_| "the deflate stream is corrupt")?;
+                        && inflate.decompress(&[b0], out, FlushDecompress::None).is_err()
+                    {
+                        return (0, 0, Some("the deflate stream is corrupt"));
                     }
                     self.inflate.insert(inflate)
                 }
             };
             let (before_in, before_out) = (inflate.total_in(), inflate.total_out());
-            let status = inflate
-                .decompress(input, out, FlushDecompress::None)
-                .map_err(|_| "the deflate stream is corrupt")?;
+            let status = inflate.decompress(input, out, FlushDecompress::None);
             let used = (inflate.total_in() - before_in) as usize;
             let made = (inflate.total_out() - before_out) as usize;
-            if status == FlateStatus::StreamEnd {
-                self.done = true;
-                if used < input.len() {
-                    return Err("bytes follow the end of the deflate stream");
+            let error = match status {
+                Err(_) => Some("the deflate stream is corrupt"),
+                Ok(FlateStatus::StreamEnd) => {
+                    self.done = true;
+                    (used < input.len()).then_some("bytes follow the end of the deflate stream")
                 }
-            }
-            Ok((used, made))
+                Ok(_) => None,
+            };
+            (used, made, error)
         }
     }
 
@@ -599,23 +612,25 @@ mod decoding {
             self.len = 0;
         }
 
-        fn step(&mut self, input: &[u8], out: &mut [u8]) -> Result<(usize, usize), Corrupt> {
+        fn step(&mut self, input: &[u8], out: &mut [u8]) -> Step {
             let mut used = 0;
             match self.part {
                 GzPart::Body => {
                     let (before_in, before_out) =
                         (self.inflate.total_in(), self.inflate.total_out());
-                    let status = self
-                        .inflate
-                        .decompress(input, out, FlushDecompress::None)
-                        .map_err(|_| "the deflate stream is corrupt")?;
+                    let status = self.inflate.decompress(input, out, FlushDecompress::None);
                     used = (self.inflate.total_in() - before_in) as usize;
                     let made = (self.inflate.total_out() - before_out) as usize;
                     self.crc.update(&out[..made]);
-                    if status == FlateStatus::StreamEnd {
-                        self.enter(GzPart::Trailer);
-                    }
-                    return Ok((used, made));
+                    let error = match status {
+                        Err(_) => Some("the deflate stream is corrupt"),
+                        Ok(FlateStatus::StreamEnd) => {
+                            self.enter(GzPart::Trailer);
+                            None
+                        }
+                        Ok(_) => None,
+                    };
+                    return (used, made, error);
                 }
                 _ if input.is_empty() => {}
                 GzPart::Header | GzPart::End => {
@@ -627,11 +642,11 @@ mod decoding {
                     }
                     if self.gather(input, 10, &mut used) {
                         if self.buf[..3] != [0x1f, 0x8b, 8] {
-                            return Err("not a gzip stream");
+                            return (used, 0, Some("not a gzip stream"));
                         }
                         self.flags = self.buf[3];
                         if self.flags & RESERVED != 0 {
-                            return Err("reserved header flags are set");
+                            return (used, 0, Some("reserved header flags are set"));
                         }
                         let next = self.after(0);
                         self.enter(next);
@@ -692,13 +707,14 @@ mod decoding {
                         let sum = std::mem::take(&mut self.crc).finalize();
                         // The size is kept modulo 2^32.
                         if crc != sum || size != self.inflate.total_out() as u32 {
-                            return Err("the CRC or length in the gzip trailer does not match");
+                            let why = "the CRC or length in the gzip trailer does not match";
+                            return (used, 0, Some(why));
                         }
                         self.enter(GzPart::End);
                     }
                 }
             }
-            Ok((used, 0))
+            progressed((used, 0))
         }
     }
 }
@@ -1042,6 +1058,41 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Any bytes, in any coding, split anywhere: an outcome, never a
+        /// panic, and the one-chunk outcome, but for which error comes
+        /// first in a corrupt stream. Decoders buffer output, and how much
+        /// of what lies before the corruption they have let out when they
+        /// find it depends on the chunks: the scan of that output may
+        /// refuse it first (as invalid JSON, say).
+        #[test]
+        fn arbitrary_bytes_never_panic(
+            bytes in proptest::collection::vec(any::<u8>(), 0..2000),
+            mangle in proptest::option::of((any::<prop::sample::Index>(), any::<u8>())),
+            cut in any::<prop::sample::Index>(),
+            which in 0usize..5,
+        ) {
+            // Mostly valid streams with a byte changed, and raw noise.
+            let (encoding, mut stream) = match which {
+                4 => ("gzip", bytes.clone()),
+                n => encodings(&bytes).swap_remove(n),
+            };
+            if let Some((at, value)) = mangle && !stream.is_empty() {
+                let at = at.index(stream.len());
+                stream[at] = value;
+            }
+            let config = ExtractorConfig::new();
+            let at = cut.index(stream.len() + 1);
+            let whole = run(Some(encoding), &config, &[&stream]);
+            let split = run(Some(encoding), &config, &[&stream[..at], &stream[at..]]);
+            let corrupt = |o: &Outcome| matches!(o, Err((ErrorKind::InvalidEncoding, _)));
+            if split != whole {
+                prop_assert!(
+                    (corrupt(&whole) && split.is_err()) || (corrupt(&split) && whole.is_err()),
+                    "{:?} in one chunk, {:?} split at {}", whole, split, at
+                );
+            }
+        }
 
         /// Any body, any coding, split anywhere: the plain body's outcome.
         #[test]
