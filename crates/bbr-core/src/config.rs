@@ -59,6 +59,13 @@ pub const DEFAULT_MAX_DEPTH: usize = 127;
 pub const DEFAULT_MAX_MODEL_LEN: usize = 256;
 /// The longest name an extra requested field may have, in bytes.
 pub const MAX_FIELD_NAME_LEN: usize = 64;
+/// Default cap on how many times larger than its compressed form a body may
+/// decode to: 100 (JSON compresses 5 to 20 times; a decompression bomb
+/// thousands of times). See [`ExtractorConfig::with_max_expansion_ratio`].
+pub const DEFAULT_MAX_EXPANSION_RATIO: u32 = 100;
+/// Default decoded bytes allowed on top of the expansion ratio: 1 MiB, so
+/// that a small, very repetitive body still decodes.
+pub const DEFAULT_EXPANSION_SLACK: u64 = 1 << 20;
 
 /// Policy and limits for extraction. Cheap to clone.
 ///
@@ -80,6 +87,9 @@ pub struct ExtractorConfig {
     max_model_len: usize,
     /// `None` when no field is requested: a clone then costs no atomic operation.
     fields: Option<Arc<[Box<str>]>>,
+    decompression: bool,
+    max_expansion_ratio: u32,
+    expansion_slack: u64,
 }
 
 impl Default for ExtractorConfig {
@@ -90,12 +100,17 @@ impl Default for ExtractorConfig {
             max_depth: DEFAULT_MAX_DEPTH,
             max_model_len: DEFAULT_MAX_MODEL_LEN,
             fields: None,
+            decompression: cfg!(feature = "decompress"),
+            max_expansion_ratio: DEFAULT_MAX_EXPANSION_RATIO,
+            expansion_slack: DEFAULT_EXPANSION_SLACK,
         }
     }
 }
 
 impl ExtractorConfig {
-    /// The defaults: strict policy, 32 MiB, depth 127, model up to 256 bytes.
+    /// The defaults: strict policy, 32 MiB, depth 127, model up to 256 bytes;
+    /// compressed bodies decoded (with the `decompress` feature) up to 100
+    /// times their compressed size plus 1 MiB.
     pub fn new() -> ExtractorConfig {
         ExtractorConfig::default()
     }
@@ -148,6 +163,37 @@ impl ExtractorConfig {
         self
     }
 
+    /// Sets whether compressed bodies (`Content-Encoding` `gzip`, `deflate`,
+    /// `br`, `zstd`) are decoded for the scan. Off, or without the
+    /// `decompress` feature, a compressed body is refused with
+    /// [`ErrorKind::UnsupportedContentType`](crate::ErrorKind::UnsupportedContentType)
+    /// (415), which the failure policy may let through unrouted. Default: on
+    /// with the feature.
+    #[must_use]
+    pub fn with_decompression(mut self, enabled: bool) -> Self {
+        self.decompression = enabled;
+        self
+    }
+
+    /// Sets how many times its compressed size a body may decode to, plus
+    /// the [slack](Self::with_expansion_slack). A body that expands more is
+    /// refused as a decompression bomb with
+    /// [`ErrorKind::TooLarge`](crate::ErrorKind::TooLarge) (413), before or
+    /// after the decision, and decoding stops there. At least 1.
+    #[must_use]
+    pub fn with_max_expansion_ratio(mut self, ratio: u32) -> Self {
+        self.max_expansion_ratio = ratio.max(1);
+        self
+    }
+
+    /// Sets the decoded bytes allowed on top of the
+    /// [expansion ratio](Self::with_max_expansion_ratio).
+    #[must_use]
+    pub fn with_expansion_slack(mut self, bytes: u64) -> Self {
+        self.expansion_slack = bytes;
+        self
+    }
+
     /// The policy.
     pub fn policy(&self) -> Policy {
         self.policy
@@ -171,5 +217,20 @@ impl ExtractorConfig {
     /// The extra top-level fields requested.
     pub fn fields(&self) -> &[Box<str>] {
         self.fields.as_deref().unwrap_or(&[])
+    }
+
+    /// Whether compressed bodies are decoded for the scan.
+    pub fn decompression(&self) -> bool {
+        self.decompression
+    }
+
+    /// How many times its compressed size a body may decode to.
+    pub fn max_expansion_ratio(&self) -> u32 {
+        self.max_expansion_ratio
+    }
+
+    /// The decoded bytes allowed on top of the expansion ratio.
+    pub fn expansion_slack(&self) -> u64 {
+        self.expansion_slack
     }
 }

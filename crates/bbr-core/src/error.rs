@@ -43,11 +43,14 @@ pub enum ErrorKind {
     /// The client stopped sending the body before the decision (no data
     /// for longer than the body-idle timeout).
     BodyTimeout,
+    /// A compressed body (`Content-Encoding`) cannot be decoded: the
+    /// compressed stream is corrupt, truncated, or followed by other bytes.
+    InvalidEncoding,
 }
 
 impl ErrorKind {
     /// Every kind, in a fixed order (for metrics and tests).
-    pub const ALL: [ErrorKind; 13] = [
+    pub const ALL: [ErrorKind; 14] = [
         ErrorKind::InvalidJson,
         ErrorKind::ModelNotString,
         ErrorKind::InvalidModel,
@@ -61,6 +64,7 @@ impl ErrorKind {
         ErrorKind::PoolUnavailable,
         ErrorKind::Overloaded,
         ErrorKind::BodyTimeout,
+        ErrorKind::InvalidEncoding,
     ];
 
     /// The stable snake_case name, used as the error `code` in responses,
@@ -80,6 +84,7 @@ impl ErrorKind {
             ErrorKind::PoolUnavailable => "pool_unavailable",
             ErrorKind::Overloaded => "overloaded",
             ErrorKind::BodyTimeout => "body_timeout",
+            ErrorKind::InvalidEncoding => "invalid_encoding",
         }
     }
 
@@ -91,6 +96,7 @@ impl ErrorKind {
             | ErrorKind::InvalidModel
             | ErrorKind::DuplicateModel
             | ErrorKind::InvalidMultipart
+            | ErrorKind::InvalidEncoding
             | ErrorKind::BodyReadError => 400,
             ErrorKind::ModelNotFound | ErrorKind::NoRoute => 404,
             ErrorKind::TooLarge => 413,
@@ -133,7 +139,8 @@ impl ErrorKind {
             | ErrorKind::NoRoute
             | ErrorKind::PoolUnavailable
             | ErrorKind::Overloaded
-            | ErrorKind::BodyTimeout => None,
+            | ErrorKind::BodyTimeout
+            | ErrorKind::InvalidEncoding => None,
         }
     }
 }
@@ -461,6 +468,7 @@ mod tests {
         assert_eq!(ErrorKind::BodyReadError.status(), 400);
         assert_eq!(ErrorKind::NoRoute.status(), 404);
         assert_eq!(ErrorKind::PoolUnavailable.status(), 503);
+        assert_eq!(ErrorKind::InvalidEncoding.status(), 400);
         assert_eq!(ErrorKind::PoolUnavailable.error_type(), "server_error");
         assert_eq!(ErrorKind::Overloaded.status(), 503);
         assert_eq!(ErrorKind::Overloaded.retry_after(), Some(1));

@@ -7,7 +7,8 @@
 //!
 //! - [`ModelExtractor`]: the resumable JSON extractor, fed `Bytes` chunks.
 //! - [`BodyExtractor`]: picks the JSON or `multipart/form-data` extractor
-//!   from a content type.
+//!   from a content type, and decodes a compressed body (`Content-Encoding`
+//!   `gzip`, `deflate`, `br`, `zstd`; feature `decompress`) for the scan.
 //! - [`PathTemplate`]: the model named in the URL path.
 //! - [`rewrite`]: zero-copy splice of a new model into the body.
 //! - [`Decider`]: the routing decision every adapter makes the same way —
@@ -24,6 +25,7 @@ mod body;
 mod body_field;
 mod config;
 pub mod decision;
+mod decode;
 #[cfg(feature = "document")]
 #[cfg_attr(docsrs, doc(cfg(feature = "document")))]
 pub mod document;
@@ -42,10 +44,12 @@ mod scan;
 pub use body::BodyExtractor;
 pub use body_field::{BodyFieldHeader, BodyFieldHeaderError};
 pub use config::{
-    DEFAULT_MAX_BODY, DEFAULT_MAX_DEPTH, DEFAULT_MAX_MODEL_LEN, ExtractorConfig,
-    MAX_FIELD_NAME_LEN, ParsePolicyError, Policy,
+    DEFAULT_EXPANSION_SLACK, DEFAULT_MAX_BODY, DEFAULT_MAX_DEPTH, DEFAULT_MAX_EXPANSION_RATIO,
+    DEFAULT_MAX_MODEL_LEN, ExtractorConfig, MAX_FIELD_NAME_LEN, ParsePolicyError, Policy,
 };
 pub use decision::{Decider, Input, LateAction, Verdict};
+#[cfg(feature = "decompress")]
+pub use decode::CompressedExtractor;
 pub use error::{Error, ErrorKind, FailureAction, FailurePolicy};
 pub use extract::{Extraction, FieldValue, Model, Status};
 pub use json::ModelExtractor;

@@ -259,3 +259,97 @@ fn model_after_the_limit_is_too_large() {
     assert_eq!(error.offset(), bbr_core::DEFAULT_MAX_BODY);
     assert!(peak() - start <= 3 * CHUNK as isize, "{}", peak() - start);
 }
+
+/// A compressed body is decoded a buffer at a time: scanning a gzip body
+/// that decodes to 100 MiB keeps no more than one that decodes to 10 MiB.
+/// The body is compressed on another thread, so that only the decoding is
+/// counted here.
+#[cfg(feature = "decompress")]
+#[test]
+fn a_compressed_body_is_decoded_in_constant_memory() {
+    use bbr_core::BodyExtractor;
+
+    fn gzip_stream(size: usize) -> std::sync::mpsc::Receiver<Bytes> {
+        use std::io::Write;
+        let (tx, rx) = std::sync::mpsc::sync_channel(2);
+        std::thread::spawn(move || {
+            let level = flate2::Compression::fast();
+            let mut encoder = flate2::write::GzEncoder::new(Vec::new(), level);
+            for chunk in ChatStream::new(size, Position::Last) {
+                encoder.write_all(&chunk).expect("in memory");
+                if encoder.get_ref().len() >= CHUNK {
+                    let out = std::mem::take(encoder.get_mut());
+                    tx.send(Bytes::from(out)).expect("the test reads on");
+                }
+            }
+            let out = encoder.finish().expect("in memory");
+            tx.send(Bytes::from(out)).expect("the test reads on");
+        });
+        rx
+    }
+
+    fn decode(size: usize) -> (u64, isize) {
+        // One message repeated compresses far beyond the default ratio.
+        let config = ExtractorConfig::new()
+            .with_max_body(u64::MAX)
+            .with_max_expansion_ratio(u32::MAX);
+        let chunks = gzip_stream(size);
+        let start = reset_peak();
+        let mut extractor =
+            BodyExtractor::for_request(None, Some("gzip"), config).expect("gzip is read");
+        for chunk in chunks {
+            extractor.feed(&chunk).expect("a valid body");
+        }
+        let extraction = extractor.finish().expect("a valid body");
+        assert_eq!(extraction.model().map(|m| m.as_str()), Some(MODEL));
+        (extractor.bytes_scanned(), peak() - start)
+    }
+
+    let (small_len, small_peak) = decode(10 * MIB);
+    let (large_len, large_peak) = decode(100 * MIB);
+    assert!(large_len >= 100 * MIB as u64 && small_len < 11 * MIB as u64);
+    // The decoder's state, its 16 KiB buffer and the chunk in flight.
+    assert!(large_peak <= 256 << 10, "peak {large_peak} bytes");
+    assert!(
+        large_peak <= small_peak + 4096,
+        "memory grows with the body: {small_peak} then {large_peak}"
+    );
+}
+
+/// A decompression bomb is refused early, and its decoding takes no more
+/// memory than any other body's.
+#[cfg(feature = "decompress")]
+#[test]
+fn a_decompression_bomb_is_refused_in_bounded_memory() {
+    use std::io::Write;
+
+    use bbr_core::BodyExtractor;
+
+    // The first 10 KB of the gzip stream of 10 GiB of spaces after `{`,
+    // made here a MiB at a time.
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    encoder.write_all(b"{").expect("in memory");
+    let spaces = vec![b' '; MIB];
+    let mut decoded = 0u64;
+    while encoder.get_ref().len() < 10_000 && decoded < 10 << 30 {
+        encoder.write_all(&spaces).expect("in memory");
+        decoded += MIB as u64;
+    }
+    let bomb = Bytes::from(encoder.finish().expect("in memory")).slice(..10_000);
+    let chunks: Vec<Bytes> = (0..10)
+        .map(|i| bomb.slice(i * 1000..(i + 1) * 1000))
+        .collect();
+    drop(spaces);
+
+    let start = reset_peak();
+    let mut extractor = BodyExtractor::for_request(None, Some("gzip"), ExtractorConfig::new())
+        .expect("gzip is read");
+    let error = chunks
+        .iter()
+        .find_map(|chunk| extractor.feed(chunk).err())
+        .expect("refused");
+    assert_eq!(error.kind(), ErrorKind::TooLarge);
+    assert!(error.message().contains("decompression bomb"), "{error}");
+    assert!(extractor.bytes_scanned() < 3 * MIB as u64);
+    assert!(peak() - start <= 256 << 10, "peak {} bytes", peak() - start);
+}

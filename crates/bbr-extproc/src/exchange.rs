@@ -187,6 +187,8 @@ impl Exchange {
         let table = self.shared.rules.load();
         let mut content_type = None;
         let (mut get, mut models_path) = (false, false);
+        // Several lines make one list (RFC 9110 §5.3).
+        let mut content_encoding: Option<String> = None;
         // The message is ours: header values are moved out, not copied.
         for header in h.headers.into_iter().flat_map(|m| m.headers) {
             let key = header.key;
@@ -201,6 +203,15 @@ impl Exchange {
                 }
             } else if key.eq_ignore_ascii_case("content-type") {
                 content_type = String::from_utf8(value).ok();
+            } else if key.eq_ignore_ascii_case("content-encoding") {
+                let value = String::from_utf8_lossy(&value);
+                match &mut content_encoding {
+                    Some(list) => {
+                        list.push(',');
+                        list.push_str(&value);
+                    }
+                    None => content_encoding = Some(value.into_owned()),
+                }
             } else if key.eq_ignore_ascii_case("content-length") {
                 self.content_length = Some(value);
             } else if key.eq_ignore_ascii_case(&self.shared.request_key_header) {
@@ -227,7 +238,12 @@ impl Exchange {
             out.push(reply::request_headers(self.common(&verdict)));
             return;
         }
-        match BodyExtractor::new(content_type.as_deref(), self.shared.extractor.clone()) {
+        let extractor = BodyExtractor::for_request(
+            content_type.as_deref(),
+            content_encoding.as_deref(),
+            self.shared.extractor.clone(),
+        );
+        match extractor {
             Ok(x) => {
                 self.extractor = Some(x);
                 self.phase = Phase::Reading;
@@ -377,7 +393,8 @@ impl Exchange {
         }
         // STREAMED answers each chunk in place; a splice would not line up
         // with the chunks Envoy waits on.
-        let rewritable = x.is_json() && self.request_mode != BodyMode::Streamed;
+        // A compressed body goes back as it came: never spliced.
+        let rewritable = x.is_rewritable() && self.request_mode != BodyMode::Streamed;
         let table = shared.rules.load();
         let key = match table.uses_request_key() {
             true => self.request_key.as_deref(),
@@ -850,5 +867,88 @@ mod tests {
             "{out:?}"
         );
         assert_eq!(set(&out[0])[0].1, "m");
+    }
+
+    fn gzip(body: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(body).unwrap();
+        e.finish().unwrap()
+    }
+
+    #[test]
+    fn a_gzip_body_routes_and_its_chunks_go_back_unchanged() {
+        let rules = "rules: [{name: c, match: {model: {exact: chat}}, pool: p, targets: [{model: gemma-3, weight: 1}]}]";
+        let mut x = Exchange::new(shared(
+            BodyMode::FullDuplexStreamed,
+            Some(rules),
+            FailurePolicy::new(),
+        ));
+        let plain = br#"{"messages":[{"role":"user","content":"hi"}],"model":"chat","n":1}"#;
+        let compressed = gzip(plain);
+        let length = compressed.len().to_string();
+        let encoded = [
+            JSON,
+            ("content-encoding", "gzip"),
+            ("content-length", &length),
+        ];
+        assert!(headers(&mut x, &encoded, false).is_empty());
+        let (first, rest) = compressed.split_at(compressed.len() / 2);
+        let (second, last) = rest.split_at(rest.len() - 3);
+        let mut out = body(&mut x, first, false);
+        out.extend(body(&mut x, second, false));
+        // The model decoded: the headers answer and the held chunks go out.
+        assert_eq!(out.len(), 3, "{out:?}");
+        let sets = set(&out[0]);
+        assert!(sets.contains(&("x-gateway-model-name".to_owned(), "chat".to_owned())));
+        assert!(sets.contains(&("x-gateway-inference-pool".to_owned(), "p".to_owned())));
+        // Not rewritten: no new length, no body mutation but the chunks.
+        assert!(sets.iter().all(|(k, _)| k != "content-length"), "{sets:?}");
+        assert_eq!(streamed(&out[1]), (first.to_vec(), false));
+        assert_eq!(streamed(&out[2]), (second.to_vec(), false));
+        // The gzip trailer: checked, then released as it came.
+        let out = body(&mut x, last, true);
+        assert_eq!(out.len(), 1);
+        assert_eq!(streamed(&out[0]), (last.to_vec(), true));
+    }
+
+    #[test]
+    fn compressed_bodies_bbr_cannot_read_are_refused() {
+        // A corrupt stream: 400 invalid_encoding.
+        let mut x = exchange(BodyMode::FullDuplexStreamed);
+        headers(&mut x, &[JSON, ("content-encoding", "gzip")], false);
+        let out = body(&mut x, br#"{"model":"chat"}"#, true);
+        let (status, reply) = immediate(&out[0]);
+        assert_eq!(
+            (status, reply["error"]["code"].as_str()),
+            (400, Some("invalid_encoding"))
+        );
+
+        // A bomb: 413 once the body expands past the cap.
+        let mut x = exchange(BodyMode::FullDuplexStreamed);
+        headers(&mut x, &[JSON, ("content-encoding", "gzip")], false);
+        let mut bomb = b"{".to_vec();
+        bomb.resize(64 << 20, b' ');
+        let out = body(&mut x, &gzip(&bomb), false);
+        let (status, reply) = immediate(&out[0]);
+        assert_eq!(
+            (status, reply["error"]["code"].as_str()),
+            (413, Some("too_large"))
+        );
+
+        // Unknown codings, several lines of codings, other charsets: 415 at the headers.
+        for sent in [
+            &[JSON, ("content-encoding", "compress")][..],
+            &[
+                JSON,
+                ("content-encoding", "gzip"),
+                ("content-encoding", "br"),
+            ],
+            &[("content-type", "application/json; charset=utf-16")],
+        ] {
+            let mut x = exchange(BodyMode::FullDuplexStreamed);
+            let out = headers(&mut x, sent, false);
+            assert_eq!(immediate(&out[0]).0, 415, "{sent:?}");
+        }
     }
 }

@@ -80,13 +80,23 @@ struct Args {
     /// Largest body scanned before a decision, in bytes (default 32 MiB).
     #[arg(long, default_value_t = bbr_core::DEFAULT_MAX_BODY)]
     max_body: u64,
+    /// Decode compressed bodies (Content-Encoding gzip, deflate, br, zstd)
+    /// to read their model; the body goes upstream as it came.
+    /// `--decompress=false` answers them with 415 unsupported_content_type.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          default_value_t = true, action = ArgAction::Set)]
+    decompress: bool,
+    /// Refuse with 413 a compressed body that decodes to more than N times
+    /// its compressed size (plus 1 MiB): a decompression bomb.
+    #[arg(long, value_name = "N", default_value_t = bbr_core::DEFAULT_MAX_EXPANSION_RATIO)]
+    max_expansion_ratio: u32,
     /// Error kinds that pass the request through unchanged, without routing
     /// headers, instead of answering with the error: comma-separated codes
     /// (invalid_json, model_not_string, invalid_model, duplicate_model,
     /// too_large, model_not_found, unsupported_content_type,
-    /// invalid_multipart) or `all`. An error found after the routing went
-    /// out (FULL_DUPLEX_STREAMED, strict policy) is still answered with the
-    /// error.
+    /// invalid_multipart, invalid_encoding) or `all`. An error found after
+    /// the routing went out (FULL_DUPLEX_STREAMED, strict policy) is still
+    /// answered with the error.
     #[arg(long, value_name = "KINDS", value_delimiter = ',', value_parser = parse_fail_open)]
     fail_open: Vec<FailOpen>,
     /// Answer a body that names no model with 400 instead of passing it
@@ -225,13 +235,17 @@ impl Args {
         )
     }
 
+    fn extractor_config(&self) -> ExtractorConfig {
+        ExtractorConfig::new()
+            .with_policy(self.policy)
+            .with_max_body(self.max_body)
+            .with_decompression(self.decompress)
+            .with_max_expansion_ratio(self.max_expansion_ratio)
+    }
+
     fn processor(&self, rules: SharedRules) -> BodyRoutingProcessor {
         let builder = BodyRoutingProcessor::builder()
-            .extractor(
-                ExtractorConfig::new()
-                    .with_policy(self.policy)
-                    .with_max_body(self.max_body),
-            )
+            .extractor(self.extractor_config())
             .decider(self.decider())
             .rules(rules)
             .serve_models(self.serve_models)
@@ -497,6 +511,18 @@ mod tests {
         assert!(a.secure_serving);
         assert!(!a.streaming);
         assert_eq!(a.policy, Policy::Strict);
+        assert_eq!(a.extractor_config(), ExtractorConfig::new());
+    }
+
+    #[test]
+    fn decompression_flags_set_the_extractor() {
+        let config = parse(&[]).extractor_config();
+        assert!(config.decompression());
+        assert_eq!(config.max_expansion_ratio(), 100);
+        let config =
+            parse(&["--decompress=false", "--max-expansion-ratio", "20"]).extractor_config();
+        assert!(!config.decompression());
+        assert_eq!(config.max_expansion_ratio(), 20);
     }
 
     #[test]

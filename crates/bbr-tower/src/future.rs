@@ -2,6 +2,7 @@
 //! inner service (or answers at once).
 
 use std::{
+    borrow::Cow,
     fmt,
     future::Future,
     pin::Pin,
@@ -125,7 +126,13 @@ where
             .headers
             .get(header::CONTENT_TYPE)
             .map(|v| v.to_str().unwrap_or(""));
-        match BodyExtractor::new(content_type, config.extractor.clone()) {
+        let content_encoding = content_encoding(&parts.headers);
+        let extractor = BodyExtractor::for_request(
+            content_type,
+            content_encoding.as_deref(),
+            config.extractor.clone(),
+        );
+        match extractor {
             Ok(extractor) => {
                 let stream = BodyReader::new(
                     body,
@@ -170,6 +177,22 @@ fn strip_client_headers(config: &Config, table: &RuleTable, parts: &mut Parts) {
             parts.headers.remove(name);
         }
     }
+}
+
+/// The request's `Content-Encoding`: its header lines joined by commas, as
+/// one list (RFC 9110 §5.3).
+fn content_encoding(headers: &HeaderMap) -> Option<Cow<'_, str>> {
+    let mut values = headers.get_all(header::CONTENT_ENCODING).iter();
+    fn text(v: &HeaderValue) -> Cow<'_, str> {
+        String::from_utf8_lossy(v.as_bytes())
+    }
+    let first = text(values.next()?);
+    Some(values.fold(first, |mut list, v| {
+        let list_mut = list.to_mut();
+        list_mut.push(',');
+        list_mut.push_str(&text(v));
+        list
+    }))
 }
 
 /// The request id that keys weighted choices, when the table can use one.
@@ -341,7 +364,8 @@ where
         let decider = &self.config.decider;
         let (verdict, extraction) = match read {
             Ok(Some(extraction)) => {
-                let input = Input::body(&extraction, self.stream.extractor.is_json());
+                // A compressed body is forwarded as it came: never spliced.
+                let input = Input::body(&extraction, self.stream.extractor.is_rewritable());
                 (decider.decide(&self.table, input, key), Some(extraction))
             }
             Ok(None) => (decider.decide(&self.table, Input::NoBody, key), None),

@@ -791,3 +791,206 @@ async fn the_model_list_is_served_from_the_table_when_asked() {
     assert_eq!(status, 200);
     assert!(seen.lock().unwrap().decision.is_some());
 }
+
+mod compressed {
+    //! Compressed bodies: decoded for the scan, forwarded as they came.
+
+    use std::{
+        io::Write,
+        sync::atomic::{AtomicU64, Ordering},
+    };
+
+    use super::*;
+
+    const BODY: &[u8] = br#"{"messages":[{"role":"user","content":"What is the color of the sky?"}],"model":"chat","max_tokens":100}"#;
+    const RULES: &str = "rules: [{name: c, match: {model: {exact: chat}}, pool: gemma3, targets: [{model: gemma-3, weight: 1}]}]";
+
+    fn encode(encoding: &str, body: &[u8]) -> Vec<u8> {
+        match encoding {
+            "gzip" => {
+                let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                e.write_all(body).unwrap();
+                e.finish().unwrap()
+            }
+            "br" => {
+                let mut e = brotli::CompressorWriter::new(Vec::new(), 4096, 5, 22);
+                e.write_all(body).unwrap();
+                e.into_inner()
+            }
+            "zstd" => zstd::stream::encode_all(body, 3).unwrap(),
+            other => panic!("{other}"),
+        }
+    }
+
+    fn post_encoded<B>(encoding: &str, length: Option<usize>, body: B) -> Request<B> {
+        let mut request = Request::post("/v1/chat/completions")
+            .header("content-type", "application/json")
+            .header("content-encoding", encoding);
+        if let Some(length) = length {
+            request = request.header("content-length", length);
+        }
+        request.body(body).unwrap()
+    }
+
+    #[tokio::test]
+    async fn compressed_bodies_route_and_reach_the_service_unchanged() {
+        for encoding in ["gzip", "br", "zstd"] {
+            let compressed = Bytes::from(encode(encoding, BODY));
+            let parts: Vec<Bytes> = compressed.chunks(7).map(Bytes::copy_from_slice).collect();
+            let layer = ModelRoutingLayer::new().rules(RuleTable::from_yaml(RULES).unwrap());
+            let request = post_encoded(encoding, Some(compressed.len()), chunks(&parts, None));
+            let (status, seen) = run(layer, request).await;
+            assert_eq!(status, 200, "{encoding}");
+            let seen = seen.lock().unwrap();
+            // Routed on the model inside, but not rewritten: the bytes, the
+            // encoding and the length are the client's.
+            assert_eq!(seen.data.concat(), compressed, "{encoding}");
+            assert_eq!(seen.error, None);
+            assert_eq!(seen.headers["x-gateway-model-name"], "chat");
+            assert_eq!(seen.headers["x-gateway-inference-pool"], "gemma3");
+            assert_eq!(seen.headers["content-encoding"], encoding);
+            assert_eq!(
+                seen.headers["content-length"],
+                compressed.len().to_string().as_str()
+            );
+            assert_eq!(seen.decision.as_ref().unwrap().model(), Some("chat"));
+        }
+
+        // Large chunks are handed on as they are, not copied.
+        let text: String = (0..40_000u32)
+            .map(|i| format!("{} ", i.wrapping_mul(2_654_435_761)))
+            .collect();
+        let body = format!(r#"{{"model":"chat","messages":["{text}"]}}"#);
+        let compressed = Bytes::from(encode("gzip", body.as_bytes()));
+        let parts: Vec<Bytes> = [0, 1500, 3000, compressed.len()]
+            .windows(2)
+            .map(|w| compressed.slice(w[0]..w[1]))
+            .collect();
+        let request = post_encoded("gzip", None, chunks(&parts, None));
+        let (status, seen) = run(ModelRoutingLayer::new(), request).await;
+        assert_eq!(status, 200);
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.data.len(), parts.len());
+        for (sent, got) in parts.iter().zip(&seen.data) {
+            assert_eq!(sent.as_ptr(), got.as_ptr(), "a chunk was copied");
+        }
+    }
+
+    /// A gzip body of `head` then `total` bytes of `fill`, compressed a MiB
+    /// at a time as it is read, sent 64 bytes first then 16 KiB a frame;
+    /// `pulled` counts the compressed bytes read.
+    fn bomb_body(
+        head: &'static [u8],
+        fill: u8,
+        total: u64,
+        pulled: Arc<AtomicU64>,
+    ) -> impl Body<Data = Bytes, Error = Infallible> + Send + 'static {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        encoder.write_all(head).unwrap();
+        let block = vec![fill; 1 << 20];
+        let mut written = 0u64;
+        let mut frame_len = 64;
+        let frames = std::iter::from_fn(move || {
+            while encoder.get_ref().len() < frame_len && written < total {
+                encoder.write_all(&block).unwrap();
+                written += block.len() as u64;
+            }
+            let out = encoder.get_mut();
+            let out: Vec<u8> = out.drain(..frame_len.min(out.len())).collect();
+            frame_len = 16 << 10;
+            // Never finished: the whole stream is never wanted.
+            (!out.is_empty()).then(|| {
+                pulled.fetch_add(out.len() as u64, Ordering::Relaxed);
+                Ok(Frame::data(Bytes::from(out)))
+            })
+        });
+        StreamBody::new(futures_util::stream::iter(frames))
+    }
+
+    #[tokio::test]
+    async fn a_bomb_before_the_decision_is_413_and_never_reaches_the_service() {
+        let pulled = Arc::new(AtomicU64::new(0));
+        // 10 GiB of spaces after `{`: the model never comes.
+        let body = bomb_body(b"{", b' ', 10 << 30, pulled.clone());
+        let (status, seen) = run(ModelRoutingLayer::new(), post_encoded("gzip", None, body)).await;
+        assert_eq!(status, 413);
+        assert!(
+            seen.lock().unwrap().decision.is_none(),
+            "the service was called"
+        );
+        // Refused within the second frame, at the expansion cap (the body
+        // limit would have read on).
+        let pulled = pulled.load(Ordering::Relaxed);
+        assert!(pulled <= 64 + (16 << 10), "{pulled} compressed bytes read");
+    }
+
+    #[tokio::test]
+    async fn a_bomb_after_the_decision_ends_the_body_with_413() {
+        let pulled = Arc::new(AtomicU64::new(0));
+        let body = bomb_body(
+            br#"{"model":"chat","pad":""#,
+            b'a',
+            10 << 30,
+            pulled.clone(),
+        );
+        let (status, seen) = run(ModelRoutingLayer::new(), post_encoded("gzip", None, body)).await;
+        assert_eq!(status, 413);
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.decision.as_ref().unwrap().model(), Some("chat"));
+        assert_eq!(seen.error, Some(ErrorKind::TooLarge));
+        assert!(pulled.load(Ordering::Relaxed) < 200 << 10);
+    }
+
+    #[tokio::test]
+    async fn charsets_and_encodings_bbr_does_not_read_are_415() {
+        let gz = Bytes::from(encode("gzip", BODY));
+        let requests = [
+            Request::post("/")
+                .header("content-type", "application/json; charset=utf-16")
+                .body(Full::new(Bytes::from_static(BODY)))
+                .unwrap(),
+            post_encoded("compress", None, Full::new(gz.clone())),
+            // Two lines make a list of two codings.
+            Request::post("/")
+                .header("content-encoding", "gzip")
+                .header("content-encoding", "br")
+                .body(Full::new(gz.clone()))
+                .unwrap(),
+        ];
+        for request in requests {
+            let (status, seen) = run(ModelRoutingLayer::new(), request).await;
+            assert_eq!(status, 415);
+            assert!(seen.lock().unwrap().decision.is_none());
+        }
+        // Decompression off: refused, unless the failure policy lets it pass.
+        let off = bbr_core::ExtractorConfig::new().with_decompression(false);
+        let layer = ModelRoutingLayer::new().extractor_config(off.clone());
+        let (status, _) = run(layer, post_encoded("gzip", None, Full::new(gz.clone()))).await;
+        assert_eq!(status, 415);
+        let open = FailurePolicy::new().on(
+            ErrorKind::UnsupportedContentType,
+            FailureAction::PassThrough,
+        );
+        let layer = ModelRoutingLayer::new()
+            .extractor_config(off)
+            .failure_policy(open);
+        let (status, seen) = run(layer, post_encoded("gzip", None, Full::new(gz.clone()))).await;
+        assert_eq!(status, 200);
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.data.concat(), gz);
+        assert!(!seen.headers.contains_key("x-gateway-model-name"));
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_stream_is_400_invalid_encoding() {
+        let mut gz = encode("gzip", BODY);
+        gz.truncate(gz.len() - 4);
+        let (status, seen) = run(
+            ModelRoutingLayer::new(),
+            post_encoded("gzip", None, Full::new(Bytes::from(gz))),
+        )
+        .await;
+        assert_eq!(status, 400);
+        assert!(seen.lock().unwrap().decision.is_none());
+    }
+}
