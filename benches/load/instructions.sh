@@ -59,7 +59,10 @@ total() {
     timeout 600 python3 "$WORK/client.py" "${addr%:*}" "${addr##*:}" "$n" "$WORK/body.json"
     kill -TERM "$pid"
     wait "$pid" || true
-    grep -E "^(summary|totals):" "$out.cg" | head -n 1 | awk '{print $2}'
+    local n
+    n=$(grep -E "^(summary|totals):" "$out.cg" | head -n 1 | awk '{print $2}')
+    [ -n "$n" ] || { echo "no instruction count for $mode" >&2; exit 1; }
+    echo "$n"
 }
 
 echo "instructions a request (callgrind), body $SHAPE $SIZE B, $REQUESTS requests on one connection"
