@@ -209,22 +209,11 @@ impl Decider {
                 .any(|b| b.header().as_str().eq_ignore_ascii_case(name))
     }
 
-    /// [`strips`](Decider::strips) for a header name as `http` holds it
-    /// (lowercase): the same answer, without case folding.
+    /// [`strips`](Decider::strips) for a header name as `http` holds it.
     pub fn strips_header(&self, table: &RuleTable, name: &HeaderName) -> bool {
-        let text = name.as_str();
-        if !text
-            .as_bytes()
-            .first()
-            .is_some_and(|&b| self.may_strip(table, b))
-        {
-            return false;
-        }
-        self.reserved_prefixes
-            .iter()
-            .any(|p| text.starts_with(&**p))
-            || table.managed_headers().contains(name)
-            || self.body_fields.iter().any(|b| b.header() == name)
+        // Most names are passed over by the first-byte lookup in `strips`;
+        // the few left are compared as text.
+        self.strips(table, name.as_str())
     }
 
     /// What to do with a request, given what reading it came to.
