@@ -92,6 +92,7 @@ impl FirstBytes {
         set
     }
 
+    #[inline]
     fn has(self, b: u8) -> bool {
         self.0[usize::from(b >> 6)] & (1 << (b & 63)) != 0
     }
@@ -157,6 +158,7 @@ impl Decider {
     }
 
     /// Whether a header whose name starts with `b` may be one to strip.
+    #[inline]
     fn may_strip(&self, table: &RuleTable, b: u8) -> bool {
         let b = b.to_ascii_lowercase();
         self.first.has(b) || table.managed_first_bytes().has(b)
@@ -188,14 +190,19 @@ impl Decider {
     /// request goes on, routed or not: a header the table or a body field
     /// sets, or one under a reserved prefix. `name` is compared without
     /// regard to case.
+    #[inline]
     pub fn strips(&self, table: &RuleTable, name: &str) -> bool {
-        if !name
-            .as_bytes()
+        // Inlined into the caller's loop: most names end at the lookup.
+        name.as_bytes()
             .first()
             .is_some_and(|&b| self.may_strip(table, b))
-        {
-            return false;
-        }
+            && self.strips_named(table, name)
+    }
+
+    /// The text comparisons of [`strips`](Decider::strips), for the names
+    /// the first-byte lookup lets through.
+    #[inline(never)]
+    fn strips_named(&self, table: &RuleTable, name: &str) -> bool {
         self.reserved_prefixes
             .iter()
             .any(|p| starts_with_ignore_case(name, p))
@@ -210,6 +217,7 @@ impl Decider {
     }
 
     /// [`strips`](Decider::strips) for a header name as `http` holds it.
+    #[inline]
     pub fn strips_header(&self, table: &RuleTable, name: &HeaderName) -> bool {
         // Most names are passed over by the first-byte lookup in `strips`;
         // the few left are compared as text.

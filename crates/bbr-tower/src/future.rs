@@ -93,7 +93,10 @@ where
     pub(crate) fn new(service: S, config: Arc<Config>, request: Request<B>) -> Self {
         let (mut parts, body) = request.into_parts();
         let table = config.rules.load();
-        strip_client_headers(&config, &table, &mut parts);
+        let seen = Seen::of(&config, &table, &parts.headers);
+        if seen.strip {
+            strip_client_headers(&config, &table, &mut parts);
+        }
         if config.serve_models
             && parts.method == http::Method::GET
             && parts.uri.path() == MODELS_PATH
@@ -122,11 +125,12 @@ where
             return forward(service, parts, body, verdict, decision);
         }
 
-        let content_type = parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .map(|v| v.to_str().unwrap_or(""));
-        let content_encoding = content_encoding(&parts.headers);
+        let content_type = seen.content_type.as_ref().map(|v| v.to_str().unwrap_or(""));
+        let content_encoding = if seen.encoded {
+            content_encoding(&parts.headers)
+        } else {
+            None
+        };
         let extractor = BodyExtractor::for_request(
             content_type,
             content_encoding.as_deref(),
@@ -161,21 +165,50 @@ where
     }
 }
 
-/// Removes the headers a client may not send (the routing headers, the
-/// reserved family). Requests rarely carry any: one pass over the few
-/// headers they have finds out.
-fn strip_client_headers(config: &Config, table: &RuleTable, parts: &mut Parts) {
-    let strips = |name: &HeaderName| config.decider.strips_header(table, name);
-    if parts.headers.keys().any(strips) {
-        let names: Vec<HeaderName> = parts
-            .headers
-            .keys()
-            .filter(|n| strips(n))
-            .cloned()
-            .collect();
-        for name in names {
-            parts.headers.remove(name);
+/// What one pass over the request's headers finds: whether any must be
+/// stripped, and the two the extractor is built from (two lookups by name
+/// would hash each name again).
+struct Seen {
+    /// A header the client may not send is present.
+    strip: bool,
+    /// The first `Content-Type`.
+    content_type: Option<HeaderValue>,
+    /// A `Content-Encoding` is present.
+    encoded: bool,
+}
+
+impl Seen {
+    fn of(config: &Config, table: &RuleTable, headers: &HeaderMap) -> Seen {
+        let mut seen = Seen {
+            strip: false,
+            content_type: None,
+            encoded: false,
+        };
+        for (name, value) in headers {
+            if *name == header::CONTENT_TYPE {
+                if seen.content_type.is_none() {
+                    seen.content_type = Some(value.clone());
+                }
+            } else if *name == header::CONTENT_ENCODING {
+                seen.encoded = true;
+            }
+            seen.strip |= config.decider.strips_header(table, name);
         }
+        seen
+    }
+}
+
+/// Removes the headers a client may not send (the routing headers, the
+/// reserved family): called when [`Seen`] found one, which is rare.
+fn strip_client_headers(config: &Config, table: &RuleTable, parts: &mut Parts) {
+    let names: Vec<HeaderName> = parts
+        .headers
+        .keys()
+        .filter(|n| config.decider.strips_header(table, n))
+        .cloned()
+        .collect();
+    for name in names {
+        parts.headers.remove(name);
     }
 }
 

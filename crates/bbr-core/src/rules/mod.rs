@@ -481,6 +481,7 @@ impl RuleTable {
         &self.managed
     }
 
+    #[inline]
     pub(crate) fn managed_first_bytes(&self) -> crate::decision::FirstBytes {
         self.managed_first
     }
