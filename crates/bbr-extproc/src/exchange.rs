@@ -41,6 +41,8 @@ pub(crate) struct Shared {
     pub(crate) request_key_header: String,
     /// Answer `GET /v1/models` from the rule table.
     pub(crate) serve_models: bool,
+    /// Where routing decisions are written in Envoy's dynamic metadata.
+    pub(crate) metadata: Option<reply::DynamicMetadata>,
 }
 
 /// How Envoy sends the request body, as far as this service is concerned.
@@ -421,6 +423,8 @@ impl Exchange {
             return self.reject(e, out);
         }
         self.changed = verdict.changes_request();
+        // The first response pushed below carries the routing.
+        let first = out.len();
         let mut common = self.common(&verdict);
         let mut held = std::mem::take(&mut self.held);
         self.held_len = 0;
@@ -443,7 +447,7 @@ impl Exchange {
             if self.request_mode == BodyMode::Buffered {
                 let body: Vec<u8> = held.concat();
                 out.push(reply::request_body(Some(reply::with_body(common, body))));
-                return self.after_verdict(&verdict);
+                return self.after_verdict(&verdict, &mut out[first..]);
             }
         }
         if self.headers_owed || self.request_mode == BodyMode::FullDuplexStreamed {
@@ -465,10 +469,18 @@ impl Exchange {
                 out.push(reply::request_body(common.take()));
             }
         }
-        self.after_verdict(&verdict);
+        self.after_verdict(&verdict, &mut out[first..]);
     }
 
-    fn after_verdict(&mut self, verdict: &Verdict) {
+    /// Adds the dynamic metadata of a route to `sent`'s first response
+    /// (the one with the routing), and moves on to checking or passing.
+    fn after_verdict(&mut self, verdict: &Verdict, sent: &mut [ProcessingResponse]) {
+        if let (Some(metadata), Verdict::Route(routing), Some(response)) =
+            (&self.shared.metadata, verdict, sent.first_mut())
+        {
+            let route = routing.route();
+            response.dynamic_metadata = Some(metadata.of(route.model(), route.pool()));
+        }
         let checking = verdict.error().is_none()
             && self.extractor.as_ref().is_some_and(|x| x.needs_scanning());
         self.phase = if checking {
@@ -605,6 +617,7 @@ mod tests {
             clear_route_cache: true,
             request_key_header: "x-request-id".to_owned(),
             serve_models: false,
+            metadata: None,
         })
     }
 
@@ -717,6 +730,66 @@ mod tests {
         let out = body(&mut x, b"}", true);
         assert_eq!(out.len(), 1);
         assert_eq!(streamed(&out[0]), (b"}".to_vec(), true));
+    }
+
+    /// The routing response carries the decision as dynamic metadata, in
+    /// both modes; nothing else does, and a request no rule routes has none.
+    #[test]
+    fn dynamic_metadata_rides_on_the_routing_response() {
+        use envoy_types::pb::google::protobuf::{Struct, value::Kind};
+        fn field<'a>(s: &'a Struct, key: &str) -> Option<&'a Kind> {
+            s.fields.get(key).and_then(|v| v.kind.as_ref())
+        }
+        let rules =
+            "rules:\n  - name: chat\n    match: { model: { exact: chatbot } }\n    pool: gemma3\n";
+        for mode in [BodyMode::FullDuplexStreamed, BodyMode::Buffered] {
+            let mut shared = shared(mode, Some(rules), FailurePolicy::new());
+            Arc::get_mut(&mut shared).unwrap().metadata =
+                Some(reply::DynamicMetadata::new("envoy.lb").pool_key("backend"));
+            let mut x = Exchange::new(shared);
+            let mut out = Vec::new();
+            let message = |request| ProcessingRequest {
+                request: Some(request),
+                ..Default::default()
+            };
+            let h = HttpHeaders {
+                headers: Some(HeaderMap {
+                    headers: vec![PbHeaderValue {
+                        key: "content-type".to_owned(),
+                        raw_value: b"application/json".to_vec(),
+                        ..Default::default()
+                    }],
+                }),
+                ..Default::default()
+            };
+            x.on_message(message(Request::RequestHeaders(h)), &mut out);
+            let b = HttpBody {
+                body: br#"{"model":"chatbot"}"#.to_vec(),
+                end_of_stream: true,
+                ..Default::default()
+            };
+            x.on_message(message(Request::RequestBody(b)), &mut out);
+            let with: Vec<&Struct> = out
+                .iter()
+                .filter_map(|r| r.dynamic_metadata.as_ref())
+                .collect();
+            assert_eq!(with.len(), 1, "{mode:?}: {out:?}");
+            let Some(Kind::StructValue(lb)) = field(with[0], "envoy.lb") else {
+                panic!("{mode:?}: {with:?}")
+            };
+            assert_eq!(
+                field(lb, "model"),
+                Some(&Kind::StringValue("chatbot".into()))
+            );
+            assert_eq!(
+                field(lb, "backend"),
+                Some(&Kind::StringValue("gemma3".into()))
+            );
+            // The one that carries it is the one that sets the header.
+            let routing = out.iter().find(|r| r.dynamic_metadata.is_some()).unwrap();
+            let r = routing.response.as_ref().unwrap();
+            assert_eq!(set(r)[0].1, "chatbot", "{mode:?}");
+        }
     }
 
     #[test]

@@ -115,4 +115,5 @@ pub mod sources;
 
 pub use bbr_core::{BodyFieldHeader, BodyFieldHeaderError};
 pub use exchange::BodyMode;
+pub use reply::DynamicMetadata;
 pub use service::{BodyRoutingProcessor, ProcessStream, ProcessorBuilder, SERVICE_NAME};

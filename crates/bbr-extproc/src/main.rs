@@ -3,13 +3,16 @@
 
 #![forbid(unsafe_code)]
 
+mod plugin;
+
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use bbr_core::{
     Decider, ErrorKind, ExtractorConfig, FailureAction, FailurePolicy, Policy, rules::SharedRules,
 };
 use bbr_extproc::{
-    BodyFieldHeader, BodyRoutingProcessor, SERVICE_NAME, metrics, serve, sources::TableSources,
+    BodyFieldHeader, BodyRoutingProcessor, DynamicMetadata, SERVICE_NAME, metrics, serve,
+    sources::TableSources,
 };
 use clap::{ArgAction, CommandFactory, Parser};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
@@ -119,6 +122,44 @@ struct Args {
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
           default_value_t = false, action = ArgAction::Set)]
     serve_models: bool,
+    /// Also write each routing decision into Envoy's dynamic metadata under
+    /// namespace NS (e.g. `envoy.lb`, which a subset load balancer reads):
+    /// `{model: …, pool: …}`. Envoy keeps it only when the ext_proc filter
+    /// lists NS in `metadata_options.receiving_namespaces.untyped`. Off
+    /// when absent or empty.
+    #[arg(long, value_name = "NS", default_value = "")]
+    metadata_namespace: String,
+    /// The dynamic metadata key of the routed model (empty: not written).
+    #[arg(long, value_name = "KEY", default_value = "model")]
+    metadata_model_key: String,
+    /// The dynamic metadata key of the pool (empty: not written).
+    #[arg(long, value_name = "KEY", default_value = "pool")]
+    metadata_pool_key: String,
+    /// The Go router's plugins, `TYPE:NAME[:JSON]`, repeatable, mapped to
+    /// the built-in behaviour: `body-field-to-header` with
+    /// `{"fieldName":F,"headerName":H}` copies F into H (as --body-field
+    /// F=H; `model` into X-Gateway-Model-Name is always done);
+    /// `base-model-to-header` turns on --base-model-configmaps. Other types
+    /// are refused.
+    #[arg(long, value_name = "TYPE:NAME[:JSON]", value_parser = plugin::parse)]
+    plugin: Vec<plugin::Plugin>,
+    /// The Go router's OpenTelemetry switch. bbr-extproc exports no traces:
+    /// only `--tracing=false` is accepted.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          default_value_t = false, action = ArgAction::Set)]
+    tracing: bool,
+    /// The Go router's pprof switch. bbr-extproc has no pprof endpoint;
+    /// `true` is accepted and says so in the log (profile the process with
+    /// `perf` instead).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          default_value_t = false, action = ArgAction::Set)]
+    enable_pprof: bool,
+    /// The Go router's metrics authentication switch. bbr-extproc's
+    /// `/metrics` is not authenticated: only `--metrics-endpoint-auth=false`
+    /// is accepted (restrict the port with a NetworkPolicy).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          default_value_t = false, action = ArgAction::Set)]
+    metrics_endpoint_auth: bool,
     /// On SIGTERM or ctrl-c, how long open streams may take to finish, in seconds.
     #[arg(long, default_value_t = 30)]
     drain_timeout_secs: u64,
@@ -190,8 +231,38 @@ fn parse_fail_open(text: &str) -> Result<FailOpen, String> {
 }
 
 impl Args {
-    /// Checks what clap cannot check flag by flag.
-    fn check(&self) -> Result<(), clap::Error> {
+    /// Checks what clap cannot check flag by flag, and folds the Go
+    /// router's `--plugin` flags into the flags they stand for.
+    fn check(&mut self) -> Result<(), clap::Error> {
+        let refuse = |message: &str| {
+            Err(Args::command().error(clap::error::ErrorKind::ValueValidation, message))
+        };
+        if self.tracing {
+            return refuse(
+                "--tracing: bbr-extproc exports no OpenTelemetry traces; pass --tracing=false",
+            );
+        }
+        if self.metrics_endpoint_auth {
+            return refuse(
+                "--metrics-endpoint-auth: bbr-extproc's /metrics is not authenticated; \
+                 pass --metrics-endpoint-auth=false and restrict the port (NetworkPolicy)",
+            );
+        }
+        for plugin in &self.plugin {
+            match &plugin.kind {
+                plugin::Kind::ModelHeader => {}
+                plugin::Kind::BodyField(copy) => self.body_field.push(copy.clone()),
+                plugin::Kind::BaseModel if cfg!(feature = "kubernetes") => {
+                    self.base_model_configmaps = true;
+                }
+                plugin::Kind::BaseModel => {
+                    return refuse(&format!(
+                        "--plugin {}: this build has no Kubernetes support (feature kubernetes)",
+                        plugin.name
+                    ));
+                }
+            }
+        }
         for (i, a) in self.body_field.iter().enumerate() {
             if let Some(b) = self.body_field[..i]
                 .iter()
@@ -250,6 +321,14 @@ impl Args {
             .rules(rules)
             .serve_models(self.serve_models)
             .streaming(self.streaming);
+        let builder = match self.metadata_namespace.as_str() {
+            "" => builder,
+            namespace => builder.dynamic_metadata(
+                DynamicMetadata::new(namespace)
+                    .model_key(&self.metadata_model_key)
+                    .pool_key(&self.metadata_pool_key),
+            ),
+        };
         builder.build()
     }
 }
@@ -279,7 +358,7 @@ fn go_style(args: impl Iterator<Item = String>) -> Vec<String> {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse_from(go_style(std::env::args()));
+    let mut args = Args::parse_from(go_style(std::env::args()));
     if let Err(e) = args.check() {
         e.exit();
     }
@@ -418,6 +497,11 @@ async fn run(args: Args) -> Result<(), BoxError> {
         )
     });
 
+    if args.enable_pprof {
+        tracing::warn!(
+            "--enable-pprof: bbr-extproc serves no pprof endpoint; profile the process with perf"
+        );
+    }
     let shutdown = serve::shutdown_signal();
     // One machine-readable line, for scripts that start the server on port 0.
     println!(
@@ -559,7 +643,7 @@ mod tests {
             .chain(args.iter().copied())
             .map(str::to_owned);
         let e = Args::try_parse_from(go_style(argv))
-            .and_then(|a| a.check().map(|()| a))
+            .and_then(|mut a| a.check().map(|()| a))
             .expect_err("a usage error");
         assert_eq!(e.exit_code(), 2, "{e}");
         e.to_string()
@@ -617,7 +701,79 @@ mod tests {
             .map(|b| (b.field(), b.header().as_str()))
             .collect();
         assert_eq!(copies, [("stream", "x-llm-stream"), ("user", "x-llm-user")]);
-        assert!(a.check().is_ok());
+        assert!(
+            parse(&["--body-field", "stream=X-LLM-Stream"])
+                .check()
+                .is_ok()
+        );
+    }
+
+    /// The arguments the v1.5 chart renders from its default values (two
+    /// plugins, tracing off, `v: 3`), and a third plugin copying a field.
+    #[test]
+    fn the_go_v1_5_charts_arguments_are_accepted() {
+        let mut a = parse(&[
+            "--streaming",
+            "--v",
+            "3",
+            "--plugin",
+            r#"body-field-to-header:model-extractor:{"fieldName":"model","headerName":"X-Gateway-Model-Name"}"#,
+            "--plugin",
+            "base-model-to-header:base-model-mapper",
+            "--plugin",
+            r#"body-field-to-header:user:{"fieldName":"user","headerName":"X-User"}"#,
+            "--tracing=false",
+            "--enable-pprof=true",
+        ]);
+        a.check().unwrap();
+        assert!(a.streaming && a.enable_pprof && !a.tracing);
+        assert_eq!(a.verbosity, 3);
+        assert_eq!(a.base_model_configmaps, cfg!(feature = "kubernetes"));
+        let copies: Vec<(&str, &str)> = a
+            .body_field
+            .iter()
+            .map(|b| (b.field(), b.header().as_str()))
+            .collect();
+        assert_eq!(copies, [("user", "x-user")]);
+    }
+
+    #[test]
+    fn go_switches_bbr_cannot_honour_are_refused() {
+        let e = usage_error(&["--tracing"]);
+        assert!(e.contains("exports no OpenTelemetry traces"), "{e}");
+        let e = usage_error(&["--metrics-endpoint-auth=true"]);
+        assert!(e.contains("not authenticated"), "{e}");
+        let e = usage_error(&["--plugin", "prefix-cache-scorer:x"]);
+        assert!(
+            e.contains("supported: body-field-to-header, base-model-to-header"),
+            "{e}"
+        );
+        let e = usage_error(&[
+            "--body-field",
+            "user=X-User",
+            "--plugin",
+            r#"body-field-to-header:u:{"fieldName":"user2","headerName":"X-User"}"#,
+        ]);
+        assert!(e.contains("set the same header x-user"), "{e}");
+    }
+
+    #[test]
+    fn metadata_flags_choose_the_namespace_and_keys() {
+        let a = parse(&[]);
+        assert!(a.metadata_namespace.is_empty());
+        let a = parse(&[
+            "--metadata-namespace",
+            "envoy.lb",
+            "--metadata-pool-key=backend",
+        ]);
+        assert_eq!(
+            (
+                a.metadata_namespace.as_str(),
+                a.metadata_model_key.as_str(),
+                a.metadata_pool_key.as_str()
+            ),
+            ("envoy.lb", "model", "backend")
+        );
     }
 
     #[test]

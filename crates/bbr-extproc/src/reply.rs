@@ -12,6 +12,7 @@ use crate::pb::{
     ImmediateResponse, ProcessingResponse, StreamedBodyResponse, TrailersResponse, body_mutation,
     processing_response::Response,
 };
+use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 
 /// The header mutation of a verdict: the headers to set, and the client's
 /// headers to remove (those not overwritten anyway).
@@ -164,4 +165,86 @@ pub(crate) fn models(list: String) -> ProcessingResponse {
         grpc_status: None,
         details: "bbr_models".to_owned(),
     }))
+}
+
+/// Where a routing decision is written in Envoy's dynamic metadata, for
+/// filters and load balancers that read metadata rather than headers (a
+/// subset load balancer choosing the pool, as `json_to_metadata` setups
+/// do).
+///
+/// The routing response carries the struct `{namespace: {model_key:
+/// model, pool_key: pool}}` (the pool only when the rule names one). Envoy
+/// keeps it only for the namespaces listed in the ext_proc filter's
+/// `metadata_options.receiving_namespaces.untyped`. A subset load balancer
+/// matches on every key it finds under `envoy.lb`: give it a selector with
+/// both keys falling back to `pool` (`fallback_keys_subset`), or leave the
+/// model out with an empty [`model_key`](Self::model_key).
+///
+/// ```
+/// use bbr_extproc::{BodyRoutingProcessor, DynamicMetadata};
+///
+/// let processor = BodyRoutingProcessor::builder()
+///     .dynamic_metadata(DynamicMetadata::new("envoy.lb").pool_key("pool"))
+///     .build();
+/// # drop(processor);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DynamicMetadata {
+    namespace: String,
+    model_key: String,
+    pool_key: String,
+}
+
+impl DynamicMetadata {
+    /// The namespace `namespace` (Envoy's subset load balancer reads
+    /// `envoy.lb`), with the keys `model` and `pool`.
+    pub fn new(namespace: impl Into<String>) -> DynamicMetadata {
+        DynamicMetadata {
+            namespace: namespace.into(),
+            model_key: "model".to_owned(),
+            pool_key: "pool".to_owned(),
+        }
+    }
+
+    /// Sets the key of the routed model (the value of
+    /// `X-Gateway-Model-Name`); empty: the model is not written.
+    #[must_use]
+    pub fn model_key(mut self, key: impl Into<String>) -> Self {
+        self.model_key = key.into();
+        self
+    }
+
+    /// Sets the key of the pool; empty: the pool is not written.
+    #[must_use]
+    pub fn pool_key(mut self, key: impl Into<String>) -> Self {
+        self.pool_key = key.into();
+        self
+    }
+
+    /// The namespace.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The struct for a route to `model` in `pool`.
+    pub(crate) fn of(&self, model: &str, pool: Option<&str>) -> Struct {
+        let text = |s: &str| Value {
+            kind: Some(Kind::StringValue(s.to_owned())),
+        };
+        let mut inner = Struct::default();
+        if !self.model_key.is_empty() {
+            inner.fields.insert(self.model_key.clone(), text(model));
+        }
+        if let Some(pool) = pool.filter(|_| !self.pool_key.is_empty()) {
+            inner.fields.insert(self.pool_key.clone(), text(pool));
+        }
+        let mut outer = Struct::default();
+        outer.fields.insert(
+            self.namespace.clone(),
+            Value {
+                kind: Some(Kind::StructValue(inner)),
+            },
+        );
+        outer
+    }
 }

@@ -7,6 +7,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
+    DynamicMetadata,
     exchange::{BodyMode, Exchange, Shared},
     pb::{
         ProcessingRequest, ProcessingResponse,
@@ -70,6 +71,7 @@ pub struct ProcessorBuilder {
     clear_route_cache: bool,
     request_key_header: String,
     serve_models: bool,
+    metadata: Option<DynamicMetadata>,
 }
 
 impl Default for ProcessorBuilder {
@@ -82,6 +84,7 @@ impl Default for ProcessorBuilder {
             clear_route_cache: true,
             request_key_header: "x-request-id".to_owned(),
             serve_models: false,
+            metadata: None,
         }
     }
 }
@@ -189,6 +192,14 @@ impl ProcessorBuilder {
         self
     }
 
+    /// Also writes each routing decision into Envoy's dynamic metadata
+    /// (off by default); see [`DynamicMetadata`].
+    #[must_use]
+    pub fn dynamic_metadata(mut self, metadata: DynamicMetadata) -> Self {
+        self.metadata = Some(metadata);
+        self
+    }
+
     /// Builds the processor.
     pub fn build(self) -> BodyRoutingProcessor {
         BodyRoutingProcessor {
@@ -200,6 +211,7 @@ impl ProcessorBuilder {
                 clear_route_cache: self.clear_route_cache,
                 request_key_header: self.request_key_header,
                 serve_models: self.serve_models,
+                metadata: self.metadata,
             }),
         }
     }

@@ -516,3 +516,46 @@ async fn binary_serves_a_given_certificate() {
         .unwrap();
     assert!(!out.status.success());
 }
+
+/// With `--metadata-namespace envoy.lb`, the decision is also written as
+/// dynamic metadata, and an Envoy whose only route goes to one cluster of
+/// every pool's endpoints picks the pool with a subset load balancer on it.
+/// Without the flag the same Envoy finds no subset (503): the metadata,
+/// not a header, chose the pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamic_metadata_picks_the_pool_through_a_subset_load_balancer() {
+    let rules = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/config/gateway.yaml"
+    );
+    let s = scene_binary(
+        "envoy-metadata.yaml",
+        &[
+            "--streaming",
+            "--rules",
+            rules,
+            "--metadata-namespace",
+            "envoy.lb",
+        ],
+    )
+    .await;
+    demo_requests_route(&s).await;
+    assert_eq!(s.gemma3.seen().len(), 1);
+    assert_eq!(s.deepseek.seen().len(), 1);
+    // A model no rule knows is refused by bbr-extproc before any pool.
+    let r = s
+        .post(
+            "/v1/chat/completions",
+            &[],
+            r#"{"model":"no-such-model","messages":[]}"#,
+        )
+        .await;
+    assert_eq!(r.status, 404, "{r:?}");
+    assert_eq!(r.json()["error"]["code"], "model_not_found");
+    drop(s);
+
+    let control = scene_binary("envoy-metadata.yaml", &["--streaming", "--rules", rules]).await;
+    let r = control.post("/v1/chat/completions", &[], CHAT).await;
+    assert_eq!(r.status, 503, "{r:?}");
+    assert_eq!(control.seen(), 0);
+}
