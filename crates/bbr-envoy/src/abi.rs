@@ -418,15 +418,12 @@ extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
     envoy: *mut c_void,
     filter: *const c_void,
 ) -> CEnum {
-    with_filter(
-        envoy,
-        filter,
-        CONTINUE,
-        |f, s| match f.on_request_trailers(s) {
+    with_filter(envoy, filter, CONTINUE, |f, s| {
+        match f.on_request_trailers(s) {
             TrailersStatus::Continue => CONTINUE,
             TrailersStatus::Stop => STOP_ITERATION,
-        },
-    )
+        }
+    })
 }
 
 /// Response headers: passed at once.
@@ -587,7 +584,10 @@ impl EnvoyStream {
         if !ok {
             return Bytes::new();
         }
-        let total = slices.iter().map(|s| s.length).fold(0usize, usize::saturating_add);
+        let total = slices
+            .iter()
+            .map(|s| s.length)
+            .fold(0usize, usize::saturating_add);
         let mut body = BytesMut::with_capacity(total);
         for slice in slices {
             // SAFETY: Envoy's body slices stay valid until the hook returns.
@@ -630,7 +630,8 @@ impl Stream for EnvoyStream {
             };
             // SAFETY: the header map is not changed while `f` runs (it only
             // reads), so Envoy's header bytes stay valid.
-            if let (Some(key), Some(value)) = (unsafe { key.as_slice() }, unsafe { value.as_slice() })
+            if let (Some(key), Some(value)) =
+                (unsafe { key.as_slice() }, unsafe { value.as_slice() })
             {
                 f(key, value);
             }

@@ -279,7 +279,10 @@ mod tests {
             failure.action(ErrorKind::ModelNotFound),
             FailureAction::PassThrough
         );
-        assert_eq!(failure.action(ErrorKind::InvalidJson), FailureAction::Reject);
+        assert_eq!(
+            failure.action(ErrorKind::InvalidJson),
+            FailureAction::Reject
+        );
         assert_eq!(failure.missing_model(), FailureAction::Reject);
         assert_eq!(s.request_key_header, "x-trace");
         let table = s.rules.load();
@@ -295,13 +298,20 @@ mod tests {
             (br#"{"fail_open":["nope"]}"#, "nope"),
             (br#"{"rules":"rules: [ {name: broken"}"#, "rules"),
             (br#"{"rules":"{}","rules_file":"/x"}"#, "not both"),
-            (br#"{"rules_file":"/nonexistent/bbr-rules.yaml"}"#, "bbr-rules"),
+            (
+                br#"{"rules_file":"/nonexistent/bbr-rules.yaml"}"#,
+                "bbr-rules",
+            ),
             (br#"{"unknown_option":1}"#, "unknown_option"),
             (br#"{"body_fields":["a=x-h","b=x-h"]}"#, "x-h"),
             (b"not json", "filter_config"),
         ] {
             let e = Settings::from_text(text).unwrap_err();
-            assert!(e.0.contains(needle), "{}: {e}", String::from_utf8_lossy(text));
+            assert!(
+                e.0.contains(needle),
+                "{}: {e}",
+                String::from_utf8_lossy(text)
+            );
         }
     }
 
@@ -310,7 +320,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("bbr-envoy-rules-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("rules.yaml");
-        std::fs::write(&path, "rules: [{name: a, match: {model: {exact: a}}, pool: p}]\n").unwrap();
+        std::fs::write(
+            &path,
+            "rules: [{name: a, match: {model: {exact: a}}, pool: p}]\n",
+        )
+        .unwrap();
         let text = format!(r#"{{"rules_file":{:?},"rules_poll_ms":10}}"#, path);
         let (settings, watch) = Settings::from_text(text.as_bytes()).unwrap();
         let (watched, poll) = watch.unwrap();

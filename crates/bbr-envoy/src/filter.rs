@@ -291,7 +291,12 @@ impl RequestFilter {
 
     /// The body was read up to a decision, an error, or its end. Returns
     /// whether the request goes on.
-    fn read_done(&mut self, stream: &mut impl Stream, result: Result<(), Error>, end: bool) -> bool {
+    fn read_done(
+        &mut self,
+        stream: &mut impl Stream,
+        result: Result<(), Error>,
+        end: bool,
+    ) -> bool {
         if let Err(e) = result {
             return self.decide(stream, Input::Failed(e));
         }
@@ -342,8 +347,8 @@ impl RequestFilter {
         if (self.changed || self.stripped) && self.settings.clear_route_cache {
             stream.clear_route_cache();
         }
-        let checking =
-            verdict.error().is_none() && self.extractor.as_ref().is_some_and(|x| x.needs_scanning());
+        let checking = verdict.error().is_none()
+            && self.extractor.as_ref().is_some_and(|x| x.needs_scanning());
         self.phase = match checking {
             true => Phase::Checking,
             false => Phase::Passing,
@@ -457,7 +462,10 @@ mod tests {
     fn reply_code(stream: &Recorder) -> (u16, String) {
         let reply = stream.reply.as_ref().expect("a local reply");
         let json: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
-        (reply.status, json["error"]["code"].as_str().unwrap().to_owned())
+        (
+            reply.status,
+            json["error"]["code"].as_str().unwrap().to_owned(),
+        )
     }
 
     const JSON: (&str, &str) = ("content-type", "application/json");
@@ -486,7 +494,10 @@ mod tests {
         assert_eq!(s.route_cache_cleared, 1);
         // Checked as it passes.
         assert!(f.wants_body());
-        assert_eq!(f.on_request_body(&mut s, &chunk("}"), true), BodyStatus::Continue);
+        assert_eq!(
+            f.on_request_body(&mut s, &chunk("}"), true),
+            BodyStatus::Continue
+        );
         assert!(s.reply.is_none());
         assert!(!f.wants_body());
     }
@@ -502,7 +513,10 @@ mod tests {
         assert_eq!(reply_code(&s), (400, "duplicate_model".to_owned()));
         assert_eq!(s.reply.as_ref().unwrap().details, "bbr_duplicate_model");
         // Nothing more passes once the request is answered.
-        assert_eq!(f.on_request_body(&mut s, &chunk(" "), true), BodyStatus::Drop);
+        assert_eq!(
+            f.on_request_body(&mut s, &chunk(" "), true),
+            BodyStatus::Drop
+        );
         assert_eq!(f.on_request_trailers(&mut s), TrailersStatus::Stop);
     }
 
@@ -528,10 +542,17 @@ mod tests {
         ] {
             let (mut f, mut s) = request(DEMO, &[JSON]);
             f.on_request_headers(&mut s, false);
-            assert_eq!(f.on_request_body(&mut s, &chunk(body), true), BodyStatus::Drop, "{body}");
+            assert_eq!(
+                f.on_request_body(&mut s, &chunk(body), true),
+                BodyStatus::Drop,
+                "{body}"
+            );
             assert_eq!(reply_code(&s), (status, code.to_owned()), "{body}");
             let reply = s.reply.as_ref().unwrap();
-            assert_eq!(reply.headers, [("content-type", "application/json".to_owned())]);
+            assert_eq!(
+                reply.headers,
+                [("content-type", "application/json".to_owned())]
+            );
             assert!(s.set.is_empty(), "{body}");
         }
         // A content type bbr does not read: 415 at the headers.
@@ -571,7 +592,10 @@ mod tests {
         assert_eq!(f.on_request_headers(&mut s, true), HeadersStatus::Continue);
         assert_eq!(s.removed, ["x-gateway-destination-endpoint"]);
         assert!(s.set.is_empty());
-        assert_eq!(s.route_cache_cleared, 1, "the route is picked again without the spoof");
+        assert_eq!(
+            s.route_cache_cleared, 1,
+            "the route is picked again without the spoof"
+        );
         assert!(s.reserved.is_none());
 
         // Nothing stripped, nothing set: the route stands.
@@ -585,7 +609,10 @@ mod tests {
             &[JSON, ("x-gateway-model-name", "evil")],
         );
         f.on_request_headers(&mut s, false);
-        assert_eq!(f.on_request_body(&mut s, &Bytes::new(), true), BodyStatus::Continue);
+        assert_eq!(
+            f.on_request_body(&mut s, &Bytes::new(), true),
+            BodyStatus::Continue
+        );
         assert!(s.reply.is_none());
         assert_eq!(s.removed, ["x-gateway-model-name"]);
     }
@@ -594,7 +621,11 @@ mod tests {
     fn trailers_end_the_body() {
         let (mut f, mut s) = request(DEMO, &[JSON]);
         f.on_request_headers(&mut s, false);
-        let status = f.on_request_body(&mut s, &chunk(r#"{"messages":[],"model":"recommender"}"#), false);
+        let status = f.on_request_body(
+            &mut s,
+            &chunk(r#"{"messages":[],"model":"recommender"}"#),
+            false,
+        );
         // The object closed: decided without waiting for the end.
         assert_eq!(status, BodyStatus::Continue);
         assert_eq!(f.on_request_trailers(&mut s), TrailersStatus::Continue);
@@ -603,9 +634,16 @@ mod tests {
         // A body that never names its model before the trailers passes.
         let (mut f, mut s) = request("", &[JSON]);
         f.on_request_headers(&mut s, false);
-        assert_eq!(f.on_request_body(&mut s, &chunk(r#"{"prompt":"x""#), false), BodyStatus::Buffer);
+        assert_eq!(
+            f.on_request_body(&mut s, &chunk(r#"{"prompt":"x""#), false),
+            BodyStatus::Buffer
+        );
         assert_eq!(f.on_request_trailers(&mut s), TrailersStatus::Stop);
-        assert_eq!(reply_code(&s), (400, "invalid_json".to_owned()), "truncated");
+        assert_eq!(
+            reply_code(&s),
+            (400, "invalid_json".to_owned()),
+            "truncated"
+        );
     }
 
     #[test]
@@ -618,10 +656,20 @@ mod tests {
             let last = i + 1 == body.len();
             statuses.push(f.on_request_body(&mut s, &Bytes::copy_from_slice(&[*b]), last));
         }
-        let decided = statuses.iter().position(|s| *s == BodyStatus::Continue).unwrap();
+        let decided = statuses
+            .iter()
+            .position(|s| *s == BodyStatus::Continue)
+            .unwrap();
         assert!(statuses[..decided].iter().all(|s| *s == BodyStatus::Buffer));
-        assert!(statuses[decided..].iter().all(|s| *s == BodyStatus::Continue));
-        assert_eq!(s.set[0], ("x-gateway-model-name".to_owned(), "recommender".to_owned()));
+        assert!(
+            statuses[decided..]
+                .iter()
+                .all(|s| *s == BodyStatus::Continue)
+        );
+        assert_eq!(
+            s.set[0],
+            ("x-gateway-model-name".to_owned(), "recommender".to_owned())
+        );
         assert!(s.reply.is_none());
     }
 
