@@ -9,7 +9,7 @@
 //!   here under their ABI names (`envoy_dynamic_module_on_*`); those bbr
 //!   has no use for (callouts, scheduling, watermarks, response events)
 //!   answer at once;
-//! - nine callbacks, looked up in the Envoy process with `dlsym` when the
+//! - ten callbacks, looked up in the Envoy process with `dlsym` when the
 //!   module is loaded rather than linked against: a module missing from
 //!   the Envoy it runs in is then refused at load time with the name of
 //!   the missing callback, instead of failing at its first call.
