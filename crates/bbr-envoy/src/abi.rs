@@ -9,7 +9,7 @@
 //!   here under their ABI names (`envoy_dynamic_module_on_*`); those bbr
 //!   has no use for (callouts, scheduling, watermarks, response events)
 //!   answer at once;
-//! - ten callbacks, looked up in the Envoy process with `dlsym` when the
+//! - twelve callbacks, looked up in the Envoy process with `dlsym` when the
 //!   module is loaded rather than linked against: a module missing from
 //!   the Envoy it runs in is then refused at load time with the name of
 //!   the missing callback, instead of failing at its first call.
@@ -122,6 +122,8 @@ type CEnum = i32;
 const REQUEST_HEADER: CEnum = 0;
 /// `envoy_dynamic_module_type_http_body_type_ReceivedRequestBody`.
 const RECEIVED_REQUEST_BODY: CEnum = 0;
+/// `envoy_dynamic_module_type_http_body_type_BufferedRequestBody`.
+const BUFFERED_REQUEST_BODY: CEnum = 1;
 /// `envoy_dynamic_module_type_log_level_{Debug, Info, Error}`.
 const LOG_DEBUG: CEnum = 1;
 const LOG_INFO: CEnum = 2;
@@ -146,6 +148,8 @@ struct Callbacks {
     set_header: unsafe extern "C" fn(*mut c_void, CEnum, ModuleBuffer, ModuleBuffer) -> bool,
     get_body_chunks_size: unsafe extern "C" fn(*mut c_void, CEnum) -> usize,
     get_body_chunks: unsafe extern "C" fn(*mut c_void, CEnum, *mut EnvoyBuffer) -> bool,
+    drain_body: unsafe extern "C" fn(*mut c_void, CEnum, usize) -> bool,
+    append_body: unsafe extern "C" fn(*mut c_void, CEnum, ModuleBuffer) -> bool,
     clear_route_cache: unsafe extern "C" fn(*mut c_void),
     send_response: unsafe extern "C" fn(
         *mut c_void,
@@ -201,6 +205,8 @@ impl Callbacks {
                 c"envoy_dynamic_module_callback_http_get_body_chunks_size"
             ),
             get_body_chunks: callback!(c"envoy_dynamic_module_callback_http_get_body_chunks"),
+            drain_body: callback!(c"envoy_dynamic_module_callback_http_drain_body"),
+            append_body: callback!(c"envoy_dynamic_module_callback_http_append_body"),
             clear_route_cache: callback!(c"envoy_dynamic_module_callback_http_clear_route_cache"),
             send_response: callback!(c"envoy_dynamic_module_callback_http_send_response"),
             get_buffer_limit: callback!(c"envoy_dynamic_module_callback_http_get_buffer_limit"),
@@ -570,17 +576,20 @@ impl EnvoyStream {
     /// The body chunk of this `on_request_body`, copied out of Envoy (its
     /// slices live only for the hook; the extractor may keep the model's).
     fn received_body(&mut self) -> Bytes {
+        self.body(RECEIVED_REQUEST_BODY)
+    }
+
+    /// The request body of `kind` (received or buffered), copied.
+    fn body(&mut self, kind: CEnum) -> Bytes {
         // SAFETY: `envoy` is the live stream of the current hook.
-        let n = unsafe { (self.cb.get_body_chunks_size)(self.envoy, RECEIVED_REQUEST_BODY) };
+        let n = unsafe { (self.cb.get_body_chunks_size)(self.envoy, kind) };
         if n == 0 {
             return Bytes::new();
         }
         let mut slices = vec![EnvoyBuffer::EMPTY; n];
         // SAFETY: `slices` has room for the `n` buffers Envoy reported for
         // this body, in this hook, with no body change in between.
-        let ok = unsafe {
-            (self.cb.get_body_chunks)(self.envoy, RECEIVED_REQUEST_BODY, slices.as_mut_ptr())
-        };
+        let ok = unsafe { (self.cb.get_body_chunks)(self.envoy, kind, slices.as_mut_ptr()) };
         if !ok {
             return Bytes::new();
         }
@@ -678,6 +687,36 @@ impl Stream for EnvoyStream {
                 &format!("bbr: request buffer limit raised from {limit} to {bytes}"),
             );
         }
+    }
+
+    fn held_request_body(&mut self, with_received: bool) -> Vec<Bytes> {
+        let mut held = vec![self.body(BUFFERED_REQUEST_BODY)];
+        if with_received {
+            held.push(self.received_body());
+        }
+        held
+    }
+
+    fn replace_held_request_body(&mut self, body: &[Bytes], with_received: bool) -> bool {
+        let kinds: &[CEnum] = match with_received {
+            true => &[BUFFERED_REQUEST_BODY, RECEIVED_REQUEST_BODY],
+            false => &[BUFFERED_REQUEST_BODY],
+        };
+        for &kind in kinds {
+            // SAFETY: `envoy` is the live stream of the current hook; no
+            // slice of the body is held across this call (ours are copies).
+            // Draining more than there is drains all; an absent buffer
+            // (nothing buffered yet) reports false and is empty anyway.
+            unsafe { (self.cb.drain_body)(self.envoy, kind, usize::MAX) };
+        }
+        let into = match with_received {
+            true => RECEIVED_REQUEST_BODY,
+            false => BUFFERED_REQUEST_BODY,
+        };
+        body.iter().all(|chunk| {
+            // SAFETY: the chunk outlives the call; Envoy copies it.
+            unsafe { (self.cb.append_body)(self.envoy, into, ModuleBuffer::of(chunk)) }
+        })
     }
 
     fn send_local_reply(&mut self, reply: &LocalReply) {

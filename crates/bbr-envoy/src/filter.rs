@@ -16,7 +16,10 @@
 
 use std::sync::Arc;
 
-use bbr_core::{BodyExtractor, Error, Input, LateAction, Status, Verdict};
+use bbr_core::{
+    BodyExtractor, Error, Input, LateAction, Status, Verdict, decision::Rewrite,
+    rules::ContentLength,
+};
 use bytes::Bytes;
 
 use crate::config::Settings;
@@ -36,6 +39,13 @@ pub(crate) trait Stream {
     fn reserve_request_buffer(&mut self, bytes: u64);
     /// Ends the request with a local reply.
     fn send_local_reply(&mut self, reply: &LocalReply);
+    /// The request body Envoy holds, from its first byte: the buffered
+    /// chunks, then (`with_received`, in a body event) this event's chunk.
+    fn held_request_body(&mut self, with_received: bool) -> Vec<Bytes>;
+    /// Replaces the request body Envoy holds (what
+    /// [`held_request_body`](Stream::held_request_body) returns with the
+    /// same `with_received`) by `body`. Returns whether Envoy took it.
+    fn replace_held_request_body(&mut self, body: &[Bytes], with_received: bool) -> bool;
 }
 
 /// A reply the filter sends in place of the upstream's.
@@ -131,6 +141,8 @@ pub(crate) struct RequestFilter {
     /// even when the verdict sets nothing).
     stripped: bool,
     request_key: Option<Vec<u8>>,
+    /// The raw `content-length` the client sent, if any.
+    content_length: Option<Vec<u8>>,
 }
 
 impl RequestFilter {
@@ -143,6 +155,7 @@ impl RequestFilter {
             changed: false,
             stripped: false,
             request_key: None,
+            content_length: None,
         }
     }
 
@@ -190,6 +203,8 @@ impl RequestFilter {
                     }
                     None => content_encoding = Some(value.into_owned()),
                 }
+            } else if name.eq_ignore_ascii_case("content-length") {
+                self.content_length = Some(value.to_vec());
             } else if name.eq_ignore_ascii_case(&settings.request_key_header) {
                 self.request_key = Some(value.to_vec());
             } else if name == ":method" {
@@ -264,7 +279,7 @@ impl RequestFilter {
                 if matches!(result, Ok(Status::Pending)) && !end_of_stream {
                     return BodyStatus::Buffer;
                 }
-                match self.read_done(stream, result.map(drop), end_of_stream) {
+                match self.read_done(stream, result.map(drop), end_of_stream, true) {
                     true => BodyStatus::Continue,
                     false => BodyStatus::Drop,
                 }
@@ -276,7 +291,7 @@ impl RequestFilter {
         let go_on = match self.phase {
             Phase::Done => false,
             // Trailers mean the body is complete.
-            Phase::Reading => self.read_done(stream, Ok(()), true),
+            Phase::Reading => self.read_done(stream, Ok(()), true, false),
             Phase::Checking => match self.check(&Bytes::new(), true) {
                 Ok(()) => true,
                 Err(e) => self.late_error(stream, &e),
@@ -289,13 +304,15 @@ impl RequestFilter {
         }
     }
 
-    /// The body was read up to a decision, an error, or its end. Returns
-    /// whether the request goes on.
+    /// The body was read up to a decision, an error, or its end (in a body
+    /// event when `in_body`, else at the trailers). Returns whether the
+    /// request goes on.
     fn read_done(
         &mut self,
         stream: &mut impl Stream,
         result: Result<(), Error>,
         end: bool,
+        in_body: bool,
     ) -> bool {
         if let Err(e) = result {
             return self.decide(stream, Input::Failed(e));
@@ -318,13 +335,38 @@ impl RequestFilter {
             true => self.request_key.as_deref(),
             false => None,
         };
-        // The held chunks are in Envoy's buffer, not spliced here: the
-        // model goes upstream as the client sent it.
-        let verdict = self
-            .settings
-            .decider
-            .decide(&table, Input::body(extraction, false), key);
+        // A compressed body goes on as it came: never spliced.
+        let rewritable = x.is_rewritable();
+        let verdict =
+            self.settings
+                .decider
+                .decide(&table, Input::body(extraction, rewritable), key);
+        if let Verdict::Route(routing) = &verdict
+            && let Some(rewrite) = routing.rewrite()
+        {
+            self.rewrite(stream, rewrite, in_body);
+        }
         self.carry_out(stream, verdict)
+    }
+
+    /// Splices the rule's target model into the body Envoy holds, and fixes
+    /// `Content-Length` by the one rule every adapter follows.
+    fn rewrite(&mut self, stream: &mut impl Stream, rewrite: &Rewrite, in_body: bool) {
+        let held = stream.held_request_body(in_body);
+        let Some(rewritten) = rewrite.apply(&held) else {
+            return;
+        };
+        if !stream.replace_held_request_body(&rewritten.chunks, in_body) {
+            return;
+        }
+        if let Some(old) = self.content_length.as_deref() {
+            match rewritten.content_length(old) {
+                ContentLength::Set(len) => {
+                    stream.set_request_header("content-length", len.to_string().as_bytes());
+                }
+                ContentLength::Remove => stream.remove_request_header("content-length"),
+            }
+        }
     }
 
     /// Decides on `input`, which needs no extraction.
@@ -409,6 +451,11 @@ mod tests {
         route_cache_cleared: usize,
         reserved: Option<u64>,
         reply: Option<LocalReply>,
+        /// Envoy's buffered request body, this event's chunk, and what
+        /// went upstream.
+        buffered: Vec<Bytes>,
+        received: Option<Bytes>,
+        forwarded: Vec<Bytes>,
     }
 
     impl Stream for Recorder {
@@ -436,6 +483,42 @@ mod tests {
         fn send_local_reply(&mut self, reply: &LocalReply) {
             assert!(self.reply.is_none(), "a second local reply");
             self.reply = Some(reply.clone());
+        }
+        fn held_request_body(&mut self, with_received: bool) -> Vec<Bytes> {
+            let mut held = self.buffered.clone();
+            if with_received {
+                held.extend(self.received.clone());
+            }
+            held
+        }
+        fn replace_held_request_body(&mut self, body: &[Bytes], with_received: bool) -> bool {
+            self.buffered.clear();
+            if with_received {
+                self.received = Some(Bytes::from(body.concat()));
+            } else {
+                self.buffered = body.to_vec();
+            }
+            true
+        }
+    }
+
+    impl Recorder {
+        /// Feeds `chunk` as Envoy does: the received chunk of the event,
+        /// kept in the buffer or sent on as the filter says.
+        fn body(&mut self, f: &mut RequestFilter, chunk: &str, eos: bool) -> BodyStatus {
+            let chunk = Bytes::copy_from_slice(chunk.as_bytes());
+            self.received = Some(chunk.clone());
+            let status = f.on_request_body(self, &chunk, eos);
+            let received = self.received.take().unwrap_or_default();
+            match status {
+                BodyStatus::Buffer => self.buffered.push(received),
+                BodyStatus::Continue => {
+                    self.forwarded.append(&mut self.buffered);
+                    self.forwarded.push(received);
+                }
+                BodyStatus::Drop => {}
+            }
+            status
         }
     }
 
@@ -670,6 +753,29 @@ mod tests {
             s.set[0],
             ("x-gateway-model-name".to_owned(), "recommender".to_owned())
         );
+        assert!(s.reply.is_none());
+    }
+
+    #[test]
+    fn a_weighted_target_is_spliced_into_the_held_body_with_its_length() {
+        let rules = r#"{"rules":"rules: [{name: c, match: {model: {exact: chat}}, pool: p, targets: [{model: gemma-3, weight: 1}]}]"}"#;
+        let body = [r#"{"messages":[],"mo"#, r#"del":"chat","n":1"#, "}"];
+        let length = body.concat().len().to_string();
+        let (mut f, mut s) = request(rules, &[JSON, ("content-length", &length)]);
+        f.on_request_headers(&mut s, false);
+        assert_eq!(s.body(&mut f, body[0], false), BodyStatus::Buffer);
+        assert_eq!(s.body(&mut f, body[1], false), BodyStatus::Continue);
+        assert_eq!(s.body(&mut f, body[2], true), BodyStatus::Continue);
+        let sent = s.forwarded.concat();
+        assert_eq!(sent, br#"{"messages":[],"model":"gemma-3","n":1}"#);
+        let length = ("content-length".to_owned(), sent.len().to_string());
+        assert!(s.set.contains(&length), "{:?}", s.set);
+        // The header names the model the client sent.
+        assert_eq!(
+            s.set[1],
+            ("x-gateway-model-name".to_owned(), "chat".to_owned())
+        );
+
         assert!(s.reply.is_none());
     }
 

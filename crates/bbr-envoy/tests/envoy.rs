@@ -351,3 +351,46 @@ async fn hostile_bodies_from_the_fuzz_corpus_leave_envoy_serving() {
     assert_eq!(info.status, 200);
     assert!(String::from_utf8_lossy(&info.body).contains("\"state\": \"LIVE\""));
 }
+
+/// A weighted target rewrites the model in the body the pool receives,
+/// with a Content-Length that matches; the header keeps the client's model.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewritten_model_reaches_the_pool() {
+    let dir = std::env::temp_dir().join(format!("bbr-envoy-rewrite-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let rules = dir.join("rules.yaml");
+    std::fs::write(
+        &rules,
+        "rules:\n  - name: chatbot\n    match: { model: { exact: chatbot } }\n    pool: gemma3\n    targets: [{ model: google/gemma-3-27b-it, weight: 1 }]\n",
+    )
+    .unwrap();
+    let Some(s) = scene_with(|config| config.replace(&demo_rules(), rules.to_str().unwrap())).await
+    else {
+        return;
+    };
+    let sent = format!(
+        r#"{{"messages":[{{"role":"user","content":"{}"}}],"model":"chatbot","max_tokens":1}}"#,
+        "z".repeat(200_000)
+    );
+    let expected = sent.replace(r#""model":"chatbot""#, r#""model":"google/gemma-3-27b-it""#);
+    let r = s.post("/v1/chat/completions", &[], sent).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["model"], "google/gemma-3-27b-it");
+    let seen = s.gemma3.seen();
+    assert_eq!(seen[0].body_len, expected.len());
+    assert_eq!(seen[0].body_hash, body_hash(expected.as_bytes()));
+    assert_eq!(
+        seen[0]
+            .headers
+            .get("content-length")
+            .unwrap()
+            .to_str()
+            .unwrap(),
+        expected.len().to_string()
+    );
+    assert_eq!(
+        seen[0].headers.get("x-gateway-model-name").unwrap(),
+        "chatbot"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
