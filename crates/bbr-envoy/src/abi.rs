@@ -140,29 +140,6 @@ const STOP_ITERATION_NO_BUFFER: CEnum = 3;
 
 // ------------------------------------------------------------- callbacks --
 
-/// The Envoy callbacks the filter uses, resolved once at load time.
-struct Callbacks {
-    log: unsafe extern "C" fn(CEnum, ModuleBuffer),
-    get_headers_size: unsafe extern "C" fn(*mut c_void, CEnum) -> usize,
-    get_headers: unsafe extern "C" fn(*mut c_void, CEnum, *mut EnvoyHttpHeader) -> bool,
-    set_header: unsafe extern "C" fn(*mut c_void, CEnum, ModuleBuffer, ModuleBuffer) -> bool,
-    get_body_chunks_size: unsafe extern "C" fn(*mut c_void, CEnum) -> usize,
-    get_body_chunks: unsafe extern "C" fn(*mut c_void, CEnum, *mut EnvoyBuffer) -> bool,
-    drain_body: unsafe extern "C" fn(*mut c_void, CEnum, usize) -> bool,
-    append_body: unsafe extern "C" fn(*mut c_void, CEnum, ModuleBuffer) -> bool,
-    clear_route_cache: unsafe extern "C" fn(*mut c_void),
-    send_response: unsafe extern "C" fn(
-        *mut c_void,
-        u32,
-        *mut ModuleHttpHeader,
-        usize,
-        ModuleBuffer,
-        ModuleBuffer,
-    ),
-    get_buffer_limit: unsafe extern "C" fn(*mut c_void) -> u64,
-    set_buffer_limit: unsafe extern "C" fn(*mut c_void, u64),
-}
-
 static CALLBACKS: OnceLock<Callbacks> = OnceLock::new();
 
 unsafe extern "C" {
@@ -182,37 +159,59 @@ fn lookup(name: &'static CStr) -> Result<*mut c_void, &'static CStr> {
     }
 }
 
-/// Casts a symbol address to the callback's function pointer type.
-macro_rules! callback {
-    ($name:literal) => {{
-        let address = lookup($name)?;
-        // SAFETY: the symbol is Envoy's callback of that name, whose C
-        // signature (abi.h of Envoy 1.40) the field's type spells; a data
-        // pointer and a function pointer have the same size on the
-        // platforms Envoy runs on.
-        unsafe { std::mem::transmute::<*mut c_void, _>(address) }
-    }};
+/// Declares [`Callbacks`], one field per Envoy callback with its C
+/// signature, and `Callbacks::resolve`, which looks each up by name.
+macro_rules! callbacks {
+    ($($field:ident: $name:literal => $ty:ty,)*) => {
+        /// The Envoy callbacks the filter uses, resolved once at load time.
+        struct Callbacks {
+            $($field: $ty,)*
+        }
+
+        impl Callbacks {
+            fn resolve() -> Result<Callbacks, &'static CStr> {
+                Ok(Callbacks {
+                    $($field: {
+                        let address = lookup($name)?;
+                        // SAFETY: the symbol is Envoy's callback of that
+                        // name, whose C signature (abi.h of Envoy 1.40) the
+                        // field's type spells; a data pointer and a function
+                        // pointer have the same size where Envoy runs.
+                        unsafe { std::mem::transmute::<*mut c_void, $ty>(address) }
+                    },)*
+                })
+            }
+        }
+    };
 }
 
-impl Callbacks {
-    fn resolve() -> Result<Callbacks, &'static CStr> {
-        Ok(Callbacks {
-            log: callback!(c"envoy_dynamic_module_callback_log"),
-            get_headers_size: callback!(c"envoy_dynamic_module_callback_http_get_headers_size"),
-            get_headers: callback!(c"envoy_dynamic_module_callback_http_get_headers"),
-            set_header: callback!(c"envoy_dynamic_module_callback_http_set_header"),
-            get_body_chunks_size: callback!(
-                c"envoy_dynamic_module_callback_http_get_body_chunks_size"
-            ),
-            get_body_chunks: callback!(c"envoy_dynamic_module_callback_http_get_body_chunks"),
-            drain_body: callback!(c"envoy_dynamic_module_callback_http_drain_body"),
-            append_body: callback!(c"envoy_dynamic_module_callback_http_append_body"),
-            clear_route_cache: callback!(c"envoy_dynamic_module_callback_http_clear_route_cache"),
-            send_response: callback!(c"envoy_dynamic_module_callback_http_send_response"),
-            get_buffer_limit: callback!(c"envoy_dynamic_module_callback_http_get_buffer_limit"),
-            set_buffer_limit: callback!(c"envoy_dynamic_module_callback_http_set_buffer_limit"),
-        })
-    }
+callbacks! {
+    log: c"envoy_dynamic_module_callback_log"
+        => unsafe extern "C" fn(CEnum, ModuleBuffer),
+    get_headers_size: c"envoy_dynamic_module_callback_http_get_headers_size"
+        => unsafe extern "C" fn(*mut c_void, CEnum) -> usize,
+    get_headers: c"envoy_dynamic_module_callback_http_get_headers"
+        => unsafe extern "C" fn(*mut c_void, CEnum, *mut EnvoyHttpHeader) -> bool,
+    set_header: c"envoy_dynamic_module_callback_http_set_header"
+        => unsafe extern "C" fn(*mut c_void, CEnum, ModuleBuffer, ModuleBuffer) -> bool,
+    get_body_chunks_size: c"envoy_dynamic_module_callback_http_get_body_chunks_size"
+        => unsafe extern "C" fn(*mut c_void, CEnum) -> usize,
+    get_body_chunks: c"envoy_dynamic_module_callback_http_get_body_chunks"
+        => unsafe extern "C" fn(*mut c_void, CEnum, *mut EnvoyBuffer) -> bool,
+    drain_body: c"envoy_dynamic_module_callback_http_drain_body"
+        => unsafe extern "C" fn(*mut c_void, CEnum, usize) -> bool,
+    append_body: c"envoy_dynamic_module_callback_http_append_body"
+        => unsafe extern "C" fn(*mut c_void, CEnum, ModuleBuffer) -> bool,
+    clear_route_cache: c"envoy_dynamic_module_callback_http_clear_route_cache"
+        => unsafe extern "C" fn(*mut c_void),
+    send_response: c"envoy_dynamic_module_callback_http_send_response"
+        => unsafe extern "C" fn(
+            *mut c_void, u32, *mut ModuleHttpHeader, usize, ModuleBuffer, ModuleBuffer,
+        ),
+    get_buffer_limit: c"envoy_dynamic_module_callback_http_get_buffer_limit"
+        => unsafe extern "C" fn(*mut c_void) -> u64,
+    set_buffer_limit: c"envoy_dynamic_module_callback_http_set_buffer_limit"
+        => unsafe extern "C" fn(*mut c_void, u64),
 }
 
 /// Logs through Envoy (the `dynamic_modules` logger), once it is bound.
@@ -266,9 +265,11 @@ extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
     config: EnvoyBuffer,
 ) -> *const c_void {
     let made = catch_unwind(|| {
-        // SAFETY: Envoy keeps name and config alive for this call.
-        let (Some(name), Some(text)) = (unsafe { name.as_slice() }, unsafe { config.as_slice() })
-        else {
+        // SAFETY: Envoy keeps the name alive for this call.
+        let name = unsafe { name.as_slice() };
+        // SAFETY: and the configuration.
+        let text = unsafe { config.as_slice() };
+        let (Some(name), Some(text)) = (name, text) else {
             return Err("bad configuration buffers".to_owned());
         };
         let name = String::from_utf8_lossy(name).into_owned();
@@ -639,9 +640,10 @@ impl Stream for EnvoyStream {
             };
             // SAFETY: the header map is not changed while `f` runs (it only
             // reads), so Envoy's header bytes stay valid.
-            if let (Some(key), Some(value)) =
-                (unsafe { key.as_slice() }, unsafe { value.as_slice() })
-            {
+            let key = unsafe { key.as_slice() };
+            // SAFETY: as for the key.
+            let value = unsafe { value.as_slice() };
+            if let (Some(key), Some(value)) = (key, value) {
                 f(key, value);
             }
         }
