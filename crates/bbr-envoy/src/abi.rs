@@ -746,3 +746,68 @@ impl Stream for EnvoyStream {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_without_envoy_callbacks_refuses_the_module() {
+        // The test binary exports none of Envoy's callbacks.
+        assert!(envoy_dynamic_module_on_program_init().is_null());
+        assert!(CALLBACKS.get().is_none());
+        // Hooks then let requests go on, touching nothing.
+        let config = envoy_dynamic_module_on_http_filter_config_new(
+            std::ptr::null_mut(),
+            EnvoyBuffer::EMPTY,
+            EnvoyBuffer::EMPTY,
+        );
+        assert!(!config.is_null(), "an empty configuration is every default");
+        let filter = envoy_dynamic_module_on_http_filter_new(config, std::ptr::null_mut());
+        assert!(!filter.is_null());
+        let envoy = std::ptr::NonNull::<u8>::dangling()
+            .as_ptr()
+            .cast::<c_void>();
+        assert_eq!(
+            envoy_dynamic_module_on_http_filter_request_headers(envoy, filter, false),
+            CONTINUE
+        );
+        envoy_dynamic_module_on_http_filter_destroy(filter);
+        envoy_dynamic_module_on_http_filter_config_destroy(config);
+    }
+
+    #[test]
+    fn envoy_buffers_are_checked_before_they_are_read() {
+        // SAFETY: null pointers are never read.
+        let empty = unsafe { EnvoyBuffer::EMPTY.as_slice() };
+        assert_eq!(empty, Some(&[][..]));
+        let dangling = EnvoyBuffer {
+            ptr: std::ptr::null(),
+            length: 3,
+        };
+        // SAFETY: as above.
+        assert_eq!(unsafe { dangling.as_slice() }, None);
+        let text = b"model";
+        let buffer = EnvoyBuffer {
+            ptr: text.as_ptr().cast(),
+            length: text.len(),
+        };
+        // SAFETY: `text` is alive and `length` long.
+        assert_eq!(unsafe { buffer.as_slice() }, Some(&text[..]));
+    }
+
+    #[test]
+    fn a_bad_configuration_is_refused_with_a_null_pointer() {
+        let text = br#"{"policy":"lax"}"#;
+        let config = EnvoyBuffer {
+            ptr: text.as_ptr().cast(),
+            length: text.len(),
+        };
+        let made = envoy_dynamic_module_on_http_filter_config_new(
+            std::ptr::null_mut(),
+            EnvoyBuffer::EMPTY,
+            config,
+        );
+        assert!(made.is_null());
+    }
+}

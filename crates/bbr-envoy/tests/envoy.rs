@@ -394,3 +394,39 @@ async fn a_rewritten_model_reaches_the_pool() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A filter configuration the module refuses makes Envoy refuse the
+/// listener, with bbr's reason in Envoy's log.
+#[test]
+fn a_bad_filter_config_is_refused_by_envoy_with_the_reason() {
+    let Ok(bin) = envoy::try_binary() else {
+        eprintln!("SKIPPED: no Envoy to run against");
+        return;
+    };
+    let ports = Ports {
+        bbr: 0,
+        gemma3: 1,
+        deepseek: 1,
+    };
+    let config = envoy::config("module.yaml", &ports)
+        .replace(r#"{"rules_file": "${RULES_FILE}"}"#, r#"{"policy": "lax"}"#);
+    assert!(config.contains("lax"), "the template changed");
+    let dir = std::env::temp_dir().join(format!("bbr-envoy-refused-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("envoy.yaml");
+    std::fs::write(&path, config).unwrap();
+    let out = std::process::Command::new(bin)
+        .args(["--mode", "validate", "-l", "error", "-c"])
+        .arg(&path)
+        .env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", module_dir())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{log}");
+    assert!(
+        log.contains(r#"bbr: configuration refused: filter "bbr": policy: unknown policy "lax""#),
+        "{log}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
