@@ -5,14 +5,14 @@
 //! at the end of this file); `abi.rs` implements [`Stream`] with Envoy's
 //! callbacks.
 //!
-//! What a request's verdict is comes from [`Decider`]; this module only
-//! follows Envoy's filter protocol. Before the verdict the body is *read*:
-//! each chunk is fed to the extractor and left in Envoy's buffer
-//! (`StopIterationAndBuffer`), with the headers held. At the verdict the
-//! routing headers are set, the route cache cleared, and the held data goes
-//! on (`Continue`). After it, with the strict policy, each chunk is
-//! *checked* as it passes; a violation ends the request with the error
-//! contract's local reply.
+//! What a request's verdict is comes from [`Decider`](bbr_core::Decider);
+//! this module only follows Envoy's filter protocol. Before the verdict the
+//! body is *read*: each chunk is fed to the extractor and left in Envoy's
+//! buffer (`StopIterationAndBuffer`), with the headers held. At the verdict
+//! the routing headers are set, a rewrite is spliced into the held body,
+//! the route cache is cleared, and the held data goes on (`Continue`).
+//! After it, with the strict policy, each chunk is *checked* as it passes;
+//! a violation ends the request with the error contract's local reply.
 
 use std::sync::Arc;
 
