@@ -430,3 +430,23 @@ fn a_bad_filter_config_is_refused_by_envoy_with_the_reason() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The control: with `clear_route_cache` off Envoy keeps the route it chose
+/// on the client's headers, and the same request is not routed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routing_fails_without_clearing_the_route_cache() {
+    let Some(s) = scene_with(|config| {
+        let rules = format!(r#""rules_file": "{}""#, demo_rules());
+        let edited = config.replace(&rules, &format!(r#"{rules}, "clear_route_cache": false"#));
+        assert_ne!(edited, config, "the template changed");
+        edited
+    })
+    .await
+    else {
+        return;
+    };
+    let r = s.post("/v1/chat/completions", &[], CHAT).await;
+    assert_eq!(r.status, 404, "{r:?}");
+    assert_eq!(&r.body[..], b"no route for this model\n");
+    assert_eq!(s.seen(), 0);
+}
