@@ -9,7 +9,7 @@
 //!   here under their ABI names (`envoy_dynamic_module_on_*`); those bbr
 //!   has no use for (callouts, scheduling, watermarks, response events)
 //!   answer at once;
-//! - twelve callbacks, looked up in the Envoy process with `dlsym` when the
+//! - fourteen callbacks, looked up in the Envoy process with `dlsym` when the
 //!   module is loaded rather than linked against: a module missing from
 //!   the Envoy it runs in is then refused at load time with the name of
 //!   the missing callback, instead of failing at its first call.
@@ -34,7 +34,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::{
     config::{RulesWatch, Settings},
-    filter::{BodyStatus, HeadersStatus, LocalReply, RequestFilter, Stream, TrailersStatus},
+    filter::{BodyStatus, HeadersStatus, LocalReply, RequestFilter, Stream, Tally, TrailersStatus},
 };
 
 /// The ABI version this module is built against: Envoy 1.40's.
@@ -212,6 +212,10 @@ callbacks! {
         => unsafe extern "C" fn(*mut c_void) -> u64,
     set_buffer_limit: c"envoy_dynamic_module_callback_http_set_buffer_limit"
         => unsafe extern "C" fn(*mut c_void, u64),
+    define_counter: c"envoy_dynamic_module_callback_http_filter_config_define_counter"
+        => unsafe extern "C" fn(*mut c_void, ModuleBuffer, *mut ModuleBuffer, usize, *mut usize) -> CEnum,
+    increment_counter: c"envoy_dynamic_module_callback_http_filter_increment_counter"
+        => unsafe extern "C" fn(*mut c_void, usize, *mut ModuleBuffer, usize, u64) -> CEnum,
 }
 
 /// Logs through Envoy (the `dynamic_modules` logger), once it is bound.
@@ -253,14 +257,72 @@ extern "C" fn envoy_dynamic_module_on_program_init() -> *const c_char {
 /// The in-module filter configuration.
 struct FilterConfig {
     settings: Arc<Settings>,
+    counters: Option<Counters>,
     _watch: Option<RulesWatch>,
+}
+
+/// The ids of the counters defined in Envoy's stats for a configuration:
+/// the ext_proc server's metric names, under the module's
+/// `metrics_namespace`.
+#[derive(Clone, Copy, Debug)]
+struct Counters {
+    success: usize,
+    model_not_in_body: usize,
+    model_not_parsed: usize,
+    rejected: usize,
+    fail_open: usize,
+    route_matches: usize,
+}
+
+/// `envoy_dynamic_module_type_metrics_result_Success`.
+const METRICS_SUCCESS: CEnum = 0;
+
+impl Counters {
+    /// Defines the counters on the Envoy configuration `envoy`; `None` (and
+    /// no counting) when Envoy refuses one.
+    fn define(cb: &Callbacks, envoy: *mut c_void) -> Option<Counters> {
+        let define = |name: &str, labels: &[&str]| {
+            let mut labels: Vec<ModuleBuffer> = labels
+                .iter()
+                .map(|l| ModuleBuffer::of(l.as_bytes()))
+                .collect();
+            let mut id = 0usize;
+            // SAFETY: `envoy` is the configuration of this config_new call;
+            // the name and labels outlive the call (Envoy copies them) and
+            // `id` is a valid place for the result.
+            let result = unsafe {
+                (cb.define_counter)(
+                    envoy,
+                    ModuleBuffer::of(name.as_bytes()),
+                    labels.as_mut_ptr(),
+                    labels.len(),
+                    &mut id,
+                )
+            };
+            (result == METRICS_SUCCESS).then_some(id)
+        };
+        Some(Counters {
+            success: define("bbr_success_total", &[])?,
+            model_not_in_body: define("bbr_model_not_in_body_total", &[])?,
+            model_not_parsed: define("bbr_model_not_parsed_total", &[])?,
+            rejected: define("bbr_rejected_total", &["reason"])?,
+            fail_open: define("bbr_fail_open_total", &["reason"])?,
+            route_matches: define("bbr_route_matches_total", &["rule", "pool"])?,
+        })
+    }
+}
+
+/// The in-module filter of one HTTP stream.
+struct ModuleFilter {
+    filter: RequestFilter,
+    counters: Option<Counters>,
 }
 
 /// A new filter configuration from `config` (JSON); null refuses it, with
 /// the reason in Envoy's log.
 #[unsafe(no_mangle)]
 extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
-    _filter_config_envoy_ptr: *mut c_void,
+    filter_config_envoy_ptr: *mut c_void,
     name: EnvoyBuffer,
     config: EnvoyBuffer,
 ) -> *const c_void {
@@ -293,8 +355,16 @@ extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
             }
             None => None,
         };
+        let counters = match (CALLBACKS.get(), filter_config_envoy_ptr.is_null()) {
+            (Some(cb), false) => Counters::define(cb, filter_config_envoy_ptr),
+            _ => None,
+        };
+        if counters.is_none() && CALLBACKS.get().is_some() {
+            log(LOG_ERROR, "bbr: Envoy refused the counters; none are kept");
+        }
         Ok(Box::new(FilterConfig {
             settings,
+            counters,
             _watch: watch,
         }))
     });
@@ -336,7 +406,10 @@ extern "C" fn envoy_dynamic_module_on_http_filter_new(
         // SAFETY: `config` is a live FilterConfig: Envoy destroys a
         // configuration only after its filters.
         let config = unsafe { &*config.cast::<FilterConfig>() };
-        let filter = Box::new(RequestFilter::new(Arc::clone(&config.settings)));
+        let filter = Box::new(ModuleFilter {
+            filter: RequestFilter::new(Arc::clone(&config.settings)),
+            counters: config.counters,
+        });
         Box::into_raw(filter).cast_const().cast::<c_void>()
     })
     .unwrap_or(std::ptr::null())
@@ -351,7 +424,7 @@ extern "C" fn envoy_dynamic_module_on_http_filter_destroy(filter: *const c_void)
     let _ = catch_unwind(|| {
         // SAFETY: `filter` came from Box::into_raw in filter_new, and Envoy
         // destroys it once.
-        drop(unsafe { Box::from_raw(filter.cast_mut().cast::<RequestFilter>()) });
+        drop(unsafe { Box::from_raw(filter.cast_mut().cast::<ModuleFilter>()) });
     });
 }
 
@@ -370,11 +443,16 @@ fn with_filter<R>(
     if envoy.is_null() || filter.is_null() {
         return fallback;
     }
-    // SAFETY: `filter` is the live RequestFilter Envoy got from filter_new;
+    // SAFETY: `filter` is the live ModuleFilter Envoy got from filter_new;
     // Envoy calls one hook of a stream at a time, on its worker thread, so
     // this is the only reference.
-    let filter = unsafe { &mut *filter.cast_mut().cast::<RequestFilter>() };
-    let mut stream = EnvoyStream { envoy, cb };
+    let filter = unsafe { &mut *filter.cast_mut().cast::<ModuleFilter>() };
+    let mut stream = EnvoyStream {
+        envoy,
+        cb,
+        counters: filter.counters,
+    };
+    let filter = &mut filter.filter;
     match catch_unwind(AssertUnwindSafe(|| hook(filter, &mut stream))) {
         Ok(r) => r,
         Err(_) => {
@@ -571,6 +649,7 @@ extern "C" fn envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_
 struct EnvoyStream {
     envoy: *mut c_void,
     cb: &'static Callbacks,
+    counters: Option<Counters>,
 }
 
 impl EnvoyStream {
@@ -719,6 +798,30 @@ impl Stream for EnvoyStream {
             // SAFETY: the chunk outlives the call; Envoy copies it.
             unsafe { (self.cb.append_body)(self.envoy, into, ModuleBuffer::of(chunk)) }
         })
+    }
+
+    fn count(&mut self, tally: Tally<'_>) {
+        let Some(c) = self.counters else {
+            return;
+        };
+        let (id, labels): (usize, &[&str]) = match tally {
+            Tally::Success => (c.success, &[]),
+            Tally::ModelNotInBody => (c.model_not_in_body, &[]),
+            Tally::ModelNotParsed => (c.model_not_parsed, &[]),
+            Tally::Rejected(code) => (c.rejected, &[code]),
+            Tally::FailOpen(code) => (c.fail_open, &[code]),
+            Tally::RouteMatch { rule, pool } => (c.route_matches, &[rule, pool]),
+        };
+        let mut labels: Vec<ModuleBuffer> = labels
+            .iter()
+            .map(|l| ModuleBuffer::of(l.as_bytes()))
+            .collect();
+        // SAFETY: `envoy` is the live stream of the current hook, `id` a
+        // counter of its configuration with as many labels as given; the
+        // label values outlive the call.
+        unsafe {
+            (self.cb.increment_counter)(self.envoy, id, labels.as_mut_ptr(), labels.len(), 1)
+        };
     }
 
     fn send_local_reply(&mut self, reply: &LocalReply) {

@@ -17,7 +17,8 @@
 use std::sync::Arc;
 
 use bbr_core::{
-    BodyExtractor, Error, Input, LateAction, Status, Verdict, decision::Rewrite,
+    BodyExtractor, Error, Input, LateAction, Status, Verdict,
+    decision::{PassReason, Rewrite},
     rules::ContentLength,
 };
 use bytes::Bytes;
@@ -46,6 +47,32 @@ pub(crate) trait Stream {
     /// [`held_request_body`](Stream::held_request_body) returns with the
     /// same `with_received`) by `body`. Returns whether Envoy took it.
     fn replace_held_request_body(&mut self, body: &[Bytes], with_received: bool) -> bool;
+    /// Counts one event in Envoy's stats.
+    fn count(&mut self, tally: Tally<'_>);
+}
+
+/// What the filter counts: the Go router's counters and the ext_proc
+/// server's, counted the same way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Tally<'a> {
+    /// The model was read and set as routing headers (`bbr_success_total`).
+    Success,
+    /// The rule and pool of a routing decision (`bbr_route_matches_total`).
+    RouteMatch {
+        /// The rule's name (empty without rules).
+        rule: &'a str,
+        /// The pool (empty when the rule names none).
+        pool: &'a str,
+    },
+    /// The body names no model (`bbr_model_not_in_body_total`).
+    ModelNotInBody,
+    /// The body's `model` is not a model name (`bbr_model_not_parsed_total`).
+    ModelNotParsed,
+    /// Answered with an error of this code (`bbr_rejected_total`).
+    Rejected(&'static str),
+    /// Passed through unrouted after an error of this code
+    /// (`bbr_fail_open_total`).
+    FailOpen(&'static str),
 }
 
 /// A reply the filter sends in place of the upstream's.
@@ -378,6 +405,7 @@ impl RequestFilter {
 
     /// Applies the verdict to the stream. Returns whether the request goes on.
     fn carry_out(&mut self, stream: &mut impl Stream, verdict: Verdict) -> bool {
+        count(stream, &verdict);
         if let Verdict::Reject(e) = &verdict {
             self.reject(stream, e);
             return false;
@@ -422,6 +450,7 @@ impl RequestFilter {
                 false
             }
             LateAction::Release => {
+                stream.count(Tally::FailOpen(e.kind().as_str()));
                 self.phase = Phase::Passing;
                 true
             }
@@ -429,9 +458,44 @@ impl RequestFilter {
     }
 
     fn reject(&mut self, stream: &mut impl Stream, e: &Error) {
+        stream.count(Tally::Rejected(e.kind().as_str()));
         self.phase = Phase::Done;
         self.extractor = None;
         stream.send_local_reply(&LocalReply::error(e));
+    }
+}
+
+/// Counts a verdict as the ext_proc server does (a rejection is counted
+/// where it is answered).
+fn count(stream: &mut impl Stream, verdict: &Verdict) {
+    let not_parsed = |e: &Error| {
+        matches!(
+            e.kind(),
+            bbr_core::ErrorKind::ModelNotString | bbr_core::ErrorKind::InvalidModel
+        )
+    };
+    match verdict {
+        Verdict::Route(routing) => {
+            let route = routing.route();
+            stream.count(Tally::Success);
+            stream.count(Tally::RouteMatch {
+                rule: route.rule().unwrap_or(""),
+                pool: route.pool().unwrap_or(""),
+            });
+        }
+        Verdict::Pass(pass) => match pass.reason() {
+            PassReason::NoModel => stream.count(Tally::ModelNotInBody),
+            PassReason::FailedOpen(e) => {
+                stream.count(Tally::FailOpen(e.kind().as_str()));
+                if not_parsed(e) {
+                    stream.count(Tally::ModelNotParsed);
+                }
+            }
+            _ => {}
+        },
+        Verdict::Reject(e) if e.is_missing_model() => stream.count(Tally::ModelNotInBody),
+        Verdict::Reject(e) if not_parsed(e) => stream.count(Tally::ModelNotParsed),
+        _ => {}
     }
 }
 
@@ -456,6 +520,7 @@ mod tests {
         buffered: Vec<Bytes>,
         received: Option<Bytes>,
         forwarded: Vec<Bytes>,
+        counted: Vec<String>,
     }
 
     impl Stream for Recorder {
@@ -490,6 +555,9 @@ mod tests {
                 held.extend(self.received.clone());
             }
             held
+        }
+        fn count(&mut self, tally: Tally<'_>) {
+            self.counted.push(format!("{tally:?}"));
         }
         fn replace_held_request_body(&mut self, body: &[Bytes], with_received: bool) -> bool {
             self.buffered.clear();
@@ -777,6 +845,47 @@ mod tests {
         );
 
         assert!(s.reply.is_none());
+    }
+
+    #[test]
+    fn verdicts_are_counted_as_the_ext_proc_server_counts_them() {
+        let counted = |config: &str, chunks: &[&str]| {
+            let (mut f, mut s) = request(config, &[JSON]);
+            f.on_request_headers(&mut s, false);
+            for (i, c) in chunks.iter().enumerate() {
+                f.on_request_body(&mut s, &chunk(c), i + 1 == chunks.len());
+            }
+            s.counted
+        };
+        assert_eq!(
+            counted(DEMO, &[r#"{"model":"chatbot"}"#]),
+            [
+                "Success",
+                r#"RouteMatch { rule: "chatbot", pool: "gemma3" }"#
+            ]
+        );
+        assert_eq!(counted(DEMO, &[r#"{"prompt":"x"}"#]), ["ModelNotInBody"]);
+        assert_eq!(
+            counted(DEMO, &[r#"{"model":""}"#]),
+            ["ModelNotParsed", r#"Rejected("invalid_model")"#]
+        );
+        assert_eq!(
+            counted(DEMO, &[r#"{"model":"gpt-4"}"#]),
+            [r#"Rejected("model_not_found")"#]
+        );
+        assert_eq!(
+            counted(r#"{"fail_open":["model_not_string"]}"#, &[r#"{"model":1}"#]),
+            [r#"FailOpen("model_not_string")"#, "ModelNotParsed"]
+        );
+        // A late violation after the routing went out.
+        assert_eq!(
+            counted("", &[r#"{"model":"a","#, r#""model":"b"}"#]),
+            [
+                "Success",
+                r#"RouteMatch { rule: "", pool: "" }"#,
+                r#"Rejected("duplicate_model")"#
+            ]
+        );
     }
 
     #[test]

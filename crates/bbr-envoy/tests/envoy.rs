@@ -222,6 +222,24 @@ async fn routes_demo_requests_strips_spoofs_and_rejects_bad_bodies() {
     let r = s.post("/v1/completions", &[], r#"{"prompt":"x"}"#).await;
     assert_eq!(r.status, 404);
     assert_eq!(&r.body[..], b"no route for this model\n");
+
+    // Counted in Envoy's stats under the ext_proc server's names.
+    let stats = http::get(s.envoy.admin, "/stats/prometheus").await.unwrap();
+    let text = String::from_utf8_lossy(&stats.body);
+    for line in [
+        "envoy_dynamicmodulescustom_bbr_success_total{} 3",
+        "envoy_dynamicmodulescustom_bbr_model_not_in_body_total{} 1",
+        "envoy_dynamicmodulescustom_bbr_model_not_parsed_total{} 2",
+        r#"envoy_dynamicmodulescustom_bbr_rejected_total{reason="duplicate_model"} 1"#,
+        r#"envoy_dynamicmodulescustom_bbr_rejected_total{reason="unsupported_content_type"} 1"#,
+        r#"envoy_dynamicmodulescustom_bbr_route_matches_total{rule="chatbot",pool="gemma3"} 2"#,
+        r#"envoy_dynamicmodulescustom_bbr_route_matches_total{rule="recommender",pool="deepseek-r1"} 1"#,
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "{line} missing from\n{text}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
