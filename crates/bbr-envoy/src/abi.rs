@@ -9,10 +9,15 @@
 //!   here under their ABI names (`envoy_dynamic_module_on_*`); those bbr
 //!   has no use for (callouts, scheduling, watermarks, response events)
 //!   answer at once;
-//! - fourteen callbacks, looked up in the Envoy process with `dlsym` when the
-//!   module is loaded rather than linked against: a module missing from
-//!   the Envoy it runs in is then refused at load time with the name of
-//!   the missing callback, instead of failing at its first call.
+//! - fourteen callbacks, looked up in the Envoy process with `dlsym` when
+//!   the module is loaded rather than linked against: a callback missing
+//!   from the Envoy it runs in refuses the module at load time, with the
+//!   callback's name, instead of failing at its first call.
+//!
+//! The signatures are those of `abi.h` as of ABI `v0.1.0`, which the `v0.2`
+//! ABI of Envoy 1.40 keeps (the ABI allows no breaking change to a released
+//! function); every symbol bound here is exported by the Envoy 1.40.0
+//! binary, and each is exercised by the end-to-end tests through it.
 //!
 //! The ABI version: [`envoy_dynamic_module_on_program_init`] returns
 //! [`ABI_VERSION`]. Envoy compares it with its own and logs `Dynamic module
