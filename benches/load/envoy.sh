@@ -11,6 +11,9 @@
 #                    (request_body_mode NONE, answered at once, routed to
 #                    the first pool): what Envoy's ext_proc filter costs by
 #                    itself, the bound on any body-reading ext_proc route,
+#   (f) module:      Envoy with bbr loaded as a dynamic module
+#                    (libbbr_envoy.so, examples/envoy/module.yaml): the
+#                    same routing inside Envoy, no ext_proc hop,
 # at 1 KiB and 1 MiB bodies (`messages` before `model`, as the OpenAI SDKs
 # send them), all in one run; prints the figures and the ratios to (a).
 #
@@ -31,7 +34,7 @@ CONNECTIONS=${CONNECTIONS:-16}
 SIZES=${SIZES:-"1024 1048576"}
 ENVOY_CONCURRENCY=${ENVOY_CONCURRENCY:-1}
 BBR_TLS=${BBR_TLS:-true}
-MODES=${MODES:-"header full-duplex buffered json-meta headers-only"}
+MODES=${MODES:-"header full-duplex buffered json-meta headers-only module"}
 
 if ! command -v wrk >/dev/null 2>&1; then
   echo "installing wrk..." >&2
@@ -44,7 +47,9 @@ envoy_bin="${BBR_ENVOY:-$(scripts/install-envoy.sh)}"
 
 cargo build --release -q -p bbr-extproc --bin bbr-extproc
 cargo build --release -q -p bbr-examples --example pools
+cargo build --release -q -p bbr-envoy
 target="${CARGO_TARGET_DIR:-target}/release"
+module_dir="$(cd "$target" && pwd)"
 
 work="$(mktemp -d)"
 pids=()
@@ -78,8 +83,9 @@ start_mode() {
     full-duplex|headers-only) template=examples/envoy/envoy-full-duplex.yaml ;;
     buffered) template=examples/envoy/envoy-buffered.yaml ;;
     json-meta) template=benches/load/envoy-json-to-metadata.yaml ;;
+    module) template=examples/envoy/module.yaml ;;
   esac
-  if [ "$mode" != header ] && [ "$mode" != json-meta ]; then
+  if [ "$mode" != header ] && [ "$mode" != json-meta ] && [ "$mode" != module ]; then
     local flags=(--address 127.0.0.1 --grpc-port 0 --grpc-health-port 0 --metrics-port 0 -v 1)
     [ "$mode" = full-duplex ] && flags+=(--streaming)
     [ "$BBR_TLS" = false ] && flags+=(--secure-serving=false)
@@ -92,6 +98,7 @@ start_mode() {
   local port admin; port=$(free_port); admin=$(free_port)
   sed -e "s/\${ADMIN_PORT}/$admin/" -e "s/\${LISTEN_PORT}/$port/" -e "s/\${BBR_PORT}/$bbr/" \
       -e "s/\${GEMMA3_PORT}/$gemma3/" -e "s/\${DEEPSEEK_PORT}/$deepseek/" \
+      -e "s|\${RULES_FILE}|$(pwd)/examples/config/gateway.yaml|" \
       "$template" >"$work/envoy-$mode.yaml"
   if [ "$BBR_TLS" = false ]; then
     sed -i '/transport_socket:/,/sni: localhost/d' "$work/envoy-$mode.yaml"
@@ -103,7 +110,8 @@ start_mode() {
       -e 's/direct_response: { status: 404, body: { inline_string: "no route for this model\\n" } }/route: { cluster: gemma3, timeout: 60s }/' \
       "$work/envoy-$mode.yaml"
   fi
-  "$envoy_bin" -c "$work/envoy-$mode.yaml" --concurrency "$ENVOY_CONCURRENCY" \
+  ENVOY_DYNAMIC_MODULES_SEARCH_PATH="$module_dir" \
+    "$envoy_bin" -c "$work/envoy-$mode.yaml" --concurrency "$ENVOY_CONCURRENCY" \
     --disable-hot-restart -l error >"$work/envoy-$mode.log" 2>&1 &
   pids+=($!); ENVOY_PID[$mode]=$!; PORT[$mode]=$port
   for _ in $(seq 1 200); do

@@ -3,10 +3,12 @@
 # Envoy on 127.0.0.1, then the two requests of the demo and one for a model
 # no rule knows. Exits non-zero when an answer is not the expected one.
 #
-#   examples/envoy/run.sh [full-duplex|buffered] [--keep]
+#   examples/envoy/run.sh [full-duplex|buffered|module] [--keep]
 #
 # full-duplex (default) uses envoy-full-duplex.yaml, buffered
-# envoy-buffered.yaml. With --keep everything stays up until ctrl-c.
+# envoy-buffered.yaml: Envoy calls bbr-extproc. module uses module.yaml:
+# Envoy loads bbr itself (libbbr_envoy.so, built here) and no bbr-extproc
+# runs. With --keep everything stays up until ctrl-c.
 #
 # bbr-extproc: a server already listening on 127.0.0.1:$BBR_PORT (default
 # 9004, the server's default port) that answers the gRPC health check of the
@@ -22,9 +24,9 @@ mode=full-duplex
 keep=false
 for arg in "$@"; do
   case "$arg" in
-    full-duplex|buffered) mode="$arg" ;;
+    full-duplex|buffered|module) mode="$arg" ;;
     --keep) keep=true ;;
-    *) echo "usage: $0 [full-duplex|buffered] [--keep]" >&2; exit 2 ;;
+    *) echo "usage: $0 [full-duplex|buffered|module] [--keep]" >&2; exit 2 ;;
   esac
 done
 
@@ -98,9 +100,13 @@ pool_port() { sed -n "s|^pool $1 listening on http://127.0.0.1:||p" "$work/pools
 gemma3_port="$(pool_port gemma3)"
 deepseek_port="$(pool_port deepseek-r1)"
 
-# bbr-extproc: the running one, or our own.
+# bbr-extproc: the running one, or our own (none for the module).
 tls=
-if ext_proc_serving "$BBR_PORT" tls; then
+if [ "$mode" = module ]; then
+  cargo build --release -q -p bbr-envoy
+  bbr_port=none
+  echo "Built $target/libbbr_envoy.so (rules: $RULES)"
+elif ext_proc_serving "$BBR_PORT" tls; then
   tls=true
 elif ext_proc_serving "$BBR_PORT" plain; then
   tls=false
@@ -131,14 +137,18 @@ if port_taken "$PORT"; then
   echo "Port $PORT is taken (the gateway demo still running?); Envoy takes a free port."
   PORT="$(free_port)"
 fi
+template="examples/envoy/envoy-$mode.yaml"
+[ "$mode" = module ] && template=examples/envoy/module.yaml
 sed -e "s/\${ADMIN_PORT}/0/" -e "s/\${LISTEN_PORT}/$PORT/" -e "s/\${BBR_PORT}/$bbr_port/" \
     -e "s/\${GEMMA3_PORT}/$gemma3_port/" -e "s/\${DEEPSEEK_PORT}/$deepseek_port/" \
-    "examples/envoy/envoy-$mode.yaml" >"$work/envoy.yaml"
+    -e "s|\${RULES_FILE}|$(pwd)/$RULES|" \
+    "$template" >"$work/envoy.yaml"
 if [ "$tls" = false ]; then
   # A plaintext bbr-extproc: no TLS towards it.
   sed -i '/transport_socket:/,/sni: localhost/d' "$work/envoy.yaml"
 fi
-"$envoy_bin" -c "$work/envoy.yaml" --admin-address-path "$work/admin-address" \
+ENVOY_DYNAMIC_MODULES_SEARCH_PATH="$(cd "$target" && pwd)" \
+  "$envoy_bin" -c "$work/envoy.yaml" --admin-address-path "$work/admin-address" \
   --disable-hot-restart -l error >"$work/envoy.log" 2>&1 &
 pids+=($!)
 wait_for_line "$work/admin-address" : || fail "Envoy did not start"
@@ -148,7 +158,11 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 curl -fs "http://$admin/ready" >/dev/null || fail "Envoy did not become ready"
-echo "Envoy ($mode) on http://localhost:$PORT -> bbr-extproc 127.0.0.1:$bbr_port -> pools gemma3 :$gemma3_port, deepseek-r1 :$deepseek_port"
+if [ "$mode" = module ]; then
+  echo "Envoy (bbr module) on http://localhost:$PORT -> pools gemma3 :$gemma3_port, deepseek-r1 :$deepseek_port"
+else
+  echo "Envoy ($mode) on http://localhost:$PORT -> bbr-extproc 127.0.0.1:$bbr_port -> pools gemma3 :$gemma3_port, deepseek-r1 :$deepseek_port"
+fi
 
 # One request as the README writes it; checks the status, the pool that
 # answered and, when given, a piece of the body.

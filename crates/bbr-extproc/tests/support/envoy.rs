@@ -18,35 +18,41 @@ fn workspace_root() -> PathBuf {
 /// Panics with a clear message when neither works: these tests never pass
 /// without a real Envoy.
 pub fn binary() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    try_binary().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The Envoy binary, or why there is none (the install script failed).
+pub fn try_binary() -> Result<PathBuf, String> {
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BIN.get_or_init(|| {
         if let Some(path) = std::env::var_os("BBR_ENVOY").filter(|p| !p.is_empty()) {
             let path = PathBuf::from(path);
             assert!(path.is_file(), "BBR_ENVOY={} is not a file", path.display());
-            return path;
+            return Ok(path);
         }
         let script = workspace_root().join("scripts/install-envoy.sh");
         let out = Command::new(&script)
             .stderr(Stdio::inherit())
             .output()
-            .unwrap_or_else(|e| {
-                panic!(
+            .map_err(|e| {
+                format!(
                     "cannot run {}: {e}; set BBR_ENVOY to an envoy binary",
                     script.display()
                 )
-            });
-        assert!(
-            out.status.success(),
-            "{} failed ({}); set BBR_ENVOY to an envoy binary",
-            script.display(),
-            out.status
-        );
+            })?;
+        if !out.status.success() {
+            return Err(format!(
+                "{} failed ({}); set BBR_ENVOY to an envoy binary",
+                script.display(),
+                out.status
+            ));
+        }
         let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
         assert!(
             path.is_file(),
             "install-envoy.sh printed {path:?}, not an envoy binary"
         );
-        path
+        Ok(path)
     })
     .clone()
 }
@@ -64,6 +70,8 @@ pub struct Envoy {
     child: Child,
     dir: PathBuf,
     pub port: u16,
+    /// The admin interface.
+    pub admin: std::net::SocketAddr,
 }
 
 impl Envoy {
@@ -98,6 +106,12 @@ pub fn config(template: &str, ports: &Ports) -> String {
 impl Envoy {
     /// Starts Envoy with `config` and waits until it is ready.
     pub async fn start(config: &str) -> Envoy {
+        Envoy::start_with_env(config, &[]).await
+    }
+
+    /// [`start`](Envoy::start) with environment variables set for Envoy
+    /// (such as `ENVOY_DYNAMIC_MODULES_SEARCH_PATH`).
+    pub async fn start_with_env(config: &str, env: &[(&str, &Path)]) -> Envoy {
         static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("bbr-envoy-{}-{n}", std::process::id()));
@@ -118,6 +132,7 @@ impl Envoy {
                 "-l",
                 "warning",
             ])
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -127,6 +142,7 @@ impl Envoy {
             child,
             dir,
             port: 0,
+            admin: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         let admin = loop {
@@ -155,6 +171,7 @@ impl Envoy {
                     && let Ok(Reply { status: 200, .. }) = http::get(admin, "/ready").await
                 {
                     envoy.port = port as u16;
+                    envoy.admin = admin;
                     return envoy;
                 }
             }

@@ -1,0 +1,922 @@
+//! One HTTP request as the Envoy filter sees it: a state machine driven by
+//! Envoy's decoder events (headers, each body chunk, trailers), acting on
+//! the stream through the [`Stream`] trait. It holds no pointer into Envoy
+//! and does no I/O, so every path is unit-tested without Envoy (the tests
+//! at the end of this file); `abi.rs` implements [`Stream`] with Envoy's
+//! callbacks.
+//!
+//! What a request's verdict is comes from [`Decider`](bbr_core::Decider);
+//! this module only follows Envoy's filter protocol. Before the verdict the
+//! body is *read*: each chunk is fed to the extractor and left in Envoy's
+//! buffer (`StopIterationAndBuffer`), with the headers held. At the verdict
+//! the routing headers are set, a rewrite is spliced into the held body,
+//! the route cache is cleared, and the held data goes on (`Continue`).
+//! After it, with the strict policy, each chunk is *checked* as it passes;
+//! a violation ends the request with the error contract's local reply.
+
+use std::sync::Arc;
+
+use bbr_core::{
+    BodyExtractor, Error, Input, LateAction, Status, Verdict,
+    decision::{PassReason, Rewrite},
+    rules::ContentLength,
+};
+use bytes::Bytes;
+
+use crate::config::Settings;
+
+/// What the filter asks of the Envoy stream it runs on.
+pub(crate) trait Stream {
+    /// Calls `f` with the name and value of each request header.
+    fn for_each_request_header(&mut self, f: &mut dyn FnMut(&[u8], &[u8]));
+    /// Sets a request header, replacing every value it had.
+    fn set_request_header(&mut self, name: &str, value: &[u8]);
+    /// Removes a request header, every value of it.
+    fn remove_request_header(&mut self, name: &str);
+    /// Makes Envoy pick the route again on the changed headers.
+    fn clear_route_cache(&mut self);
+    /// Makes sure Envoy may buffer at least `bytes` of request body for
+    /// this stream before it answers 413 itself.
+    fn reserve_request_buffer(&mut self, bytes: u64);
+    /// Ends the request with a local reply.
+    fn send_local_reply(&mut self, reply: &LocalReply);
+    /// The request body Envoy holds, from its first byte: the buffered
+    /// chunks, then (`with_received`, in a body event) this event's chunk.
+    fn held_request_body(&mut self, with_received: bool) -> Vec<Bytes>;
+    /// Replaces the request body Envoy holds (what
+    /// [`held_request_body`](Stream::held_request_body) returns with the
+    /// same `with_received`) by `body`. Returns whether Envoy took it.
+    fn replace_held_request_body(&mut self, body: &[Bytes], with_received: bool) -> bool;
+    /// Counts one event in Envoy's stats.
+    fn count(&mut self, tally: Tally<'_>);
+}
+
+/// What the filter counts: the Go router's counters and the ext_proc
+/// server's, counted the same way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Tally<'a> {
+    /// The model was read and set as routing headers (`bbr_success_total`).
+    Success,
+    /// The rule and pool of a routing decision (`bbr_route_matches_total`).
+    RouteMatch {
+        /// The rule's name (empty without rules).
+        rule: &'a str,
+        /// The pool (empty when the rule names none).
+        pool: &'a str,
+    },
+    /// The body names no model (`bbr_model_not_in_body_total`).
+    ModelNotInBody,
+    /// The body's `model` is not a model name (`bbr_model_not_parsed_total`).
+    ModelNotParsed,
+    /// Answered with an error of this code (`bbr_rejected_total`).
+    Rejected(&'static str),
+    /// Passed through unrouted after an error of this code
+    /// (`bbr_fail_open_total`).
+    FailOpen(&'static str),
+}
+
+/// A reply the filter sends in place of the upstream's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct LocalReply {
+    pub(crate) status: u16,
+    pub(crate) headers: Vec<(&'static str, String)>,
+    pub(crate) body: String,
+    /// Envoy's response code details (access logs): `bbr_<code>`.
+    pub(crate) details: String,
+}
+
+impl LocalReply {
+    /// The error contract's answer: the status, body and content type of
+    /// the table in `bbr-core`, as every adapter answers.
+    pub(crate) fn error(e: &Error) -> LocalReply {
+        let mut headers = vec![("content-type", Error::CONTENT_TYPE.to_owned())];
+        if let Some(seconds) = e.kind().retry_after() {
+            headers.push(("retry-after", seconds.to_string()));
+        }
+        LocalReply {
+            status: e.status(),
+            headers,
+            body: e.to_json(),
+            details: format!("bbr_{}", e.kind().as_str()),
+        }
+    }
+
+    fn models(list: String) -> LocalReply {
+        LocalReply {
+            status: 200,
+            headers: vec![("content-type", "application/json".to_owned())],
+            body: list,
+            details: "bbr_models".to_owned(),
+        }
+    }
+}
+
+/// What to tell Envoy after the request headers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum HeadersStatus {
+    /// Go on (`Continue`).
+    Continue,
+    /// Hold the headers (`StopIteration`): the body decides.
+    Stop,
+}
+
+/// What to tell Envoy after a request body chunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BodyStatus {
+    /// Release what is held and this chunk (`Continue`).
+    Continue,
+    /// Keep this chunk with the held ones (`StopIterationAndBuffer`).
+    Buffer,
+    /// Release nothing (`StopIterationNoBuffer`): the request was answered.
+    Drop,
+}
+
+/// What to tell Envoy after the request trailers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TrailersStatus {
+    /// Go on (`Continue`).
+    Continue,
+    /// Release nothing (`StopIteration`): the request was answered.
+    Stop,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for the request headers.
+    Start,
+    /// Body chunks are read and held (in Envoy) until the verdict.
+    Reading,
+    /// Decided; later chunks are checked (strict policy) as they pass.
+    Checking,
+    /// Chunks pass unchecked.
+    Passing,
+    /// A local reply went out.
+    Done,
+}
+
+/// The filter of one request.
+#[derive(Debug)]
+pub(crate) struct RequestFilter {
+    settings: Arc<Settings>,
+    phase: Phase,
+    extractor: Option<BodyExtractor>,
+    held_len: u64,
+    /// The verdict changed the request (set headers): it can no longer
+    /// pass unchanged.
+    changed: bool,
+    /// The client's headers were stripped (the route cache must be cleared
+    /// even when the verdict sets nothing).
+    stripped: bool,
+    request_key: Option<Vec<u8>>,
+    /// The raw `content-length` the client sent, if any.
+    content_length: Option<Vec<u8>>,
+}
+
+impl RequestFilter {
+    pub(crate) fn new(settings: Arc<Settings>) -> RequestFilter {
+        RequestFilter {
+            settings,
+            phase: Phase::Start,
+            extractor: None,
+            held_len: 0,
+            changed: false,
+            stripped: false,
+            request_key: None,
+            content_length: None,
+        }
+    }
+
+    /// Whether the next body chunk is read or checked: when not, the FFI
+    /// shim need not copy it out of Envoy.
+    pub(crate) fn wants_body(&self) -> bool {
+        match self.phase {
+            Phase::Reading => true,
+            Phase::Checking => self.extractor.as_ref().is_some_and(|x| x.needs_scanning()),
+            _ => false,
+        }
+    }
+
+    pub(crate) fn on_request_headers(
+        &mut self,
+        stream: &mut impl Stream,
+        end_of_stream: bool,
+    ) -> HeadersStatus {
+        if self.phase != Phase::Start {
+            return HeadersStatus::Continue;
+        }
+        let settings = Arc::clone(&self.settings);
+        let table = settings.rules.load();
+        let mut strip: Vec<String> = Vec::new();
+        let mut content_type = None;
+        // Several lines make one list (RFC 9110 §5.3).
+        let mut content_encoding: Option<String> = None;
+        let (mut get, mut models_path) = (false, false);
+        stream.for_each_request_header(&mut |name, value| {
+            let Ok(name) = std::str::from_utf8(name) else {
+                return;
+            };
+            if settings.decider.strips(&table, name) {
+                if !strip.iter().any(|s| s.eq_ignore_ascii_case(name)) {
+                    strip.push(name.to_ascii_lowercase());
+                }
+            } else if name.eq_ignore_ascii_case("content-type") {
+                content_type = std::str::from_utf8(value).ok().map(str::to_owned);
+            } else if name.eq_ignore_ascii_case("content-encoding") {
+                let value = String::from_utf8_lossy(value);
+                match &mut content_encoding {
+                    Some(list) => {
+                        list.push(',');
+                        list.push_str(&value);
+                    }
+                    None => content_encoding = Some(value.into_owned()),
+                }
+            } else if name.eq_ignore_ascii_case("content-length") {
+                self.content_length = Some(value.to_vec());
+            } else if name.eq_ignore_ascii_case(&settings.request_key_header) {
+                self.request_key = Some(value.to_vec());
+            } else if name == ":method" {
+                get = value == b"GET";
+            } else if name == ":path" {
+                let path = value.split(|&b| b == b'?').next().unwrap_or_default();
+                models_path = path == b"/v1/models";
+            }
+        });
+        // Spoofed headers go before anything else, routed or not.
+        for name in &strip {
+            stream.remove_request_header(name);
+        }
+        self.stripped = !strip.is_empty();
+
+        if settings.serve_models && get && models_path {
+            self.phase = Phase::Done;
+            stream.send_local_reply(&LocalReply::models(table.models_json()));
+            return HeadersStatus::Stop;
+        }
+        if end_of_stream {
+            // No body: decided at once.
+            return match self.decide(stream, Input::NoBody) {
+                true => HeadersStatus::Continue,
+                false => HeadersStatus::Stop,
+            };
+        }
+        match BodyExtractor::for_request(
+            content_type.as_deref(),
+            content_encoding.as_deref(),
+            settings.extractor.clone(),
+        ) {
+            Ok(x) => {
+                self.extractor = Some(x);
+                self.phase = Phase::Reading;
+                // The chunks up to the model wait in Envoy's buffer.
+                stream.reserve_request_buffer(settings.extractor.max_body());
+                HeadersStatus::Stop
+            }
+            Err(e) => match self.decide(stream, Input::Failed(e)) {
+                true => HeadersStatus::Continue,
+                false => HeadersStatus::Stop,
+            },
+        }
+    }
+
+    pub(crate) fn on_request_body(
+        &mut self,
+        stream: &mut impl Stream,
+        chunk: &Bytes,
+        end_of_stream: bool,
+    ) -> BodyStatus {
+        match self.phase {
+            Phase::Done => BodyStatus::Drop,
+            Phase::Start | Phase::Passing => BodyStatus::Continue,
+            Phase::Checking => match self.check(chunk, end_of_stream) {
+                Ok(()) => BodyStatus::Continue,
+                Err(e) => match self.late_error(stream, &e) {
+                    true => BodyStatus::Continue,
+                    false => BodyStatus::Drop,
+                },
+            },
+            Phase::Reading => {
+                let Some(x) = self.extractor.as_mut() else {
+                    return BodyStatus::Continue;
+                };
+                let mut result = Ok(Status::Pending);
+                if !chunk.is_empty() {
+                    result = x.feed(chunk);
+                    self.held_len += chunk.len() as u64;
+                }
+                if matches!(result, Ok(Status::Pending)) && !end_of_stream {
+                    return BodyStatus::Buffer;
+                }
+                match self.read_done(stream, result.map(drop), end_of_stream, true) {
+                    true => BodyStatus::Continue,
+                    false => BodyStatus::Drop,
+                }
+            }
+        }
+    }
+
+    pub(crate) fn on_request_trailers(&mut self, stream: &mut impl Stream) -> TrailersStatus {
+        let go_on = match self.phase {
+            Phase::Done => false,
+            // Trailers mean the body is complete.
+            Phase::Reading => self.read_done(stream, Ok(()), true, false),
+            Phase::Checking => match self.check(&Bytes::new(), true) {
+                Ok(()) => true,
+                Err(e) => self.late_error(stream, &e),
+            },
+            Phase::Start | Phase::Passing => true,
+        };
+        match go_on {
+            true => TrailersStatus::Continue,
+            false => TrailersStatus::Stop,
+        }
+    }
+
+    /// The body was read up to a decision, an error, or its end (in a body
+    /// event when `in_body`, else at the trailers). Returns whether the
+    /// request goes on.
+    fn read_done(
+        &mut self,
+        stream: &mut impl Stream,
+        result: Result<(), Error>,
+        end: bool,
+        in_body: bool,
+    ) -> bool {
+        if let Err(e) = result {
+            return self.decide(stream, Input::Failed(e));
+        }
+        if end && self.held_len == 0 {
+            // An empty body: nothing to route on.
+            return self.decide(stream, Input::NoBody);
+        }
+        let Some(x) = self.extractor.as_mut() else {
+            return self.decide(stream, Input::NoBody);
+        };
+        if end && let Err(e) = x.finish() {
+            return self.decide(stream, Input::Failed(e));
+        }
+        let Some(extraction) = x.extraction() else {
+            return self.decide(stream, Input::NoBody);
+        };
+        let table = self.settings.rules.load();
+        let key = match table.uses_request_key() {
+            true => self.request_key.as_deref(),
+            false => None,
+        };
+        // A compressed body goes on as it came: never spliced.
+        let rewritable = x.is_rewritable();
+        let verdict =
+            self.settings
+                .decider
+                .decide(&table, Input::body(extraction, rewritable), key);
+        if let Verdict::Route(routing) = &verdict
+            && let Some(rewrite) = routing.rewrite()
+        {
+            self.rewrite(stream, rewrite, in_body);
+        }
+        self.carry_out(stream, verdict)
+    }
+
+    /// Splices the rule's target model into the body Envoy holds, and fixes
+    /// `Content-Length` by the one rule every adapter follows.
+    fn rewrite(&mut self, stream: &mut impl Stream, rewrite: &Rewrite, in_body: bool) {
+        let held = stream.held_request_body(in_body);
+        let Some(rewritten) = rewrite.apply(&held) else {
+            return;
+        };
+        if !stream.replace_held_request_body(&rewritten.chunks, in_body) {
+            return;
+        }
+        if let Some(old) = self.content_length.as_deref() {
+            match rewritten.content_length(old) {
+                ContentLength::Set(len) => {
+                    stream.set_request_header("content-length", len.to_string().as_bytes());
+                }
+                ContentLength::Remove => stream.remove_request_header("content-length"),
+            }
+        }
+    }
+
+    /// Decides on `input`, which needs no extraction.
+    fn decide(&mut self, stream: &mut impl Stream, input: Input<'_>) -> bool {
+        let table = self.settings.rules.load();
+        let verdict = self.settings.decider.decide(&table, input, None);
+        self.carry_out(stream, verdict)
+    }
+
+    /// Applies the verdict to the stream. Returns whether the request goes on.
+    fn carry_out(&mut self, stream: &mut impl Stream, verdict: Verdict) -> bool {
+        count(stream, &verdict);
+        if let Verdict::Reject(e) = &verdict {
+            self.reject(stream, e);
+            return false;
+        }
+        self.changed = verdict.changes_request();
+        for (name, value) in verdict.headers() {
+            stream.set_request_header(name.as_str(), value.as_bytes());
+        }
+        if (self.changed || self.stripped) && self.settings.clear_route_cache {
+            stream.clear_route_cache();
+        }
+        let checking = verdict.error().is_none()
+            && self.extractor.as_ref().is_some_and(|x| x.needs_scanning());
+        self.phase = match checking {
+            true => Phase::Checking,
+            false => Phase::Passing,
+        };
+        true
+    }
+
+    /// Checks a chunk after the verdict (strict policy).
+    fn check(&mut self, chunk: &Bytes, end_of_stream: bool) -> Result<(), Error> {
+        let Some(x) = self.extractor.as_mut() else {
+            return Ok(());
+        };
+        if x.needs_scanning() && !chunk.is_empty() {
+            x.feed(chunk)?;
+        }
+        if end_of_stream {
+            x.finish()?;
+            self.phase = Phase::Passing;
+        }
+        Ok(())
+    }
+
+    /// An error in a chunk after the verdict. Returns whether the chunk
+    /// may still be released.
+    fn late_error(&mut self, stream: &mut impl Stream, e: &Error) -> bool {
+        match self.settings.decider.late_error(e, self.changed) {
+            LateAction::Reject => {
+                self.reject(stream, e);
+                false
+            }
+            LateAction::Release => {
+                stream.count(Tally::FailOpen(e.kind().as_str()));
+                self.phase = Phase::Passing;
+                true
+            }
+        }
+    }
+
+    fn reject(&mut self, stream: &mut impl Stream, e: &Error) {
+        stream.count(Tally::Rejected(e.kind().as_str()));
+        self.phase = Phase::Done;
+        self.extractor = None;
+        stream.send_local_reply(&LocalReply::error(e));
+    }
+}
+
+/// Counts a verdict as the ext_proc server does (a rejection is counted
+/// where it is answered).
+fn count(stream: &mut impl Stream, verdict: &Verdict) {
+    let not_parsed = |e: &Error| {
+        matches!(
+            e.kind(),
+            bbr_core::ErrorKind::ModelNotString | bbr_core::ErrorKind::InvalidModel
+        )
+    };
+    match verdict {
+        Verdict::Route(routing) => {
+            let route = routing.route();
+            stream.count(Tally::Success);
+            stream.count(Tally::RouteMatch {
+                rule: route.rule().unwrap_or(""),
+                pool: route.pool().unwrap_or(""),
+            });
+        }
+        Verdict::Pass(pass) => match pass.reason() {
+            PassReason::NoModel => stream.count(Tally::ModelNotInBody),
+            PassReason::FailedOpen(e) => {
+                stream.count(Tally::FailOpen(e.kind().as_str()));
+                if not_parsed(e) {
+                    stream.count(Tally::ModelNotParsed);
+                }
+            }
+            _ => {}
+        },
+        Verdict::Reject(e) if e.is_missing_model() => stream.count(Tally::ModelNotInBody),
+        Verdict::Reject(e) if not_parsed(e) => stream.count(Tally::ModelNotParsed),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The filter driven event by event, against a recording stream.
+
+    use super::*;
+    use crate::config::Settings;
+
+    /// What the filter did to the stream.
+    #[derive(Debug, Default)]
+    struct Recorder {
+        headers: Vec<(String, String)>,
+        set: Vec<(String, String)>,
+        removed: Vec<String>,
+        route_cache_cleared: usize,
+        reserved: Option<u64>,
+        reply: Option<LocalReply>,
+        /// Envoy's buffered request body, this event's chunk, and what
+        /// went upstream.
+        buffered: Vec<Bytes>,
+        received: Option<Bytes>,
+        forwarded: Vec<Bytes>,
+        counted: Vec<String>,
+    }
+
+    impl Stream for Recorder {
+        fn for_each_request_header(&mut self, f: &mut dyn FnMut(&[u8], &[u8])) {
+            for (k, v) in &self.headers {
+                f(k.as_bytes(), v.as_bytes());
+            }
+        }
+        fn set_request_header(&mut self, name: &str, value: &[u8]) {
+            let value = String::from_utf8(value.to_vec()).unwrap();
+            self.headers.retain(|(k, _)| k != name);
+            self.headers.push((name.to_owned(), value.clone()));
+            self.set.push((name.to_owned(), value));
+        }
+        fn remove_request_header(&mut self, name: &str) {
+            self.headers.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+            self.removed.push(name.to_owned());
+        }
+        fn clear_route_cache(&mut self) {
+            self.route_cache_cleared += 1;
+        }
+        fn reserve_request_buffer(&mut self, bytes: u64) {
+            self.reserved = Some(bytes);
+        }
+        fn send_local_reply(&mut self, reply: &LocalReply) {
+            assert!(self.reply.is_none(), "a second local reply");
+            self.reply = Some(reply.clone());
+        }
+        fn held_request_body(&mut self, with_received: bool) -> Vec<Bytes> {
+            let mut held = self.buffered.clone();
+            if with_received {
+                held.extend(self.received.clone());
+            }
+            held
+        }
+        fn count(&mut self, tally: Tally<'_>) {
+            self.counted.push(format!("{tally:?}"));
+        }
+        fn replace_held_request_body(&mut self, body: &[Bytes], with_received: bool) -> bool {
+            self.buffered.clear();
+            if with_received {
+                self.received = Some(Bytes::from(body.concat()));
+            } else {
+                self.buffered = body.to_vec();
+            }
+            true
+        }
+    }
+
+    impl Recorder {
+        /// Feeds `chunk` as Envoy does: the received chunk of the event,
+        /// kept in the buffer or sent on as the filter says.
+        fn body(&mut self, f: &mut RequestFilter, chunk: &str, eos: bool) -> BodyStatus {
+            let chunk = Bytes::copy_from_slice(chunk.as_bytes());
+            self.received = Some(chunk.clone());
+            let status = f.on_request_body(self, &chunk, eos);
+            let received = self.received.take().unwrap_or_default();
+            match status {
+                BodyStatus::Buffer => self.buffered.push(received),
+                BodyStatus::Continue => {
+                    self.forwarded.append(&mut self.buffered);
+                    self.forwarded.push(received);
+                }
+                BodyStatus::Drop => {}
+            }
+            status
+        }
+    }
+
+    fn settings(config: &str) -> Arc<Settings> {
+        Arc::new(Settings::from_text(config.as_bytes()).unwrap().0)
+    }
+
+    fn request(config: &str, headers: &[(&str, &str)]) -> (RequestFilter, Recorder) {
+        let filter = RequestFilter::new(settings(config));
+        let stream = Recorder {
+            headers: headers
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            ..Recorder::default()
+        };
+        (filter, stream)
+    }
+
+    fn chunk(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    fn reply_code(stream: &Recorder) -> (u16, String) {
+        let reply = stream.reply.as_ref().expect("a local reply");
+        let json: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+        (
+            reply.status,
+            json["error"]["code"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    const JSON: (&str, &str) = ("content-type", "application/json");
+    const DEMO: &str = r#"{"rules":"rules: [{name: chatbot, match: {model: {exact: chatbot}}, pool: gemma3}, {name: recommender, match: {model: {exact: recommender}}, pool: deepseek-r1}]\ndefault: {action: reject}"}"#;
+
+    #[test]
+    fn holds_the_headers_and_chunks_until_the_model_then_routes() {
+        let (mut f, mut s) = request(DEMO, &[JSON, ("x-gateway-model-name", "recommender")]);
+        assert_eq!(f.on_request_headers(&mut s, false), HeadersStatus::Stop);
+        // The spoofed header is gone before anything else.
+        assert_eq!(s.removed, ["x-gateway-model-name"]);
+        assert_eq!(s.reserved, Some(bbr_core::DEFAULT_MAX_BODY));
+        assert!(f.wants_body());
+        let status = f.on_request_body(&mut s, &chunk(r#"{"messages":[],"mod"#), false);
+        assert_eq!(status, BodyStatus::Buffer);
+        assert!(s.set.is_empty());
+        let status = f.on_request_body(&mut s, &chunk(r#"el":"chatbot","n":1"#), false);
+        assert_eq!(status, BodyStatus::Continue);
+        assert_eq!(
+            s.set,
+            [
+                ("x-gateway-model-name".to_owned(), "chatbot".to_owned()),
+                ("x-gateway-inference-pool".to_owned(), "gemma3".to_owned()),
+            ]
+        );
+        assert_eq!(s.route_cache_cleared, 1);
+        // Checked as it passes.
+        assert!(f.wants_body());
+        assert_eq!(
+            f.on_request_body(&mut s, &chunk("}"), true),
+            BodyStatus::Continue
+        );
+        assert!(s.reply.is_none());
+        assert!(!f.wants_body());
+    }
+
+    #[test]
+    fn a_duplicate_after_the_routing_went_out_ends_the_request() {
+        let (mut f, mut s) = request("", &[JSON]);
+        f.on_request_headers(&mut s, false);
+        let status = f.on_request_body(&mut s, &chunk(r#"{"model":"a","#), false);
+        assert_eq!(status, BodyStatus::Continue);
+        let status = f.on_request_body(&mut s, &chunk(r#""model":"b"}"#), true);
+        assert_eq!(status, BodyStatus::Drop);
+        assert_eq!(reply_code(&s), (400, "duplicate_model".to_owned()));
+        assert_eq!(s.reply.as_ref().unwrap().details, "bbr_duplicate_model");
+        // Nothing more passes once the request is answered.
+        assert_eq!(
+            f.on_request_body(&mut s, &chunk(" "), true),
+            BodyStatus::Drop
+        );
+        assert_eq!(f.on_request_trailers(&mut s), TrailersStatus::Stop);
+    }
+
+    #[test]
+    fn the_fast_policy_stops_checking_at_the_model() {
+        let (mut f, mut s) = request(r#"{"policy":"fast"}"#, &[JSON]);
+        f.on_request_headers(&mut s, false);
+        f.on_request_body(&mut s, &chunk(r#"{"model":"a","#), false);
+        assert!(!f.wants_body());
+        let status = f.on_request_body(&mut s, &chunk(r#""model":"b"}"#), true);
+        assert_eq!(status, BodyStatus::Continue);
+        assert!(s.reply.is_none());
+    }
+
+    #[test]
+    fn errors_before_the_verdict_are_answered_from_the_error_table() {
+        for (body, status, code) in [
+            (r#"{"model":123}"#, 400, "model_not_string"),
+            (r#"{"model":"chatbot",}"#, 400, "invalid_json"),
+            (r#"{"model":"chatbot","model":"x"}"#, 400, "duplicate_model"),
+            (r#"{"model":"gpt-4"}"#, 404, "model_not_found"),
+            (r#"{"model":"chatbot""#, 400, "invalid_json"),
+        ] {
+            let (mut f, mut s) = request(DEMO, &[JSON]);
+            f.on_request_headers(&mut s, false);
+            assert_eq!(
+                f.on_request_body(&mut s, &chunk(body), true),
+                BodyStatus::Drop,
+                "{body}"
+            );
+            assert_eq!(reply_code(&s), (status, code.to_owned()), "{body}");
+            let reply = s.reply.as_ref().unwrap();
+            assert_eq!(
+                reply.headers,
+                [("content-type", "application/json".to_owned())]
+            );
+            assert!(s.set.is_empty(), "{body}");
+        }
+        // A content type bbr does not read: 415 at the headers.
+        let (mut f, mut s) = request(DEMO, &[("content-type", "text/plain")]);
+        assert_eq!(f.on_request_headers(&mut s, false), HeadersStatus::Stop);
+        assert_eq!(reply_code(&s), (415, "unsupported_content_type".to_owned()));
+        // A body over the limit: 413.
+        let (mut f, mut s) = request(r#"{"max_body":8}"#, &[JSON]);
+        f.on_request_headers(&mut s, false);
+        assert_eq!(s.reserved, Some(8));
+        let status = f.on_request_body(&mut s, &chunk(r#"{"messages":[1,2,3]}"#), false);
+        assert_eq!(status, BodyStatus::Drop);
+        assert_eq!(reply_code(&s).0, 413);
+    }
+
+    #[test]
+    fn fail_open_kinds_pass_unrouted_before_the_verdict_but_not_after() {
+        let open = r#"{"fail_open":["invalid_json","duplicate_model"]}"#;
+        let (mut f, mut s) = request(open, &[JSON]);
+        f.on_request_headers(&mut s, false);
+        let status = f.on_request_body(&mut s, &chunk(r#"{"model":"a",}"#), true);
+        assert_eq!(status, BodyStatus::Continue);
+        assert!(s.reply.is_none() && s.set.is_empty());
+
+        // Once routed, a duplicate is refused whatever the policy says.
+        let (mut f, mut s) = request(open, &[JSON]);
+        f.on_request_headers(&mut s, false);
+        f.on_request_body(&mut s, &chunk(r#"{"model":"a","#), false);
+        let status = f.on_request_body(&mut s, &chunk(r#""model":"b"}"#), true);
+        assert_eq!(status, BodyStatus::Drop);
+        assert_eq!(reply_code(&s).1, "duplicate_model");
+    }
+
+    #[test]
+    fn requests_without_a_body_are_decided_at_once() {
+        let (mut f, mut s) = request(DEMO, &[("x-gateway-destination-endpoint", "10.0.0.1:80")]);
+        assert_eq!(f.on_request_headers(&mut s, true), HeadersStatus::Continue);
+        assert_eq!(s.removed, ["x-gateway-destination-endpoint"]);
+        assert!(s.set.is_empty());
+        assert_eq!(
+            s.route_cache_cleared, 1,
+            "the route is picked again without the spoof"
+        );
+        assert!(s.reserved.is_none());
+
+        // Nothing stripped, nothing set: the route stands.
+        let (mut f, mut s) = request(DEMO, &[("accept", "*/*")]);
+        assert_eq!(f.on_request_headers(&mut s, true), HeadersStatus::Continue);
+        assert_eq!(s.route_cache_cleared, 0);
+
+        // An empty chunked body is no body either.
+        let (mut f, mut s) = request(
+            r#"{"reject_missing_model":true}"#,
+            &[JSON, ("x-gateway-model-name", "evil")],
+        );
+        f.on_request_headers(&mut s, false);
+        assert_eq!(
+            f.on_request_body(&mut s, &Bytes::new(), true),
+            BodyStatus::Continue
+        );
+        assert!(s.reply.is_none());
+        assert_eq!(s.removed, ["x-gateway-model-name"]);
+    }
+
+    #[test]
+    fn trailers_end_the_body() {
+        let (mut f, mut s) = request(DEMO, &[JSON]);
+        f.on_request_headers(&mut s, false);
+        let status = f.on_request_body(
+            &mut s,
+            &chunk(r#"{"messages":[],"model":"recommender"}"#),
+            false,
+        );
+        // The object closed: decided without waiting for the end.
+        assert_eq!(status, BodyStatus::Continue);
+        assert_eq!(f.on_request_trailers(&mut s), TrailersStatus::Continue);
+        assert_eq!(s.set[1].1, "deepseek-r1");
+
+        // A body that never names its model before the trailers passes.
+        let (mut f, mut s) = request("", &[JSON]);
+        f.on_request_headers(&mut s, false);
+        assert_eq!(
+            f.on_request_body(&mut s, &chunk(r#"{"prompt":"x""#), false),
+            BodyStatus::Buffer
+        );
+        assert_eq!(f.on_request_trailers(&mut s), TrailersStatus::Stop);
+        assert_eq!(
+            reply_code(&s),
+            (400, "invalid_json".to_owned()),
+            "truncated"
+        );
+    }
+
+    #[test]
+    fn one_byte_chunks_decide_the_same() {
+        let body = r#"{"messages":[{"role":"user","content":"hi \"model\""}],"model":"recommender","n":1}"#;
+        let (mut f, mut s) = request(DEMO, &[JSON]);
+        f.on_request_headers(&mut s, false);
+        let mut statuses = Vec::new();
+        for (i, b) in body.as_bytes().iter().enumerate() {
+            let last = i + 1 == body.len();
+            statuses.push(f.on_request_body(&mut s, &Bytes::copy_from_slice(&[*b]), last));
+        }
+        let decided = statuses
+            .iter()
+            .position(|s| *s == BodyStatus::Continue)
+            .unwrap();
+        assert!(statuses[..decided].iter().all(|s| *s == BodyStatus::Buffer));
+        assert!(
+            statuses[decided..]
+                .iter()
+                .all(|s| *s == BodyStatus::Continue)
+        );
+        assert_eq!(
+            s.set[0],
+            ("x-gateway-model-name".to_owned(), "recommender".to_owned())
+        );
+        assert!(s.reply.is_none());
+    }
+
+    #[test]
+    fn a_weighted_target_is_spliced_into_the_held_body_with_its_length() {
+        let rules = r#"{"rules":"rules: [{name: c, match: {model: {exact: chat}}, pool: p, targets: [{model: gemma-3, weight: 1}]}]"}"#;
+        let body = [r#"{"messages":[],"mo"#, r#"del":"chat","n":1"#, "}"];
+        let length = body.concat().len().to_string();
+        let (mut f, mut s) = request(rules, &[JSON, ("content-length", &length)]);
+        f.on_request_headers(&mut s, false);
+        assert_eq!(s.body(&mut f, body[0], false), BodyStatus::Buffer);
+        assert_eq!(s.body(&mut f, body[1], false), BodyStatus::Continue);
+        assert_eq!(s.body(&mut f, body[2], true), BodyStatus::Continue);
+        let sent = s.forwarded.concat();
+        assert_eq!(sent, br#"{"messages":[],"model":"gemma-3","n":1}"#);
+        let length = ("content-length".to_owned(), sent.len().to_string());
+        assert!(s.set.contains(&length), "{:?}", s.set);
+        // The header names the model the client sent.
+        assert_eq!(
+            s.set[1],
+            ("x-gateway-model-name".to_owned(), "chat".to_owned())
+        );
+
+        assert!(s.reply.is_none());
+    }
+
+    #[test]
+    fn verdicts_are_counted_as_the_ext_proc_server_counts_them() {
+        let counted = |config: &str, chunks: &[&str]| {
+            let (mut f, mut s) = request(config, &[JSON]);
+            f.on_request_headers(&mut s, false);
+            for (i, c) in chunks.iter().enumerate() {
+                f.on_request_body(&mut s, &chunk(c), i + 1 == chunks.len());
+            }
+            s.counted
+        };
+        assert_eq!(
+            counted(DEMO, &[r#"{"model":"chatbot"}"#]),
+            [
+                "Success",
+                r#"RouteMatch { rule: "chatbot", pool: "gemma3" }"#
+            ]
+        );
+        assert_eq!(counted(DEMO, &[r#"{"prompt":"x"}"#]), ["ModelNotInBody"]);
+        assert_eq!(
+            counted(DEMO, &[r#"{"model":""}"#]),
+            ["ModelNotParsed", r#"Rejected("invalid_model")"#]
+        );
+        assert_eq!(
+            counted(DEMO, &[r#"{"model":"gpt-4"}"#]),
+            [r#"Rejected("model_not_found")"#]
+        );
+        assert_eq!(
+            counted(r#"{"fail_open":["model_not_string"]}"#, &[r#"{"model":1}"#]),
+            [r#"FailOpen("model_not_string")"#, "ModelNotParsed"]
+        );
+        // A late violation after the routing went out.
+        assert_eq!(
+            counted("", &[r#"{"model":"a","#, r#""model":"b"}"#]),
+            [
+                "Success",
+                r#"RouteMatch { rule: "", pool: "" }"#,
+                r#"Rejected("duplicate_model")"#
+            ]
+        );
+    }
+
+    #[test]
+    fn body_fields_are_copied_and_stripped() {
+        let (mut f, mut s) = request(
+            r#"{"body_fields":["stream=x-llm-stream"]}"#,
+            &[JSON, ("X-LLM-Stream", "spoof")],
+        );
+        f.on_request_headers(&mut s, false);
+        assert_eq!(s.removed, ["x-llm-stream"]);
+        f.on_request_body(&mut s, &chunk(r#"{"model":"m","stream":true}"#), true);
+        assert_eq!(
+            s.set,
+            [
+                ("x-gateway-model-name".to_owned(), "m".to_owned()),
+                ("x-llm-stream".to_owned(), "true".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_model_list_is_served_when_asked() {
+        let config = DEMO.replacen('{', r#"{"serve_models":true,"#, 1);
+        let (mut f, mut s) = request(&config, &[(":method", "GET"), (":path", "/v1/models?x=1")]);
+        assert_eq!(f.on_request_headers(&mut s, true), HeadersStatus::Stop);
+        let reply = s.reply.unwrap();
+        assert_eq!(reply.status, 200);
+        let list: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+        assert_eq!(list["data"][0]["id"], "chatbot");
+        // Not asked: the request goes on.
+        let (mut f, mut s) = request(DEMO, &[(":method", "GET"), (":path", "/v1/models")]);
+        assert_eq!(f.on_request_headers(&mut s, true), HeadersStatus::Continue);
+    }
+}
