@@ -207,7 +207,11 @@ impl Check {
         };
         match self.config.decider.late_error(&error, self.changed) {
             LateAction::Reject => Err(error),
-            LateAction::Release => Ok(false),
+            LateAction::Release => {
+                #[cfg(feature = "metrics")]
+                bbr_core::metrics::record_fail_open(&error);
+                Ok(false)
+            }
         }
     }
 }
