@@ -172,7 +172,8 @@ async fn main() -> ExitCode {
     let admin = match args.admin_listen {
         Some(addr) => match TcpListener::bind(addr).await {
             Ok(listener) => {
-                println!("gateway admin endpoints on http://{addr}");
+                let bound = listener.local_addr().unwrap_or(addr);
+                println!("gateway admin endpoints on http://{bound}");
                 // Outlives the drain: /readyz answers 503 meanwhile.
                 tokio::spawn(gateway::serve(listener, admin));
                 None
@@ -201,14 +202,13 @@ async fn main() -> ExitCode {
         .hold_budget(HoldBudget::new(args.hold_budget_mib << 20))
         .hold_idle_timeout((!idle.is_zero()).then_some(idle));
     let service = Front::new(gateway::gateway(layer, pools), admin);
+    let bound = listener.local_addr().unwrap_or(args.listen);
     println!(
-        "gateway listening on http://{} (rules: {})",
-        args.listen,
+        "gateway listening on http://{bound} (rules: {})",
         args.rules.display()
     );
     println!(
-        "try: curl -X POST -i {}/v1/chat/completions -H 'Content-Type: application/json' -d '{{\"model\":\"chatbot\",\"messages\":[{{\"role\":\"user\",\"content\":\"What is the color of the sky?\"}}]}}'",
-        args.listen
+        "try: curl -X POST -i {bound}/v1/chat/completions -H 'Content-Type: application/json' -d '{{\"model\":\"chatbot\",\"messages\":[{{\"role\":\"user\",\"content\":\"What is the color of the sky?\"}}]}}'"
     );
     let options = gateway::ServeOptions {
         header_read_timeout: Duration::from_secs(args.header_read_timeout_secs),

@@ -167,3 +167,6 @@ pub fn default_pools() -> Vec<SimulatedPool> {
         SimulatedPool::new("deepseek-r1").token_delay(Duration::ZERO),
     ]
 }
+
+mod process;
+pub use process::*;
