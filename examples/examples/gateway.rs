@@ -11,10 +11,7 @@
 //! Run with `--help` for the options; `docs/gateway.md` describes them,
 //! the endpoints, the log line, the metrics and the rules reload.
 
-use std::{
-    collections::BTreeMap, io::IsTerminal, net::SocketAddr, path::PathBuf, process::ExitCode,
-    time::Duration,
-};
+use std::{io::IsTerminal, net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use bbr_core::Policy;
 use bbr_core::rules::{RuleTable, SharedRules};
@@ -120,16 +117,26 @@ async fn main() -> ExitCode {
         }
     };
 
-    // Each pool name with its servers; none given: a simulated pool.
-    let mut by_name: BTreeMap<&str, Vec<Endpoint>> = BTreeMap::new();
+    // Each pool name with its servers, in the order given; none given: a
+    // simulated pool.
+    let mut by_name: Vec<(&str, Vec<Endpoint>)> = Vec::new();
     for (name, endpoint) in &args.pools {
-        let servers = by_name.entry(name).or_default();
+        let at = match by_name.iter().position(|(n, _)| n == name) {
+            Some(at) => at,
+            None => {
+                by_name.push((name, Vec::new()));
+                by_name.len() - 1
+            }
+        };
         if let Some(endpoint) = endpoint {
-            servers.push(endpoint.clone());
+            by_name[at].1.push(endpoint.clone());
         }
     }
     if let Some((name, _)) = args.pools.iter().find(|(name, endpoint)| {
-        endpoint.is_none() && by_name.get(name.as_str()).is_some_and(|s| !s.is_empty())
+        endpoint.is_none()
+            && by_name
+                .iter()
+                .any(|(n, servers)| n == name && !servers.is_empty())
     }) {
         eprintln!("gateway: --pool {name} (simulated) and --pool {name}=URL both given");
         return ExitCode::from(2);
