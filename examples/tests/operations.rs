@@ -228,3 +228,65 @@ async fn a_changed_rules_file_takes_effect_and_a_broken_one_is_refused() {
     })
     .await;
 }
+
+/// A pool server of the test's own that says when a request reached it,
+/// then reads its body to the end (or the error).
+async fn signalling_server() -> (std::net::SocketAddr, tokio::sync::mpsc::Receiver<()>) {
+    use http_body_util::BodyExt;
+    let listener = tokio::net::TcpListener::bind(loopback()).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |request: http::Request<hyper::body::Incoming>| {
+                        let tx = tx.clone();
+                        async move {
+                            let _ = tx.send(()).await;
+                            let _ = request.into_body().collect().await;
+                            Ok::<_, std::convert::Infallible>(http::Response::new(
+                                http_body_util::Full::new(bytes::Bytes::from_static(b"{}")),
+                            ))
+                        }
+                    },
+                );
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+            });
+        }
+    });
+    (addr, rx)
+}
+
+#[tokio::test]
+async fn a_client_hanging_up_mid_body_is_logged_not_answered() {
+    use tokio::io::AsyncWriteExt;
+    bounded(async {
+        let (pool, mut reached) = signalling_server().await;
+        let gw = GatewayProcess::start(&["--pool", &format!("gemma3=http://{pool}")]);
+        let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        let head = "POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\ncontent-length: 10000000\r\n\r\n";
+        stream.write_all(head.as_bytes()).await.unwrap();
+        // The model first: the request is routed and its body forwarded.
+        stream
+            .write_all(br#"{"model":"chatbot","messages":[{"role":"user","content":""#)
+            .await
+            .unwrap();
+        stream.write_all(&vec![b'a'; 64 << 10]).await.unwrap();
+        reached.recv().await.expect("the request reached the pool");
+        drop(stream);
+        gw.log_line(&["the client hung up while its body was forwarded"])
+            .await;
+        let line = gw.log_line(&["gateway::access", "model=chatbot"]).await;
+        assert!(line.contains("error=body_read_error"), "{line}");
+        for line in gw.stderr() {
+            assert!(!line.contains("status=502"), "{line}");
+        }
+    })
+    .await;
+}
