@@ -169,4 +169,5 @@ pub fn default_pools() -> Vec<SimulatedPool> {
 }
 
 mod process;
+#[allow(unused_imports)]
 pub use process::*;
