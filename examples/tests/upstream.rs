@@ -190,6 +190,41 @@ async fn an_unreachable_server_is_answered_from_the_error_contract() {
     .await;
 }
 
+#[tokio::test]
+async fn a_server_that_never_answers_is_answered_504() {
+    bounded(async {
+        // Accepts connections and reads nothing back.
+        let silent = TcpListener::bind(loopback()).await.unwrap();
+        let addr = silent.local_addr().unwrap();
+        let hold = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((stream, _)) = silent.accept().await {
+                open.push(stream);
+            }
+        });
+        let options = UpstreamOptions {
+            response_header_timeout: std::time::Duration::from_millis(200),
+            ..UpstreamOptions::default()
+        };
+        let upstream = Upstream::balanced(vec![Endpoint::from(addr)], &options);
+        let service = gateway::gateway(
+            gateway::layer(demo_rules()),
+            [("gemma3".to_owned(), upstream)],
+        );
+        let listener = TcpListener::bind(loopback()).await.unwrap();
+        let gw = listener.local_addr().unwrap();
+        let task = tokio::spawn(gateway::serve(listener, service));
+        let response = post_json(&http1(), format!("http://{gw}/v1/chat/completions"), CHAT).await;
+        assert_eq!(
+            error_code(response).await,
+            (504, "upstream_timeout".to_owned())
+        );
+        task.abort();
+        hold.abort();
+    })
+    .await;
+}
+
 #[test]
 fn pool_urls_are_checked() {
     assert!(Endpoint::parse("http://127.0.0.1:8000").is_ok());
