@@ -363,10 +363,6 @@ where
     /// `read` is what the extractor found (`None`: an empty body), or why
     /// it refused the body.
     fn carry_out(mut self, read: Result<Option<Extraction>, Error>) -> ResponseFuture<S, B> {
-        // Decided: what is held now goes on, and leaves the budget.
-        if let Some(reservation) = self.stream.as_mut().project().reservation.as_mut() {
-            reservation.release();
-        }
         let key = request_key(&self.table, &self.parts);
         let decider = &self.config.decider;
         let (verdict, extraction) = match read {
@@ -399,6 +395,12 @@ where
                 }
                 None => held.replace(chunks),
             }
+        }
+        // Decided: what is held stays in the budget until the inner service
+        // takes it from the body, chunk by chunk.
+        let held = self.stream.held.len();
+        if let Some(reservation) = self.stream.as_mut().project().reservation.as_mut() {
+            reservation.keep(held);
         }
         let source = match extraction.as_ref().and_then(|x| x.model()) {
             Some(_) => ModelSource::Body,
