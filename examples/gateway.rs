@@ -193,38 +193,42 @@ where
     /// A proxy to the one server listening on `addr`, with the default
     /// [`UpstreamOptions`].
     pub fn new(addr: SocketAddr) -> Upstream<B> {
-        Upstream::balanced(vec![Endpoint::from(addr)], &UpstreamOptions::default())
+        Upstream::with_server(Endpoint::from(addr), &UpstreamOptions::default())
     }
 
-    /// A proxy to the servers `endpoints` of one pool (at least one; an
-    /// empty list is served as the one server `127.0.0.1:80`, which the
-    /// caller should not ask for).
-    pub fn balanced(endpoints: Vec<Endpoint>, options: &UpstreamOptions) -> Upstream<B> {
+    /// A proxy to the one server `endpoint`.
+    pub fn with_server(endpoint: Endpoint, options: &UpstreamOptions) -> Upstream<B> {
+        match Upstream::balanced(vec![endpoint], options) {
+            Some(upstream) => upstream,
+            None => unreachable!("one endpoint was given"),
+        }
+    }
+
+    /// A proxy to the servers `endpoints` of one pool; `None` when there
+    /// are none.
+    pub fn balanced(endpoints: Vec<Endpoint>, options: &UpstreamOptions) -> Option<Upstream<B>> {
+        if endpoints.is_empty() {
+            return None;
+        }
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(options.connect_timeout));
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())
             .build(connector);
-        let mut servers: Vec<Server> = endpoints
+        let servers: Vec<Server> = endpoints
             .into_iter()
             .map(|endpoint| Server {
                 endpoint,
                 in_flight: Arc::default(),
             })
             .collect();
-        if servers.is_empty() {
-            servers.push(Server {
-                endpoint: Endpoint::from(SocketAddr::from(([127, 0, 0, 1], 80))),
-                in_flight: Arc::default(),
-            });
-        }
-        Upstream {
+        Some(Upstream {
             client,
             servers: servers.into(),
             turn: Arc::default(),
             response_header_timeout: options.response_header_timeout,
-        }
+        })
     }
 
     /// The pool's servers.

@@ -164,7 +164,10 @@ async fn main() -> ExitCode {
             let list: Vec<String> = servers.iter().map(ToString::to_string).collect();
             println!("pool {name:<12} at {}", list.join(", "));
         }
-        pools.push((name.to_owned(), Upstream::balanced(servers, &options)));
+        match Upstream::balanced(servers, &options) {
+            Some(upstream) => pools.push((name.to_owned(), upstream)),
+            None => unreachable!("a pool without a server gets a simulated one"),
+        }
     }
 
     let listener = match TcpListener::bind(args.listen).await {

@@ -129,7 +129,8 @@ async fn a_busy_server_gets_fewer_requests_than_an_idle_one() {
         let upstream: Upstream<Full<Bytes>> = Upstream::balanced(
             vec![Endpoint::from(a), Endpoint::from(b)],
             &UpstreamOptions::default(),
-        );
+        )
+        .expect("two servers");
         // Answers held open count as requests under way at their server.
         let mut held = Vec::new();
         let mut first = Vec::new();
@@ -206,7 +207,7 @@ async fn a_server_that_never_answers_is_answered_504() {
             response_header_timeout: std::time::Duration::from_millis(200),
             ..UpstreamOptions::default()
         };
-        let upstream = Upstream::balanced(vec![Endpoint::from(addr)], &options);
+        let upstream = Upstream::with_server(Endpoint::from(addr), &options);
         let service = gateway::gateway(
             gateway::layer(demo_rules()),
             [("gemma3".to_owned(), upstream)],
@@ -223,6 +224,13 @@ async fn a_server_that_never_answers_is_answered_504() {
         hold.abort();
     })
     .await;
+}
+
+#[test]
+fn a_pool_needs_a_server() {
+    let none: Option<Upstream<Full<Bytes>>> =
+        Upstream::balanced(Vec::new(), &UpstreamOptions::default());
+    assert!(none.is_none());
 }
 
 #[test]
