@@ -181,7 +181,9 @@ done
 
 declare -A MRPS MP99 MCPU
 echo
-echo "$APP: wrk -t$WRK_THREADS -c$CONNECTIONS, $ROUNDS rounds of $DURATION, apps on $APP_THREADS worker thread(s), $(nproc) cores; medians"
+threads="apps on $APP_THREADS worker thread(s)"
+if [ "$APP" = versions ]; then threads="each binary on its own default runtime"; fi
+echo "$APP: wrk -t$WRK_THREADS -c$CONNECTIONS, $ROUNDS rounds of $DURATION, $threads, $(nproc) cores; medians"
 printf "%-12s %-12s %12s %10s %16s\n" "body" "app" "requests/s" "p99 ms" "app CPU us/req"
 for size in $BODIES; do
     for mode in $MODES; do
