@@ -6,6 +6,10 @@
 //! answers `"stream": true` with server-sent events, one token per event,
 //! ending in `data: [DONE]`.
 //!
+//! The body is read as it streams (hashed and scanned chunk by chunk with
+//! bbr's own extractor, never collected): a pool's memory does not grow
+//! with the bodies it is sent.
+//!
 //! So that a demo can show what reached the pool, every answer also carries
 //! `x-pool-received-bytes`, `x-pool-received-sha256` (of the request body)
 //! and `x-pool-received-model-header` (the `X-Gateway-Model-Name` the pool
@@ -22,6 +26,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+use bbr_core::{BodyExtractor, ExtractorConfig, FieldValue};
 use bytes::Bytes;
 use futures_util::{StreamExt, stream};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
@@ -206,10 +211,24 @@ fn json_response(status: StatusCode, value: &Value) -> Response<PoolBody> {
 }
 
 async fn complete(pool: &SimulatedPool, request: Request<Incoming>) -> Response<PoolBody> {
-    let (parts, body) = request.into_parts();
+    let (parts, mut body) = request.into_parts();
     let path = parts.uri.path().to_owned();
-    let mut body = body;
-    let mut bytes = Vec::new();
+    // The body is read as it streams: hashed and scanned chunk by chunk,
+    // never collected, so that a pool takes the same little memory for a
+    // body of any size (what the gateway's memory tests rely on).
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let encoding = parts
+        .headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok());
+    let config = ExtractorConfig::new()
+        .with_max_body(u64::MAX)
+        .with_field("stream");
+    let mut extractor = BodyExtractor::for_request(content_type, encoding, config);
+    let mut bytes = 0u64;
     let mut hasher = Sha256::new();
     let mut complete = true;
     while let Some(frame) = body.frame().await {
@@ -217,7 +236,13 @@ async fn complete(pool: &SimulatedPool, request: Request<Incoming>) -> Response<
             Ok(frame) => {
                 if let Some(chunk) = frame.data_ref() {
                     hasher.update(chunk);
-                    bytes.extend_from_slice(chunk);
+                    bytes += chunk.len() as u64;
+                    // After an error the rest is only counted and hashed.
+                    if let Ok(x) = &mut extractor
+                        && let Err(e) = x.feed(chunk)
+                    {
+                        extractor = Err(e);
+                    }
                 }
             }
             Err(_) => {
@@ -230,7 +255,7 @@ async fn complete(pool: &SimulatedPool, request: Request<Incoming>) -> Response<
     let received = Received {
         path: path.clone(),
         headers: parts.headers.clone(),
-        bytes: bytes.len() as u64,
+        bytes,
         sha256: sha256.clone(),
         complete,
     };
@@ -239,24 +264,26 @@ async fn complete(pool: &SimulatedPool, request: Request<Incoming>) -> Response<
     if !complete {
         return error(StatusCode::BAD_REQUEST, "the request body was cut short");
     }
-    let request: Value = match serde_json::from_slice(&bytes) {
-        Ok(v) => v,
-        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("invalid JSON: {e}")),
+    let extraction = match extractor
+        .as_mut()
+        .map_err(|e| e.clone())
+        .and_then(|x| x.finish().cloned())
+    {
+        Ok(extraction) => extraction,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("invalid body: {}", e.message()),
+            );
+        }
     };
-    let Some(model) = request
-        .get("model")
-        .and_then(Value::as_str)
-        .map(str::to_owned)
-    else {
+    let Some(model) = extraction.model().map(|m| m.as_str().to_owned()) else {
         return error(
             StatusCode::BAD_REQUEST,
             "you must provide a model parameter",
         );
     };
-    let stream = request
-        .get("stream")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
+    let stream = matches!(extraction.field("stream"), Some(FieldValue::Bool(true)));
 
     let mut response = if path == "/v1/embeddings" {
         json_response(StatusCode::OK, &embedding(&model))
@@ -266,7 +293,7 @@ async fn complete(pool: &SimulatedPool, request: Request<Incoming>) -> Response<
         json_response(StatusCode::OK, &answer(pool, &path, &model))
     };
     let headers = response.headers_mut();
-    headers.insert("x-pool-received-bytes", HeaderValue::from(bytes.len()));
+    headers.insert("x-pool-received-bytes", HeaderValue::from(bytes));
     if let Ok(v) = HeaderValue::from_str(&sha256) {
         headers.insert("x-pool-received-sha256", v);
     }

@@ -248,7 +248,12 @@ async fn gateway(
             let upstream: Upstream<Incoming> = Upstream::new(pools[0].1);
             demo::serve(listener, upstream).await
         }
-        Mode::Layer => demo::serve(listener, demo::gateway(demo::layer(rules), &pools)).await,
+        Mode::Layer => {
+            let upstreams = pools
+                .iter()
+                .map(|(name, addr)| (name.clone(), Upstream::new(*addr)));
+            demo::serve(listener, demo::gateway(demo::layer(rules), upstreams)).await
+        }
         Mode::Handwritten => {
             let upstreams: HashMap<String, Upstream<Full<Bytes>>> = pools
                 .iter()
@@ -271,8 +276,7 @@ async fn handwritten_proxy(
     request: Request<Incoming>,
 ) -> http::Response<bbr_examples::gateway::UpstreamBody> {
     let refuse = |status: StatusCode| {
-        let mut response =
-            http::Response::new(http_body_util::Either::Right(Full::new(Bytes::new())));
+        let mut response = http::Response::new(bbr_tower::ResponseBody::full(Bytes::new()));
         *response.status_mut() = status;
         response
     };

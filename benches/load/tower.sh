@@ -24,7 +24,12 @@
 # (examples/examples/pools.rs) running beside it; the CPU column is then the
 # gateway process's own.
 #
-# Environment: APP (app or gateway), DURATION per measurement (default 5s), ROUNDS (5),
+# With APP=versions the two are the gateway example's binary as built from
+# this checkout (current) and another build of it (baseline: the binary
+# named by BASELINE, say one built from the main branch), each running its
+# simulated pools itself; the CPU column is then the whole process's.
+#
+# Environment: APP (app, gateway or versions), BASELINE (versions only), DURATION per measurement (default 5s), ROUNDS (5),
 # CONNECTIONS (32), WRK_THREADS (1), APP_THREADS (1), SIZES ("1024 102400"),
 # SHAPES ("long chat").
 set -euo pipefail
@@ -46,6 +51,13 @@ MODES="bare layer handwritten"
 # The app also runs a layer of the same shape that routes nothing: the
 # cost of any body-wrapping layer in an axum app.
 if [ "$APP" = app ]; then MODES+=" plumbing"; fi
+if [ "$APP" = versions ]; then
+    MODES="baseline current"
+    if [ ! -x "${BASELINE:-}" ]; then
+        echo "APP=versions needs BASELINE=<a gateway example binary>" >&2
+        exit 2
+    fi
+fi
 
 if ! command -v wrk >/dev/null 2>&1; then
     echo "installing wrk..." >&2
@@ -60,6 +72,9 @@ BIN="${CARGO_TARGET_DIR:-target}/release/tower-load"
 SERVE=(serve)
 if [ "$APP" = gateway ]; then
     cargo build --release -q -p bbr-examples --example pools
+fi
+if [ "$APP" = versions ]; then
+    cargo build --release -q -p bbr-examples --example gateway
 fi
 
 WORK=$(mktemp -d)
@@ -88,11 +103,22 @@ fi
 
 declare -A ADDR PID
 for mode in $MODES; do
-    "$BIN" "${SERVE[@]}" --mode "$mode" --threads "$APP_THREADS" >"$WORK/$mode.log" 2>&1 &
+    if [ "$APP" = versions ]; then
+        # Each version on a free port it is told (an older build may not
+        # name the port it was given as 0).
+        port=$(python3 -c 'import socket
+s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+        exe="${CARGO_TARGET_DIR:-target}/release/examples/gateway"
+        if [ "$mode" = baseline ]; then exe="$BASELINE"; fi
+        "$exe" --listen "127.0.0.1:$port" --token-delay-ms 0 >"$WORK/$mode.log" 2>&1 &
+    else
+        "$BIN" "${SERVE[@]}" --mode "$mode" --threads "$APP_THREADS" >"$WORK/$mode.log" 2>&1 &
+    fi
     PIDS+=($!)
     PID[$mode]=$!
     for _ in $(seq 1 100); do
-        ADDR[$mode]=$(sed -n 's/^listening on //p' "$WORK/$mode.log")
+        ADDR[$mode]=$(sed -n -e 's/^listening on //p' \
+            -e 's|^gateway listening on http://\([^ ]*\).*|\1|p' "$WORK/$mode.log")
         if [ -n "${ADDR[$mode]}" ]; then break; fi
         sleep 0.1
     done
@@ -155,7 +181,9 @@ done
 
 declare -A MRPS MP99 MCPU
 echo
-echo "$APP: wrk -t$WRK_THREADS -c$CONNECTIONS, $ROUNDS rounds of $DURATION, apps on $APP_THREADS worker thread(s), $(nproc) cores; medians"
+threads="apps on $APP_THREADS worker thread(s)"
+if [ "$APP" = versions ]; then threads="each binary on its own default runtime"; fi
+echo "$APP: wrk -t$WRK_THREADS -c$CONNECTIONS, $ROUNDS rounds of $DURATION, $threads, $(nproc) cores; medians"
 printf "%-12s %-12s %12s %10s %16s\n" "body" "app" "requests/s" "p99 ms" "app CPU us/req"
 for size in $BODIES; do
     for mode in $MODES; do
@@ -165,6 +193,17 @@ for size in $BODIES; do
         printf "%-12s %-12s %12.0f %10.3f %16.2f\n" "$size" "$mode" "${MRPS[$mode,$size]}" "${MP99[$mode,$size]}" "${MCPU[$mode,$size]}"
     done
 done
+if [ "$APP" = versions ]; then
+    echo
+    printf "%-12s %26s %22s %30s\n" "body" "current/baseline (rps)" "p99 current/baseline" "CPU/req baseline/current"
+    for size in $BODIES; do
+        awk -v c="${MRPS[current,$size]}" -v b="${MRPS[baseline,$size]}" \
+            -v pc="${MP99[current,$size]}" -v pb="${MP99[baseline,$size]}" \
+            -v cc="${MCPU[current,$size]}" -v cb="${MCPU[baseline,$size]}" -v s="$size" \
+            'BEGIN { printf "%-12s %25.3fx %21.3fx %29.3fx\n", s, c / b, pc / pb, cb / cc }'
+    done
+    exit 0
+fi
 echo
 printf "%-12s %18s %26s %16s %24s\n" "body" "layer/bare (rps)" "layer/handwritten (rps)" "p99 layer/bare" "p99 layer/handwritten"
 for size in $BODIES; do

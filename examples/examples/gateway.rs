@@ -1,5 +1,6 @@
 //! The multi-model gateway demo: routes OpenAI-style requests on the
-//! `model` in their body to two simulated model pools.
+//! `model` in their body to model pools — simulated ones by default, real
+//! OpenAI-compatible servers with `--pool NAME=URL`.
 //!
 //! ```sh
 //! cargo run --release -p bbr-examples --example gateway
@@ -7,39 +8,59 @@
 //!   -d '{"model":"chatbot","messages":[{"role":"user","content":"What is the color of the sky?"}],"max_tokens":100,"temperature":0}'
 //! ```
 //!
-//! Options: `--listen ADDR` (default `127.0.0.1:8080`), `--rules FILE`
-//! (default `examples/config/gateway.yaml`), `--pool NAME` (repeatable;
-//! default `gemma3` and `deepseek-r1`), `--policy strict|fast`,
-//! `--token-delay-ms N` (pause between streamed tokens, default 20),
-//! `--max-connections N` (4096), `--header-read-timeout-secs N` (10),
-//! `--drain-timeout-secs N` (30: on SIGINT or SIGTERM, open streams may
-//! finish for that long).
+//! Run with `--help` for the options; `docs/gateway.md` describes them,
+//! the endpoints, the log line, the metrics and the rules reload.
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+use std::{io::IsTerminal, net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use bbr_core::Policy;
-use bbr_core::rules::RuleTable;
-use bbr_examples::{gateway, pool::SimulatedPool};
+use bbr_core::rules::{RuleTable, SharedRules};
+use bbr_examples::{
+    gateway::{self, Admin, Endpoint, Front, Readiness, Upstream, UpstreamOptions},
+    pool::SimulatedPool,
+};
+use bbr_tower::HoldBudget;
 use clap::Parser;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 
-/// Routes OpenAI-style requests on the `model` in their body to simulated pools.
+/// Routes OpenAI-style requests on the `model` in their body to model pools.
 #[derive(Debug, Parser)]
 #[command(name = "gateway")]
 struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// The rule table (YAML or JSON).
+    /// The rule table (YAML or JSON), reloaded when the file changes.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/config/gateway.yaml"))]
     rules: PathBuf,
-    /// A simulated pool to run (repeatable).
-    #[arg(long = "pool", default_values = ["gemma3", "deepseek-r1"])]
-    pools: Vec<String>,
+    /// How often the rules file is checked for changes, in milliseconds
+    /// (0: never).
+    #[arg(long, default_value_t = 1000)]
+    rules_poll_ms: u64,
+    /// A pool (repeatable): NAME for a simulated pool, NAME=URL for a real
+    /// OpenAI-compatible server (http://host:port); several URLs for one
+    /// name are balanced.
+    #[arg(long = "pool", value_parser = parse_pool, default_values = ["gemma3", "deepseek-r1"])]
+    pools: Vec<(String, Option<Endpoint>)>,
+    /// How long a connection to a pool's server may take, in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    upstream_connect_timeout_ms: u64,
+    /// How long a pool's server may take to begin its answer, in seconds.
+    #[arg(long, default_value_t = 300)]
+    upstream_response_header_timeout_secs: u64,
     /// Extraction policy: strict (scan the whole body) or fast.
     #[arg(long, default_value = "strict")]
     policy: Policy,
-    /// Pause between two streamed tokens, in milliseconds.
+    /// Body bytes all requests may hold, together, while they wait for
+    /// their routing decision, in MiB; past it a request gets 503.
+    #[arg(long, default_value_t = 256)]
+    hold_budget_mib: u64,
+    /// How long a body may send nothing before its decision, in
+    /// milliseconds; past it the request gets 408.
+    #[arg(long, default_value_t = 30_000)]
+    body_idle_timeout_ms: u64,
+    /// Pause between two streamed tokens of a simulated pool, in milliseconds.
     #[arg(long, default_value_t = 20)]
     token_delay_ms: u64,
     /// The most client connections served at once.
@@ -52,31 +73,100 @@ struct Args {
     /// take to finish, in seconds.
     #[arg(long, default_value_t = 30)]
     drain_timeout_secs: u64,
+    /// Serve /healthz, /readyz and /metrics on this address instead of the
+    /// main one (it keeps answering, /readyz with 503, while draining).
+    #[arg(long)]
+    admin_listen: Option<SocketAddr>,
+}
+
+/// A `--pool`: `NAME` (simulated) or `NAME=URL`.
+fn parse_pool(text: &str) -> Result<(String, Option<Endpoint>), String> {
+    let (name, url) = match text.split_once('=') {
+        Some((name, url)) => (name, Some(Endpoint::parse(url)?)),
+        None => (text, None),
+    };
+    if name.is_empty() {
+        return Err(format!("empty pool name in {text:?}"));
+    }
+    Ok((name.to_owned(), url))
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let metrics = match install_metrics() {
+        Ok(handle) => handle,
+        Err(e) => {
+            eprintln!("gateway: cannot install the metrics recorder: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let rules = match RuleTable::from_path(&args.rules) {
-        Ok(rules) => rules,
+        Ok(rules) => SharedRules::new(rules),
         Err(e) => {
             eprintln!("gateway: {e}");
             return ExitCode::from(2);
         }
     };
 
+    // Each pool name with its servers, in the order given; none given: a
+    // simulated pool.
+    let mut by_name: Vec<(&str, Vec<Endpoint>)> = Vec::new();
+    for (name, endpoint) in &args.pools {
+        let at = match by_name.iter().position(|(n, _)| n == name) {
+            Some(at) => at,
+            None => {
+                by_name.push((name, Vec::new()));
+                by_name.len() - 1
+            }
+        };
+        if let Some(endpoint) = endpoint {
+            by_name[at].1.push(endpoint.clone());
+        }
+    }
+    if let Some((name, _)) = args.pools.iter().find(|(name, endpoint)| {
+        endpoint.is_none()
+            && by_name
+                .iter()
+                .any(|(n, servers)| n == name && !servers.is_empty())
+    }) {
+        eprintln!("gateway: --pool {name} (simulated) and --pool {name}=URL both given");
+        return ExitCode::from(2);
+    }
+    let options = UpstreamOptions {
+        connect_timeout: Duration::from_millis(args.upstream_connect_timeout_ms),
+        response_header_timeout: Duration::from_secs(args.upstream_response_header_timeout_secs),
+    };
     let mut pools = Vec::new();
-    for name in &args.pools {
-        let pool = SimulatedPool::new(name).token_delay(Duration::from_millis(args.token_delay_ms));
-        match pool.spawn(SocketAddr::from(([127, 0, 0, 1], 0))).await {
-            Ok((addr, _task)) => {
-                println!("pool {name:<12} simulated at http://{addr}");
-                pools.push((name.clone(), addr));
+    for (name, mut servers) in by_name {
+        if servers.is_empty() {
+            let pool =
+                SimulatedPool::new(name).token_delay(Duration::from_millis(args.token_delay_ms));
+            match pool.spawn(SocketAddr::from(([127, 0, 0, 1], 0))).await {
+                Ok((addr, _task)) => {
+                    println!("pool {name:<12} simulated at http://{addr}");
+                    servers.push(Endpoint::from(addr));
+                }
+                Err(e) => {
+                    eprintln!("gateway: cannot start pool {name}: {e}");
+                    return ExitCode::FAILURE;
+                }
             }
-            Err(e) => {
-                eprintln!("gateway: cannot start pool {name}: {e}");
-                return ExitCode::FAILURE;
-            }
+        } else {
+            let list: Vec<String> = servers.iter().map(ToString::to_string).collect();
+            println!("pool {name:<12} at {}", list.join(", "));
+        }
+        match Upstream::balanced(servers, &options) {
+            Some(upstream) => pools.push((name.to_owned(), upstream)),
+            None => unreachable!("a pool without a server gets a simulated one"),
         }
     }
 
@@ -87,41 +177,114 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let layer = gateway::layer(rules).policy(args.policy);
-    let service = gateway::gateway(layer, &pools);
+    let readiness = Readiness::default();
+    let admin = Admin::new(readiness.clone(), Some(metrics));
+    let admin = match args.admin_listen {
+        Some(addr) => match TcpListener::bind(addr).await {
+            Ok(listener) => {
+                let bound = listener.local_addr().unwrap_or(addr);
+                println!("gateway admin endpoints on http://{bound}");
+                // Outlives the drain: /readyz answers 503 meanwhile.
+                tokio::spawn(gateway::serve(listener, admin));
+                None
+            }
+            Err(e) => {
+                eprintln!("gateway: cannot listen on {addr}: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => Some(admin),
+    };
+
+    let watcher = (args.rules_poll_ms > 0).then(|| {
+        let rules = rules.clone();
+        bbr_tower::watch::watch_file(
+            args.rules.clone(),
+            Duration::from_millis(args.rules_poll_ms),
+            move |path, text| rules.reload_text(path, text),
+        )
+    });
+    let idle = Duration::from_millis(args.body_idle_timeout_ms);
+    let layer = bbr_tower::ModelRoutingLayer::new()
+        .shared_rules(rules)
+        .serve_models(true)
+        .policy(args.policy)
+        .hold_budget(HoldBudget::new(args.hold_budget_mib << 20))
+        .hold_idle_timeout((!idle.is_zero()).then_some(idle));
+    let service = Front::new(gateway::gateway(layer, pools), admin);
+    let bound = listener.local_addr().unwrap_or(args.listen);
     println!(
-        "gateway listening on http://{} (rules: {})",
-        args.listen,
+        "gateway listening on http://{bound} (rules: {})",
         args.rules.display()
     );
     println!(
-        "try: curl -X POST -i {}/v1/chat/completions -H 'Content-Type: application/json' -d '{{\"model\":\"chatbot\",\"messages\":[{{\"role\":\"user\",\"content\":\"What is the color of the sky?\"}}]}}'",
-        args.listen
+        "try: curl -X POST -i {bound}/v1/chat/completions -H 'Content-Type: application/json' -d '{{\"model\":\"chatbot\",\"messages\":[{{\"role\":\"user\",\"content\":\"What is the color of the sky?\"}}]}}'"
     );
     let options = gateway::ServeOptions {
         header_read_timeout: Duration::from_secs(args.header_read_timeout_secs),
         max_connections: args.max_connections,
         drain_timeout: Duration::from_secs(args.drain_timeout_secs),
     };
-    gateway::serve_with(listener, service, options, shutdown_signal()).await;
+    readiness.set(true);
+    let signal = shutdown_signal();
+    let draining = readiness.clone();
+    let shutdown = async move {
+        signal.await;
+        draining.set(false);
+        println!("gateway: draining open requests");
+    };
+    gateway::serve_with(listener, service, options, shutdown).await;
+    if let Some(watcher) = watcher {
+        watcher.abort();
+    }
     println!("gateway: stopped");
     ExitCode::SUCCESS
 }
 
-/// SIGINT (ctrl-c) or SIGTERM: stop accepting, let open requests finish.
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(e) => {
-            eprintln!("gateway: no SIGTERM handler ({e}); ctrl-c only");
-            let _ = tokio::signal::ctrl_c().await;
-            println!("gateway: draining open requests");
-            return;
+/// The Prometheus recorder behind `/metrics`, with the metrics of the
+/// ext_proc server (same names, same buckets) registered at zero.
+fn install_metrics() -> Result<PrometheusHandle, Box<dyn std::error::Error>> {
+    use bbr_core::metrics;
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(metrics::DECISION_SECONDS.to_owned()),
+            metrics::DECISION_SECONDS_BUCKETS,
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full(metrics::BYTES_BEFORE_DECISION.to_owned()),
+            metrics::BYTES_BUCKETS,
+        )?
+        .install_recorder()?;
+    metrics::describe();
+    metrics::register();
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            ticker.tick().await;
+            upkeep.run_upkeep();
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    });
+    Ok(handle)
+}
+
+/// SIGINT (ctrl-c) or SIGTERM. The handlers are installed at once, so that
+/// a signal right after start-up drains rather than kills.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
     }
-    println!("gateway: draining open requests");
 }

@@ -46,11 +46,17 @@ pub enum ErrorKind {
     /// A compressed body (`Content-Encoding`) cannot be decoded: the
     /// compressed stream is corrupt, truncated, or followed by other bytes.
     InvalidEncoding,
+    /// The pool's server could not be reached, or failed before its answer
+    /// began (connection refused or reset, malformed response).
+    UpstreamError,
+    /// The pool's server took longer than the gateway's limit to connect
+    /// or to begin its answer.
+    UpstreamTimeout,
 }
 
 impl ErrorKind {
     /// Every kind, in a fixed order (for metrics and tests).
-    pub const ALL: [ErrorKind; 14] = [
+    pub const ALL: [ErrorKind; 16] = [
         ErrorKind::InvalidJson,
         ErrorKind::ModelNotString,
         ErrorKind::InvalidModel,
@@ -65,6 +71,8 @@ impl ErrorKind {
         ErrorKind::Overloaded,
         ErrorKind::BodyTimeout,
         ErrorKind::InvalidEncoding,
+        ErrorKind::UpstreamError,
+        ErrorKind::UpstreamTimeout,
     ];
 
     /// The stable snake_case name, used as the error `code` in responses,
@@ -85,6 +93,8 @@ impl ErrorKind {
             ErrorKind::Overloaded => "overloaded",
             ErrorKind::BodyTimeout => "body_timeout",
             ErrorKind::InvalidEncoding => "invalid_encoding",
+            ErrorKind::UpstreamError => "upstream_error",
+            ErrorKind::UpstreamTimeout => "upstream_timeout",
         }
     }
 
@@ -103,6 +113,8 @@ impl ErrorKind {
             ErrorKind::UnsupportedContentType => 415,
             ErrorKind::BodyTimeout => 408,
             ErrorKind::PoolUnavailable | ErrorKind::Overloaded => 503,
+            ErrorKind::UpstreamError => 502,
+            ErrorKind::UpstreamTimeout => 504,
         }
     }
 
@@ -115,11 +127,14 @@ impl ErrorKind {
         }
     }
 
-    /// The OpenAI error `type` field: `server_error` when the gateway is at
-    /// fault, `invalid_request_error` otherwise.
+    /// The OpenAI error `type` field: `server_error` when the gateway or a
+    /// pool is at fault, `invalid_request_error` otherwise.
     pub const fn error_type(self) -> &'static str {
         match self {
-            ErrorKind::PoolUnavailable | ErrorKind::Overloaded => "server_error",
+            ErrorKind::PoolUnavailable
+            | ErrorKind::Overloaded
+            | ErrorKind::UpstreamError
+            | ErrorKind::UpstreamTimeout => "server_error",
             _ => "invalid_request_error",
         }
     }
@@ -140,7 +155,9 @@ impl ErrorKind {
             | ErrorKind::PoolUnavailable
             | ErrorKind::Overloaded
             | ErrorKind::BodyTimeout
-            | ErrorKind::InvalidEncoding => None,
+            | ErrorKind::InvalidEncoding
+            | ErrorKind::UpstreamError
+            | ErrorKind::UpstreamTimeout => None,
         }
     }
 }
@@ -251,6 +268,31 @@ impl Error {
             0,
             "no service for pool",
             pool.as_bytes(),
+        )
+    }
+
+    /// The error for a request whose pool's server could not be reached or
+    /// failed before its answer began; `reason` says what happened (it is
+    /// the gateway's own text, not client input, and is escaped all the
+    /// same).
+    #[cold]
+    pub fn upstream(reason: &str) -> Error {
+        Error::with_excerpt(
+            ErrorKind::UpstreamError,
+            0,
+            "the pool's server failed",
+            reason.as_bytes(),
+        )
+    }
+
+    /// The error for a request whose pool's server did not connect or
+    /// begin its answer within the gateway's limit.
+    #[cold]
+    pub fn upstream_timeout() -> Error {
+        Error::new(
+            ErrorKind::UpstreamTimeout,
+            0,
+            "the pool's server did not answer in time",
         )
     }
 
@@ -474,6 +516,10 @@ mod tests {
         assert_eq!(ErrorKind::Overloaded.retry_after(), Some(1));
         assert_eq!(ErrorKind::BodyTimeout.status(), 408);
         assert_eq!(ErrorKind::TooLarge.retry_after(), None);
+        assert_eq!(ErrorKind::UpstreamError.status(), 502);
+        assert_eq!(ErrorKind::UpstreamTimeout.status(), 504);
+        assert_eq!(ErrorKind::UpstreamError.error_type(), "server_error");
+        assert_eq!(ErrorKind::UpstreamTimeout.error_type(), "server_error");
         // Every kind has its own code.
         let codes: std::collections::HashSet<_> =
             ErrorKind::ALL.iter().map(|k| k.as_str()).collect();
@@ -497,6 +543,25 @@ mod tests {
         assert!(!Error::missing_model().is_empty_model());
         assert!(Error::missing_model().is_missing_model());
         assert!(Error::empty_model(3).is_empty_model());
+    }
+
+    #[test]
+    fn upstream_failures_are_written_by_the_same_writer() {
+        let error = Error::upstream("connection refused\r\n\"}");
+        let body: serde_json::Value = serde_json::from_str(&error.to_json()).unwrap();
+        assert_eq!(error.status(), 502);
+        assert_eq!(body["error"]["code"], "upstream_error");
+        assert_eq!(body["error"]["type"], "server_error");
+        assert!(body["error"]["param"].is_null());
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("connection refused") && !message.contains('\r'),
+            "{message}"
+        );
+        let body: serde_json::Value =
+            serde_json::from_str(&Error::upstream_timeout().to_json()).unwrap();
+        assert_eq!(body["error"]["code"], "upstream_timeout");
+        assert_eq!(Error::upstream_timeout().status(), 504);
     }
 
     #[test]

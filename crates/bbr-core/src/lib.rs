@@ -16,6 +16,8 @@
 //! - [`rules`]: the compiled rule table (model → pool, criticality,
 //!   weighted rewrite, LoRA base models) and its atomic reload.
 //! - [`Error`], [`ErrorKind`]: the error taxonomy and its HTTP answers.
+//! - `metrics` (feature `metrics`): the metric names both adapters record
+//!   and what each verdict counts, through the `metrics` facade.
 //! - `document` (feature `document`): the whole body parsed with
 //!   `simd-json`, on demand, for rules that need nested fields.
 
@@ -32,6 +34,9 @@ pub mod document;
 mod error;
 mod extract;
 mod json;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
 mod multipart;
 mod path;
 mod progress;

@@ -12,9 +12,7 @@
 use std::{sync::Arc, time::Instant};
 
 use bbr_core::{
-    BodyExtractor, Decider, Error, ErrorKind, ExtractorConfig, FieldValue, Input, LateAction,
-    Verdict,
-    decision::PassReason,
+    BodyExtractor, Decider, Error, ExtractorConfig, Input, LateAction, Verdict,
     rules::{ContentLength, SharedRules},
 };
 use bytes::Bytes;
@@ -381,18 +379,12 @@ impl Exchange {
         let Some(extraction) = x.extraction() else {
             return;
         };
-        metrics::decided(
+        metrics::record_decided(
             self.started.elapsed().as_secs_f64(),
             extraction.decided_at(),
         );
         // Counted as the Go router counts them: absent, or an empty string.
-        for field in shared.decider.body_fields().iter().map(|b| b.field()) {
-            match extraction.field(field) {
-                None => metrics::field_not_found(field),
-                Some(FieldValue::String(s)) if s.is_empty() => metrics::field_empty(field),
-                Some(_) => {}
-            }
-        }
+        metrics::record_fields(&shared.decider, extraction);
         // STREAMED answers each chunk in place; a splice would not line up
         // with the chunks Envoy waits on.
         // A compressed body goes back as it came: never spliced.
@@ -418,7 +410,7 @@ impl Exchange {
     /// Sends the verdict (headers response or body response, by mode) and
     /// the held chunks, then moves on to checking or passing.
     fn carry_out(&mut self, verdict: Verdict, eos: bool, out: &mut Vec<ProcessingResponse>) {
-        count(&verdict);
+        metrics::record_verdict(&verdict);
         if let Verdict::Reject(e) = &verdict {
             return self.reject(e, out);
         }
@@ -499,7 +491,7 @@ impl Exchange {
                 false
             }
             LateAction::Release => {
-                metrics::fail_open(e.kind().as_str());
+                metrics::record_fail_open(e);
                 self.phase = Phase::Passing;
                 true
             }
@@ -507,7 +499,7 @@ impl Exchange {
     }
 
     fn reject(&mut self, e: &Error, out: &mut Vec<ProcessingResponse>) {
-        metrics::rejected(e.kind().as_str());
+        metrics::record_rejected(e);
         tracing::debug!(
             kind = e.kind().as_str(),
             offset = e.offset(),
@@ -556,36 +548,6 @@ impl Exchange {
     }
 }
 
-/// Counts a verdict in the Go router's metrics and bbr's own.
-fn count(verdict: &Verdict) {
-    let model_not_parsed = |e: &Error| {
-        if matches!(
-            e.kind(),
-            ErrorKind::ModelNotString | ErrorKind::InvalidModel
-        ) {
-            metrics::model_not_parsed(e.is_empty_model());
-        }
-    };
-    match verdict {
-        Verdict::Route(routing) => {
-            let route = routing.route();
-            metrics::success();
-            metrics::route_match(route.rule().unwrap_or(""), route.pool().unwrap_or(""));
-        }
-        Verdict::Pass(pass) => match pass.reason() {
-            PassReason::NoModel => metrics::model_not_in_body(),
-            PassReason::FailedOpen(e) => {
-                metrics::fail_open(e.kind().as_str());
-                model_not_parsed(e);
-            }
-            _ => {}
-        },
-        Verdict::Reject(e) if e.is_missing_model() => metrics::model_not_in_body(),
-        Verdict::Reject(e) => model_not_parsed(e),
-        _ => {}
-    }
-}
-
 impl std::fmt::Debug for Exchange {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Exchange")
@@ -605,7 +567,7 @@ mod tests {
         CommonResponse, HeaderMap, HeaderValue as PbHeaderValue, HttpTrailers,
         body_mutation::Mutation as BodyMut,
     };
-    use bbr_core::{FailureAction, FailurePolicy, rules::RuleTable};
+    use bbr_core::{ErrorKind, FailureAction, FailurePolicy, rules::RuleTable};
 
     fn shared(mode: BodyMode, rules: Option<&str>, failure: FailurePolicy) -> Arc<Shared> {
         let table = rules.map_or_else(RuleTable::empty, |r| RuleTable::from_yaml(r).unwrap());

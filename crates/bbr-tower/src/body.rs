@@ -76,7 +76,8 @@ pin_project! {
         body: B,
         pub(crate) extractor: BodyExtractor,
         pub(crate) held: Held,
-        // What the held bytes take from the layer's budget, until the decision.
+        // What the held bytes take from the layer's budget, until they are
+        // handed on (replayed) or dropped.
         pub(crate) reservation: Option<Reservation>,
         // The body-idle timeout while reading, armed at the first wait.
         #[pin]
@@ -207,7 +208,11 @@ impl Check {
         };
         match self.config.decider.late_error(&error, self.changed) {
             LateAction::Reject => Err(error),
-            LateAction::Release => Ok(false),
+            LateAction::Release => {
+                #[cfg(feature = "metrics")]
+                bbr_core::metrics::record_fail_open(&error);
+                Ok(false)
+            }
         }
     }
 }
@@ -392,6 +397,9 @@ where
         let this = self.project();
         *this.ended = true;
         this.held.clear();
+        if let Some(reservation) = this.reservation.as_mut() {
+            reservation.release();
+        }
         *this.trailers = None;
         if let Some(check) = this.check.take() {
             let _ = check.violation.set(error.clone());
@@ -434,6 +442,9 @@ where
     {
         let this = self.as_mut().project();
         if let Some(chunk) = this.held.pop() {
+            if let Some(reservation) = this.reservation.as_mut() {
+                reservation.give_back(chunk.len() as u64);
+            }
             return Poll::Ready(Some(Ok(Frame::data(chunk))));
         }
         if *this.ended {

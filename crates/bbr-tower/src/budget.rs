@@ -22,7 +22,9 @@ pub const DEFAULT_HOLD_BUDGET: u64 = 256 << 20;
 /// process's memory. A chunk that would go past the budget has its request
 /// answered `503 overloaded` with `Retry-After: 1` (counted in
 /// [`refused`](HoldBudget::refused)). Bytes count from the moment a chunk
-/// is held until the request's decision (or its end).
+/// is held until the inner service takes it from the request body after
+/// the decision (or until the request ends): chunks held for a slow
+/// upstream still count.
 ///
 /// ```
 /// use bbr_tower::{HoldBudget, ModelRoutingLayer};
@@ -129,6 +131,22 @@ impl Reservation {
         ok
     }
 
+    /// Gives back `bytes` of what was taken (at most all of it): a held
+    /// chunk handed on.
+    pub(crate) fn give_back(&mut self, bytes: u64) {
+        let bytes = bytes.min(self.bytes);
+        if bytes > 0 {
+            self.budget.give_back(bytes);
+            self.bytes -= bytes;
+        }
+    }
+
+    /// Keeps at most `bytes` taken, giving back the rest (what is still
+    /// held after the decision, a rewrite having changed its length).
+    pub(crate) fn keep(&mut self, bytes: u64) {
+        self.give_back(self.bytes.saturating_sub(bytes));
+    }
+
     /// Gives everything back.
     pub(crate) fn release(&mut self) {
         if self.bytes > 0 {
@@ -163,5 +181,16 @@ mod tests {
         drop(b);
         assert_eq!(budget.in_use(), 0);
         assert!(!Reservation::new(budget.clone()).take(u64::MAX));
+
+        let mut c = Reservation::new(budget.clone());
+        assert!(c.take(50));
+        c.keep(30);
+        assert_eq!(budget.in_use(), 30);
+        c.keep(80);
+        assert_eq!(budget.in_use(), 30, "keeping more takes nothing");
+        c.give_back(20);
+        assert_eq!(budget.in_use(), 10);
+        c.give_back(1000);
+        assert_eq!(budget.in_use(), 0);
     }
 }

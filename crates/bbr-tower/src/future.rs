@@ -83,6 +83,9 @@ struct Reading<S, B> {
     /// The body, the extractor and the held chunks: one allocation, handed
     /// on to the [`RoutedBody`] as it is.
     stream: Pin<Box<BodyReader<B>>>,
+    /// When the request's headers arrived (the decision-time histogram).
+    #[cfg(feature = "metrics")]
+    started: std::time::Instant,
 }
 
 impl<S, B> ResponseFuture<S, B>
@@ -152,6 +155,8 @@ where
                             table,
                             parts,
                             stream: Box::pin(stream),
+                            #[cfg(feature = "metrics")]
+                            started: std::time::Instant::now(),
                         }),
                     },
                 }
@@ -279,6 +284,8 @@ where
 
 /// Sets the verdict's headers; `Err` for a rejection.
 fn apply(verdict: &Verdict, headers: &mut HeaderMap) -> Result<(), Error> {
+    #[cfg(feature = "metrics")]
+    bbr_core::metrics::record_verdict(verdict);
     // The route's headers, then the body fields': the order of
     // `Verdict::headers`, walked without its iterator on the hot path.
     let fields = match verdict {
@@ -389,14 +396,16 @@ where
     /// `read` is what the extractor found (`None`: an empty body), or why
     /// it refused the body.
     fn carry_out(mut self, read: Result<Option<Extraction>, Error>) -> ResponseFuture<S, B> {
-        // Decided: what is held now goes on, and leaves the budget.
-        if let Some(reservation) = self.stream.as_mut().project().reservation.as_mut() {
-            reservation.release();
-        }
         let key = request_key(&self.table, &self.parts);
         let decider = &self.config.decider;
         let (verdict, extraction) = match read {
             Ok(Some(extraction)) => {
+                #[cfg(feature = "metrics")]
+                {
+                    let seconds = self.started.elapsed().as_secs_f64();
+                    bbr_core::metrics::record_decided(seconds, extraction.decided_at());
+                    bbr_core::metrics::record_fields(decider, &extraction);
+                }
                 // A compressed body is forwarded as it came: never spliced.
                 let input = Input::body(&extraction, self.stream.extractor.is_rewritable());
                 (decider.decide(&self.table, input, key), Some(extraction))
@@ -419,6 +428,12 @@ where
                 }
                 None => held.replace(chunks),
             }
+        }
+        // Decided: what is held stays in the budget until the inner service
+        // takes it from the body, chunk by chunk.
+        let held = self.stream.held.len();
+        if let Some(reservation) = self.stream.as_mut().project().reservation.as_mut() {
+            reservation.keep(held);
         }
         let source = match extraction.as_ref().and_then(|x| x.model()) {
             Some(_) => ModelSource::Body,

@@ -84,12 +84,16 @@ mod router;
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod axum;
 
+#[cfg(feature = "watch")]
+#[cfg_attr(docsrs, doc(cfg(feature = "watch")))]
+pub mod watch;
+
 pub use body::RoutedBody;
 pub use budget::{DEFAULT_HOLD_BUDGET, HoldBudget};
 pub use decision::{Decision, ModelSource};
 pub use future::ResponseFuture;
 pub use layer::{DEFAULT_HOLD_IDLE_TIMEOUT, ModelRouting, ModelRoutingLayer};
-pub use response::ResponseBody;
+pub use response::{ResponseBody, error_response};
 pub use router::{PoolRouter, RouterFuture};
 
 pub use bbr_core;

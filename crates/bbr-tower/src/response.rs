@@ -83,9 +83,24 @@ where
     }
 }
 
-/// The answer to a request refused by the error contract: the error's status
-/// and its OpenAI-style JSON body.
-pub(crate) fn reject<B>(error: &bbr_core::Error) -> Response<ResponseBody<B>> {
+/// The answer to a request refused by the error contract: the error's
+/// status, its OpenAI-style JSON body ([`bbr_core::Error::to_json`]) and
+/// `Retry-After` where the kind has one.
+///
+/// The layer and the router answer with it; a service behind them (a proxy
+/// to a pool that cannot reach its server, say) answers its own failures
+/// with it too, so that every answer follows the one table. The response
+/// carries `error` as an extension, for a log line or a metric further out.
+///
+/// ```
+/// use bbr_core::{Error, ErrorKind};
+/// use bbr_tower::error_response;
+///
+/// let response = error_response::<String>(&Error::upstream("connection refused"));
+/// assert_eq!(response.status(), 502);
+/// assert_eq!(response.extensions().get::<Error>().map(Error::kind), Some(ErrorKind::UpstreamError));
+/// ```
+pub fn error_response<B>(error: &bbr_core::Error) -> Response<ResponseBody<B>> {
     let status = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::BAD_REQUEST);
     let mut response = json(status, error.to_json());
     if let Some(seconds) = error.kind().retry_after() {
@@ -93,7 +108,16 @@ pub(crate) fn reject<B>(error: &bbr_core::Error) -> Response<ResponseBody<B>> {
             .headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     }
+    response.extensions_mut().insert(error.clone());
     response
+}
+
+/// [`error_response`], counted in the rejections metric (feature
+/// `metrics`): the layer's and the router's own refusals.
+pub(crate) fn reject<B>(error: &bbr_core::Error) -> Response<ResponseBody<B>> {
+    #[cfg(feature = "metrics")]
+    bbr_core::metrics::record_rejected(error);
+    error_response(error)
 }
 
 /// A `200 OK` JSON answer the layer gives itself (the model list).

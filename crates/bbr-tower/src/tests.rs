@@ -702,7 +702,7 @@ async fn the_hold_budget_bounds_what_all_requests_hold_together() {
     assert_eq!(value["error"]["code"], "overloaded");
     assert_eq!(budget.refused(), 1);
 
-    // Once the first is decided, its bytes leave the budget.
+    // Once the first is decided and its body read, its bytes leave the budget.
     first_tx
         .send(Ok(Frame::data(Bytes::from_static(br#""model":"a"}"#))))
         .unwrap();
@@ -721,6 +721,43 @@ async fn the_hold_budget_bounds_what_all_requests_hold_together() {
     let _ = pending.await;
     assert_eq!(budget.in_use(), 0);
     drop(tx);
+}
+
+#[tokio::test]
+async fn held_chunks_count_in_the_budget_until_the_inner_service_takes_them() {
+    let budget = crate::HoldBudget::new(1000);
+    let layer = ModelRoutingLayer::new().hold_budget(budget.clone());
+    let (go, wait) = tokio::sync::oneshot::channel::<()>();
+    let wait = std::sync::Arc::new(tokio::sync::Mutex::new(Some(wait)));
+    let inner = service_fn(move |request: Request<RoutedBody<_>>| {
+        let wait = std::sync::Arc::clone(&wait);
+        async move {
+            // A slow upstream: the body is read only once told to.
+            if let Some(wait) = wait.lock().await.take() {
+                let _ = wait.await;
+            }
+            let _ = request.into_body().collect().await;
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+        }
+    });
+    let service = tower::Layer::layer(&layer, inner);
+    let body = format!(r#"{{"messages":["{}"],"model":"a"}}"#, "x".repeat(500));
+    let (tx, request_body) = channel_body();
+    tx.send(Ok(Frame::data(Bytes::from(body.clone())))).unwrap();
+    drop(tx);
+    let call = tokio::spawn(service.oneshot(post(request_body)));
+    for _ in 0..100 {
+        if budget.in_use() > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // Decided, but not yet taken by the inner service: still counted.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert_eq!(budget.in_use(), body.len() as u64);
+    go.send(()).unwrap();
+    assert_eq!(call.await.unwrap().unwrap().status(), 200);
+    assert_eq!(budget.in_use(), 0);
 }
 
 #[tokio::test(start_paused = true)]

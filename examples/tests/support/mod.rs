@@ -167,3 +167,7 @@ pub fn default_pools() -> Vec<SimulatedPool> {
         SimulatedPool::new("deepseek-r1").token_delay(Duration::ZERO),
     ]
 }
+
+mod process;
+#[allow(unused_imports)]
+pub use process::*;

@@ -1,0 +1,233 @@
+//! The metrics both adapters record, through the [`metrics`](::metrics)
+//! facade (feature `metrics`): their names, their help text, and what is
+//! counted for each decision.
+//!
+//! The first five names are the Go body-based-router's, so that dashboards
+//! and alerts keep working after a swap. A server installs a recorder (a
+//! Prometheus exporter, say) and calls [`describe`] and [`register`]; a
+//! library user who installs none pays a no-op per event.
+//!
+//! The `record_*` functions take what the [`Decider`] produced, so that the
+//! ext_proc server and the tower layer count the same request the same way.
+
+use ::metrics::{Unit, counter, describe_counter, describe_histogram, histogram};
+
+use crate::decision::PassReason;
+use crate::{Decider, Error, ErrorKind, Extraction, FieldValue, Verdict};
+
+/// Requests whose model was read from the body and turned into routing headers.
+pub const SUCCESS_TOTAL: &str = "bbr_success_total";
+/// Requests whose body names no model.
+pub const MODEL_NOT_IN_BODY_TOTAL: &str = "bbr_model_not_in_body_total";
+/// Requests whose body has a `model` that could not be read as a model name.
+pub const MODEL_NOT_PARSED_TOTAL: &str = "bbr_model_not_parsed_total";
+/// Requests missing a requested body field (label `field`).
+pub const BODY_FIELD_NOT_FOUND_TOTAL: &str = "bbr_body_field_not_found_total";
+/// Requests whose requested body field is empty (label `field`).
+pub const BODY_FIELD_EMPTY_TOTAL: &str = "bbr_body_field_empty_total";
+/// Seconds from the request headers to the routing decision.
+pub const DECISION_SECONDS: &str = "bbr_decision_duration_seconds";
+/// Body bytes received (and held) before the routing decision.
+pub const BYTES_BEFORE_DECISION: &str = "bbr_bytes_before_decision";
+/// Requests answered with an error (label `reason`: the error kind).
+pub const REJECTED_TOTAL: &str = "bbr_rejected_total";
+/// Requests passed through without routing headers after an error, because
+/// the failure policy says fail open for that kind (label `reason`).
+pub const FAIL_OPEN_TOTAL: &str = "bbr_fail_open_total";
+/// Routing decisions by rule and pool (labels `rule`, `pool`).
+pub const ROUTE_MATCHES_TOTAL: &str = "bbr_route_matches_total";
+/// Successful reloads of the rules file.
+pub const RULES_RELOADS_TOTAL: &str = "bbr_rules_reloads_total";
+/// Failed reloads of the rules file (the previous table stays in force).
+pub const RULES_RELOAD_FAILURES_TOTAL: &str = "bbr_rules_reload_failures_total";
+
+/// Histogram buckets for [`DECISION_SECONDS`].
+pub const DECISION_SECONDS_BUCKETS: &[f64] = &[
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+/// Histogram buckets for [`BYTES_BEFORE_DECISION`].
+pub const BYTES_BUCKETS: &[f64] = &[
+    64.0,
+    256.0,
+    1024.0,
+    4096.0,
+    16_384.0,
+    65_536.0,
+    262_144.0,
+    1_048_576.0,
+    4_194_304.0,
+    16_777_216.0,
+    67_108_864.0,
+];
+
+/// Registers the help text of every metric with the installed recorder.
+pub fn describe() {
+    describe_counter!(
+        SUCCESS_TOTAL,
+        "Requests whose model was read from the body and set as routing headers."
+    );
+    describe_counter!(
+        MODEL_NOT_IN_BODY_TOTAL,
+        "Requests whose body names no model."
+    );
+    describe_counter!(
+        MODEL_NOT_PARSED_TOTAL,
+        "Requests whose body model could not be read as a model name."
+    );
+    describe_counter!(
+        BODY_FIELD_NOT_FOUND_TOTAL,
+        "Requests missing a requested body field."
+    );
+    describe_counter!(
+        BODY_FIELD_EMPTY_TOTAL,
+        "Requests whose requested body field is empty."
+    );
+    describe_histogram!(
+        DECISION_SECONDS,
+        Unit::Seconds,
+        "Time from the request headers to the routing decision."
+    );
+    describe_histogram!(
+        BYTES_BEFORE_DECISION,
+        Unit::Bytes,
+        "Body bytes held before the routing decision."
+    );
+    describe_counter!(
+        REJECTED_TOTAL,
+        "Requests answered with an error, by reason."
+    );
+    describe_counter!(
+        FAIL_OPEN_TOTAL,
+        "Requests passed through without routing after an error, by reason."
+    );
+    describe_counter!(ROUTE_MATCHES_TOTAL, "Routing decisions by rule and pool.");
+    describe_counter!(RULES_RELOADS_TOTAL, "Successful reloads of the rules file.");
+    describe_counter!(
+        RULES_RELOAD_FAILURES_TOTAL,
+        "Failed reloads of the rules file; the previous table stays in force."
+    );
+}
+
+/// Registers every counter at zero, so that `/metrics` lists each metric
+/// from start-up, before the first event (dashboards and alerts on a
+/// fresh replica see a 0, not a missing series). Counters labelled by
+/// error kind get one series per kind; `field` gets `model`. Histograms
+/// appear with their first sample.
+pub fn register() {
+    for name in [
+        SUCCESS_TOTAL,
+        MODEL_NOT_IN_BODY_TOTAL,
+        MODEL_NOT_PARSED_TOTAL,
+        RULES_RELOADS_TOTAL,
+        RULES_RELOAD_FAILURES_TOTAL,
+    ] {
+        counter!(name).absolute(0);
+    }
+    for name in [BODY_FIELD_NOT_FOUND_TOTAL, BODY_FIELD_EMPTY_TOTAL] {
+        counter!(name, "field" => "model").absolute(0);
+    }
+    for kind in ErrorKind::ALL {
+        counter!(REJECTED_TOTAL, "reason" => kind.as_str()).absolute(0);
+        counter!(FAIL_OPEN_TOTAL, "reason" => kind.as_str()).absolute(0);
+    }
+}
+
+/// [`register`] plus the counters of the body fields copied into headers.
+pub fn register_fields<'a>(fields: impl IntoIterator<Item = &'a str>) {
+    register();
+    for field in fields {
+        counter!(BODY_FIELD_NOT_FOUND_TOTAL, "field" => field.to_owned()).absolute(0);
+        counter!(BODY_FIELD_EMPTY_TOTAL, "field" => field.to_owned()).absolute(0);
+    }
+}
+
+/// Records a decision: `seconds` from the request's headers to it, and
+/// the body `bytes` held until then.
+pub fn record_decided(seconds: f64, bytes: u64) {
+    histogram!(DECISION_SECONDS).record(seconds);
+    histogram!(BYTES_BEFORE_DECISION).record(bytes as f64);
+}
+
+/// Records, as the Go router counts them, the body fields `decider` copies
+/// into headers that `extraction` lacks or holds empty.
+pub fn record_fields(decider: &Decider, extraction: &Extraction) {
+    for field in decider.body_fields().iter().map(|b| b.field()) {
+        match extraction.field(field) {
+            None => {
+                counter!(BODY_FIELD_NOT_FOUND_TOTAL, "field" => field.to_owned()).increment(1);
+            }
+            Some(FieldValue::String(s)) if s.is_empty() => {
+                counter!(BODY_FIELD_EMPTY_TOTAL, "field" => field.to_owned()).increment(1);
+            }
+            Some(_) => {}
+        }
+    }
+}
+
+/// Records a verdict in the Go router's counters and bbr's own: a route
+/// (by rule and pool), a body without a model, a model that could not be
+/// read, an error let through by the failure policy. A rejection is
+/// counted by [`record_rejected`] where the answer goes out.
+pub fn record_verdict(verdict: &Verdict) {
+    match verdict {
+        Verdict::Route(routing) => {
+            let route = routing.route();
+            counter!(SUCCESS_TOTAL).increment(1);
+            counter!(
+                ROUTE_MATCHES_TOTAL,
+                "rule" => route.rule().unwrap_or("").to_owned(),
+                "pool" => route.pool().unwrap_or("").to_owned()
+            )
+            .increment(1);
+        }
+        Verdict::Pass(pass) => match pass.reason() {
+            PassReason::NoModel => model_not_in_body(),
+            PassReason::FailedOpen(e) => {
+                record_fail_open(e);
+                model_not_parsed(e);
+            }
+            _ => {}
+        },
+        Verdict::Reject(e) if e.is_missing_model() => model_not_in_body(),
+        Verdict::Reject(e) => model_not_parsed(e),
+    }
+}
+
+/// Records a request answered with `error`.
+pub fn record_rejected(error: &Error) {
+    counter!(REJECTED_TOTAL, "reason" => error.kind().as_str()).increment(1);
+}
+
+/// Records a request passed on without routing headers after `error`,
+/// because the failure policy says fail open for its kind.
+pub fn record_fail_open(error: &Error) {
+    counter!(FAIL_OPEN_TOTAL, "reason" => error.kind().as_str()).increment(1);
+}
+
+/// Records a reload of the rules file: `ok`, or failed (the previous table
+/// stays in force).
+pub fn record_rules_reload(ok: bool) {
+    if ok {
+        counter!(RULES_RELOADS_TOTAL).increment(1);
+    } else {
+        counter!(RULES_RELOAD_FAILURES_TOTAL).increment(1);
+    }
+}
+
+fn model_not_in_body() {
+    counter!(MODEL_NOT_IN_BODY_TOTAL).increment(1);
+    counter!(BODY_FIELD_NOT_FOUND_TOTAL, "field" => "model").increment(1);
+}
+
+fn model_not_parsed(e: &Error) {
+    if matches!(
+        e.kind(),
+        ErrorKind::ModelNotString | ErrorKind::InvalidModel
+    ) {
+        counter!(MODEL_NOT_PARSED_TOTAL).increment(1);
+        if e.is_empty_model() {
+            counter!(BODY_FIELD_EMPTY_TOTAL, "field" => "model").increment(1);
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! The gateway example as a process of its own: built once, started with
+//! flags on loopback ports, its output collected, its memory read from
+//! `/proc`, killed when dropped.
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex, OnceLock},
+    time::Duration,
+};
+
+/// The gateway example's binary, built on first use (a no-op when it is
+/// up to date), in the profile of this test binary.
+pub fn gateway_binary() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().expect("the test binary's path");
+            // target/<profile>/deps/<test>-<hash> -> target/<profile>/examples/gateway
+            let dir = exe
+                .parent()
+                .and_then(|deps| deps.parent())
+                .expect("a target directory");
+            let mut build = Command::new(env!("CARGO"));
+            build.args(["build", "-q", "-p", "bbr-examples", "--example", "gateway"]);
+            if dir.file_name().is_some_and(|p| p == "release") {
+                build.arg("--release");
+            }
+            let status = build.status().expect("cargo runs");
+            assert!(status.success(), "the gateway example does not build");
+            let path = dir
+                .join("examples")
+                .join(format!("gateway{}", std::env::consts::EXE_SUFFIX));
+            assert!(path.exists(), "{} is not built", path.display());
+            path
+        })
+        .clone()
+}
+
+/// A running gateway process.
+pub struct GatewayProcess {
+    child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Where its admin endpoints listen, with `--admin-listen`.
+    pub admin: Option<SocketAddr>,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl GatewayProcess {
+    /// Starts the gateway with `--listen 127.0.0.1:0` and `args`, and waits
+    /// (bounded) until it says where it listens.
+    pub fn start(args: &[&str]) -> GatewayProcess {
+        let mut child = Command::new(gateway_binary())
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the gateway starts");
+        let stdout = collect(child.stdout.take().expect("piped stdout"));
+        let stderr = collect(child.stderr.take().expect("piped stderr"));
+        let mut process = GatewayProcess {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin: None,
+            stdout,
+            stderr,
+        };
+        for _ in 0..600 {
+            if let Some(addr) = process.announced("gateway listening on http://") {
+                process.addr = addr;
+                process.admin = process.announced("gateway admin endpoints on http://");
+                return process;
+            }
+            if let Ok(Some(status)) = process.child.try_wait() {
+                panic!(
+                    "the gateway exited ({status}): {}",
+                    process.stderr().join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the gateway did not start: {}", process.stderr().join("\n"));
+    }
+
+    fn announced(&self, prefix: &str) -> Option<SocketAddr> {
+        self.stdout.lock().unwrap().iter().find_map(|line| {
+            let rest = line.strip_prefix(prefix)?;
+            rest.split_whitespace().next()?.parse().ok()
+        })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin.expect("--admin-listen"))
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What it wrote on stderr so far (its log), line by line.
+    pub fn stderr(&self) -> Vec<String> {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits (bounded) for a log line holding every one of `parts`.
+    pub async fn log_line(&self, parts: &[&str]) -> String {
+        for _ in 0..200 {
+            let found = self
+                .stderr()
+                .into_iter()
+                .find(|line| parts.iter().all(|p| line.contains(p)));
+            if let Some(line) = found {
+                return line;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "no log line with {parts:?} in:\n{}",
+            self.stderr().join("\n")
+        );
+    }
+
+    /// A field of `/proc/<pid>/status` in KiB (`VmHWM`: the peak resident
+    /// set; `VmRSS`: the resident set now).
+    pub fn memory_kib(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("/proc/<pid>/status");
+        status
+            .lines()
+            .find_map(|line| {
+                let rest = line.strip_prefix(field)?.strip_prefix(':')?;
+                rest.trim().trim_end_matches("kB").trim().parse().ok()
+            })
+            .unwrap_or_else(|| panic!("no {field} in /proc/<pid>/status"))
+    }
+
+    /// Sends SIGTERM (a graceful drain).
+    pub fn terminate(&self) {
+        let pid = rustix::process::Pid::from_raw(self.pid() as i32).expect("a pid");
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+    }
+
+    /// Waits (bounded) for the process to exit.
+    pub async fn exited(&mut self) -> std::process::ExitStatus {
+        for _ in 0..600 {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the gateway did not exit");
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn collect(stream: impl std::io::Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&lines);
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            sink.lock().unwrap().push(line);
+        }
+    });
+    lines
+}
