@@ -52,11 +52,15 @@ pub enum ErrorKind {
     /// The pool's server took longer than the gateway's limit to connect
     /// or to begin its answer.
     UpstreamTimeout,
+    /// The pool is saturated and the request's class is not admitted (a
+    /// sheddable request, or one that waited too long for a slot); the
+    /// client may retry shortly.
+    Shed,
 }
 
 impl ErrorKind {
     /// Every kind, in a fixed order (for metrics and tests).
-    pub const ALL: [ErrorKind; 16] = [
+    pub const ALL: [ErrorKind; 17] = [
         ErrorKind::InvalidJson,
         ErrorKind::ModelNotString,
         ErrorKind::InvalidModel,
@@ -73,6 +77,7 @@ impl ErrorKind {
         ErrorKind::InvalidEncoding,
         ErrorKind::UpstreamError,
         ErrorKind::UpstreamTimeout,
+        ErrorKind::Shed,
     ];
 
     /// The stable snake_case name, used as the error `code` in responses,
@@ -95,6 +100,7 @@ impl ErrorKind {
             ErrorKind::InvalidEncoding => "invalid_encoding",
             ErrorKind::UpstreamError => "upstream_error",
             ErrorKind::UpstreamTimeout => "upstream_timeout",
+            ErrorKind::Shed => "shed",
         }
     }
 
@@ -115,6 +121,7 @@ impl ErrorKind {
             ErrorKind::PoolUnavailable | ErrorKind::Overloaded => 503,
             ErrorKind::UpstreamError => 502,
             ErrorKind::UpstreamTimeout => 504,
+            ErrorKind::Shed => 429,
         }
     }
 
@@ -122,7 +129,7 @@ impl ErrorKind {
     /// client may retry an overloaded gateway shortly.
     pub const fn retry_after(self) -> Option<u32> {
         match self {
-            ErrorKind::Overloaded => Some(1),
+            ErrorKind::Overloaded | ErrorKind::Shed => Some(1),
             _ => None,
         }
     }
@@ -134,7 +141,8 @@ impl ErrorKind {
             ErrorKind::PoolUnavailable
             | ErrorKind::Overloaded
             | ErrorKind::UpstreamError
-            | ErrorKind::UpstreamTimeout => "server_error",
+            | ErrorKind::UpstreamTimeout
+            | ErrorKind::Shed => "server_error",
             _ => "invalid_request_error",
         }
     }
@@ -157,7 +165,8 @@ impl ErrorKind {
             | ErrorKind::BodyTimeout
             | ErrorKind::InvalidEncoding
             | ErrorKind::UpstreamError
-            | ErrorKind::UpstreamTimeout => None,
+            | ErrorKind::UpstreamTimeout
+            | ErrorKind::Shed => None,
         }
     }
 }
@@ -293,6 +302,20 @@ impl Error {
             ErrorKind::UpstreamTimeout,
             0,
             "the pool's server did not answer in time",
+        )
+    }
+
+    /// The error for a request to `pool` not admitted while the pool is
+    /// saturated; `class` says which class it was admitted as.
+    #[cold]
+    pub fn shed(pool: &str, class: &str) -> Error {
+        Error::with_excerpt(
+            ErrorKind::Shed,
+            0,
+            &format!(
+                "a {class} request is not admitted while its pool is saturated (retry shortly)"
+            ),
+            pool.as_bytes(),
         )
     }
 
@@ -520,6 +543,8 @@ mod tests {
         assert_eq!(ErrorKind::UpstreamTimeout.status(), 504);
         assert_eq!(ErrorKind::UpstreamError.error_type(), "server_error");
         assert_eq!(ErrorKind::UpstreamTimeout.error_type(), "server_error");
+        assert_eq!(ErrorKind::Shed.status(), 429);
+        assert_eq!(ErrorKind::Shed.retry_after(), Some(1));
         // Every kind has its own code.
         let codes: std::collections::HashSet<_> =
             ErrorKind::ALL.iter().map(|k| k.as_str()).collect();

@@ -41,6 +41,11 @@ pub const RULES_RELOADS_TOTAL: &str = "bbr_rules_reloads_total";
 /// Failed reloads of the rules file (the previous table stays in force).
 pub const RULES_RELOAD_FAILURES_TOTAL: &str = "bbr_rules_reload_failures_total";
 
+/// Admission decisions of a pool router with admission on (labels
+/// `pool`, `class`: critical, standard or sheddable, `outcome`: admitted,
+/// queued or refused).
+pub const ADMISSION_TOTAL: &str = "bbr_admission_total";
+
 /// Histogram buckets for [`DECISION_SECONDS`].
 pub const DECISION_SECONDS_BUCKETS: &[f64] = &[
     0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
@@ -100,6 +105,10 @@ pub fn describe() {
     describe_counter!(
         FAIL_OPEN_TOTAL,
         "Requests passed through without routing after an error, by reason."
+    );
+    describe_counter!(
+        ADMISSION_TOTAL,
+        "Admission decisions of saturated pools, by pool, class and outcome."
     );
     describe_counter!(ROUTE_MATCHES_TOTAL, "Routing decisions by rule and pool.");
     describe_counter!(RULES_RELOADS_TOTAL, "Successful reloads of the rules file.");
@@ -203,6 +212,14 @@ pub fn record_rejected(error: &Error) {
 /// because the failure policy says fail open for its kind.
 pub fn record_fail_open(error: &Error) {
     counter!(FAIL_OPEN_TOTAL, "reason" => error.kind().as_str()).increment(1);
+}
+
+/// Records what a pool's admission did with a request of `class`
+/// (`critical`, `standard`, `sheddable`): `admitted`, `queued` or
+/// `refused`.
+pub fn record_admission(pool: &str, class: &'static str, outcome: &'static str) {
+    counter!(ADMISSION_TOTAL, "pool" => pool.to_owned(), "class" => class, "outcome" => outcome)
+        .increment(1);
 }
 
 /// Records a reload of the rules file: `ok`, or failed (the previous table

@@ -72,6 +72,8 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "tokio")]
+mod admission;
 mod body;
 mod budget;
 mod decision;
@@ -88,6 +90,9 @@ pub mod axum;
 #[cfg_attr(docsrs, doc(cfg(feature = "watch")))]
 pub mod watch;
 
+#[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+pub use admission::{Admission, AdmissionStats, Class};
 pub use body::RoutedBody;
 pub use budget::{DEFAULT_HOLD_BUDGET, HoldBudget};
 pub use decision::{Decision, ModelSource};

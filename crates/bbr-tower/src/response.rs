@@ -19,6 +19,8 @@ pin_project! {
     pub struct ResponseBody<B> {
         #[pin]
         kind: Kind<B>,
+        // The pool's admission slot, given back when the body is dropped.
+        slot: Slot,
     }
 }
 
@@ -31,11 +33,28 @@ pin_project! {
     }
 }
 
+/// A pool's admission slot held by a response.
+#[cfg(feature = "tokio")]
+pub(crate) type Slot = Option<crate::admission::Permit>;
+/// A pool's admission slot held by a response (none without tokio).
+#[cfg(not(feature = "tokio"))]
+#[derive(Debug, Default)]
+pub(crate) struct Slot {}
+
 impl<B> ResponseBody<B> {
     /// Wraps the inner service's body.
     pub fn inner(body: B) -> ResponseBody<B> {
         ResponseBody {
             kind: Kind::Inner { body },
+            slot: Slot::default(),
+        }
+    }
+
+    /// Wraps the inner service's body, holding `slot` until it is dropped.
+    pub(crate) fn admitted(body: B, slot: Slot) -> ResponseBody<B> {
+        ResponseBody {
+            kind: Kind::Inner { body },
+            slot,
         }
     }
 
@@ -45,6 +64,7 @@ impl<B> ResponseBody<B> {
             kind: Kind::Answer {
                 body: (!bytes.is_empty()).then_some(bytes),
             },
+            slot: Slot::default(),
         }
     }
 }

@@ -1,5 +1,7 @@
 //! [`PoolRouter`]: one inner service per pool, picked by the decision.
 
+#[cfg(feature = "tokio")]
+use std::sync::Arc;
 use std::{
     collections::HashMap,
     fmt,
@@ -15,7 +17,21 @@ use http_body::Body;
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use crate::{Decision, ResponseBody, response::reject};
+#[cfg(feature = "tokio")]
+use crate::admission::{Admission, AdmissionStats, Entry, Gate};
+use crate::{Decision, ResponseBody, response::Slot, response::reject};
+
+/// Without tokio there is no admission: every request enters at once.
+#[cfg(not(feature = "tokio"))]
+#[derive(Default)]
+struct Entry {}
+
+#[cfg(not(feature = "tokio"))]
+impl Entry {
+    fn poll_admit(&mut self, _cx: &mut Context<'_>) -> Poll<Result<Slot, Error>> {
+        Poll::Ready(Ok(Slot::default()))
+    }
+}
 
 /// The panic message of a future polled after it completed.
 const POLLED_AFTER_COMPLETION: &str = "RouterFuture polled after completion";
@@ -29,6 +45,10 @@ const POLLED_AFTER_COMPLETION: &str = "RouterFuture polled after completion";
 /// one they are answered `404` (`no_route`). A pool with no service is
 /// answered `503` (`pool_unavailable`). Both answers have the error
 /// contract's JSON shape.
+///
+/// With [`admission`](PoolRouter::admission) (feature `tokio`), each pool
+/// admits a limited number of requests in flight and, when saturated,
+/// sheds, queues or admits by criticality; see [`Admission`](crate::Admission).
 ///
 /// Readiness is per pool: [`poll_ready`](Service::poll_ready) is always ready,
 /// and each call drives a clone of the selected pool's service to readiness
@@ -53,6 +73,10 @@ const POLLED_AFTER_COMPLETION: &str = "RouterFuture polled after completion";
 pub struct PoolRouter<S> {
     pools: HashMap<Box<str>, S>,
     fallback: Option<S>,
+    #[cfg(feature = "tokio")]
+    admission: Option<Admission>,
+    #[cfg(feature = "tokio")]
+    gates: HashMap<Box<str>, Arc<Gate>>,
 }
 
 impl<S> Default for PoolRouter<S> {
@@ -60,6 +84,10 @@ impl<S> Default for PoolRouter<S> {
         PoolRouter {
             pools: HashMap::new(),
             fallback: None,
+            #[cfg(feature = "tokio")]
+            admission: None,
+            #[cfg(feature = "tokio")]
+            gates: HashMap::new(),
         }
     }
 }
@@ -74,8 +102,52 @@ impl<S> PoolRouter<S> {
     /// service given for that pool before).
     #[must_use]
     pub fn pool(mut self, pool: impl Into<Box<str>>, service: S) -> Self {
-        self.pools.insert(pool.into(), service);
+        let pool = pool.into();
+        #[cfg(feature = "tokio")]
+        if let Some(admission) = &self.admission {
+            let gate = Arc::new(Gate::new(&pool, admission.clone()));
+            self.gates.insert(pool.clone(), gate);
+        }
+        self.pools.insert(pool, service);
         self
+    }
+
+    /// Limits each pool's requests in flight (from the call to the end of
+    /// the response body) and, when a pool is saturated, refuses, queues or
+    /// admits its requests by their rule's criticality or priority (see
+    /// [`Admission`]). The limits apply to every pool, given before or after.
+    ///
+    /// ```
+    /// use std::convert::Infallible;
+    /// use bbr_tower::{Admission, PoolRouter};
+    /// use tower::service_fn;
+    ///
+    /// async fn pool(_: http::Request<String>) -> Result<http::Response<String>, Infallible> {
+    ///     Ok(http::Response::new(String::new()))
+    /// }
+    /// let router = PoolRouter::new()
+    ///     .pool("gemma3", service_fn(pool))
+    ///     .admission(Admission::new(32));
+    /// assert_eq!(router.admission_stats("gemma3").unwrap().admitted, [0, 0, 0]);
+    /// ```
+    #[cfg(feature = "tokio")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+    #[must_use]
+    pub fn admission(mut self, admission: Admission) -> Self {
+        self.gates = self
+            .pools
+            .keys()
+            .map(|pool| (pool.clone(), Arc::new(Gate::new(pool, admission.clone()))))
+            .collect();
+        self.admission = Some(admission);
+        self
+    }
+
+    /// What `pool`'s admission did so far, when admission is on.
+    #[cfg(feature = "tokio")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+    pub fn admission_stats(&self, pool: &str) -> Option<AdmissionStats> {
+        self.gates.get(pool).map(|gate| gate.stats())
     }
 
     /// Sends the requests that name no pool to `service`.
@@ -122,13 +194,22 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> RouterFuture<S, B> {
-        let pool = request
-            .extensions()
-            .get::<Decision>()
-            .and_then(Decision::pool);
+        let decision = request.extensions().get::<Decision>();
+        let pool = decision.and_then(Decision::pool);
+        #[cfg_attr(not(feature = "tokio"), allow(unused_mut))]
+        let mut entry = Entry::default();
         let service = match pool {
             Some(pool) => match self.pools.get(pool) {
-                Some(service) => service.clone(),
+                Some(service) => {
+                    #[cfg(feature = "tokio")]
+                    if let Some(gate) = self.gates.get(pool) {
+                        match Entry::new(gate, pool, decision.and_then(Decision::route)) {
+                            Ok(admitted) => entry = admitted,
+                            Err(error) => return RouterFuture::answer(error),
+                        }
+                    }
+                    service.clone()
+                }
                 None => return RouterFuture::answer(Error::pool_unavailable(pool)),
             },
             None => match &self.fallback {
@@ -140,6 +221,8 @@ where
             state: RouterState::NotReady {
                 service,
                 request: Some(request),
+                entry,
+                slot: None,
             },
         }
     }
@@ -162,9 +245,10 @@ pin_project! {
     where
         S: Service<Request<B>>,
     {
-        // `request` is `None` once it was handed to the service.
-        NotReady { service: S, request: Option<Request<B>> },
-        Called { #[pin] future: S::Future },
+        // `request` is `None` once it was handed to the service; `slot` is
+        // `Some` once the pool admitted the request.
+        NotReady { service: S, request: Option<Request<B>>, entry: Entry, slot: Option<Slot> },
+        Called { #[pin] future: S::Future, slot: Option<Slot> },
         // `None` once the answer went out.
         Answered { error: Option<Error> },
     }
@@ -190,15 +274,32 @@ where
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {
-            let future = match self.as_mut().project().state.project() {
-                RouterStateProj::NotReady { service, request } => {
+            let (future, slot) = match self.as_mut().project().state.project() {
+                RouterStateProj::NotReady {
+                    service,
+                    request,
+                    entry,
+                    slot,
+                } => {
+                    if slot.is_none() {
+                        match ready!(entry.poll_admit(cx)) {
+                            Ok(admitted) => *slot = Some(admitted),
+                            Err(error) => {
+                                // Refused while waiting: the request is dropped unsent.
+                                request.take();
+                                return Poll::Ready(Ok(reject(&error)));
+                            }
+                        }
+                    }
                     ready!(service.poll_ready(cx))?;
                     let request = request.take().expect(POLLED_AFTER_COMPLETION);
-                    service.call(request)
+                    (service.call(request), slot.take())
                 }
-                RouterStateProj::Called { future } => {
+                RouterStateProj::Called { future, slot } => {
                     let response = ready!(future.poll(cx))?;
-                    return Poll::Ready(Ok(response.map(ResponseBody::inner)));
+                    return Poll::Ready(Ok(response.map(|body| {
+                        ResponseBody::admitted(body, slot.take().unwrap_or_default())
+                    })));
                 }
                 RouterStateProj::Answered { error } => {
                     let error = error.take().expect(POLLED_AFTER_COMPLETION);
@@ -208,7 +309,7 @@ where
             self.as_mut()
                 .project()
                 .state
-                .set(RouterState::Called { future });
+                .set(RouterState::Called { future, slot });
         }
     }
 }
