@@ -41,6 +41,8 @@ pub(crate) struct Shared {
     pub(crate) serve_models: bool,
     /// Where routing decisions are written in Envoy's dynamic metadata.
     pub(crate) metadata: Option<reply::DynamicMetadata>,
+    /// The Go router's plugin histograms the decision step is recorded in.
+    pub(crate) plugin_histograms: Vec<::metrics::Histogram>,
 }
 
 /// How Envoy sends the request body, as far as this service is concerned.
@@ -394,9 +396,16 @@ impl Exchange {
             true => self.request_key.as_deref(),
             false => None,
         };
+        let timer = (!shared.plugin_histograms.is_empty()).then(Instant::now);
         let verdict = shared
             .decider
             .decide(&table, Input::body(extraction, rewritable), key);
+        if let Some(start) = timer {
+            let seconds = start.elapsed().as_secs_f64();
+            for histogram in &shared.plugin_histograms {
+                histogram.record(seconds);
+            }
+        }
         self.carry_out(verdict, eos, out);
     }
 
@@ -580,6 +589,7 @@ mod tests {
             request_key_header: "x-request-id".to_owned(),
             serve_models: false,
             metadata: None,
+            plugin_histograms: Vec::new(),
         })
     }
 

@@ -306,6 +306,21 @@ impl Args {
         )
     }
 
+    /// The Go router's plugin instances this server stands for, as its
+    /// metrics label them: those given with `--plugin`, or the Go router's
+    /// two defaults.
+    fn plugin_labels(&self) -> Vec<(&'static str, String)> {
+        if self.plugin.is_empty() {
+            return ["body-field-to-header", "base-model-to-header"]
+                .map(|kind| (kind, kind.to_owned()))
+                .into();
+        }
+        self.plugin
+            .iter()
+            .map(|p| (p.kind_name, p.name.clone()))
+            .collect()
+    }
+
     fn extractor_config(&self) -> ExtractorConfig {
         ExtractorConfig::new()
             .with_policy(self.policy)
@@ -320,7 +335,8 @@ impl Args {
             .decider(self.decider())
             .rules(rules)
             .serve_models(self.serve_models)
-            .streaming(self.streaming);
+            .streaming(self.streaming)
+            .plugins(self.plugin_labels());
         let builder = match self.metadata_namespace.as_str() {
             "" => builder,
             namespace => builder.dynamic_metadata(
@@ -410,8 +426,18 @@ async fn run(args: Args) -> Result<(), BoxError> {
             Matcher::Full(metrics::BYTES_BEFORE_DECISION.to_owned()),
             metrics::BYTES_BUCKETS,
         )?
+        .set_buckets_for_metric(
+            Matcher::Full(metrics::PLUGIN_DURATION_SECONDS.to_owned()),
+            metrics::PLUGIN_DURATION_BUCKETS,
+        )?
         .install_recorder()?;
     metrics::describe();
+    metrics::describe_server();
+    metrics::record_info(
+        env!("CARGO_PKG_VERSION"),
+        env!("BBR_GIT_COMMIT"),
+        option_env!("BBR_BUILD_REF").unwrap_or(""),
+    );
     metrics::register_fields(args.body_field.iter().map(BodyFieldHeader::field));
 
     let sources = TableSources::new(args.rules.clone())?;

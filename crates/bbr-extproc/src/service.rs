@@ -72,6 +72,7 @@ pub struct ProcessorBuilder {
     request_key_header: String,
     serve_models: bool,
     metadata: Option<DynamicMetadata>,
+    plugins: Vec<(String, String)>,
 }
 
 impl Default for ProcessorBuilder {
@@ -85,6 +86,7 @@ impl Default for ProcessorBuilder {
             request_key_header: "x-request-id".to_owned(),
             serve_models: false,
             metadata: None,
+            plugins: Vec::new(),
         }
     }
 }
@@ -200,6 +202,26 @@ impl ProcessorBuilder {
         self
     }
 
+    /// The Go router's plugin instances, `(type, name)`, this processor
+    /// stands for: the time of each decision step is recorded in
+    /// [`bbr_plugin_duration_seconds`](crate::metrics::PLUGIN_DURATION_SECONDS)
+    /// under each, as the Go router records each plugin's. The histograms
+    /// are registered with the `metrics` recorder installed when
+    /// [`build`](Self::build) runs. None by default.
+    #[must_use]
+    pub fn plugins<I, T, N>(mut self, plugins: I) -> Self
+    where
+        I: IntoIterator<Item = (T, N)>,
+        T: Into<String>,
+        N: Into<String>,
+    {
+        self.plugins = plugins
+            .into_iter()
+            .map(|(kind, name)| (kind.into(), name.into()))
+            .collect();
+        self
+    }
+
     /// Builds the processor.
     pub fn build(self) -> BodyRoutingProcessor {
         BodyRoutingProcessor {
@@ -212,6 +234,7 @@ impl ProcessorBuilder {
                 request_key_header: self.request_key_header,
                 serve_models: self.serve_models,
                 metadata: self.metadata,
+                plugin_histograms: crate::metrics::plugin_histograms(&self.plugins),
             }),
         }
     }

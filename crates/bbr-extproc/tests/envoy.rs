@@ -218,6 +218,9 @@ async fn binary_full_duplex_routes_demo_requests_strips_spoofs_and_rejects_bad_b
         "bbr_body_field_not_found_total{field=\"model\"} 1",
         "bbr_rejected_total{reason=\"duplicate_model\"} 1",
         "bbr_decision_duration_seconds_bucket",
+        "bbr_info{",
+        "bbr_plugin_duration_seconds_bucket{extension_point=\"request\",plugin_type=\"body-field-to-header\",plugin_name=\"body-field-to-header\",le=\"0.0001\"}",
+        "bbr_plugin_duration_seconds_count{extension_point=\"request\",plugin_type=\"base-model-to-header\",plugin_name=\"base-model-to-header\"}",
     ] {
         assert!(text.contains(name), "{name} missing from\n{text}");
     }
