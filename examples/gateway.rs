@@ -21,8 +21,8 @@ use std::{
 
 use bbr_core::{Error, rules::RuleTable};
 use bbr_tower::{
-    BoxError, Decision, ModelRouting, ModelRoutingLayer, PoolRouter, ResponseBody, RoutedBody,
-    error_response,
+    Admission, BoxError, Decision, ModelRouting, ModelRoutingLayer, PoolRouter, ResponseBody,
+    RoutedBody, error_response,
 };
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header, uri};
@@ -452,11 +452,25 @@ pub fn gateway(
     layer: ModelRoutingLayer,
     pools: impl IntoIterator<Item = (String, Upstream<RoutedBody<Incoming>>)>,
 ) -> GatewayService {
+    gateway_with(layer, pools, None)
+}
+
+/// [`gateway`] with each pool's requests in flight limited by `admission`
+/// (shed, queued or admitted by criticality when a pool is saturated).
+pub fn gateway_with(
+    layer: ModelRoutingLayer,
+    pools: impl IntoIterator<Item = (String, Upstream<RoutedBody<Incoming>>)>,
+    admission: Option<Admission>,
+) -> GatewayService {
     let router = pools
         .into_iter()
         .fold(PoolRouter::new(), |router, (name, upstream)| {
             router.pool(name, upstream)
         });
+    let router = match admission {
+        Some(admission) => router.admission(admission),
+        None => router,
+    };
     layer.layer(router)
 }
 

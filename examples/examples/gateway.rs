@@ -19,7 +19,7 @@ use bbr_examples::{
     gateway::{self, Admin, Endpoint, Front, Readiness, Upstream, UpstreamOptions},
     pool::SimulatedPool,
 };
-use bbr_tower::HoldBudget;
+use bbr_tower::{Admission, HoldBudget};
 use clap::Parser;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
@@ -73,6 +73,15 @@ struct Args {
     /// take to finish, in seconds.
     #[arg(long, default_value_t = 30)]
     drain_timeout_secs: u64,
+    /// The most requests in flight a pool (0: no limit). At the limit,
+    /// Sheddable requests get 429, Standard ones wait (see
+    /// --pool-queue-timeout-ms), Critical ones go up to 1.5 times the limit.
+    #[arg(long, default_value_t = 0)]
+    pool_limit: usize,
+    /// How long a Standard request waits for a slot in a saturated pool,
+    /// in milliseconds, before it gets 429.
+    #[arg(long, default_value_t = 30_000)]
+    pool_queue_timeout_ms: u64,
     /// Serve /healthz, /readyz and /metrics on this address instead of the
     /// main one (it keeps answering, /readyz with 503, while draining).
     #[arg(long)]
@@ -211,7 +220,11 @@ async fn main() -> ExitCode {
         .policy(args.policy)
         .hold_budget(HoldBudget::new(args.hold_budget_mib << 20))
         .hold_idle_timeout((!idle.is_zero()).then_some(idle));
-    let service = Front::new(gateway::gateway(layer, pools), admin);
+    let admission = (args.pool_limit > 0).then(|| {
+        Admission::new(args.pool_limit)
+            .queue_timeout(Duration::from_millis(args.pool_queue_timeout_ms))
+    });
+    let service = Front::new(gateway::gateway_with(layer, pools, admission), admin);
     let bound = listener.local_addr().unwrap_or(args.listen);
     println!(
         "gateway listening on http://{bound} (rules: {})",

@@ -290,3 +290,50 @@ async fn a_client_hanging_up_mid_body_is_logged_not_answered() {
     })
     .await;
 }
+
+/// `--pool-limit 1`: while a streamed answer holds the pool's one slot, a
+/// Standard request (the demo's `recommender`) waits for
+/// `--pool-queue-timeout-ms` and gets 429 `shed`, while a Critical one (the
+/// demo's `chatbot`, another pool) is not held back.
+#[tokio::test]
+async fn a_saturated_pool_sheds_what_waited_too_long() {
+    bounded(async {
+        let gw = GatewayProcess::start(&[
+            "--pool-limit",
+            "1",
+            "--pool-queue-timeout-ms",
+            "200",
+            "--token-delay-ms",
+            "300",
+        ]);
+        let client = http1();
+        let streamed = r#"{"model":"recommender","prompt":"x","stream":true}"#;
+        let holding = post_json(&client, gw.url("/v1/completions"), streamed).await;
+        assert_eq!(holding.status(), 200);
+        let mut tokens = holding.bytes_stream();
+        // The first event: the slot is held while the rest streams.
+        assert!(tokens.next().await.is_some());
+
+        let waited = post_json(
+            &client,
+            gw.url("/v1/completions"),
+            r#"{"model":"recommender","prompt":"y"}"#,
+        )
+        .await;
+        assert_eq!(waited.headers()["retry-after"], "1");
+        assert_eq!(error_code(waited).await, (429, "shed".to_owned()));
+
+        let other_pool = post_json(&client, gw.url("/v1/chat/completions"), CHAT).await;
+        assert_eq!(other_pool.status(), 200);
+        while tokens.next().await.is_some() {}
+        // The slot came back with the end of the stream.
+        let after = post_json(
+            &client,
+            gw.url("/v1/completions"),
+            r#"{"model":"recommender","prompt":"z"}"#,
+        )
+        .await;
+        assert_eq!(after.status(), 200);
+    })
+    .await;
+}
