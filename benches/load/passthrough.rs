@@ -186,7 +186,13 @@ async fn run(args: Args) -> Result<(), BoxError> {
         args.secure_serving
     );
     server
-        .add_service(ExternalProcessorServer::new(Passthrough { route }))
+        .add_service(
+            // Room for a BUFFERED body as large as bbr-extproc's default
+            // limit (32 MiB), as bbr-extproc allows.
+            ExternalProcessorServer::new(Passthrough { route })
+                .max_decoding_message_size(33 << 20)
+                .max_encoding_message_size(33 << 20),
+        )
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
             async {
