@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # What bbr-extproc and the Go routers answer, through the same Envoy, to
 # the bodies where routers differ; prints a Markdown table (the one in
-# docs/extproc.md). Each cell: the status the client got, then the
-# X-Gateway-Model-Name the pool saw (`-`: none; no pool: Envoy's own 404
-# for a request no route matched, or the ext_proc server's answer), and
-# `≠` when the body reached the pool changed.
+# docs/extproc.md). Each cell: the status the client got, then either the
+# pool that answered and the X-Gateway-Model-Name it saw (`-`: none; `≠`
+# when the body reached it changed), or `Envoy: no route` (Envoy's own 404
+# for a request no route matched), or `ext_proc:` and what the ext_proc
+# server answered (bbr's error code, or the start of the body; `empty`
+# when Envoy answered for a server that ended the stream).
 #
 # Envoy routes X-Gateway-Model-Name `chatbot` to pool gemma3 and
 # `recommender` to deepseek-r1 and answers anything else with 404
@@ -18,7 +20,7 @@ cd "$(dirname "$0")/../.."
 
 SERVERS=${SERVERS:-"bbr go-v1.5 go-v0.5 ipp"}
 BODY_MODES=${BODY_MODES:-"full-duplex buffered"}
-CASES="duplicate spoofed invalid no-model non-string escaped-key empty gzip split-70k"
+CASES="duplicate spoofed spoofed-no-model invalid no-model non-string escaped-key empty gzip split-70k"
 
 . benches/load/lib.sh
 # shellcheck disable=SC2086
@@ -35,6 +37,7 @@ chunks = None
 body = {
     "duplicate": b'{"model":"chatbot","messages":[{"role":"user","content":"hi"}],"model":"recommender"}',
     "spoofed": b'{"model":"chatbot","messages":[{"role":"user","content":"hi"}]}',
+    "spoofed-no-model": b'{"messages":[{"role":"user","content":"hi"}]}',
     "invalid": b'{"model":"chatbot","messages":[{"role":"user","content":"hi"}',
     "no-model": b'{"messages":[{"role":"user","content":"hi"}]}',
     "non-string": b'{"model":42,"messages":[{"role":"user","content":"hi"}]}',
@@ -42,7 +45,7 @@ body = {
     "empty": b"",
     "gzip": gzip.compress(b'{"model":"chatbot","messages":[{"role":"user","content":"hi"}]}'),
 }.get(case)
-if case == "spoofed":
+if case.startswith("spoofed"):
     headers["X-Gateway-Model-Name"] = "recommender"
 if case == "gzip":
     headers["Content-Encoding"] = "gzip"
@@ -68,14 +71,18 @@ r = c.getresponse()
 answer = r.read()
 seen = r.getheader("x-pool-received-model-header") or "-"
 pool = r.getheader("x-inference-pool")
-cell = f"{r.status} {seen}" if pool else f"{r.status} no pool"
-if pool and r.getheader("x-pool-received-sha256") != hashlib.sha256(body).hexdigest():
-    cell += " ≠"
-if not pool and r.status != 404:
+if pool:
+    cell = f"{r.status} {pool} {seen}"
+    if r.getheader("x-pool-received-sha256") not in (None, hashlib.sha256(body).hexdigest()):
+        cell += " ≠"
+elif answer.startswith(b"no route for this model"):
+    cell = f"{r.status} Envoy: no route"
+else:
     try:
-        cell += " " + json.loads(answer)["error"]["code"]
+        what = json.loads(answer)["error"]["code"]
     except Exception:
-        pass
+        what = answer.decode("utf-8", "replace").strip().replace("|", "/")[:40].strip() or "empty"
+    cell = f"{r.status} ext_proc: {what}"
 print(cell)
 PY
 }
