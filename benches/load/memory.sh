@@ -3,11 +3,15 @@
 #   c20x10m  20 concurrent 10 MiB bodies, `model` the last key,
 #   one64m   one 64 MiB body, `model` the last key,
 # each on a freshly started server (VmHWM is a peak over the process's
-# life), and the status every request got. The servers are those of
+# life), and the status every request got. The clients send at most
+# LIMIT_RATE bytes/s each (curl --limit-rate, default 20M), so that the 20
+# bodies are in flight together whatever the server's speed: unthrottled,
+# Envoy's one worker reads the connections nearly one after the other and a
+# fast server sees few of them at once. The servers are those of
 # benches/load/lib.sh; a server may carry extra bbr-extproc flags after a
 # colon (`bbr:--max-body=134217728`).
 #
-# Environment: SERVERS (default "bbr bbr:--max-body=134217728 go-v1.5 go-v0.5
+# Environment: LIMIT_RATE, SERVERS (default "bbr bbr:--max-body=134217728 go-v1.5 go-v0.5
 # ipp"), BODY_MODES ("full-duplex buffered"; ipp is full duplex only),
 # SCENARIOS ("c20x10m one64m"), BBR_TLS (true), BBR_ENVOY.
 set -euo pipefail
@@ -16,6 +20,7 @@ cd "$(dirname "$0")/../.."
 SERVERS=${SERVERS:-"bbr bbr:--max-body=134217728 go-v1.5 go-v0.5 ipp"}
 BODY_MODES=${BODY_MODES:-"full-duplex buffered"}
 SCENARIOS=${SCENARIOS:-"c20x10m one64m"}
+LIMIT_RATE=${LIMIT_RATE:-20M}
 
 . benches/load/lib.sh
 
@@ -28,7 +33,7 @@ make_body $((64 * 1024 * 1024)) "$work/body-64m.json" last
 
 # Posts $2 copies of $1 at once; prints the statuses, counted.
 post_many() { # file count port
-  seq 1 "$2" | xargs -P "$2" -I{} curl -s --max-time 120 -o /dev/null -w '%{http_code}\n' \
+  seq 1 "$2" | xargs -P "$2" -I{} curl -s --max-time 120 --limit-rate "$LIMIT_RATE" -o /dev/null -w '%{http_code}\n' \
     -H 'Content-Type: application/json' --data-binary "@$1" \
     "http://127.0.0.1:$3/v1/chat/completions" | sort | uniq -c |
     awk '{printf "%s%s×%s", sep, $1, $2; sep=" "} END {print ""}'
