@@ -144,7 +144,10 @@ for size in $SIZES; do
 done
 
 # wrk runs for DURATION; the timeout only bounds a stuck run.
-wrk_timeout=$(( ${DURATION%s} + 60 ))
+case "$DURATION" in
+  *[0-9]s) wrk_timeout=$(( ${DURATION%s} + 60 )) ;;
+  *) wrk_timeout=3600 ;;
+esac
 declare -A RUNS
 for round in $(seq 1 "$ROUNDS"); do
   for size in $SIZES; do
