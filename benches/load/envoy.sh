@@ -1,40 +1,65 @@
 #!/usr/bin/env bash
-# Load benchmark through a real Envoy on loopback: requests/s and
-# p99 latency of
-#   (a) header:      Envoy routing on an X-Gateway-Model-Name the client sent
-#                    (no ext_proc: the floor),
-#   (b) full-duplex: Envoy + bbr-extproc, FULL_DUPLEX_STREAMED,
-#   (c) buffered:    Envoy + bbr-extproc, BUFFERED,
-#   (d) json-meta:   Envoy's native json_to_metadata filter (whole body
-#                    buffered, model -> envoy.lb metadata -> subset LB),
-#   (e) headers-only: Envoy + bbr-extproc sent the request headers only
-#                    (request_body_mode NONE, answered at once, routed to
-#                    the first pool): what Envoy's ext_proc filter costs by
-#                    itself, the bound on any body-reading ext_proc route,
-#   (f) module:      Envoy with bbr loaded as a dynamic module
-#                    (libbbr_envoy.so, examples/envoy/module.yaml): the
-#                    same routing inside Envoy, no ext_proc hop,
-# at 1 KiB and 1 MiB bodies (`messages` before `model`, as the OpenAI SDKs
-# send them), all in one run; prints the figures and the ratios to (a).
+# Load benchmark through a real Envoy on loopback: requests/s and p99
+# latency, and the CPU time Envoy and the ext_proc server spend per request,
+# of these modes, all in one run:
 #
-# The modes run side by side and are measured in turn, ROUNDS times; the
-# figures are medians, plus the CPU time Envoy and bbr-extproc spend per
-# request (from /proc), which the other load of a shared machine disturbs less.
+#   header        Envoy routing on an X-Gateway-Model-Name the client sent
+#                 (no ext_proc: the floor),
+#   json-meta     Envoy's native json_to_metadata filter (whole body
+#                 buffered, model -> envoy.lb metadata -> subset LB),
+#   headers-only  Envoy + bbr-extproc sent the request headers only
+#                 (request_body_mode NONE, answered at once, routed to the
+#                 first pool): what Envoy's ext_proc filter costs by itself,
+#   module        Envoy with bbr loaded as a dynamic module (libbbr_envoy.so,
+#                 examples/envoy/module.yaml): the same routing inside
+#                 Envoy, no ext_proc hop,
+#
+# and, in FULL_DUPLEX_STREAMED (what the Go router's chart configures) and
+# BUFFERED (the same names with `-buffered`):
+#
+#   full-duplex / buffered   bbr-extproc,
+#   passthrough              an ext_proc server on bbr-extproc's gRPC stack
+#                            that reads no body and answers every chunk
+#                            unchanged (benches/load/passthrough.rs): the
+#                            floor of any ext_proc server on this stack,
+#   go-v1.5, go-v0.5         the Go body-based router of the Gateway API
+#                            Inference Extension, v1.5.0 and v0.5.1
+#                            (scripts/install-go-bbr.sh),
+#   ipp                      the llm-d Inference Payload Processor v0.1.0
+#                            (full duplex only).
+#
+# Every ext_proc server is behind the same Envoy configuration
+# (examples/envoy/), TLS to the server by default (the Go v0.5.1 router
+# always serves TLS; BBR_TLS=false makes the others plaintext). Before the
+# timing, one request of each size through each mode must answer 200 from
+# pool gemma3, the pool having seen X-Gateway-Model-Name: chatbot (except
+# json-meta and headers-only, which set no header); whether the body reached
+# the pool unchanged is printed too.
+#
+# The modes run side by side and are measured in turn, ROUNDS times, so
+# that the load of a shared machine spreads over all of them; the figures
+# are medians, and the CPU times (from /proc/PID/stat) are totals over the
+# rounds divided by the requests served.
 #
 # Environment: DURATION (default 5s), ROUNDS (3), CONNECTIONS (16), SIZES
-# ("1024 1048576"), ENVOY_CONCURRENCY (1), BBR_TLS (true: Envoy speaks TLS to
-# bbr-extproc, its default; false for plaintext), BBR_ENVOY (else installed by
-# scripts/install-envoy.sh). Installs wrk with apt-get when missing.
+# ("1024 102400 1048576 10485760"), MODES (all of the above),
+# ENVOY_CONCURRENCY (1), BBR_TLS (true), BBR_WORKERS (bbr-extproc and
+# passthrough worker threads), BBR_ENVOY (else installed by
+# scripts/install-envoy.sh). QUICK=1: one 1-second round at 1 KiB, for a
+# check that every mode routes (each setting above still wins).
+# Installs wrk with apt-get when missing. Every wait is bounded; the servers
+# stop on exit.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
+if [ "${QUICK:-0}" = 1 ]; then
+  DURATION=${DURATION:-1s}; ROUNDS=${ROUNDS:-1}; SIZES=${SIZES:-1024}
+fi
 DURATION=${DURATION:-5s}
 ROUNDS=${ROUNDS:-3}
 CONNECTIONS=${CONNECTIONS:-16}
-SIZES=${SIZES:-"1024 1048576"}
-ENVOY_CONCURRENCY=${ENVOY_CONCURRENCY:-1}
-BBR_TLS=${BBR_TLS:-true}
-MODES=${MODES:-"header full-duplex buffered json-meta headers-only module"}
+SIZES=${SIZES:-"1024 102400 1048576 10485760"}
+MODES=${MODES:-"header json-meta headers-only module passthrough full-duplex go-v1.5 go-v0.5 ipp passthrough-buffered buffered go-v1.5-buffered go-v0.5-buffered"}
 
 if ! command -v wrk >/dev/null 2>&1; then
   echo "installing wrk..." >&2
@@ -43,126 +68,104 @@ if ! command -v wrk >/dev/null 2>&1; then
   $SUDO apt-get update -qq >&2
   $SUDO apt-get install -y -qq wrk >&2
 fi
-envoy_bin="${BBR_ENVOY:-$(scripts/install-envoy.sh)}"
 
-cargo build --release -q -p bbr-extproc --bin bbr-extproc
-cargo build --release -q -p bbr-examples --example pools
-cargo build --release -q -p bbr-envoy
-target="${CARGO_TARGET_DIR:-target}/release"
-module_dir="$(cd "$target" && pwd)"
+. benches/load/lib.sh
 
-work="$(mktemp -d)"
-pids=()
-stop_all() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  pids=()
-}
-trap 'stop_all; rm -rf "$work"' EXIT INT TERM
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-wait_for() { # file pattern
-  for _ in $(seq 1 200); do grep -qs "$2" "$1" && return 0; sleep 0.05; done
-  echo "timed out waiting for '$2' in $1" >&2; cat "$1" >&2; return 1
-}
-
-gemma3=$(free_port); deepseek=$(free_port)
-"$target/examples/pools" --token-delay-ms 0 --pool "gemma3=127.0.0.1:$gemma3" \
-  --pool "deepseek-r1=127.0.0.1:$deepseek" >"$work/pools.log" 2>&1 &
-pool_pid=$!
-wait_for "$work/pools.log" "deepseek-r1 listening"
-
-# Starts the ext_proc server (if the mode needs one) and Envoy for $1;
-# records the listener port and the process ids.
-declare -A PORT ENVOY_PID BBR_PID
-start_mode() {
-  local mode=$1 template bbr=0
-  case "$mode" in
-    header) template=benches/load/envoy-header.yaml ;;
-    full-duplex|headers-only) template=examples/envoy/envoy-full-duplex.yaml ;;
-    buffered) template=examples/envoy/envoy-buffered.yaml ;;
-    json-meta) template=benches/load/envoy-json-to-metadata.yaml ;;
-    module) template=examples/envoy/module.yaml ;;
+# The ext_proc server and body mode of a mode.
+server_of() {
+  case "$1" in
+    header|json-meta|module) echo none ;;
+    full-duplex|buffered|headers-only) echo bbr ;;
+    *-buffered) echo "${1%-buffered}" ;;
+    *) echo "$1" ;;
   esac
-  if [ "$mode" != header ] && [ "$mode" != json-meta ] && [ "$mode" != module ]; then
-    local flags=(--address 127.0.0.1 --grpc-port 0 --grpc-health-port 0 --metrics-port 0 -v 1)
-    [ "$mode" = full-duplex ] && flags+=(--streaming)
-    [ "$BBR_TLS" = false ] && flags+=(--secure-serving=false)
-    [ -n "${BBR_WORKERS:-}" ] && flags+=(--worker-threads "$BBR_WORKERS")
-    "$target/bbr-extproc" "${flags[@]}" >"$work/bbr-$mode.log" 2>&1 &
-    pids+=($!); BBR_PID[$mode]=$!
-    wait_for "$work/bbr-$mode.log" "bbr-extproc listening"
-    bbr=$(sed -n 's/.* grpc=127.0.0.1:\([0-9]*\) .*/\1/p' "$work/bbr-$mode.log")
-  fi
-  local port admin; port=$(free_port); admin=$(free_port)
-  sed -e "s/\${ADMIN_PORT}/$admin/" -e "s/\${LISTEN_PORT}/$port/" -e "s/\${BBR_PORT}/$bbr/" \
-      -e "s/\${GEMMA3_PORT}/$gemma3/" -e "s/\${DEEPSEEK_PORT}/$deepseek/" \
-      -e "s|\${RULES_FILE}|$(pwd)/examples/config/gateway.yaml|" \
-      "$template" >"$work/envoy-$mode.yaml"
-  if [ "$BBR_TLS" = false ]; then
-    sed -i '/transport_socket:/,/sni: localhost/d' "$work/envoy-$mode.yaml"
-  fi
-  if [ "$mode" = headers-only ]; then
-    # No body to bbr-extproc; what no header routes goes to the first pool.
-    sed -i -e 's/request_body_mode: FULL_DUPLEX_STREAMED/request_body_mode: NONE/' \
-      -e 's/request_trailer_mode: SEND/request_trailer_mode: SKIP/' \
-      -e 's/direct_response: { status: 404, body: { inline_string: "no route for this model\\n" } }/route: { cluster: gemma3, timeout: 60s }/' \
-      "$work/envoy-$mode.yaml"
-  fi
-  ENVOY_DYNAMIC_MODULES_SEARCH_PATH="$module_dir" \
-    "$envoy_bin" -c "$work/envoy-$mode.yaml" --concurrency "$ENVOY_CONCURRENCY" \
-    --disable-hot-restart -l error >"$work/envoy-$mode.log" 2>&1 &
-  pids+=($!); ENVOY_PID[$mode]=$!; PORT[$mode]=$port
-  for _ in $(seq 1 200); do
-    curl -fs "http://127.0.0.1:$admin/ready" >/dev/null 2>&1 && return 0
-    sleep 0.05
-  done
-  echo "envoy did not start" >&2; cat "$work/envoy-$mode.log" >&2; return 1
+}
+body_of() {
+  case "$1" in
+    header|json-meta|module) echo none ;;
+    buffered|*-buffered) echo buffered ;;
+    *) echo full-duplex ;;
+  esac
 }
 
-# CPU time (user + system) of a process so far, in clock ticks.
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+servers=()
+for mode in $MODES; do servers+=("$(server_of "$mode")"); done
+build_servers "${servers[@]}"
+case " $MODES " in
+  *" module "*) nice -n 10 cargo build --release -q -p bbr-envoy ;;
+esac
+start_pools
 
-# A body of about $1 bytes: a long user message, then the model.
-make_body() {
-  python3 - "$1" >"$work/body-$1.json" <<'PY'
-import json, sys
-size = int(sys.argv[1])
-head = {"messages": [{"role": "user", "content": ""}], "model": "chatbot", "max_tokens": 100}
-pad = size - len(json.dumps(head, separators=(",", ":")))
-head["messages"][0]["content"] = "lorem ipsum " * (max(pad, 0) // 12) + "x" * (max(pad, 0) % 12)
-sys.stdout.write(json.dumps(head, separators=(",", ":")))
-PY
-}
+declare -A PORT ENVOY_PID SERVER
+for mode in $MODES; do
+  server=$(server_of "$mode"); body=$(body_of "$mode")
+  case "$mode" in
+    header) start_envoy benches/load/envoy-header.yaml "" "$BBR_TLS" "$mode" ;;
+    json-meta) start_envoy benches/load/envoy-json-to-metadata.yaml "" "$BBR_TLS" "$mode" ;;
+    module) start_envoy examples/envoy/module.yaml "" "$BBR_TLS" "$mode" ;;
+    *)
+      start_server "$server" "$body" "$mode"
+      SERVER[$mode]=$SERVER_PID
+      template=$(envoy_template "$body")
+      if [ "$mode" = headers-only ]; then
+        # No body to bbr-extproc; what no header routes goes to the first pool.
+        sed -e 's/request_body_mode: FULL_DUPLEX_STREAMED/request_body_mode: NONE/' \
+          -e 's/request_trailer_mode: SEND/request_trailer_mode: SKIP/' \
+          -e 's/direct_response: { status: 404, body: { inline_string: "no route for this model\\n" } }/route: { cluster: gemma3, timeout: 60s }/' \
+          "$template" >"$work/headers-only-template.yaml"
+        template="$work/headers-only-template.yaml"
+      fi
+      start_envoy "$template" "$SERVER_PORT" "$SERVER_TLS" "$mode"
+      ;;
+  esac
+  ENVOY_PID[$mode]=$ENVOY_PID; PORT[$mode]=$ENVOY_PORT
+done
 
-for mode in $MODES; do start_mode "$mode"; done
+# Check the route first: a benchmark of 404s measures nothing. A mode that
+# fails the check at a size is left out of the timing at that size (and
+# said so): a peer that cannot route a body is a finding, not a reason to
+# stop.
+declare -A FAILED
+echo "route check (status, pool, X-Gateway-Model-Name the pool saw, body unchanged):" >&2
 for size in $SIZES; do
-  make_body "$size"
+  make_body "$size" "$work/body-$size.json"
+  sum=$(sha256sum "$work/body-$size.json" | cut -d' ' -f1)
   for mode in $MODES; do
     model_header=""; [ "$mode" = header ] && model_header=chatbot
-    # Check the route first: a benchmark of 404s measures nothing.
-    code=$(curl -s -o /dev/null -w '%{http_code}' -H 'Content-Type: application/json' \
-      ${model_header:+-H "X-Gateway-Model-Name: $model_header"} \
-      --data-binary "@$work/body-$size.json" "http://127.0.0.1:${PORT[$mode]}/v1/chat/completions")
-    if [ "$code" != 200 ]; then
-      echo "$mode: status $code, not routed" >&2; cat "$work"/*.log >&2; exit 1
+    curl -s --max-time 60 -o /dev/null -D "$work/check.headers" -w '%{http_code}' \
+      -H 'Content-Type: application/json' ${model_header:+-H "X-Gateway-Model-Name: $model_header"} \
+      --data-binary "@$work/body-$size.json" \
+      "http://127.0.0.1:${PORT[$mode]}/v1/chat/completions" >"$work/check.code" || true
+    code=$(cat "$work/check.code")
+    h() { tr -d '\r' <"$work/check.headers" | awk -v n="$1:" 'tolower($1) == n {print $2}'; }
+    pool=$(h x-inference-pool); seen=$(h x-pool-received-model-header)
+    unchanged=no; [ "$(h x-pool-received-sha256)" = "$sum" ] && unchanged=yes
+    printf '  %-20s %9s  %s %s %s body-unchanged=%s\n' "$mode" "$size" "$code" "${pool:--}" "${seen:--}" "$unchanged" >&2
+    want_header=chatbot
+    case "$mode" in json-meta|headers-only) want_header="" ;; esac
+    if [ "$code" != 200 ] || [ "$pool" != gemma3 ] || [ "$seen" != "$want_header" ]; then
+      echo "  $mode $size: not routed to gemma3 with X-Gateway-Model-Name: chatbot; left out" >&2
+      FAILED[$mode,$size]="status $code"
     fi
   done
 done
 
-# Rounds interleave the modes so that the load of a shared machine spreads
-# over all of them; each figure is the median over the rounds.
-declare -A RUNS CPU_ENVOY CPU_BBR
+# wrk runs for DURATION; the timeout only bounds a stuck run.
+case "$DURATION" in
+  *[0-9]s) wrk_timeout=$(( ${DURATION%s} + 60 )) ;;
+  *) wrk_timeout=3600 ;;
+esac
+declare -A RUNS
 for round in $(seq 1 "$ROUNDS"); do
   for size in $SIZES; do
     for mode in $MODES; do
+      [ -n "${FAILED[$mode,$size]:-}" ] && continue
       model_header=""; [ "$mode" = header ] && model_header=chatbot
       envoy_before=$(cpu_ticks "${ENVOY_PID[$mode]}")
-      bbr_before=0; [ -n "${BBR_PID[$mode]:-}" ] && bbr_before=$(cpu_ticks "${BBR_PID[$mode]}")
+      server_before=0; [ -n "${SERVER[$mode]:-}" ] && server_before=$(cpu_ticks "${SERVER[$mode]}")
       out=$(BODY_FILE="$work/body-$size.json" MODEL_HEADER="$model_header" \
-        wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -s benches/load/envoy-post.lua \
-        "http://127.0.0.1:${PORT[$mode]}")
+        timeout "$wrk_timeout" wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --timeout 30s --latency \
+        -s benches/load/envoy-post.lua "http://127.0.0.1:${PORT[$mode]}")
       if echo "$out" | grep -q "Non-2xx"; then
         echo "$mode: errors under load" >&2; echo "$out" >&2; exit 1
       fi
@@ -170,8 +173,8 @@ for round in $(seq 1 "$ROUNDS"); do
       p99=$(echo "$out" | awk '$1 == "99%" {print $2}')
       total=$(echo "$out" | awk '/requests in/ {print $1}')
       envoy_after=$(cpu_ticks "${ENVOY_PID[$mode]}")
-      bbr_after=0; [ -n "${BBR_PID[$mode]:-}" ] && bbr_after=$(cpu_ticks "${BBR_PID[$mode]}")
-      RUNS[$mode,$size]+="$rps $p99 $total $((envoy_after - envoy_before)) $((bbr_after - bbr_before));"
+      server_after=0; [ -n "${SERVER[$mode]:-}" ] && server_after=$(cpu_ticks "${SERVER[$mode]}")
+      RUNS[$mode,$size]+="$rps $p99 $total $((envoy_after - envoy_before)) $((server_after - server_before));"
       echo "round $round: $mode $size: $rps req/s, p99 $p99" >&2
     done
   done
@@ -180,23 +183,44 @@ done
 python3 - "$MODES" "$SIZES" "$(getconf CLK_TCK)" <<PY
 import statistics, sys
 modes, sizes, tck = sys.argv[1].split(), sys.argv[2].split(), int(sys.argv[3])
-runs = {}
+runs, failed = {}, {}
 $(for key in "${!RUNS[@]}"; do echo "runs['$key'] = '${RUNS[$key]}'"; done)
+$(for key in "${!FAILED[@]}"; do echo "failed['$key'] = '${FAILED[$key]}'"; done)
 def ms(t):
     return float(t[:-2]) if t.endswith("ms") else float(t[:-2]) / 1000 if t.endswith("us") else float(t[:-1]) * 1000
 def summary(key):
     rows = [r.split() for r in runs[key].split(";") if r.strip()]
     rps = statistics.median(float(r[0]) for r in rows)
     p99 = statistics.median(ms(r[1]) for r in rows)
-    n = sum(int(r[2]) for r in rows)
+    n = max(sum(int(r[2]) for r in rows), 1)
     envoy_us = sum(int(r[3]) for r in rows) / tck / n * 1e6
-    bbr_us = sum(int(r[4]) for r in rows) / tck / n * 1e6
-    return rps, p99, envoy_us, bbr_us
-print(f"{'mode':<12} {'body':>8} {'req/s':>9} {'p99 ms':>8} {'envoy CPU/req':>14} {'bbr CPU/req':>12} {'ratio':>6}")
+    server_us = sum(int(r[4]) for r in rows) / tck / n * 1e6
+    return rps, p99, envoy_us, server_us
+print(f"{'mode':<20} {'body':>9} {'req/s':>9} {'p99 ms':>8} {'envoy CPU/req':>14} {'ext_proc CPU/req':>17} {'vs header':>9}")
 for size in sizes:
-    floor = summary(f"header,{size}")[0]
+    floor = summary(f"header,{size}")[0] if f"header,{size}" in runs else None
     for mode in modes:
-        rps, p99, e, b = summary(f"{mode},{size}")
-        print(f"{mode:<12} {size:>8} {rps:>9.0f} {p99:>8.1f} {e:>11.0f} us {b:>9.0f} us {rps/floor:>5.2f}x")
+        if f"{mode},{size}" in failed:
+            print(f"{mode:<20} {size:>9}   route check failed ({failed[f'{mode},{size}']}), not timed")
+            continue
+        rps, p99, e, s = summary(f"{mode},{size}")
+        vs = f"{rps/floor:>8.2f}x" if floor else f"{'-':>9}"
+        print(f"{mode:<20} {size:>9} {rps:>9.0f} {p99:>8.1f} {e:>11.0f} us {s:>14.0f} us {vs}")
+# bbr against each peer in the same body mode: req/s and p99 ratios, and
+# ext_proc server CPU per request (peer / bbr: how many times more the peer
+# spends).
+pairs = [("full-duplex", p) for p in ("go-v1.5", "go-v0.5", "ipp", "passthrough")] + \
+        [("buffered", p) for p in ("go-v1.5-buffered", "go-v0.5-buffered", "passthrough-buffered")]
+pairs = [(b, p) for b, p in pairs if b in modes and p in modes]
+if pairs:
+    print()
+    print(f"{'bbr vs peer':<34} {'body':>9} {'req/s bbr/peer':>15} {'p99 bbr/peer':>13} {'CPU/req peer/bbr':>17}")
+    for size in sizes:
+        for b, p in pairs:
+            if f"{b},{size}" in failed or f"{p},{size}" in failed:
+                continue
+            rb, pb, _, sb = summary(f"{b},{size}")
+            rp, pp, _, sp = summary(f"{p},{size}")
+            cpu = f"{sp/sb:>16.2f}x" if sb > 0 else f"{'-':>17}"
+            print(f"{b + ' / ' + p:<34} {size:>9} {rb/rp:>14.2f}x {pb/pp:>12.2f}x {cpu}")
 PY
-kill "$pool_pid" 2>/dev/null || true
