@@ -393,7 +393,7 @@ impl Body for InFlightBody {
 pub type UpstreamBody = ResponseBody<InFlightBody>;
 
 /// The request body on its way to a pool, its errors marked as the
-/// client's (see [`failure`]).
+/// client's, so that a client hanging up is told apart from a failing pool.
 #[derive(Debug)]
 pub struct ClientBody<B> {
     body: B,
