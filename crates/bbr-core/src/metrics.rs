@@ -1,4 +1,4 @@
-//! The metrics both adapters record, through the [`metrics`](::metrics)
+//! The metrics both adapters record, through the [`metrics`]
 //! facade (feature `metrics`): their names, their help text, and what is
 //! counted for each decision.
 //!

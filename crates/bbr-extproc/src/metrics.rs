@@ -1,4 +1,4 @@
-//! The metrics the service records, through the [`metrics`](::metrics)
+//! The metrics the service records, through the [`metrics`]
 //! facade.
 //!
 //! The names, their help text and what each decision counts are shared
