@@ -5,11 +5,14 @@
 # with those criticalities, and three wrk clients, one per class, loading
 # it at the same time with streamed requests (the pool answers about ten
 # tokens TOKEN_DELAY_MS apart, so a request holds its slot for a while).
-# Prints, per class: requests/s answered 2xx (goodput), requests refused
-# (429 `shed`) and p99 latency.
+# The clients honour Retry-After (benches/load/post-backoff.lua: after a
+# 429 a wrk thread waits a second), as OpenAI SDKs do. Prints, per class:
+# requests/s answered 2xx (goodput), requests refused (429 `shed`) and p99
+# latency.
 #
 # Environment: LIMIT (8), QUEUE_TIMEOUT_MS (1000), TOKEN_DELAY_MS (20),
-# CONNECTIONS per class (16), DURATION (10s). Installs wrk with apt-get
+# CONNECTIONS per class (16; CRITICAL, STANDARD, SHEDDABLE override it for
+# one class), DURATION (10s). Installs wrk with apt-get
 # when missing. Everything binds 127.0.0.1 and stops on exit.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -64,16 +67,18 @@ for class in critical standard sheddable; do
   [ "$code" = 200 ] || { echo "$class: $code before the load" >&2; exit 1; }
 done
 
+declare -A CONNS=([critical]=${CRITICAL:-$CONNECTIONS} [standard]=${STANDARD:-$CONNECTIONS}
+  [sheddable]=${SHEDDABLE:-$CONNECTIONS})
 for class in critical standard sheddable; do
-  BODY_FILE="$work/$class.json" timeout 120 wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency \
-    -s benches/load/post.lua "http://$addr" >"$work/$class.wrk" 2>&1 &
+  BODY_FILE="$work/$class.json" timeout 120 wrk -t1 -c"${CONNS[$class]}" -d"$DURATION" --latency \
+    -s benches/load/post-backoff.lua "http://$addr" >"$work/$class.wrk" 2>&1 &
   pids+=($!)
 done
 wait "${pids[@]:1}" 2>/dev/null || true
 
 echo "admission: --pool-limit $LIMIT (Critical up to $((LIMIT + (LIMIT + 1) / 2))), queue timeout ${QUEUE_TIMEOUT_MS} ms,"
-echo "streamed answers of about ten tokens ${TOKEN_DELAY_MS} ms apart; wrk -t1 -c$CONNECTIONS -d$DURATION per class, at once"
-printf '%-10s %12s %12s %10s %12s\n' class "2xx/s" "refused/s" "p99" "requests"
+echo "streamed answers of about ten tokens ${TOKEN_DELAY_MS} ms apart; wrk -t1 -d$DURATION per class, at once"
+printf '%-10s %12s %12s %12s %10s %12s\n' class connections "2xx/s" "refused/s" "p99" "requests"
 secs=${DURATION%s}
 for class in critical standard sheddable; do
   f="$work/$class.wrk"
@@ -81,6 +86,6 @@ for class in critical standard sheddable; do
   refused=$(awk '/Non-2xx or 3xx responses:/ {print $5}' "$f")
   refused=${refused:-0}
   p99=$(awk '$1 == "99%" {print $2}' "$f")
-  awk -v c="$class" -v t="$total" -v r="$refused" -v s="$secs" -v p="$p99" \
-    'BEGIN { printf "%-10s %12.1f %12.1f %10s %12d\n", c, (t - r) / s, r / s, p, t }'
+  awk -v c="$class" -v n="${CONNS[$class]}" -v t="$total" -v r="$refused" -v s="$secs" -v p="$p99" \
+    'BEGIN { printf "%-10s %12d %12.1f %12.1f %10s %12d\n", c, n, (t - r) / s, r / s, p, t }'
 done

@@ -13,11 +13,14 @@
 //!   to a hard cap, then queued ahead of the others.
 //!
 //! Waiting requests get freed slots in order of priority (Critical 1,
-//! Standard 0, Sheddable −1, or the rule's integer), then of arrival.
+//! Standard 0, Sheddable −1, or the rule's integer), then of arrival. A
+//! full queue makes room for a higher priority: its lowest, latest waiter
+//! is refused instead.
 
 use std::{
     cmp::Ordering,
-    collections::BinaryHeap,
+    cmp::Reverse,
+    collections::BTreeMap,
     fmt,
     future::Future,
     pin::Pin,
@@ -171,36 +174,15 @@ pub(crate) struct Gate {
 #[derive(Default)]
 struct GateState {
     in_flight: usize,
-    waiters: BinaryHeap<Waiter>,
+    /// The requests waiting for a slot, each with the sender that hands
+    /// it one; the last key is served first.
+    waiters: BTreeMap<WaiterKey, oneshot::Sender<()>>,
     arrivals: u64,
 }
 
-/// A request waiting for a slot: the highest priority first, then the
-/// earliest.
-struct Waiter {
-    priority: i32,
-    arrival: u64,
-    slot: oneshot::Sender<()>,
-}
-
-impl PartialEq for Waiter {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == Ordering::Equal
-    }
-}
-impl Eq for Waiter {}
-impl PartialOrd for Waiter {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Waiter {
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.priority
-            .cmp(&other.priority)
-            .then_with(|| other.arrival.cmp(&self.arrival))
-    }
-}
+/// A waiting request's place: the highest priority first, then the
+/// earliest arrival.
+type WaiterKey = (i32, Reverse<u64>);
 
 /// What a request gets at the gate.
 pub(crate) enum Admit {
@@ -248,8 +230,15 @@ impl Gate {
         let a = &self.admission;
         let mut state = self.lock();
         let room = state.in_flight < a.limit && state.waiters.is_empty();
-        let critical_room =
-            class == Class::Critical && state.in_flight < a.critical_cap.max(a.limit);
+        // Over the limit, a Critical request goes in at once only when no
+        // Critical one is already waiting (it would jump the queue).
+        let critical_waiting = state
+            .waiters
+            .last_key_value()
+            .is_some_and(|((best, _), _)| *best > 0);
+        let critical_room = class == Class::Critical
+            && state.in_flight < a.critical_cap.max(a.limit)
+            && !critical_waiting;
         if room || critical_room {
             state.in_flight += 1;
             drop(state);
@@ -258,37 +247,55 @@ impl Gate {
                 gate: Arc::clone(self),
             });
         }
-        if class == Class::Sheddable || state.waiters.len() >= a.queue {
+        let full = state.waiters.len() >= a.queue;
+        // A full queue makes room for a higher priority: its lowest waiter
+        // is refused (its sender dropped) in favour of this request.
+        let evicts = full
+            && state
+                .waiters
+                .first_key_value()
+                .is_some_and(|((lowest, _), _)| *lowest < priority);
+        if class == Class::Sheddable || (full && !evicts) {
             drop(state);
             self.count(class, "refused");
             return Admit::Refused;
         }
+        if evicts {
+            state.waiters.pop_first();
+        }
         let (slot, granted) = oneshot::channel();
         state.arrivals += 1;
-        let arrival = state.arrivals;
-        state.waiters.push(Waiter {
-            priority,
-            arrival,
-            slot,
-        });
+        let key = (priority, Reverse(state.arrivals));
+        state.waiters.insert(key, slot);
         drop(state);
         self.count(class, "queued");
         Admit::Wait(Waiting {
             gate: Arc::clone(self),
             class,
+            key,
             granted: Some(granted),
             deadline: Box::pin(tokio::time::sleep(a.queue_timeout)),
         })
     }
 
-    /// A slot is given back: the best waiter still waiting takes it.
+    /// A slot is given back: the best waiter still waiting takes it, if
+    /// the pool may then hold it (a Critical waiter up to the hard cap, any
+    /// other up to the limit).
     fn release(&self) {
+        let a = &self.admission;
         let mut state = self.lock();
-        if state.in_flight <= self.admission.limit {
-            while let Some(waiter) = state.waiters.pop() {
-                if waiter.slot.send(()).is_ok() {
-                    return;
-                }
+        let in_flight = state.in_flight;
+        while let Some(entry) = state.waiters.last_entry() {
+            let cap = if entry.key().0 > 0 {
+                a.critical_cap.max(a.limit)
+            } else {
+                a.limit
+            };
+            if in_flight > cap {
+                break;
+            }
+            if entry.remove().send(()).is_ok() {
+                return;
             }
         }
         state.in_flight -= 1;
@@ -332,6 +339,7 @@ impl fmt::Debug for Permit {
 pub(crate) struct Waiting {
     gate: Arc<Gate>,
     class: Class,
+    key: WaiterKey,
     granted: Option<oneshot::Receiver<()>>,
     deadline: Pin<Box<tokio::time::Sleep>>,
 }
@@ -371,26 +379,31 @@ impl Future for Waiting {
 impl Waiting {
     /// Leaves the queue; a slot handed over meanwhile goes back.
     fn give_up(&mut self) {
-        if let Some(mut granted) = self.granted.take() {
-            granted.close();
-            if granted.try_recv().is_ok() {
-                self.gate.release();
-            }
+        if self.leave() {
             self.gate.count(self.class, "refused");
         }
+    }
+
+    /// Takes this request's place out of the queue (and gives back a slot
+    /// handed over meanwhile); whether it was still waiting.
+    fn leave(&mut self) -> bool {
+        let Some(mut granted) = self.granted.take() else {
+            return false;
+        };
+        self.gate.lock().waiters.remove(&self.key);
+        granted.close();
+        if granted.try_recv().is_ok() {
+            self.gate.release();
+        }
+        true
     }
 }
 
 impl Drop for Waiting {
     fn drop(&mut self) {
-        // A client gone while waiting: not counted as refused, but a slot
-        // handed over must not leak.
-        if let Some(mut granted) = self.granted.take() {
-            granted.close();
-            if granted.try_recv().is_ok() {
-                self.gate.release();
-            }
-        }
+        // A client gone while waiting: not counted as refused, but its
+        // place is freed and a slot handed over must not leak.
+        self.leave();
     }
 }
 
@@ -483,8 +496,8 @@ mod tests {
         // Standard waits; the queue holds one.
         let mut w = waiting(g.admit(Class::Standard, 0));
         assert!(matches!(g.admit(Class::Standard, 0), Admit::Refused));
-        // Above the cap even Critical waits (and the queue is full).
-        assert!(matches!(g.admit(Class::Critical, 1), Admit::Refused));
+        // Above the cap even Critical waits: with the queue full, it would
+        // take the Standard waiter's place (see the eviction test).
         assert!(futures_util::poll!(Pin::new(&mut w)).is_pending());
         // Back to the limit: no slot for the waiter yet; one more gives one.
         drop(c);
@@ -497,7 +510,7 @@ mod tests {
         let s = g.stats();
         assert_eq!(s.admitted, [1, 2, 1]);
         assert_eq!(s.queued, [0, 1, 0]);
-        assert_eq!(s.refused, [1, 1, 1]);
+        assert_eq!(s.refused, [0, 1, 1]);
     }
 
     #[tokio::test]
@@ -526,11 +539,48 @@ mod tests {
         let held = now(g.admit(Class::Standard, 0));
         let w = waiting(g.admit(Class::Standard, 0));
         assert!(w.await.is_none());
-        // Its place is free again, and the slot is not lost.
+        // Its place in the queue is free again.
+        let again = waiting(g.admit(Class::Standard, 0));
+        drop(again);
+        // And the slot is not lost.
         drop(held);
         assert_eq!(g.in_flight(), 0);
         drop(now(g.admit(Class::Standard, 0)));
         assert_eq!(g.stats().refused, [0, 1, 0]);
+    }
+
+    #[tokio::test]
+    async fn a_critical_waiter_takes_a_slot_freed_above_the_limit() {
+        let g = gate(Admission::new(1).critical_cap(3).queue(4));
+        let _standard = now(g.admit(Class::Standard, 0));
+        let c1 = now(g.admit(Class::Critical, 1));
+        let _c2 = now(g.admit(Class::Critical, 1));
+        let c3 = waiting(g.admit(Class::Critical, 1));
+        let s = waiting(g.admit(Class::Standard, 0));
+        // Three in flight, over the limit of one but within the cap: the
+        // slot goes to the Critical waiter, not back to the pool.
+        drop(c1);
+        let _c3 = c3.await.expect("a slot within the cap");
+        assert_eq!(g.in_flight(), 3);
+        drop(s);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_makes_room_for_a_higher_priority() {
+        let g = gate(Admission::new(1).critical_cap(1).queue(2));
+        let held = now(g.admit(Class::Standard, 0));
+        let early = waiting(g.admit(Class::Standard, 0));
+        let late = waiting(g.admit(Class::Standard, 0));
+        // Full: another Standard request is refused…
+        assert!(matches!(g.admit(Class::Standard, 0), Admit::Refused));
+        // …a Critical one takes the place of the latest Standard one.
+        let critical = waiting(g.admit(Class::Critical, 1));
+        assert!(late.await.is_none(), "the evicted waiter is refused");
+        drop(held);
+        let critical = critical.await.expect("the critical request first");
+        drop(critical);
+        assert!(early.await.is_some());
+        assert_eq!(g.stats().refused, [0, 2, 0]);
     }
 
     #[tokio::test]
