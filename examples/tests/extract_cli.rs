@@ -5,38 +5,17 @@ use std::{
     io::Write,
     path::PathBuf,
     process::{Command, Output, Stdio},
-    sync::OnceLock,
 };
 
 use serde_json::Value;
 
-/// The example binary. `cargo test` builds examples, but not when only
-/// this test is selected (`--test extract_cli`), so build it once here
-/// (a no-op when it is up to date).
+#[allow(dead_code, unreachable_pub)]
+#[path = "support/process.rs"]
+mod process;
+
+/// The `extract` example's binary.
 fn binary() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let exe = std::env::current_exe().expect("the test binary's path");
-            // target/<profile>/deps/extract_cli-<hash> -> target/<profile>/examples/extract
-            let dir = exe
-                .parent()
-                .and_then(|deps| deps.parent())
-                .expect("a target directory");
-            let mut build = Command::new(env!("CARGO"));
-            build.args(["build", "-q", "-p", "bbr-examples", "--example", "extract"]);
-            if dir.file_name().is_some_and(|p| p == "release") {
-                build.arg("--release");
-            }
-            let status = build.status().expect("cargo runs");
-            assert!(status.success(), "the extract example does not build");
-            let path = dir
-                .join("examples")
-                .join(format!("extract{}", std::env::consts::EXE_SUFFIX));
-            assert!(path.exists(), "{} is not built", path.display());
-            path
-        })
-        .clone()
+    process::example_binary("extract")
 }
 
 fn seed_rules() -> PathBuf {

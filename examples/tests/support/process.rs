@@ -7,36 +7,45 @@ use std::{
     net::SocketAddr,
     path::PathBuf,
     process::{Child, Command, Stdio},
-    sync::{Arc, Mutex, OnceLock},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
-/// The gateway example's binary, built on first use (a no-op when it is
-/// up to date), in the profile of this test binary.
+/// The gateway example's binary (see [`example_binary`]).
 pub fn gateway_binary() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let exe = std::env::current_exe().expect("the test binary's path");
-            // target/<profile>/deps/<test>-<hash> -> target/<profile>/examples/gateway
-            let dir = exe
-                .parent()
-                .and_then(|deps| deps.parent())
-                .expect("a target directory");
-            let mut build = Command::new(env!("CARGO"));
-            build.args(["build", "-q", "-p", "bbr-examples", "--example", "gateway"]);
-            if dir.file_name().is_some_and(|p| p == "release") {
-                build.arg("--release");
-            }
-            let status = build.status().expect("cargo runs");
-            assert!(status.success(), "the gateway example does not build");
-            let path = dir
-                .join("examples")
-                .join(format!("gateway{}", std::env::consts::EXE_SUFFIX));
-            assert!(path.exists(), "{} is not built", path.display());
-            path
-        })
-        .clone()
+    example_binary("gateway")
+}
+
+/// The binary of example `name`, built on first use in the profile of this
+/// test binary (a no-op when it is up to date): `cargo test` builds the
+/// examples, but not when one test is selected (`--test NAME`).
+pub fn example_binary(name: &'static str) -> PathBuf {
+    static BUILT: Mutex<Vec<(&str, PathBuf)>> = Mutex::new(Vec::new());
+    let mut built = BUILT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((_, path)) = built.iter().find(|(n, _)| *n == name) {
+        return path.clone();
+    }
+    let exe = std::env::current_exe().expect("the test binary's path");
+    // target/<profile>/deps/<test>-<hash> -> target/<profile>/examples/<name>
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("a target directory");
+    let mut build = Command::new(env!("CARGO"));
+    build.args(["build", "-q", "-p", "bbr-examples", "--example", name]);
+    if dir.file_name().is_some_and(|p| p == "release") {
+        build.arg("--release");
+    }
+    let status = build.status().expect("cargo runs");
+    assert!(status.success(), "the {name} example does not build");
+    let path = dir
+        .join("examples")
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(path.exists(), "{} is not built", path.display());
+    built.push((name, path.clone()));
+    path
 }
 
 /// A running gateway process.
