@@ -292,8 +292,8 @@ check "none renders no provider objects" sh -c \
   "! grep -qE 'kind: (GCPRoutingExtension|EnvoyFilter|EnvoyExtensionPolicy|DestinationRule)' '$work/none.yaml'"
 check "without base-model-to-header: no watch, no RBAC, no token" sh -c \
   "'$helm' template x '$chart' --set-json 'bbr.plugins=[{\"type\":\"body-field-to-header\",\"name\":\"m\",\"json\":{\"fieldName\":\"model\",\"headerName\":\"X-Gateway-Model-Name\"}}]' >'$work/no-watch.yaml' && ! grep -qE 'kind: (Role|ClusterRole)\$|base-model-configmaps' '$work/no-watch.yaml' && grep -q 'automountServiceAccountToken: false' '$work/no-watch.yaml'"
-check "everything renders the body field, TLS mount, HPA and ServiceMonitor" sh -c \
-  "grep -q -- '--body-field=user=X-LLM-User' '$work/everything.yaml' && grep -q -- '--cert-path=/etc/bbr/tls' '$work/everything.yaml' && grep -q 'kind: HorizontalPodAutoscaler' '$work/everything.yaml' && grep -q 'kind: ServiceMonitor' '$work/everything.yaml' && grep -q 'kind: ClusterRole' '$work/everything.yaml'"
+check "everything renders the plugins as --plugin, TLS mount, HPA and ServiceMonitor" sh -c \
+  "grep -q -- '--plugin=body-field-to-header:user:.*X-LLM-User' '$work/everything.yaml' && grep -q -- '--cert-path=/etc/bbr/tls' '$work/everything.yaml' && grep -q 'kind: HorizontalPodAutoscaler' '$work/everything.yaml' && grep -q 'kind: ServiceMonitor' '$work/everything.yaml' && grep -q 'kind: ClusterRole' '$work/everything.yaml'"
 check "v0.5.1 image spelling (hub/name:tag) is honoured" \
   grep -q 'image: "registry.k8s.io/gateway-api-inference-extension/bbr:v0.5.1"' "$work/go-v0.5.1.yaml"
 
