@@ -258,16 +258,11 @@ async fn main() -> ExitCode {
 /// ext_proc server (same names, same buckets) registered at zero.
 fn install_metrics() -> Result<PrometheusHandle, Box<dyn std::error::Error>> {
     use bbr_core::metrics;
-    let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            Matcher::Full(metrics::DECISION_SECONDS.to_owned()),
-            metrics::DECISION_SECONDS_BUCKETS,
-        )?
-        .set_buckets_for_metric(
-            Matcher::Full(metrics::BYTES_BEFORE_DECISION.to_owned()),
-            metrics::BYTES_BUCKETS,
-        )?
-        .install_recorder()?;
+    let mut builder = PrometheusBuilder::new();
+    for (name, buckets) in metrics::HISTOGRAM_BUCKETS {
+        builder = builder.set_buckets_for_metric(Matcher::Full(name.to_owned()), buckets)?;
+    }
+    let handle = builder.install_recorder()?;
     metrics::describe();
     metrics::register();
     let upkeep = handle.clone();

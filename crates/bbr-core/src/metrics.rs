@@ -66,6 +66,13 @@ pub const BYTES_BUCKETS: &[f64] = &[
     67_108_864.0,
 ];
 
+/// Every histogram with its buckets, for an exporter that takes them by
+/// name (Prometheus: `PrometheusBuilder::set_buckets_for_metric`).
+pub const HISTOGRAM_BUCKETS: [(&str, &[f64]); 2] = [
+    (DECISION_SECONDS, DECISION_SECONDS_BUCKETS),
+    (BYTES_BEFORE_DECISION, BYTES_BUCKETS),
+];
+
 /// Registers the help text of every metric with the installed recorder.
 pub fn describe() {
     describe_counter!(

@@ -417,20 +417,15 @@ async fn bind(address: std::net::IpAddr, port: u16, flag: &str) -> Result<TcpLis
 }
 
 async fn run(args: Args) -> Result<(), BoxError> {
-    let prometheus = PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            Matcher::Full(metrics::DECISION_SECONDS.to_owned()),
-            metrics::DECISION_SECONDS_BUCKETS,
-        )?
-        .set_buckets_for_metric(
-            Matcher::Full(metrics::BYTES_BEFORE_DECISION.to_owned()),
-            metrics::BYTES_BUCKETS,
-        )?
-        .set_buckets_for_metric(
-            Matcher::Full(metrics::PLUGIN_DURATION_SECONDS.to_owned()),
-            metrics::PLUGIN_DURATION_BUCKETS,
-        )?
-        .install_recorder()?;
+    let mut builder = PrometheusBuilder::new();
+    let plugins = (
+        metrics::PLUGIN_DURATION_SECONDS,
+        metrics::PLUGIN_DURATION_BUCKETS,
+    );
+    for (name, buckets) in metrics::HISTOGRAM_BUCKETS.into_iter().chain([plugins]) {
+        builder = builder.set_buckets_for_metric(Matcher::Full(name.to_owned()), buckets)?;
+    }
+    let prometheus = builder.install_recorder()?;
     metrics::describe();
     metrics::describe_server();
     metrics::record_info(
