@@ -23,13 +23,7 @@ TOKEN_DELAY_MS=${TOKEN_DELAY_MS:-20}
 CONNECTIONS=${CONNECTIONS:-16}
 DURATION=${DURATION:-10s}
 
-if ! command -v wrk >/dev/null 2>&1; then
-  echo "installing wrk..." >&2
-  SUDO=""
-  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-  $SUDO apt-get update -qq >&2
-  $SUDO apt-get install -y -qq wrk >&2
-fi
+benches/load/install-wrk.sh
 
 cargo build --release -q -p bbr-examples --example gateway
 target="${CARGO_TARGET_DIR:-target}/release"

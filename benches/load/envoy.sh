@@ -61,13 +61,7 @@ CONNECTIONS=${CONNECTIONS:-16}
 SIZES=${SIZES:-"1024 102400 1048576 10485760"}
 MODES=${MODES:-"header json-meta headers-only module passthrough full-duplex go-v1.5 go-v0.5 ipp passthrough-buffered buffered go-v1.5-buffered go-v0.5-buffered"}
 
-if ! command -v wrk >/dev/null 2>&1; then
-  echo "installing wrk..." >&2
-  SUDO=""
-  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-  $SUDO apt-get update -qq >&2
-  $SUDO apt-get install -y -qq wrk >&2
-fi
+benches/load/install-wrk.sh
 
 . benches/load/lib.sh
 

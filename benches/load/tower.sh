@@ -59,13 +59,7 @@ if [ "$APP" = versions ]; then
     fi
 fi
 
-if ! command -v wrk >/dev/null 2>&1; then
-    echo "installing wrk..." >&2
-    SUDO=""
-    if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-    $SUDO apt-get update -qq >&2
-    $SUDO apt-get install -y -qq wrk >/dev/null
-fi
+benches/load/install-wrk.sh
 
 cargo build --release -q -p bbr-benches --bin tower-load
 BIN="${CARGO_TARGET_DIR:-target}/release/tower-load"
