@@ -103,12 +103,20 @@ fn parse_pool(text: &str) -> Result<(String, Option<Endpoint>), String> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    // Log lines (one per request) are formatted on the request's thread and
+    // written by a thread of their own, in batches: no `write` per request
+    // on the runtime's threads. Nothing is dropped when it falls behind (the
+    // request threads wait instead); `_log` flushes what is left on exit.
+    let (writer, _log) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("gateway-log")
+        .finish(std::io::BufWriter::new(std::io::stderr()));
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let metrics = match install_metrics() {
