@@ -6,9 +6,16 @@
 # one keep-alive connection; the figure is the app's total instructions
 # over the measured requests, start-up and warm-up subtracted.
 #
+# With APP=gateway the arguments are builds of the gateway example's binary
+# (say the current one and one built at an older commit), each serving the
+# requests with its own simulated pools (`--token-delay-ms 0`) and its access
+# log on: the figure is then the whole process's instructions a request, and
+# the builds are compared side by side.
+#
 # Usage: benches/load/instructions.sh [BIN]   (default: builds tower-load)
-# Environment: MODES ("bare layer"), SIZE (1024), SHAPE (long),
-# REQUESTS (2000), WARMUP (200).
+#        APP=gateway benches/load/instructions.sh GATEWAY_BIN...
+# Environment: APP (app or gateway), MODES ("bare layer"), SIZE (1024),
+# SHAPE (long), REQUESTS (2000), WARMUP (200).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -17,8 +24,16 @@ SIZE=${SIZE:-1024}
 SHAPE=${SHAPE:-long}
 REQUESTS=${REQUESTS:-2000}
 WARMUP=${WARMUP:-200}
+APP=${APP:-app}
 
-BIN=${1:-}
+if [ "$APP" = gateway ]; then
+    [ $# -gt 0 ] || { echo "APP=gateway needs the gateway binaries to compare" >&2; exit 2; }
+    GATEWAYS=("$@")
+    MODES=$(seq -s ' ' 1 $#)
+    BIN=""
+else
+    BIN=${1:-}
+fi
 if [ -z "$BIN" ]; then
     cargo build --release -q -p bbr-benches --bin tower-load
     BIN="${CARGO_TARGET_DIR:-target}/release/tower-load"
@@ -46,15 +61,25 @@ EOF
 # The total instructions of a callgrind run whose app served `n` requests.
 total() {
     local mode=$1 n=$2 out="$WORK/$1-$2"
-    valgrind --tool=callgrind --callgrind-out-file="$out.cg" \
-        "$BIN" serve --mode "$mode" --threads 1 >"$out.log" 2>&1 &
+    if [ "$APP" = gateway ]; then
+        # A free port it is told (an older build may not name the port it
+        # was given as 0).
+        local port
+        port=$(python3 -c 'import socket
+s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+        valgrind --tool=callgrind --callgrind-out-file="$out.cg" \
+            "${GATEWAYS[$((mode - 1))]}" --listen "127.0.0.1:$port" --token-delay-ms 0 >"$out.log" 2>&1 &
+    else
+        valgrind --tool=callgrind --callgrind-out-file="$out.cg" \
+            "$BIN" serve --mode "$mode" --threads 1 >"$out.log" 2>&1 &
+    fi
     local pid=$!
     for _ in $(seq 600); do
         grep -q "listening on" "$out.log" 2>/dev/null && break
         sleep 0.1
     done
     local addr
-    addr=$(grep -o "listening on [0-9.:]*" "$out.log" | awk '{print $3}')
+    addr=$(grep -o "listening on [a-z:/]*[0-9.:]*" "$out.log" | head -n 1 | sed 's|.* ||; s|^http://||')
     [ -n "$addr" ] || { echo "$mode did not start" >&2; cat "$out.log" >&2; exit 1; }
     timeout 600 python3 "$WORK/client.py" "${addr%:*}" "${addr##*:}" "$n" "$WORK/body.json"
     kill -TERM "$pid"
@@ -72,7 +97,9 @@ for mode in $MODES; do
     base=$(total "$mode" "$WARMUP")
     full=$(total "$mode" $((WARMUP + REQUESTS)))
     per[$mode]=$(((full - base) / REQUESTS))
-    printf '%-12s %14d\n' "$mode" "${per[$mode]}"
+    label=$mode
+    if [ "$APP" = gateway ]; then label=${GATEWAYS[$((mode - 1))]}; fi
+    printf '%-12s %14d\n' "$label" "${per[$mode]}"
 done
 if [ -n "${per[bare]:-}" ]; then
     for mode in $MODES; do
