@@ -1,0 +1,428 @@
+//! `--tracing`: the binary exports one `gateway.request` span per request
+//! over OTLP, to a receiver of the test's own on 127.0.0.1 (gRPC, and
+//! HTTP/protobuf), with the decision's attributes and the parent taken from
+//! the `traceparent` Envoy forwards; SIGTERM flushes what is queued; a
+//! collector that cannot be reached does not get in the way of routing.
+
+mod support;
+
+use std::{
+    net::SocketAddr,
+    process::{Command, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use bbr_extproc::pb::{
+    BodySendMode, external_processor_client::ExternalProcessorClient, processing_response::Response,
+};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{body::Incoming, service::service_fn};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use opentelemetry_proto::tonic::{
+    collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+        trace_service_server::{TraceService, TraceServiceServer},
+    },
+    common::v1::{AnyValue, any_value::Value},
+    trace::v1::{Span, span::SpanKind},
+};
+use prost::Message;
+use support::{
+    JSON,
+    binary::{ServerProcess, start_binary_with_env},
+    protocol,
+};
+use tokio::sync::Notify;
+use tokio_stream::wrappers::TcpListenerStream;
+
+/// The trace and parent span of the `traceparent` the requests carry.
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const PARENT_ID: &str = "00f067aa0ba902b7";
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+const RULES: &str = "rules:\n  - name: chat\n    match: { model: { exact: chatbot } }\n    pool: gemma3\n    targets: [{ model: gemma-3-27b, weight: 1 }]\n";
+
+/// One exported span and the `service.name` of its resource.
+#[derive(Clone, Debug)]
+struct Exported {
+    service: String,
+    span: Span,
+}
+
+/// What a receiver got, and a bell rung at each export.
+#[derive(Clone, Default)]
+struct Received {
+    spans: Arc<Mutex<Vec<Exported>>>,
+    rung: Arc<Notify>,
+}
+
+impl Received {
+    fn add(&self, request: ExportTraceServiceRequest) {
+        let mut spans = self.spans.lock().unwrap();
+        for resource_spans in request.resource_spans {
+            let service = resource_spans
+                .resource
+                .iter()
+                .flat_map(|r| &r.attributes)
+                .find(|kv| kv.key == "service.name")
+                .and_then(|kv| text(kv.value.as_ref()))
+                .unwrap_or_default();
+            for span in resource_spans.scope_spans.into_iter().flat_map(|s| s.spans) {
+                spans.push(Exported {
+                    service: service.clone(),
+                    span,
+                });
+            }
+        }
+        self.rung.notify_waiters();
+    }
+
+    /// Waits until `n` spans arrived, for at most `within`; returns them.
+    async fn wait_for(&self, n: usize, within: Duration) -> Vec<Exported> {
+        let deadline = Instant::now() + within;
+        loop {
+            let rung = self.rung.notified();
+            let spans = self.spans.lock().unwrap().clone();
+            if spans.len() >= n || Instant::now() >= deadline {
+                return spans;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(100), rung).await;
+        }
+    }
+}
+
+fn text(value: Option<&AnyValue>) -> Option<String> {
+    match value?.value.as_ref()? {
+        Value::StringValue(s) => Some(s.clone()),
+        Value::IntValue(i) => Some(i.to_string()),
+        other => Some(format!("{other:?}")),
+    }
+}
+
+fn attribute(span: &Span, key: &str) -> Option<String> {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| text(kv.value.as_ref()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tonic::async_trait]
+impl TraceService for Received {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.add(request.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+/// An OTLP/gRPC receiver on 127.0.0.1; returns its address.
+async fn grpc_receiver(received: Received) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(received))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    addr
+}
+
+/// An OTLP/HTTP (protobuf) receiver on 127.0.0.1: `POST /v1/traces`.
+async fn http_receiver(received: Received) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let received = received.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req: hyper::Request<Incoming>| {
+                    let received = received.clone();
+                    async move {
+                        let path_ok =
+                            req.method() == hyper::Method::POST && req.uri().path() == "/v1/traces";
+                        let body = match req.into_body().collect().await {
+                            Ok(body) => body.to_bytes(),
+                            Err(_) => Bytes::new(),
+                        };
+                        let status = match ExportTraceServiceRequest::decode(body) {
+                            Ok(request) if path_ok => {
+                                received.add(request);
+                                hyper::StatusCode::OK
+                            }
+                            _ => hyper::StatusCode::BAD_REQUEST,
+                        };
+                        let reply = ExportTraceServiceResponse::default().encode_to_vec();
+                        let mut response = hyper::Response::new(Full::new(Bytes::from(reply)));
+                        *response.status_mut() = status;
+                        response.headers_mut().insert(
+                            "content-type",
+                            hyper::header::HeaderValue::from_static("application/x-protobuf"),
+                        );
+                        Ok::<_, std::convert::Infallible>(response)
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// Starts the binary with tracing on, exporting with `env`.
+fn start(env: &[(&str, &str)]) -> (ServerProcess, SocketAddr, std::path::PathBuf) {
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    let rules = std::env::temp_dir().join(format!(
+        "bbr-tracing-rules-{}-{}.yaml",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::write(&rules, RULES).unwrap();
+    let (process, grpc, _, _) = start_binary_with_env(
+        &[
+            "--secure-serving=false",
+            "--tracing",
+            "--rules",
+            rules.to_str().unwrap(),
+        ],
+        env,
+    );
+    (process, grpc, rules)
+}
+
+/// One request through the ext_proc protocol with `headers`; returns the
+/// first response once the stream ended (which ends the request's span).
+async fn request(grpc: SocketAddr, headers: &[(&str, &str)], body: &str) -> Response {
+    let mut client = ExternalProcessorClient::connect(format!("http://{grpc}"))
+        .await
+        .unwrap();
+    let mode = protocol(BodySendMode::FullDuplexStreamed, BodySendMode::None);
+    let mut s = support::Stream::open(&mut client, Some(mode)).await;
+    s.headers(headers, false).await;
+    s.body(body.as_bytes(), true).await;
+    let first = s.recv().await;
+    s.close();
+    // The body chunks sent back, then the end.
+    let mut ended = false;
+    for _ in 0..16 {
+        if s.ends().await {
+            ended = true;
+            break;
+        }
+    }
+    assert!(ended, "the stream did not end");
+    first
+}
+
+/// A routed request and a refused one: their spans, with the routed one
+/// the child of the traceparent.
+async fn routed_and_refused(received: &Received, grpc: SocketAddr) {
+    let first = request(
+        grpc,
+        &[JSON, ("traceparent", TRACEPARENT), ("tracestate", "k=v")],
+        r#"{"model":"chatbot","messages":[]}"#,
+    )
+    .await;
+    assert!(matches!(first, Response::RequestHeaders(_)), "{first:?}");
+    let refused = request(grpc, &[JSON], r#"{"model":1}"#).await;
+    assert!(
+        matches!(refused, Response::ImmediateResponse(_)),
+        "{refused:?}"
+    );
+
+    let spans = received.wait_for(2, Duration::from_secs(15)).await;
+    assert_eq!(spans.len(), 2, "{spans:?}");
+    for e in &spans {
+        assert_eq!(e.span.name, "gateway.request");
+        assert_eq!(e.span.kind, SpanKind::Server as i32);
+        assert_eq!(e.service, "bbr-test");
+    }
+    let routed = spans
+        .iter()
+        .map(|e| &e.span)
+        .find(|s| attribute(s, "bbr.outcome").as_deref() == Some("routed"))
+        .expect("the routed request's span");
+    assert_eq!(hex(&routed.trace_id), TRACE_ID);
+    assert_eq!(hex(&routed.parent_span_id), PARENT_ID);
+    assert_eq!(routed.trace_state, "k=v");
+    assert_eq!(attribute(routed, "bbr.model").as_deref(), Some("chatbot"));
+    assert_eq!(
+        attribute(routed, "bbr.model.routed").as_deref(),
+        Some("gemma-3-27b")
+    );
+    assert_eq!(attribute(routed, "bbr.rule").as_deref(), Some("chat"));
+    assert_eq!(attribute(routed, "bbr.pool").as_deref(), Some("gemma3"));
+    assert_eq!(attribute(routed, "error.type"), None);
+
+    let rejected = spans
+        .iter()
+        .map(|e| &e.span)
+        .find(|s| attribute(s, "bbr.outcome").as_deref() == Some("rejected"))
+        .expect("the refused request's span");
+    // No traceparent: a trace of its own, no parent.
+    assert_ne!(hex(&rejected.trace_id), TRACE_ID);
+    assert!(rejected.parent_span_id.is_empty());
+    assert_eq!(
+        attribute(rejected, "error.type").as_deref(),
+        Some("model_not_string")
+    );
+    assert_eq!(
+        attribute(rejected, "http.response.status_code").as_deref(),
+        Some("400")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_go_to_an_otlp_grpc_collector_with_the_decision_and_the_parent() {
+    let received = Received::default();
+    let collector = grpc_receiver(received.clone()).await;
+    let endpoint = format!("http://{collector}");
+    let (_process, grpc, rules) = start(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+        ("OTEL_SERVICE_NAME", "bbr-test"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+    ]);
+    routed_and_refused(&received, grpc).await;
+
+    // A request that passes unrouted says why.
+    request(grpc, &[JSON], r#"{"messages":[]}"#).await;
+    let spans = received.wait_for(3, Duration::from_secs(15)).await;
+    let passed = spans
+        .iter()
+        .map(|e| &e.span)
+        .find(|s| attribute(s, "bbr.outcome").as_deref() == Some("passed"))
+        .expect("the passed request's span");
+    assert_eq!(
+        attribute(passed, "bbr.pass_reason").as_deref(),
+        Some("no_model")
+    );
+    let _ = std::fs::remove_file(rules);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_go_to_an_otlp_http_collector_when_the_protocol_says_so() {
+    let received = Received::default();
+    let collector = http_receiver(received.clone()).await;
+    let endpoint = format!("http://{collector}");
+    let (_process, grpc, rules) = start(&[
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+        ("OTEL_SERVICE_NAME", "bbr-test"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+    ]);
+    routed_and_refused(&received, grpc).await;
+    let _ = std::fs::remove_file(rules);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_flushes_the_spans_still_queued() {
+    let received = Received::default();
+    let collector = grpc_receiver(received.clone()).await;
+    let endpoint = format!("http://{collector}");
+    // Batches every ten minutes: only the flush at shutdown sends them.
+    let (mut process, grpc, rules) = start(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+        ("OTEL_SERVICE_NAME", "bbr-test"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "600000"),
+    ]);
+    request(
+        grpc,
+        &[JSON, ("traceparent", TRACEPARENT)],
+        r#"{"model":"chatbot"}"#,
+    )
+    .await;
+    assert!(
+        received
+            .wait_for(1, Duration::from_millis(300))
+            .await
+            .is_empty(),
+        "exported before the shutdown"
+    );
+    let killed = Command::new("kill")
+        .args(["-TERM", &process.0.id().to_string()])
+        .stdin(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let spans = received.wait_for(1, Duration::from_secs(15)).await;
+    assert_eq!(spans.len(), 1, "{spans:?}");
+    assert_eq!(hex(&spans[0].span.trace_id), TRACE_ID);
+    // And the process exits by itself.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while process.0.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "no exit after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = std::fs::remove_file(rules);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_collector_does_not_get_in_the_way_of_routing() {
+    // A port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    for protocol in ["grpc", "http/protobuf"] {
+        let endpoint = format!("http://{closed}");
+        let (mut process, grpc, rules) = start(&[
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "20"),
+        ]);
+        for _ in 0..20 {
+            let first = request(grpc, &[JSON], r#"{"model":"chatbot"}"#).await;
+            let Response::RequestHeaders(h) = &first else {
+                panic!("{protocol}: {first:?}")
+            };
+            let set = support::set_headers(&h.response.clone().unwrap_or_default());
+            assert!(
+                set.contains(&("x-gateway-inference-pool".to_owned(), "gemma3".to_owned())),
+                "{protocol}: {set:?}"
+            );
+        }
+        // And it still stops on SIGTERM, the flush bounded.
+        Command::new("kill")
+            .args(["-TERM", &process.0.id().to_string()])
+            .status()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while process.0.try_wait().unwrap().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "{protocol}: no exit after SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = std::fs::remove_file(rules);
+    }
+}
+
+#[test]
+fn an_unknown_otlp_protocol_is_an_error_that_names_it() {
+    let out = Command::new(env!("CARGO_BIN_EXE_bbr-extproc"))
+        .args(support::binary::FREE_PORTS)
+        .args(["--secure-serving=false", "--tracing"])
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("http/json"), "{stderr}");
+}
