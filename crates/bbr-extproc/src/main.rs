@@ -442,9 +442,12 @@ async fn run(args: Args) -> Result<(), BoxError> {
     metrics::register_fields(args.body_field.iter().map(BodyFieldHeader::field));
 
     let traces = match args.tracing {
-        true => Some(otel::Tracing::from_env()?),
+        true => otel::Tracing::from_env()?,
         false => None,
     };
+    if args.tracing && traces.is_none() {
+        tracing::info!("--tracing: the OTEL_* environment turns the export off");
+    }
     let sources = TableSources::new(args.rules.clone())?;
     let processor = args.processor(sources.rules(), traces.as_ref());
     let base_models = start_base_model_watch(&args, &sources).await?;

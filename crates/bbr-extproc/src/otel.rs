@@ -7,8 +7,10 @@
 //! (default `http://localhost:4317` for gRPC, `http://localhost:4318` for
 //! HTTP), `OTEL_EXPORTER_OTLP_TRACES_*`, `OTEL_SERVICE_NAME` and
 //! `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER` and
-//! `OTEL_TRACES_SAMPLER_ARG`, `OTEL_BSP_*`. Spans are exported in batches
-//! from a thread of their own; [`Tracing::shutdown`] flushes them.
+//! `OTEL_TRACES_SAMPLER_ARG`, `OTEL_BSP_*`; `OTEL_TRACES_EXPORTER` is
+//! `otlp` (the default) or `none`, and `OTEL_SDK_DISABLED=true` turns the
+//! export off too. Spans are exported in batches from a thread of their
+//! own; [`Tracing::shutdown`] flushes them.
 //!
 //! Hand [`Tracing::tracer`] to
 //! [`ProcessorBuilder::tracer`](crate::ProcessorBuilder::tracer). Each
@@ -72,11 +74,29 @@ pub struct Tracing {
 
 impl Tracing {
     /// Builds the pipeline from the `OTEL_*` environment variables (see the
-    /// module docs). Call it inside a tokio runtime: the gRPC exporter's
-    /// connection runs on it. Nothing is sent until the first spans end; a
-    /// collector that cannot be reached costs dropped spans and log lines,
-    /// never a request.
-    pub fn from_env() -> Result<Tracing, TracingError> {
+    /// module docs); `None` when they turn the export off
+    /// (`OTEL_TRACES_EXPORTER=none`, `OTEL_SDK_DISABLED=true`). Call it
+    /// inside a tokio runtime: the gRPC exporter's connection runs on it.
+    /// Nothing is sent until the first spans end; a collector that cannot
+    /// be reached costs dropped spans and log lines, never a request.
+    pub fn from_env() -> Result<Option<Tracing>, TracingError> {
+        let var = |name| {
+            std::env::var(name)
+                .ok()
+                .map(|v| v.trim().to_ascii_lowercase())
+        };
+        if var("OTEL_SDK_DISABLED").as_deref() == Some("true") {
+            return Ok(None);
+        }
+        match var("OTEL_TRACES_EXPORTER").as_deref() {
+            None | Some("" | "otlp") => {}
+            Some("none") => return Ok(None),
+            Some(other) => {
+                return Err(TracingError(format!(
+                    "OTEL_TRACES_EXPORTER={other:?}: bbr-extproc exports traces over otlp (or none)"
+                )));
+            }
+        }
         let protocol = [
             "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
             "OTEL_EXPORTER_OTLP_PROTOCOL",
@@ -117,7 +137,7 @@ impl Tracing {
             .with_resource(resource.build())
             .with_batch_exporter(exporter)
             .build();
-        Ok(Tracing { provider, protocol })
+        Ok(Some(Tracing { provider, protocol }))
     }
 
     /// The transport the spans are exported over: `grpc` or

@@ -414,15 +414,47 @@ async fn an_unreachable_collector_does_not_get_in_the_way_of_routing() {
 }
 
 #[test]
-fn an_unknown_otlp_protocol_is_an_error_that_names_it() {
-    let out = Command::new(env!("CARGO_BIN_EXE_bbr-extproc"))
-        .args(support::binary::FREE_PORTS)
-        .args(["--secure-serving=false", "--tracing"])
-        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
-        .stdin(Stdio::null())
-        .output()
+fn an_unknown_otlp_protocol_or_exporter_is_an_error_that_names_it() {
+    for (name, value) in [
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+        ("OTEL_TRACES_EXPORTER", "zipkin"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_bbr-extproc"))
+            .args(support::binary::FREE_PORTS)
+            .args(["--secure-serving=false", "--tracing"])
+            .env(name, value)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{name}={value} accepted");
+        assert!(out.stdout.is_empty(), "{name}={value}: started serving");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(value), "{stderr}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otel_traces_exporter_none_turns_the_export_off() {
+    let received = Received::default();
+    let collector = grpc_receiver(received.clone()).await;
+    let endpoint = format!("http://{collector}");
+    let (mut process, grpc, rules) = start(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+        ("OTEL_TRACES_EXPORTER", "none"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "20"),
+    ]);
+    let first = request(grpc, &[JSON], r#"{"model":"chatbot"}"#).await;
+    assert!(matches!(first, Response::RequestHeaders(_)), "{first:?}");
+    // Nothing queued: nothing flushed at exit either.
+    Command::new("kill")
+        .args(["-TERM", &process.0.id().to_string()])
+        .status()
         .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("http/json"), "{stderr}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while process.0.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "no exit after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(received.spans.lock().unwrap().is_empty());
+    let _ = std::fs::remove_file(rules);
 }
