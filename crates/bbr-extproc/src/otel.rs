@@ -20,7 +20,7 @@
 //!
 //! | attribute | value |
 //! | --- | --- |
-//! | `bbr.outcome` | `routed`, `passed` (forwarded unrouted), `rejected` (answered with an error) or `models` (the model list served) |
+//! | `bbr.outcome` | `routed`, `passed` (forwarded unrouted), `rejected` (answered with an error, also after it was routed), `models` (the model list served), or `incomplete` (the stream ended before a decision) |
 //! | `bbr.model` | the model the body names |
 //! | `bbr.model.routed` | the model sent upstream (differs when a rule rewrites it) |
 //! | `bbr.rule` | the rule that matched, when one did |
@@ -225,7 +225,16 @@ impl Extractor for TraceHeaders {
 
 /// The span of one request: nothing when tracing is off.
 #[derive(Default)]
-pub(crate) struct RequestSpan(Option<opentelemetry_sdk::trace::Span>);
+pub(crate) struct RequestSpan(Option<Active>);
+
+/// A request's span while the request runs. What may change (a routed
+/// request refused later) is kept here and set once, as the span ends:
+/// the SDK keeps every value set under a key.
+struct Active {
+    span: opentelemetry_sdk::trace::Span,
+    outcome: &'static str,
+    error: Option<&'static str>,
+}
 
 impl RequestSpan {
     /// Starts the span, child of the trace context in `headers`, when a
@@ -239,19 +248,24 @@ impl RequestSpan {
             .span_builder(SPAN_NAME)
             .with_kind(SpanKind::Server)
             .start_with_context(tracer, &parent);
-        RequestSpan(Some(span))
+        RequestSpan(Some(Active {
+            span,
+            outcome: "incomplete",
+            error: None,
+        }))
     }
 
     /// Records a verdict that forwards the request (a rejection is recorded
     /// by [`rejected`](Self::rejected)).
     pub(crate) fn verdict(&mut self, verdict: &Verdict) {
-        let Some(span) = &mut self.0 else {
+        let Some(active) = &mut self.0 else {
             return;
         };
+        let span = &mut active.span;
         match verdict {
             Verdict::Route(routing) => {
                 let route = routing.route();
-                span.set_attribute(KeyValue::new("bbr.outcome", "routed"));
+                active.outcome = "routed";
                 span.set_attribute(KeyValue::new(
                     "bbr.model",
                     route.original_model().to_owned(),
@@ -270,12 +284,12 @@ impl RequestSpan {
                     PassReason::NoModel => "no_model",
                     PassReason::NoMatch => "no_match",
                     PassReason::FailedOpen(e) => {
-                        span.set_attribute(KeyValue::new("error.type", e.kind().as_str()));
+                        active.error = Some(e.kind().as_str());
                         "failed_open"
                     }
                     _ => "other",
                 };
-                span.set_attribute(KeyValue::new("bbr.outcome", "passed"));
+                active.outcome = "passed";
                 span.set_attribute(KeyValue::new("bbr.pass_reason", reason));
             }
             _ => {}
@@ -284,26 +298,40 @@ impl RequestSpan {
 
     /// Records a request answered with `error` (also after it was routed).
     pub(crate) fn rejected(&mut self, error: &Error) {
-        let Some(span) = &mut self.0 else {
+        let Some(active) = &mut self.0 else {
             return;
         };
-        span.set_attribute(KeyValue::new("bbr.outcome", "rejected"));
-        span.set_attribute(KeyValue::new("error.type", error.kind().as_str()));
-        span.set_attribute(KeyValue::new(
+        active.outcome = "rejected";
+        active.error = Some(error.kind().as_str());
+        active.span.set_attribute(KeyValue::new(
             "http.response.status_code",
             i64::from(error.status()),
         ));
         // A server span's status is an error for 5xx answers only; a
         // request the client got wrong is not the server's failure.
         if error.status() >= 500 {
-            span.set_status(Status::error(error.kind().as_str()));
+            active.span.set_status(Status::error(error.kind().as_str()));
         }
     }
 
     /// Records a `GET /v1/models` answered from the rule table.
     pub(crate) fn models(&mut self) {
-        if let Some(span) = &mut self.0 {
-            span.set_attribute(KeyValue::new("bbr.outcome", "models"));
+        if let Some(active) = &mut self.0 {
+            active.outcome = "models";
+        }
+    }
+}
+
+impl Drop for RequestSpan {
+    /// Sets what was decided last; the span ends right after, with it.
+    fn drop(&mut self) {
+        if let Some(active) = &mut self.0 {
+            active
+                .span
+                .set_attribute(KeyValue::new("bbr.outcome", active.outcome));
+            if let Some(kind) = active.error {
+                active.span.set_attribute(KeyValue::new("error.type", kind));
+            }
         }
     }
 }
@@ -311,7 +339,7 @@ impl RequestSpan {
 impl fmt::Debug for RequestSpan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_tuple("RequestSpan")
-            .field(&self.0.as_ref().map(|s| s.span_context().trace_id()))
+            .field(&self.0.as_ref().map(|a| a.span.span_context().trace_id()))
             .finish()
     }
 }

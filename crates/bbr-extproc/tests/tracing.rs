@@ -311,6 +311,56 @@ async fn spans_go_to_an_otlp_grpc_collector_with_the_decision_and_the_parent() {
         attribute(passed, "bbr.pass_reason").as_deref(),
         Some("no_model")
     );
+
+    // Routed, then refused: the model named twice, the second time after
+    // the routing went out. And a stream Envoy ends before the body.
+    let mut client = ExternalProcessorClient::connect(format!("http://{grpc}"))
+        .await
+        .unwrap();
+    let mode = protocol(BodySendMode::FullDuplexStreamed, BodySendMode::None);
+    let mut s = support::Stream::open(&mut client, Some(mode)).await;
+    s.headers(&[JSON], false).await;
+    s.body(br#"{"model":"chatbot","#, false).await;
+    assert!(matches!(s.recv().await, Response::RequestHeaders(_)));
+    s.body(br#""model":"other"}"#, true).await;
+    let mut refused = false;
+    for _ in 0..8 {
+        if matches!(s.recv().await, Response::ImmediateResponse(_)) {
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused, "the duplicate was not refused");
+    s.close();
+    let mut cut = support::Stream::open(&mut client, Some(mode)).await;
+    cut.headers(&[JSON], false).await;
+    cut.close();
+    assert!(cut.ends().await);
+
+    let spans = received.wait_for(5, Duration::from_secs(15)).await;
+    assert_eq!(spans.len(), 5, "{spans:?}");
+    let late = spans
+        .iter()
+        .map(|e| &e.span)
+        .find(|s| attribute(s, "error.type").as_deref() == Some("duplicate_model"))
+        .expect("the span of the request refused after it was routed");
+    assert_eq!(attribute(late, "bbr.outcome").as_deref(), Some("rejected"));
+    assert_eq!(attribute(late, "bbr.pool").as_deref(), Some("gemma3"));
+    assert!(
+        spans
+            .iter()
+            .any(|e| attribute(&e.span, "bbr.outcome").as_deref() == Some("incomplete")),
+        "{spans:?}"
+    );
+    // One outcome each, whatever happened in between.
+    for e in &spans {
+        let outcomes = e
+            .span
+            .attributes
+            .iter()
+            .filter(|kv| kv.key == "bbr.outcome");
+        assert_eq!(outcomes.count(), 1, "{:?}", e.span);
+    }
     let _ = std::fs::remove_file(rules);
 }
 
