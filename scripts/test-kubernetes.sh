@@ -412,6 +412,33 @@ start_with_chart_args() {
 }
 check "the chart's Deployment args start bbr-extproc, which lists the ConfigMaps" start_with_chart_args
 
+# The observability values' args (tracing and metrics auth) start the real
+# binary: /metrics refuses an anonymous scrape and serves the admin token
+# (reviewed by this API server); spans go to a collector that is not there.
+observability_args_serve() {
+  local a out="$work/observability-args.log" args metrics anonymous admin
+  args="$("$kubectl" -n bbr-observability get deployment body-based-router \
+    -o jsonpath='{range .spec.template.spec.containers[0].args[*]}{@}{"\n"}{end}')" || return 1
+  grep -qx -- '--tracing=true' <<<"$args" && grep -qx -- '--metrics-endpoint-auth=true' <<<"$args" ||
+    { echo "args: $args"; return 1; }
+  local -a argv=(--address 127.0.0.1)
+  while IFS= read -r a; do
+    case "$a" in
+      --grpc-port=*|--grpc-health-port=*|--metrics-port=*) argv+=("${a%%=*}=0") ;;
+      *) argv+=("$a") ;;
+    esac
+  done <<<"$args"
+  OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:9 timeout 60 "$binary" "${argv[@]}" >"$out" 2>&1 &
+  local pid=$!
+  for _ in $(seq 1 100); do grep -q 'bbr-extproc listening' "$out" && break; kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  metrics="$(sed -n 's/^bbr-extproc listening.* metrics=\([^ ]*\).*/\1/p' "$out")"
+  anonymous="$(curl -s -m 20 -o /dev/null -w '%{http_code}' "http://$metrics/metrics" || true)"
+  admin="$(curl -s -m 20 -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" "http://$metrics/metrics" || true)"
+  kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
+  [ "$anonymous" = 401 ] && [ "$admin" = 200 ] || { echo "anonymous: $anonymous, admin: $admin"; cat "$out"; return 1; }
+}
+check "the observability values' args start bbr-extproc; /metrics: 401 anonymous, 200 for a reviewed token" observability_args_serve
+
 # The rule table the envoy-gateway values put in the rules ConfigMap loads.
 rules_load() {
   local out="$work/rules-load.log" pid
