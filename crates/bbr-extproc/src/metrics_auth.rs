@@ -8,7 +8,7 @@
 //! | --- | --- |
 //! | no `Authorization: Bearer …`, or a token the API server does not accept | 401 |
 //! | a valid token whose user may not `get` `/metrics` | 403 |
-//! | the API server cannot be asked | 500 |
+//! | the API server cannot be asked, or does not answer within 10 s | 500 |
 //!
 //! Answers are cached by token: an allowed one for 60 s, a refused one for
 //! 10 s, at most 1024 tokens (the oldest are dropped first). Errors of the
@@ -41,6 +41,9 @@ pub const ALLOWED_TTL: Duration = Duration::from_secs(60);
 pub const REFUSED_TTL: Duration = Duration::from_secs(10);
 /// The most tokens remembered at once.
 pub const CACHE_CAPACITY: usize = 1024;
+/// How long the two reviews of a token may take together before the
+/// scrape is answered 500.
+pub const REVIEW_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The URL and verb a scraper must be allowed.
 const PATH: &str = "/metrics";
@@ -110,10 +113,17 @@ impl MetricsAuth {
         if let Some(answer) = self.cache.lock().ok().and_then(|c| c.get(token, now)) {
             return answer.result();
         }
-        let answer = match self.review(token).await {
-            Ok(answer) => answer,
-            Err(e) => {
+        let answer = match tokio::time::timeout(REVIEW_TIMEOUT, self.review(token)).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(e)) => {
                 tracing::warn!(error = %e, "/metrics: the API server could not review the token");
+                return Err(StatusCode::INTERNAL_SERVER_ERROR);
+            }
+            Err(_) => {
+                tracing::warn!(
+                    timeout = ?REVIEW_TIMEOUT,
+                    "/metrics: the API server did not review the token in time"
+                );
                 return Err(StatusCode::INTERNAL_SERVER_ERROR);
             }
         };

@@ -538,6 +538,19 @@ async fn metrics_need_a_token_allowed_to_get_metrics() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A kubeconfig for an API server at `addr` (whatever listens there).
+fn kubeconfig_for(dir: &Path, addr: SocketAddr) -> PathBuf {
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://{addr}\n    insecure-skip-tls-verify: true\nusers:\n- name: u\n  user:\n    token: t\ncontexts:\n- name: c\n  context: {{cluster: c, user: u}}\ncurrent-context: c\n"
+        ),
+    )
+    .unwrap();
+    kubeconfig
+}
+
 /// `--metrics-endpoint-auth` with an API server that cannot be reached:
 /// 500 for a token, 401 still without one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -547,14 +560,7 @@ async fn metrics_answer_500_when_the_api_server_cannot_review() {
         .local_addr()
         .unwrap();
     let dir = temp_dir("metrics-auth-down");
-    let kubeconfig = dir.join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://{closed}\n    insecure-skip-tls-verify: true\nusers:\n- name: u\n  user:\n    token: t\ncontexts:\n- name: c\n  context: {{cluster: c, user: u}}\ncurrent-context: c\n"
-        ),
-    )
-    .unwrap();
+    let kubeconfig = kubeconfig_for(&dir, closed);
     let (_server, _, _, metrics) = start_binary_with_env(
         &["--secure-serving=false", "--metrics-endpoint-auth"],
         &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
@@ -566,5 +572,28 @@ async fn metrics_answer_500_when_the_api_server_cannot_review() {
     // Other paths are not guarded.
     let other = support::http::get(metrics, "/other").await.unwrap();
     assert_eq!(other.status, 404);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An API server that takes connections and never answers: the scrape is
+/// answered 500 once the review's deadline passes, not held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_answer_500_when_the_api_server_never_answers() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            open.push(stream);
+        }
+    });
+    let dir = temp_dir("metrics-auth-silent");
+    let kubeconfig = kubeconfig_for(&dir, addr);
+    let (_server, _, _, metrics) = start_binary_with_env(
+        &["--secure-serving=false", "--metrics-endpoint-auth"],
+        &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
+    );
+    assert_eq!(scrape(metrics, Some("Bearer some-token")).await.0, 500);
+    held.abort();
     let _ = std::fs::remove_dir_all(&dir);
 }
