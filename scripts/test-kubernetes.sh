@@ -9,10 +9,14 @@
 #     and skipped);
 #   - known-bad values files and a broken HTTPRoute are refused;
 #   - kubectl auth can-i: the chart's RBAC allows what bbr-extproc needs
-#     (configmaps get/list/watch) and nothing more;
+#     (configmaps get/list/watch; token and access reviews with metrics
+#     auth) and nothing more;
 #   - the chart's Deployment args start the real bbr-extproc;
+#   - the tracing and metrics-auth values: --tracing and the OTEL_*
+#     environment, the token-review RBAC and the /metrics reader role;
 #   - cargo test --test kubernetes: bbr-extproc follows base-model
-#     ConfigMaps through the API server.
+#     ConfigMaps through the API server, and serves /metrics only to a
+#     token the API server reviews and allows.
 #
 # Tools: scripts/install-k8s-tools.sh (kube-apiserver, kubectl, etcd, helm,
 # built from their Go modules and cached under .tools/). CRDs: downloaded
@@ -261,15 +265,32 @@ bbr:
     rules: [{name: chatbot, match: {model: {exact: chatbot}}, pool: gemma3}]
 EOF
 
-for v in none gke istio envoy-gateway go-v0.5.1 go-v1.5.0 everything; do
+# Traces and /metrics behind tokens, without the ConfigMap watch.
+cat >"$values/observability.yaml" <<'EOF'
+bbr:
+  plugins:
+    - {type: body-field-to-header, name: model-extractor, json: {fieldName: model, headerName: X-Gateway-Model-Name}}
+  tracing:
+    enabled: true
+    otelExporterEndpoint: "http://otel-collector.monitoring:4317"
+    sampling: {sampler: parentbased_traceidratio, samplerArg: 0.5}
+  metricsEndpointAuth:
+    enabled: true
+    readers: [{name: prometheus, namespace: monitoring}]
+  serviceMonitor: {enabled: true}
+EOF
+
+for v in none gke istio envoy-gateway go-v0.5.1 go-v1.5.0 everything observability; do
   check "helm lint --strict ($v)" "$helm" lint --strict "$chart" -f "$values/$v.yaml"
   check "helm template ($v)" sh -c "'$helm' template body-based-router '$chart' -n bbr-${v//./-} -f '$values/$v.yaml' >'$work/$v.yaml'"
 done
 
 # The known-bad values: refused by the schema, saying where.
-printf 'bbr:\n  tracing:\n    enabled: true\n' >"$values/bad-tracing.yaml"
-refused "values with tracing on are refused" "/bbr/tracing/enabled" \
-  "$helm" template x "$chart" -f "$values/bad-tracing.yaml"
+printf 'bbr:\n  metricsEndpointAuth:\n    enabled: true\n    readers: [{name: prometheus}]\n' >"$values/bad-reader.yaml"
+refused "a metrics reader without a namespace is refused" "/bbr/metricsEndpointAuth/readers/0" \
+  "$helm" template x "$chart" -f "$values/bad-reader.yaml"
+refused "--enable-pprof=true is refused (no pprof endpoint)" "enable-pprof" \
+  "$helm" template x "$chart" --set bbr.flags.enable-pprof=true
 printf 'bbr:\n  plugins:\n    - type: prefix-cache-scorer\n      name: p\n' >"$values/bad-plugin.yaml"
 refused "values with an unknown plugin are refused" "/bbr/plugins" \
   "$helm" template x "$chart" -f "$values/bad-plugin.yaml"
@@ -294,6 +315,12 @@ check "without base-model-to-header: no watch, no RBAC, no token" sh -c \
   "'$helm' template x '$chart' --set-json 'bbr.plugins=[{\"type\":\"body-field-to-header\",\"name\":\"m\",\"json\":{\"fieldName\":\"model\",\"headerName\":\"X-Gateway-Model-Name\"}}]' >'$work/no-watch.yaml' && ! grep -qE 'kind: (Role|ClusterRole)\$|base-model-configmaps' '$work/no-watch.yaml' && grep -q 'automountServiceAccountToken: false' '$work/no-watch.yaml'"
 check "everything renders the plugins as --plugin, TLS mount, HPA and ServiceMonitor" sh -c \
   "grep -q -- '--plugin=body-field-to-header:user:.*X-LLM-User' '$work/everything.yaml' && grep -q -- '--cert-path=/etc/bbr/tls' '$work/everything.yaml' && grep -q 'kind: HorizontalPodAutoscaler' '$work/everything.yaml' && grep -q 'kind: ServiceMonitor' '$work/everything.yaml' && grep -q 'kind: ClusterRole' '$work/everything.yaml'"
+check "tracing renders --tracing=true and the Go chart's OTEL_* environment" sh -c \
+  "grep -q -- '--tracing=true' '$work/observability.yaml' && grep -A1 'name: OTEL_EXPORTER_OTLP_ENDPOINT' '$work/observability.yaml' | grep -q 'otel-collector.monitoring:4317' && grep -A1 'name: OTEL_TRACES_SAMPLER_ARG' '$work/observability.yaml' | grep -q '\"0.5\"' && grep -q 'name: OTEL_SERVICE_NAME' '$work/observability.yaml' && grep -q 'k8s.pod.name=\$(OTEL_RESOURCE_ATTRIBUTES_POD_NAME)' '$work/observability.yaml'"
+check "metrics auth renders the flag, the review RBAC, the reader role and a bearer token for the ServiceMonitor" sh -c \
+  "grep -q -- '--metrics-endpoint-auth=true' '$work/observability.yaml' && grep -q 'tokenreviews' '$work/observability.yaml' && grep -q 'subjectaccessreviews' '$work/observability.yaml' && grep -q 'nonResourceURLs: \[\"/metrics\"\]' '$work/observability.yaml' && grep -q 'bearerTokenFile: /var/run/secrets/kubernetes.io/serviceaccount/token' '$work/observability.yaml' && grep -c 'automountServiceAccountToken: true' '$work/observability.yaml' | grep -q 2 && ! grep -q base-model-configmaps '$work/observability.yaml'"
+check "the Go v1.5.0 defaults render neither tracing nor metrics auth" sh -c \
+  "! grep -qE -- '--tracing|OTEL_|--metrics-endpoint-auth|tokenreviews' '$work/go-v1.5.0.yaml'"
 check "v0.5.1 image spelling (hub/name:tag) is honoured" \
   grep -q 'image: "registry.k8s.io/gateway-api-inference-extension/bbr:v0.5.1"' "$work/go-v0.5.1.yaml"
 
@@ -321,6 +348,7 @@ check "apply: the demo's HTTPRoute as written (inference.networking.x-k8s.io)" a
 check "apply: the Go chart's v0.5.1 values" apply_ns bbr-go-v0-5-1 "$work/go-v0.5.1.yaml"
 check "apply: the Go chart's v1.5.0 values" apply_ns bbr-go-v1-5-0 "$work/go-v1.5.0.yaml"
 check "apply: everything on (TLS secret, HPA, ServiceMonitor, rules, multiNamespace)" apply_ns bbr-everything "$work/everything.yaml"
+check "apply: tracing and metrics auth (ClusterRoles, bindings, ServiceMonitor with a bearer token)" apply_ns bbr-observability "$work/observability.yaml"
 check "the rules ConfigMap holds the rule table" sh -c \
   "'$kubectl' -n bbr-everything get configmap body-based-router-rules -o jsonpath='{.data.rules\\.yaml}' | grep -q 'pool: gemma3'"
 
@@ -347,6 +375,13 @@ done
 check "RBAC: the ServiceAccount may not list configmaps in another namespace" cannot bbr-none list configmaps -n bbr-istio
 check "RBAC (multiNamespace): may list configmaps in every namespace" can bbr-everything list configmaps --all-namespaces
 check "RBAC (multiNamespace): may not get secrets" cannot bbr-everything get secrets -n bbr-none
+check "RBAC (metrics auth): may create tokenreviews" can bbr-observability create tokenreviews.authentication.k8s.io
+check "RBAC (metrics auth): may create subjectaccessreviews" can bbr-observability create subjectaccessreviews.authorization.k8s.io
+check "RBAC (metrics auth, no watch): may not list configmaps" cannot bbr-observability list configmaps -n bbr-observability
+check "RBAC (metrics auth): the listed reader may get /metrics" \
+  "$kubectl" auth can-i --as=system:serviceaccount:monitoring:prometheus get /metrics
+check "RBAC (metrics auth): another ServiceAccount may not get /metrics" sh -c \
+  "! '$kubectl' auth can-i --as=system:serviceaccount:monitoring:grafana get /metrics"
 
 # The chart's args start the real binary (ports moved to free ones).
 binary="${CARGO_TARGET_DIR:-target}/debug/bbr-extproc"
@@ -377,6 +412,33 @@ start_with_chart_args() {
 }
 check "the chart's Deployment args start bbr-extproc, which lists the ConfigMaps" start_with_chart_args
 
+# The observability values' args (tracing and metrics auth) start the real
+# binary: /metrics refuses an anonymous scrape and serves the admin token
+# (reviewed by this API server); spans go to a collector that is not there.
+observability_args_serve() {
+  local a out="$work/observability-args.log" args metrics anonymous admin
+  args="$("$kubectl" -n bbr-observability get deployment body-based-router \
+    -o jsonpath='{range .spec.template.spec.containers[0].args[*]}{@}{"\n"}{end}')" || return 1
+  grep -qx -- '--tracing=true' <<<"$args" && grep -qx -- '--metrics-endpoint-auth=true' <<<"$args" ||
+    { echo "args: $args"; return 1; }
+  local -a argv=(--address 127.0.0.1)
+  while IFS= read -r a; do
+    case "$a" in
+      --grpc-port=*|--grpc-health-port=*|--metrics-port=*) argv+=("${a%%=*}=0") ;;
+      *) argv+=("$a") ;;
+    esac
+  done <<<"$args"
+  OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:9 timeout 60 "$binary" "${argv[@]}" >"$out" 2>&1 &
+  local pid=$!
+  for _ in $(seq 1 100); do grep -q 'bbr-extproc listening' "$out" && break; kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  metrics="$(sed -n 's/^bbr-extproc listening.* metrics=\([^ ]*\).*/\1/p' "$out")"
+  anonymous="$(curl -s -m 20 -o /dev/null -w '%{http_code}' "http://$metrics/metrics" || true)"
+  admin="$(curl -s -m 20 -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" "http://$metrics/metrics" || true)"
+  kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
+  [ "$anonymous" = 401 ] && [ "$admin" = 200 ] || { echo "anonymous: $anonymous, admin: $admin"; cat "$out"; return 1; }
+}
+check "the observability values' args start bbr-extproc; /metrics: 401 anonymous, 200 for a reviewed token" observability_args_serve
+
 # The rule table the envoy-gateway values put in the rules ConfigMap loads.
 rules_load() {
   local out="$work/rules-load.log" pid
@@ -393,7 +455,7 @@ check "the rule table rendered from values loads in bbr-extproc" rules_load
 
 # bbr-extproc follows base-model ConfigMaps through this API server.
 export BBR_KUBECONFIG="$KUBECONFIG" BBR_KUBECTL="$kubectl" BBR_REQUIRE_KUBERNETES=1
-check "cargo test --test kubernetes (ConfigMaps created, changed, deleted, malformed)" \
+check "cargo test --test kubernetes (ConfigMaps created, changed, deleted, malformed; /metrics tokens)" \
   nice -n 10 cargo test -q -p bbr-extproc --test kubernetes -- --test-threads 1
 
 log "done in $((SECONDS - started)) s"

@@ -57,3 +57,23 @@ app: {{ .Values.bbr.name }}
 {{- end -}}
 {{ $on }}
 {{- end -}}
+
+{{/* Whether traces are exported (--tracing): bbr.tracing.enabled, or
+     flags.tracing. */}}
+{{- define "bbr.tracing" -}}
+{{- $flags := .Values.bbr.flags | default dict -}}
+{{ or (.Values.bbr.tracing | default dict).enabled (index $flags "tracing" | default false) }}
+{{- end -}}
+
+{{/* Whether /metrics needs a bearer token (--metrics-endpoint-auth):
+     bbr.metricsEndpointAuth.enabled, or flags.metrics-endpoint-auth. */}}
+{{- define "bbr.metricsAuth" -}}
+{{- $flags := .Values.bbr.flags | default dict -}}
+{{ or (.Values.bbr.metricsEndpointAuth | default dict).enabled (index $flags "metrics-endpoint-auth" | default false) }}
+{{- end -}}
+
+{{/* Whether the pod talks to the API server: the ConfigMap watch or the
+     token reviews of /metrics. */}}
+{{- define "bbr.apiAccess" -}}
+{{ or (eq (include "bbr.baseModels" .) "true") (eq (include "bbr.metricsAuth" .) "true") }}
+{{- end -}}

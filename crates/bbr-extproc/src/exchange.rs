@@ -43,6 +43,8 @@ pub(crate) struct Shared {
     pub(crate) metadata: Option<reply::DynamicMetadata>,
     /// The Go router's plugin histograms the decision step is recorded in.
     pub(crate) plugin_histograms: Vec<::metrics::Histogram>,
+    /// Starts each request's span; none when tracing is off.
+    pub(crate) tracer: Option<crate::otel::RequestTracer>,
 }
 
 /// How Envoy sends the request body, as far as this service is concerned.
@@ -109,6 +111,7 @@ pub(crate) struct Exchange {
     content_length: Option<Vec<u8>>,
     request_key: Option<Vec<u8>>,
     started: Instant,
+    span: crate::otel::RequestSpan,
 }
 
 impl Exchange {
@@ -130,6 +133,7 @@ impl Exchange {
             content_length: None,
             request_key: None,
             started: Instant::now(),
+            span: Default::default(),
         }
     }
 
@@ -191,6 +195,7 @@ impl Exchange {
         let (mut get, mut models_path) = (false, false);
         // Several lines make one list (RFC 9110 §5.3).
         let mut content_encoding: Option<String> = None;
+        let mut trace = crate::otel::TraceHeaders::default();
         // The message is ours: header values are moved out, not copied.
         for header in h.headers.into_iter().flat_map(|m| m.headers) {
             let key = header.key;
@@ -218,6 +223,7 @@ impl Exchange {
                 self.content_length = Some(value);
             } else if key.eq_ignore_ascii_case(&self.shared.request_key_header) {
                 self.request_key = Some(value);
+            } else if self.shared.tracer.is_some() && trace.keep(&key, &value) {
             } else if key == ":method" {
                 get = value == b"GET";
             } else if key == ":path" {
@@ -225,10 +231,12 @@ impl Exchange {
                 models_path = path == b"/v1/models";
             }
         }
+        self.span = crate::otel::RequestSpan::start(self.shared.tracer.as_ref(), &trace);
         if self.shared.serve_models && get && models_path {
             // The model list, from the table in force, without a round
             // trip to a backend.
             self.phase = Phase::Done;
+            self.span.models();
             out.push(reply::models(table.models_json()));
             return;
         }
@@ -420,6 +428,7 @@ impl Exchange {
     /// the held chunks, then moves on to checking or passing.
     fn carry_out(&mut self, verdict: Verdict, eos: bool, out: &mut Vec<ProcessingResponse>) {
         metrics::record_verdict(&verdict);
+        self.span.verdict(&verdict);
         if let Verdict::Reject(e) = &verdict {
             return self.reject(e, out);
         }
@@ -509,6 +518,7 @@ impl Exchange {
 
     fn reject(&mut self, e: &Error, out: &mut Vec<ProcessingResponse>) {
         metrics::record_rejected(e);
+        self.span.rejected(e);
         tracing::debug!(
             kind = e.kind().as_str(),
             offset = e.offset(),
@@ -590,6 +600,7 @@ mod tests {
             serve_models: false,
             metadata: None,
             plugin_histograms: Vec::new(),
+            tracer: None,
         })
     }
 

@@ -107,6 +107,10 @@ mod exchange;
 #[cfg_attr(docsrs, doc(cfg(feature = "kubernetes")))]
 pub mod kubernetes;
 pub mod metrics;
+#[cfg(feature = "kubernetes")]
+#[cfg_attr(docsrs, doc(cfg(feature = "kubernetes")))]
+pub mod metrics_auth;
+pub mod otel;
 pub mod pb;
 mod reply;
 pub mod serve;

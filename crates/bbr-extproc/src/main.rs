@@ -11,7 +11,7 @@ use bbr_core::{
     Decider, ErrorKind, ExtractorConfig, FailureAction, FailurePolicy, Policy, rules::SharedRules,
 };
 use bbr_extproc::{
-    BodyFieldHeader, BodyRoutingProcessor, DynamicMetadata, SERVICE_NAME, metrics, serve,
+    BodyFieldHeader, BodyRoutingProcessor, DynamicMetadata, SERVICE_NAME, metrics, otel, serve,
     sources::TableSources,
 };
 use clap::{ArgAction, CommandFactory, Parser};
@@ -143,8 +143,11 @@ struct Args {
     /// are refused.
     #[arg(long, value_name = "TYPE:NAME[:JSON]", value_parser = plugin::parse)]
     plugin: Vec<plugin::Plugin>,
-    /// The Go router's OpenTelemetry switch. bbr-extproc exports no traces:
-    /// only `--tracing=false` is accepted.
+    /// Export a `gateway.request` span per request over OTLP, configured by
+    /// the standard OTEL_* variables (OTEL_EXPORTER_OTLP_ENDPOINT, default
+    /// localhost:4317; OTEL_EXPORTER_OTLP_PROTOCOL grpc or http/protobuf;
+    /// OTEL_SERVICE_NAME; OTEL_TRACES_SAMPLER …). Off by default, unlike
+    /// the Go router: without a collector every export fails.
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
           default_value_t = false, action = ArgAction::Set)]
     tracing: bool,
@@ -154,9 +157,11 @@ struct Args {
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
           default_value_t = false, action = ArgAction::Set)]
     enable_pprof: bool,
-    /// The Go router's metrics authentication switch. bbr-extproc's
-    /// `/metrics` is not authenticated: only `--metrics-endpoint-auth=false`
-    /// is accepted (restrict the port with a NetworkPolicy).
+    /// Require a bearer token on `/metrics`, checked with a Kubernetes
+    /// TokenReview and a SubjectAccessReview (`get` on the non-resource URL
+    /// /metrics): 401 without a valid token, 403 when not allowed, 500 when
+    /// the API server cannot be asked. Answers are cached (60 s allowed,
+    /// 10 s refused).
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
           default_value_t = false, action = ArgAction::Set)]
     metrics_endpoint_auth: bool,
@@ -237,15 +242,9 @@ impl Args {
         let refuse = |message: &str| {
             Err(Args::command().error(clap::error::ErrorKind::ValueValidation, message))
         };
-        if self.tracing {
+        if self.metrics_endpoint_auth && !cfg!(feature = "kubernetes") {
             return refuse(
-                "--tracing: bbr-extproc exports no OpenTelemetry traces; pass --tracing=false",
-            );
-        }
-        if self.metrics_endpoint_auth {
-            return refuse(
-                "--metrics-endpoint-auth: bbr-extproc's /metrics is not authenticated; \
-                 pass --metrics-endpoint-auth=false and restrict the port (NetworkPolicy)",
+                "--metrics-endpoint-auth: this build has no Kubernetes support (feature kubernetes)",
             );
         }
         for plugin in &self.plugin {
@@ -329,14 +328,21 @@ impl Args {
             .with_max_expansion_ratio(self.max_expansion_ratio)
     }
 
-    fn processor(&self, rules: SharedRules) -> BodyRoutingProcessor {
-        let builder = BodyRoutingProcessor::builder()
+    fn processor(
+        &self,
+        rules: SharedRules,
+        traces: Option<&otel::Tracing>,
+    ) -> BodyRoutingProcessor {
+        let mut builder = BodyRoutingProcessor::builder()
             .extractor(self.extractor_config())
             .decider(self.decider())
             .rules(rules)
             .serve_models(self.serve_models)
             .streaming(self.streaming)
             .plugins(self.plugin_labels());
+        if let Some(traces) = traces {
+            builder = builder.tracer(traces.tracer());
+        }
         let builder = match self.metadata_namespace.as_str() {
             "" => builder,
             namespace => builder.dynamic_metadata(
@@ -435,8 +441,15 @@ async fn run(args: Args) -> Result<(), BoxError> {
     );
     metrics::register_fields(args.body_field.iter().map(BodyFieldHeader::field));
 
+    let traces = match args.tracing {
+        true => otel::Tracing::from_env()?,
+        false => None,
+    };
+    if args.tracing && traces.is_none() {
+        tracing::info!("--tracing: the OTEL_* environment turns the export off");
+    }
     let sources = TableSources::new(args.rules.clone())?;
-    let processor = args.processor(sources.rules());
+    let processor = args.processor(sources.rules(), traces.as_ref());
     let base_models = start_base_model_watch(&args, &sources).await?;
 
     let grpc = bind(args.address, args.grpc_port, "--grpc-port").await?;
@@ -498,9 +511,10 @@ async fn run(args: Args) -> Result<(), BoxError> {
             .add_service(health_service)
             .serve_with_incoming_shutdown(incoming(health), stopped()),
     );
-    let metrics_task = tokio::spawn(serve::serve_metrics(
+    let metrics_task = tokio::spawn(serve::serve_metrics_gated(
         metrics_listener,
         prometheus.clone(),
+        metrics_gate(&args).await?,
         stopped(),
     ));
     let upkeep = tokio::spawn(async move {
@@ -532,7 +546,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
     tracing::info!(%grpc_addr, %health_addr, %metrics_addr, tls = args.secure_serving,
         streaming = args.streaming, policy = %args.policy, fail_open = ?args.fail_open,
         reject_missing_model = args.reject_missing_model, body_fields = ?args.body_field,
-        "serving");
+        tracing = traces.as_ref().map(otel::Tracing::protocol), "serving");
 
     shutdown.await;
     tracing::info!("shutting down; open streams may finish");
@@ -554,14 +568,55 @@ async fn run(args: Args) -> Result<(), BoxError> {
         tokio::join!(main_task, health_task, metrics_task)
     })
     .await;
-    match drained {
-        Ok((main, health, _)) => {
-            main??;
-            health??;
-        }
-        Err(_) => tracing::warn!("streams still open after the drain timeout; exiting"),
+    if drained.is_err() {
+        tracing::warn!("streams still open after the drain timeout; exiting");
+    }
+    if let Some(traces) = traces {
+        flush_traces(traces).await;
+    }
+    if let Ok((main, health, _)) = drained {
+        main??;
+        health??;
     }
     Ok(())
+}
+
+/// How long the spans still queued at shutdown may take to be exported.
+const TRACE_FLUSH_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Exports the spans still queued, within [`TRACE_FLUSH_DEADLINE`]. The
+/// export blocks, so it runs on a blocking thread while the runtime keeps
+/// the gRPC exporter's connection going.
+async fn flush_traces(traces: otel::Tracing) {
+    let flush = tokio::task::spawn_blocking(move || traces.shutdown(TRACE_FLUSH_DEADLINE));
+    // The SDK's own deadline, plus a margin for the thread hand-over.
+    match tokio::time::timeout(TRACE_FLUSH_DEADLINE + Duration::from_millis(500), flush).await {
+        Ok(Ok(Ok(()))) => tracing::info!("traces flushed"),
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "traces not all exported"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "trace flush failed"),
+        Err(_) => tracing::warn!("trace flush still running after the deadline; exiting"),
+    }
+}
+
+/// The token check of `/metrics` with `--metrics-endpoint-auth`.
+#[cfg(feature = "kubernetes")]
+async fn metrics_gate(
+    args: &Args,
+) -> Result<Option<std::sync::Arc<dyn serve::MetricsGate>>, BoxError> {
+    if !args.metrics_endpoint_auth {
+        return Ok(None);
+    }
+    let client = ::kube::Client::try_default().await?;
+    Ok(Some(std::sync::Arc::new(
+        bbr_extproc::metrics_auth::MetricsAuth::new(client),
+    )))
+}
+
+#[cfg(not(feature = "kubernetes"))]
+async fn metrics_gate(
+    _args: &Args,
+) -> Result<Option<std::sync::Arc<dyn serve::MetricsGate>>, BoxError> {
+    Ok(None)
 }
 
 /// Starts the base-model ConfigMap watch when `--base-model-configmaps` is
@@ -759,11 +814,20 @@ mod tests {
     }
 
     #[test]
+    fn tracing_and_metrics_auth_are_off_unless_asked() {
+        let mut a = parse(&[]);
+        a.check().unwrap();
+        assert!(!a.tracing && !a.metrics_endpoint_auth);
+        let mut a = parse(&["--tracing", "-metrics-endpoint-auth=true"]);
+        // Metrics authentication asks the Kubernetes API.
+        assert_eq!(a.check().is_ok(), cfg!(feature = "kubernetes"));
+        assert!(a.tracing && a.metrics_endpoint_auth);
+        let a = parse(&["--tracing=false", "--metrics-endpoint-auth=false"]);
+        assert!(!a.tracing && !a.metrics_endpoint_auth);
+    }
+
+    #[test]
     fn go_switches_bbr_cannot_honour_are_refused() {
-        let e = usage_error(&["--tracing"]);
-        assert!(e.contains("exports no OpenTelemetry traces"), "{e}");
-        let e = usage_error(&["--metrics-endpoint-auth=true"]);
-        assert!(e.contains("not authenticated"), "{e}");
         let e = usage_error(&["--plugin", "prefix-cache-scorer:x"]);
         assert!(
             e.contains("supported: body-field-to-header, base-model-to-header"),

@@ -2,7 +2,7 @@
 //! the Prometheus endpoint, hot reload of the rules file and shutdown signals.
 //! The `bbr-extproc` binary is built from these pieces.
 
-use std::{convert::Infallible, future::Future, io, path::Path};
+use std::{convert::Infallible, future::Future, io, path::Path, pin::Pin, sync::Arc};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -39,6 +39,28 @@ pub async fn serve_metrics(
     handle: PrometheusHandle,
     shutdown: impl Future<Output = ()>,
 ) {
+    serve_metrics_gated(listener, handle, None, shutdown).await;
+}
+
+/// Decides whether a `/metrics` request may be answered (see
+/// [`serve_metrics_gated`]).
+pub trait MetricsGate: Send + Sync + 'static {
+    /// `Ok` to answer with the metrics, or the status to answer with
+    /// instead (401 adds `WWW-Authenticate: Bearer`).
+    fn admit<'a>(
+        &'a self,
+        headers: &'a http::HeaderMap,
+    ) -> Pin<Box<dyn Future<Output = Result<(), StatusCode>> + Send + 'a>>;
+}
+
+/// [`serve_metrics`], with each `/metrics` request first put to `gate`
+/// (the Kubernetes token check of `--metrics-endpoint-auth`, for one).
+pub async fn serve_metrics_gated(
+    listener: TcpListener,
+    handle: PrometheusHandle,
+    gate: Option<Arc<dyn MetricsGate>>,
+    shutdown: impl Future<Output = ()>,
+) {
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -49,10 +71,19 @@ pub async fn serve_metrics(
             continue;
         };
         let handle = handle.clone();
+        let gate = gate.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<Incoming>| {
                 let handle = handle.clone();
-                async move { Ok::<_, Infallible>(metrics_response(&req, &handle)) }
+                let gate = gate.clone();
+                async move {
+                    if let Some(gate) = gate.filter(|_| req.uri().path() == "/metrics")
+                        && let Err(status) = gate.admit(req.headers()).await
+                    {
+                        return Ok::<_, Infallible>(refusal(status));
+                    }
+                    Ok::<_, Infallible>(metrics_response(&req, &handle))
+                }
             });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             let _ = builder
@@ -60,6 +91,20 @@ pub async fn serve_metrics(
                 .await;
         });
     }
+}
+
+/// The answer to a `/metrics` request the gate refused.
+fn refusal(status: StatusCode) -> Response<Full<Bytes>> {
+    let text = format!("{}\n", status.canonical_reason().unwrap_or("refused"));
+    let mut response = Response::new(Full::new(Bytes::from(text)));
+    *response.status_mut() = status;
+    if status == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static("Bearer"),
+        );
+    }
+    response
 }
 
 fn metrics_response<B>(req: &Request<B>, handle: &PrometheusHandle) -> Response<Full<Bytes>> {

@@ -73,6 +73,7 @@ pub struct ProcessorBuilder {
     serve_models: bool,
     metadata: Option<DynamicMetadata>,
     plugins: Vec<(String, String)>,
+    tracer: Option<crate::otel::RequestTracer>,
 }
 
 impl Default for ProcessorBuilder {
@@ -87,6 +88,7 @@ impl Default for ProcessorBuilder {
             serve_models: false,
             metadata: None,
             plugins: Vec::new(),
+            tracer: None,
         }
     }
 }
@@ -222,6 +224,14 @@ impl ProcessorBuilder {
         self
     }
 
+    /// Starts a `gateway.request` span for each request with `tracer`
+    /// (see [`otel`](crate::otel)). Off by default.
+    #[must_use]
+    pub fn tracer(mut self, tracer: crate::otel::RequestTracer) -> Self {
+        self.tracer = Some(tracer);
+        self
+    }
+
     /// Builds the processor.
     pub fn build(self) -> BodyRoutingProcessor {
         BodyRoutingProcessor {
@@ -235,6 +245,7 @@ impl ProcessorBuilder {
                 serve_models: self.serve_models,
                 metadata: self.metadata,
                 plugin_histograms: crate::metrics::plugin_histograms(&self.plugins),
+                tracer: self.tracer,
             }),
         }
     }

@@ -10,9 +10,10 @@ use std::{
 
 use bbr_extproc::{BodyRoutingProcessor, serve::self_signed_identity};
 use support::{
-    binary::{FREE_PORTS, ServerProcess, start_binary},
+    binary::{FREE_PORTS, ServerProcess, start_binary, start_binary_with_env},
     envoy::{self, Envoy, Ports},
     http::{self, Reply},
+    otlp,
     upstream::{Pool, body_hash},
 };
 use tokio_stream::wrappers::TcpListenerStream;
@@ -67,9 +68,13 @@ async fn scene(template: &str, processor: BodyRoutingProcessor) -> Scene {
 }
 
 async fn scene_binary(template: &str, args: &[&str]) -> Scene {
+    scene_binary_with_env(template, args, &[]).await
+}
+
+async fn scene_binary_with_env(template: &str, args: &[&str], env: &[(&str, &str)]) -> Scene {
     let gemma3 = Pool::start("gemma3").await;
     let deepseek = Pool::start("deepseek-r1").await;
-    let (process, grpc, health, metrics) = start_binary(args);
+    let (process, grpc, health, metrics) = start_binary_with_env(args, env);
     let ports = Ports {
         bbr: grpc.port(),
         gemma3: gemma3.addr.port(),
@@ -245,6 +250,55 @@ async fn binary_full_duplex_routes_demo_requests_strips_spoofs_and_rejects_bad_b
             tonic_health::pb::health_check_response::ServingStatus::Serving as i32
         );
     }
+}
+
+/// With `--tracing`, a request through Envoy gets its span, the child of
+/// the `traceparent` the client sent (Envoy forwards it in the request
+/// headers), and is routed as without.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_traces_a_request_as_the_child_of_the_traceparent_envoy_forwards() {
+    let received = otlp::Received::default();
+    let collector = otlp::grpc_receiver(received.clone()).await;
+    let endpoint = format!("http://{collector}");
+    let s = scene_binary_with_env(
+        "envoy-full-duplex.yaml",
+        &["--streaming", "--tracing", "-v", "1"],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+        ],
+    )
+    .await;
+    let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let r = s
+        .post(
+            "/v1/chat/completions",
+            &[("traceparent", traceparent)],
+            CHAT,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("x-inference-pool"), Some("gemma3"));
+
+    let spans = received
+        .wait_for(1, std::time::Duration::from_secs(15))
+        .await;
+    assert_eq!(spans.len(), 1, "{spans:?}");
+    let span = &spans[0].span;
+    assert_eq!(span.name, "gateway.request");
+    assert_eq!(
+        otlp::hex(&span.trace_id),
+        "0af7651916cd43dd8448eb211c80319c"
+    );
+    assert_eq!(otlp::hex(&span.parent_span_id), "b7ad6b7169203331");
+    assert_eq!(
+        otlp::attribute(span, "bbr.outcome").as_deref(),
+        Some("routed")
+    );
+    assert_eq!(
+        otlp::attribute(span, "bbr.model").as_deref(),
+        Some("chatbot")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

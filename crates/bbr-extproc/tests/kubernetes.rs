@@ -3,7 +3,8 @@
 //! base-model ConfigMaps cannot be listed, and — against a real API server
 //! (`BBR_KUBECONFIG` and `BBR_KUBECTL`, exported by
 //! `scripts/test-kubernetes.sh`) — base models that follow ConfigMaps as
-//! they are created, changed and deleted.
+//! they are created, changed and deleted, and `/metrics` behind bearer
+//! tokens reviewed by the API server (`--metrics-endpoint-auth`).
 //!
 //! Without `BBR_KUBECONFIG` the API-server test says it skipped, unless
 //! `BBR_REQUIRE_KUBERNETES=1`, which makes a missing API server an error.
@@ -427,4 +428,172 @@ async fn base_models_follow_configmaps_through_the_api_server() {
         .args(["delete", "namespace", &other, "--wait=false"])
         .stdout(Stdio::null())
         .status();
+}
+
+/// `GET /metrics` at `metrics` with `authorization` (if any): the status.
+async fn scrape(metrics: SocketAddr, authorization: Option<&str>) -> (u16, String) {
+    let mut req = hyper::Request::get("/metrics").header("host", "localhost");
+    if let Some(value) = authorization {
+        req = req.header("authorization", value);
+    }
+    let req = req
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let reply = support::http::send(metrics, req)
+        .await
+        .expect("GET /metrics");
+    (
+        reply.status,
+        String::from_utf8_lossy(&reply.body).into_owned(),
+    )
+}
+
+/// A kubeconfig for `cluster`'s server that authenticates with `token`.
+fn kubeconfig_with_token(dir: &Path, kubeconfig: &str, kubectl: &str, token: &str) -> PathBuf {
+    let view = |path: &str| {
+        let out = Command::new(kubectl)
+            .env("KUBECONFIG", kubeconfig)
+            .args(["config", "view", "--raw", "--minify", "-o"])
+            .arg(format!("jsonpath={path}"))
+            .output()
+            .expect("kubectl config view");
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let server = view("{.clusters[0].cluster.server}");
+    let ca = view("{.clusters[0].cluster.certificate-authority}");
+    let path = dir.join("kubeconfig");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {server}\n    certificate-authority: {ca}\nusers:\n- name: u\n  user:\n    token: {token}\ncontexts:\n- name: c\n  context: {{cluster: c, user: u}}\ncurrent-context: c\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// `--metrics-endpoint-auth` against the API server: bbr-extproc runs as a
+/// ServiceAccount allowed only to create token and access reviews (what
+/// the chart grants); a scraper bound to a `/metrics` reader role gets the
+/// metrics, another ServiceAccount 403, a bad or missing token 401.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_need_a_token_allowed_to_get_metrics() {
+    let Some((kubeconfig, kubectl)) = cluster() else {
+        return;
+    };
+    let k = Kubectl {
+        bin: kubectl.clone(),
+        kubeconfig: kubeconfig.clone(),
+        namespace: format!("bbr-metrics-auth-{}", std::process::id()),
+    };
+    k.run(&["create", "namespace", &k.namespace], None);
+    let ns = &k.namespace;
+    let cluster_role = |name: &str, rules: &str, sa: &str| {
+        format!(
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {{name: {ns}-{name}}}\nrules:\n{rules}---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {{name: {ns}-{name}}}\nsubjects: [{{kind: ServiceAccount, name: {sa}, namespace: {ns}}}]\nroleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {ns}-{name}}}\n"
+        )
+    };
+    for sa in ["bbr", "scraper", "stranger"] {
+        k.run(&["create", "serviceaccount", sa], None);
+    }
+    k.apply(&cluster_role(
+        "reviewer",
+        "- {apiGroups: [authentication.k8s.io], resources: [tokenreviews], verbs: [create]}\n- {apiGroups: [authorization.k8s.io], resources: [subjectaccessreviews], verbs: [create]}\n",
+        "bbr",
+    ));
+    k.apply(&cluster_role(
+        "metrics-reader",
+        "- {nonResourceURLs: [/metrics], verbs: [get]}\n",
+        "scraper",
+    ));
+    let token = |sa: &str| k.run(&["create", "token", sa], None).trim().to_owned();
+    let (bbr, scraper, stranger) = (token("bbr"), token("scraper"), token("stranger"));
+
+    let dir = temp_dir("metrics-auth");
+    let own = kubeconfig_with_token(&dir, &kubeconfig, &kubectl, &bbr);
+    let (_server, _, _, metrics) = start_binary_with_env(
+        &["--secure-serving=false", "--metrics-endpoint-auth"],
+        &[("KUBECONFIG", own.to_str().unwrap())],
+    );
+
+    let (status, _) = scrape(metrics, None).await;
+    assert_eq!(status, 401, "no token");
+    let (status, _) = scrape(metrics, Some("Bearer not-a-token")).await;
+    assert_eq!(status, 401, "a token the API server does not know");
+    let (status, _) = scrape(metrics, Some(&format!("Basic {scraper}"))).await;
+    assert_eq!(status, 401, "not a bearer token");
+    let stranger = format!("Bearer {stranger}");
+    let (status, _) = scrape(metrics, Some(&stranger)).await;
+    assert_eq!(status, 403, "a ServiceAccount without the reader role");
+    let scraper = format!("Bearer {scraper}");
+    for _ in 0..2 {
+        // The second answer comes from the cache.
+        let (status, body) = scrape(metrics, Some(&scraper)).await;
+        assert_eq!(status, 200);
+        assert!(body.contains("bbr_info"), "{body}");
+    }
+    let (status, _) = scrape(metrics, Some(&stranger)).await;
+    assert_eq!(status, 403, "refused again, from the cache");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A kubeconfig for an API server at `addr` (whatever listens there).
+fn kubeconfig_for(dir: &Path, addr: SocketAddr) -> PathBuf {
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://{addr}\n    insecure-skip-tls-verify: true\nusers:\n- name: u\n  user:\n    token: t\ncontexts:\n- name: c\n  context: {{cluster: c, user: u}}\ncurrent-context: c\n"
+        ),
+    )
+    .unwrap();
+    kubeconfig
+}
+
+/// `--metrics-endpoint-auth` with an API server that cannot be reached:
+/// 500 for a token, 401 still without one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_answer_500_when_the_api_server_cannot_review() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let dir = temp_dir("metrics-auth-down");
+    let kubeconfig = kubeconfig_for(&dir, closed);
+    let (_server, _, _, metrics) = start_binary_with_env(
+        &["--secure-serving=false", "--metrics-endpoint-auth"],
+        &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
+    );
+    assert_eq!(scrape(metrics, None).await.0, 401);
+    assert_eq!(scrape(metrics, Some("Bearer some-token")).await.0, 500);
+    // Not cached: asked again, failing again.
+    assert_eq!(scrape(metrics, Some("Bearer some-token")).await.0, 500);
+    // Other paths are not guarded.
+    let other = support::http::get(metrics, "/other").await.unwrap();
+    assert_eq!(other.status, 404);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An API server that takes connections and never answers: the scrape is
+/// answered 500 once the review's deadline passes, not held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_answer_500_when_the_api_server_never_answers() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            open.push(stream);
+        }
+    });
+    let dir = temp_dir("metrics-auth-silent");
+    let kubeconfig = kubeconfig_for(&dir, addr);
+    let (_server, _, _, metrics) = start_binary_with_env(
+        &["--secure-serving=false", "--metrics-endpoint-auth"],
+        &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
+    );
+    assert_eq!(scrape(metrics, Some("Bearer some-token")).await.0, 500);
+    held.abort();
+    let _ = std::fs::remove_dir_all(&dir);
 }

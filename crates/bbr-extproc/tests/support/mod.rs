@@ -4,6 +4,7 @@
 pub mod binary;
 pub mod envoy;
 pub mod http;
+pub mod otlp;
 pub mod upstream;
 
 use std::time::Duration;
