@@ -15,7 +15,7 @@
 # Usage: benches/load/instructions.sh [BIN]   (default: builds tower-load)
 #        APP=gateway benches/load/instructions.sh GATEWAY_BIN...
 # Environment: APP (app or gateway), MODES ("bare layer"), SIZE (1024),
-# SHAPE (long), REQUESTS (2000), WARMUP (200).
+# SHAPE (long), REQUESTS (2000), WARMUP (200), TOWER_LOAD (APP=gateway).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -30,7 +30,8 @@ if [ "$APP" = gateway ]; then
     [ $# -gt 0 ] || { echo "APP=gateway needs the gateway binaries to compare" >&2; exit 2; }
     GATEWAYS=("$@")
     MODES=$(seq -s ' ' 1 $#)
-    BIN=""
+    # tower-load writes the body (TOWER_LOAD names a build of it to use).
+    BIN=${TOWER_LOAD:-}
 else
     BIN=${1:-}
 fi
