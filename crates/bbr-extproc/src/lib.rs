@@ -112,8 +112,11 @@ mod reply;
 pub mod serve;
 mod service;
 pub mod sources;
+pub mod wire;
 
 pub use bbr_core::{BodyFieldHeader, BodyFieldHeaderError};
 pub use exchange::BodyMode;
 pub use reply::DynamicMetadata;
-pub use service::{BodyRoutingProcessor, ProcessStream, ProcessorBuilder, SERVICE_NAME};
+pub use service::{
+    BodyRoutingProcessor, ProcessStream, ProcessorBuilder, ProcessorServer, SERVICE_NAME,
+};

@@ -10,7 +10,10 @@
 
 pub use bbr_core::metrics::*;
 
-use ::metrics::{Histogram, Unit, describe_gauge, describe_histogram, gauge, histogram};
+use ::metrics::{
+    Counter, Histogram, Unit, counter, describe_gauge, describe_histogram, gauge, histogram,
+};
+use bbr_core::Verdict;
 
 /// Build information, always 1 (labels `commit`, `build_ref`, `version`):
 /// the Go router's `bbr_info`.
@@ -59,4 +62,60 @@ pub(crate) fn plugin_histograms(plugins: &[(String, String)]) -> Vec<Histogram> 
                 "plugin_type" => kind.clone(), "plugin_name" => name.clone())
         })
         .collect()
+}
+
+/// The decision histograms ([`DECISION_SECONDS`],
+/// [`BYTES_BEFORE_DECISION`]) and the route counter ([`SUCCESS_TOTAL`]),
+/// looked up once in the recorder installed when the processor is built,
+/// so that a request records into them without a registry lookup.
+#[derive(Clone, Debug)]
+pub(crate) struct DecisionMetrics {
+    seconds: Histogram,
+    bytes: Histogram,
+    success: Counter,
+}
+
+impl DecisionMetrics {
+    /// The handles of the recorder installed now.
+    pub(crate) fn register() -> DecisionMetrics {
+        DecisionMetrics {
+            seconds: histogram!(DECISION_SECONDS),
+            bytes: histogram!(BYTES_BEFORE_DECISION),
+            success: counter!(SUCCESS_TOTAL),
+        }
+    }
+
+    /// Handles that record nothing.
+    #[cfg(test)]
+    pub(crate) fn noop() -> DecisionMetrics {
+        DecisionMetrics {
+            seconds: Histogram::noop(),
+            bytes: Histogram::noop(),
+            success: Counter::noop(),
+        }
+    }
+
+    /// Records a decision: `seconds` from the request's headers to it, and
+    /// the body `bytes` held until then.
+    pub(crate) fn decided(&self, seconds: f64, bytes: u64) {
+        self.seconds.record(seconds);
+        self.bytes.record(bytes as f64);
+    }
+
+    /// Records a verdict as [`record_verdict`] does.
+    pub(crate) fn verdict(&self, verdict: &Verdict) {
+        match verdict {
+            Verdict::Route(routing) => {
+                let route = routing.route();
+                self.success.increment(1);
+                counter!(
+                    ROUTE_MATCHES_TOTAL,
+                    "rule" => route.rule().unwrap_or("").to_owned(),
+                    "pool" => route.pool().unwrap_or("").to_owned()
+                )
+                .increment(1);
+            }
+            other => record_verdict(other),
+        }
+    }
 }
