@@ -306,8 +306,8 @@ const PROCESS_PATH: &str = "/envoy.service.ext_proc.v3.ExternalProcessor/Process
 /// `envoy.service.ext_proc.v3.ExternalProcessor`, to add to a
 /// [`tonic::transport::Server`] (or any server of `http` requests). Its
 /// messages are the [`wire`](crate::wire) types, decoded with
-/// [`wire::Codec`] so that body chunks are not copied out of the received
-/// messages.
+/// [`wire::Codec`](crate::wire::Codec) so that body chunks are not copied
+/// out of the received messages.
 ///
 /// Cheap to clone. Other methods than `Process` answer `UNIMPLEMENTED`.
 #[derive(Clone, Debug)]
