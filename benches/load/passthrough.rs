@@ -2,7 +2,8 @@
 //! (`benches/load/envoy.sh`, mode `passthrough`).
 //!
 //! Served as bbr-extproc serves (tonic, the same TLS identity, `TCP_NODELAY`,
-//! a multi-threaded tokio runtime), it reads no body: every message gets
+//! a multi-threaded tokio runtime, the messages of `bbr_extproc::wire`
+//! decoded without copying the chunks), it reads no body: every message gets
 //! the answer that changes nothing, except that one fixed header
 //! (`--route-header`, `x-gateway-model-name: chatbot` by default) is set with
 //! `clear_route_cache`, so that Envoy routes the request to a pool as it
@@ -18,23 +19,34 @@
 //! The body mode comes from `ProcessingRequest.protocol_config` (Envoy 1.33
 //! and later), `BUFFERED` when Envoy does not say.
 
-use std::{net::SocketAddr, pin::Pin, process::ExitCode};
-
-use bbr_extproc::pb::{
-    self, BodyMutation, BodyResponse, CommonResponse, HeaderMutation, HeaderValue,
-    HeaderValueOption, HeadersResponse, ProcessingRequest, ProcessingResponse,
-    StreamedBodyResponse, TrailersResponse, body_mutation,
-    external_processor_server::{ExternalProcessor, ExternalProcessorServer},
-    processing_request::Request,
-    processing_response::Response,
+use std::{
+    convert::Infallible,
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    process::ExitCode,
+    task::{Context, Poll},
 };
+
+use bbr_extproc::{
+    pb,
+    wire::{
+        BodyMutation, BodyResponse, Codec, CommonResponse, HeaderMutation, HeaderValue,
+        HeaderValueOption, HeadersResponse, ProcessingRequest, ProcessingResponse,
+        StreamedBodyResponse, TrailersResponse, body_mutation, processing_request::Request,
+        processing_response::Response,
+    },
+};
+use bytes::Bytes;
 use clap::Parser;
 use futures_util::Stream;
 use tokio::net::TcpListener;
 use tonic::{
     Status, Streaming,
+    server::{Grpc, NamedService},
     transport::{Server, ServerTlsConfig, server::TcpIncoming},
 };
+use tower::Service;
 
 #[derive(Debug, Parser)]
 #[command(name = "passthrough-extproc")]
@@ -101,7 +113,6 @@ impl StreamState {
                             StreamedBodyResponse {
                                 body: body.body,
                                 end_of_stream: body.end_of_stream,
-                                ..Default::default()
                             },
                         )),
                     }),
@@ -123,36 +134,80 @@ impl StreamState {
     }
 }
 
-type ProcessStream = Pin<Box<dyn Stream<Item = Result<ProcessingResponse, Status>> + Send>>;
+/// The answers of one `Process` stream, produced as it is polled (as
+/// bbr-extproc does: no task or channel per request).
+struct ProcessStream(StreamState);
 
-#[tonic::async_trait]
-impl ExternalProcessor for Passthrough {
-    type ProcessStream = ProcessStream;
+impl Stream for ProcessStream {
+    type Item = Result<ProcessingResponse, Status>;
 
-    async fn process(
-        &self,
-        request: tonic::Request<Streaming<ProcessingRequest>>,
-    ) -> Result<tonic::Response<ProcessStream>, Status> {
-        let state = StreamState {
-            inbound: request.into_inner(),
-            route: self.route.clone(),
-            full_duplex: false,
-        };
-        // As bbr-extproc does: answers produced as the stream is polled, no
-        // task or channel per request.
-        let responses = futures_util::stream::unfold(state, |mut state| async move {
-            loop {
-                match state.inbound.message().await {
-                    Ok(Some(msg)) => {
-                        if let Some(r) = state.answer(msg) {
-                            return Some((Ok(r), state));
-                        }
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let state = &mut self.get_mut().0;
+        loop {
+            match std::task::ready!(Pin::new(&mut state.inbound).poll_next(cx)) {
+                Some(Ok(msg)) => {
+                    if let Some(r) = state.answer(msg) {
+                        return Poll::Ready(Some(Ok(r)));
                     }
-                    Ok(None) | Err(_) => return None,
                 }
+                Some(Err(_)) | None => return Poll::Ready(None),
             }
-        });
-        Ok(tonic::Response::new(Box::pin(responses)))
+        }
+    }
+}
+
+/// The `Process` method.
+struct Process(HeaderMutation);
+
+impl Service<tonic::Request<Streaming<ProcessingRequest>>> for Process {
+    type Response = tonic::Response<ProcessStream>;
+    type Error = Status;
+    type Future = std::future::Ready<Result<Self::Response, Status>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: tonic::Request<Streaming<ProcessingRequest>>) -> Self::Future {
+        std::future::ready(Ok(tonic::Response::new(ProcessStream(StreamState {
+            inbound: request.into_inner(),
+            route: self.0.clone(),
+            full_duplex: false,
+        }))))
+    }
+}
+
+impl NamedService for Passthrough {
+    const NAME: &'static str = bbr_extproc::SERVICE_NAME;
+}
+
+impl<B> Service<http::Request<B>> for Passthrough
+where
+    B: http_body::Body + Send + 'static,
+    B::Error: Into<BoxError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if request.uri().path() != "/envoy.service.ext_proc.v3.ExternalProcessor/Process" {
+            let status = Status::unimplemented(request.uri().path().to_owned());
+            return Box::pin(std::future::ready(Ok(status.into_http())));
+        }
+        let process = Process(self.route.clone());
+        Box::pin(async move {
+            // Room for a BUFFERED body as large as bbr-extproc's default
+            // limit (32 MiB), as bbr-extproc allows.
+            let mut grpc = Grpc::new(Codec::<ProcessingResponse, ProcessingRequest>::default())
+                .max_decoding_message_size(33 << 20)
+                .max_encoding_message_size(33 << 20);
+            Ok(grpc.streaming(process, request).await)
+        })
     }
 }
 
@@ -166,8 +221,8 @@ async fn run(args: Args) -> Result<(), BoxError> {
     let route = HeaderMutation {
         set_headers: vec![HeaderValueOption {
             header: Some(HeaderValue {
-                key: name.to_ascii_lowercase(),
-                raw_value: value.as_bytes().to_vec(),
+                key: Bytes::from(name.to_ascii_lowercase()),
+                raw_value: Bytes::copy_from_slice(value.as_bytes()),
                 ..Default::default()
             }),
             ..Default::default()
@@ -186,13 +241,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
         args.secure_serving
     );
     server
-        .add_service(
-            // Room for a BUFFERED body as large as bbr-extproc's default
-            // limit (32 MiB), as bbr-extproc allows.
-            ExternalProcessorServer::new(Passthrough { route })
-                .max_decoding_message_size(33 << 20)
-                .max_encoding_message_size(33 << 20),
-        )
+        .add_service(Passthrough { route })
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
             async {

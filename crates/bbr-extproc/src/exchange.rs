@@ -16,15 +16,15 @@ use bbr_core::{
     rules::{ContentLength, SharedRules},
 };
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue};
 
 use crate::{
     metrics,
-    pb::{
-        BodySendMode, HttpBody, HttpHeaders, ProcessingRequest, ProcessingResponse,
+    pb::BodySendMode,
+    reply,
+    wire::{
+        CommonResponse, HttpBody, HttpHeaders, ProcessingRequest, ProcessingResponse,
         ProtocolConfiguration, processing_request::Request, processing_response::Response,
     },
-    reply::{self, Mutation},
 };
 
 /// What every stream of one processor shares: the configuration and the
@@ -45,6 +45,8 @@ pub(crate) struct Shared {
     pub(crate) plugin_histograms: Vec<::metrics::Histogram>,
     /// Starts each request's span; none when tracing is off.
     pub(crate) tracer: Option<crate::otel::RequestTracer>,
+    /// The decision metrics, looked up when the processor was built.
+    pub(crate) decision_metrics: metrics::DecisionMetrics,
 }
 
 /// How Envoy sends the request body, as far as this service is concerned.
@@ -108,8 +110,8 @@ pub(crate) struct Exchange {
     /// Headers the client sent that it may not send, removed from the request.
     strip: Vec<String>,
     /// The raw `content-length` the client sent, if any.
-    content_length: Option<Vec<u8>>,
-    request_key: Option<Vec<u8>>,
+    content_length: Option<Bytes>,
+    request_key: Option<Bytes>,
     started: Instant,
     span: crate::otel::RequestSpan,
 }
@@ -191,25 +193,29 @@ impl Exchange {
             self.response_mode = self.request_mode;
         }
         let table = self.shared.rules.load();
-        let mut content_type = None;
+        let mut content_type: Option<Bytes> = None;
         let (mut get, mut models_path) = (false, false);
         // Several lines make one list (RFC 9110 §5.3).
         let mut content_encoding: Option<String> = None;
         let mut trace = crate::otel::TraceHeaders::default();
-        // The message is ours: header values are moved out, not copied.
+        // The message is ours: header values are moved out, not copied
+        // (they are slices of the received message).
         for header in h.headers.into_iter().flat_map(|m| m.headers) {
-            let key = header.key;
+            // Names are ASCII; one that is not UTF-8 is nothing bbr reads.
+            let Ok(key) = std::str::from_utf8(&header.key) else {
+                continue;
+            };
             let value = if header.raw_value.is_empty() {
-                header.value.into_bytes()
+                Bytes::from(header.value)
             } else {
                 header.raw_value
             };
-            if self.shared.decider.strips(&table, &key) {
-                if !self.strip.iter().any(|s| s.eq_ignore_ascii_case(&key)) {
+            if self.shared.decider.strips(&table, key) {
+                if !self.strip.iter().any(|s| s.eq_ignore_ascii_case(key)) {
                     self.strip.push(key.to_ascii_lowercase());
                 }
             } else if key.eq_ignore_ascii_case("content-type") {
-                content_type = String::from_utf8(value).ok();
+                content_type = Some(value);
             } else if key.eq_ignore_ascii_case("content-encoding") {
                 let value = String::from_utf8_lossy(&value);
                 match &mut content_encoding {
@@ -223,9 +229,9 @@ impl Exchange {
                 self.content_length = Some(value);
             } else if key.eq_ignore_ascii_case(&self.shared.request_key_header) {
                 self.request_key = Some(value);
-            } else if self.shared.tracer.is_some() && trace.keep(&key, &value) {
+            } else if self.shared.tracer.is_some() && trace.keep(key, &value) {
             } else if key == ":method" {
-                get = value == b"GET";
+                get = &value[..] == b"GET";
             } else if key == ":path" {
                 let path = value.split(|&b| b == b'?').next().unwrap_or_default();
                 models_path = path == b"/v1/models";
@@ -249,7 +255,9 @@ impl Exchange {
             return;
         }
         let extractor = BodyExtractor::for_request(
-            content_type.as_deref(),
+            content_type
+                .as_deref()
+                .and_then(|v| std::str::from_utf8(v).ok()),
             content_encoding.as_deref(),
             self.shared.extractor.clone(),
         );
@@ -275,7 +283,7 @@ impl Exchange {
     }
 
     fn on_request_body(&mut self, b: HttpBody, out: &mut Vec<ProcessingResponse>) {
-        let chunk = Bytes::from(b.body);
+        let chunk = b.body;
         let eos = b.end_of_stream;
         match self.phase {
             Phase::Done => {}
@@ -389,7 +397,7 @@ impl Exchange {
         let Some(extraction) = x.extraction() else {
             return;
         };
-        metrics::record_decided(
+        shared.decision_metrics.decided(
             self.started.elapsed().as_secs_f64(),
             extraction.decided_at(),
         );
@@ -427,7 +435,7 @@ impl Exchange {
     /// Sends the verdict (headers response or body response, by mode) and
     /// the held chunks, then moves on to checking or passing.
     fn carry_out(&mut self, verdict: Verdict, eos: bool, out: &mut Vec<ProcessingResponse>) {
-        metrics::record_verdict(&verdict);
+        self.shared.decision_metrics.verdict(&verdict);
         self.span.verdict(&verdict);
         if let Verdict::Reject(e) = &verdict {
             return self.reject(e, out);
@@ -455,7 +463,7 @@ impl Exchange {
                 }
             }
             if self.request_mode == BodyMode::Buffered {
-                let body: Vec<u8> = held.concat();
+                let body = Bytes::from(held.concat());
                 out.push(reply::request_body(Some(reply::with_body(common, body))));
                 return self.after_verdict(&verdict, &mut out[first..]);
             }
@@ -466,7 +474,7 @@ impl Exchange {
             let n = held.len();
             for (i, chunk) in held.into_iter().enumerate() {
                 if self.request_mode == BodyMode::FullDuplexStreamed {
-                    out.push(reply::request_chunk(chunk.into(), eos && i + 1 == n));
+                    out.push(reply::request_chunk(chunk, eos && i + 1 == n));
                 } else {
                     out.push(reply::request_body(None));
                 }
@@ -538,32 +546,20 @@ impl Exchange {
 
     fn release(&mut self, chunk: Bytes, eos: bool, out: &mut Vec<ProcessingResponse>) {
         if self.request_mode == BodyMode::FullDuplexStreamed {
-            out.push(reply::request_chunk(chunk.into(), eos));
+            out.push(reply::request_chunk(chunk, eos));
         } else {
             out.push(reply::request_body(None));
         }
     }
 
     /// The mutation of a verdict: spoofed headers removed, decided ones set.
-    fn common(&self, verdict: &Verdict) -> crate::pb::CommonResponse {
-        let set: Vec<(HeaderName, HeaderValue)> = verdict
-            .headers()
-            .map(|(name, value)| (name.clone(), value.clone()))
-            .collect();
-        Mutation {
-            set,
-            remove: self.strip.clone(),
-        }
-        .common(self.shared.clear_route_cache)
+    fn common(&self, verdict: &Verdict) -> CommonResponse {
+        reply::common(Some(verdict), &self.strip, self.shared.clear_route_cache)
     }
 
     /// The mutation before a verdict: spoofed headers removed only.
-    fn strip_only(&self) -> crate::pb::CommonResponse {
-        Mutation {
-            set: Vec::new(),
-            remove: self.strip.clone(),
-        }
-        .common(self.shared.clear_route_cache)
+    fn strip_only(&self) -> CommonResponse {
+        reply::common(None, &self.strip, self.shared.clear_route_cache)
     }
 }
 
@@ -582,9 +578,8 @@ mod tests {
     //! The protocol driven message by message, with no network.
 
     use super::*;
-    use crate::pb::{
-        CommonResponse, HeaderMap, HeaderValue as PbHeaderValue, HttpTrailers,
-        body_mutation::Mutation as BodyMut,
+    use crate::wire::{
+        HeaderMap, HeaderValue as PbHeaderValue, HttpTrailers, body_mutation::Mutation as BodyMut,
     };
     use bbr_core::{ErrorKind, FailureAction, FailurePolicy, rules::RuleTable};
 
@@ -601,6 +596,7 @@ mod tests {
             metadata: None,
             plugin_histograms: Vec::new(),
             tracer: None,
+            decision_metrics: metrics::DecisionMetrics::noop(),
         })
     }
 
@@ -614,23 +610,21 @@ mod tests {
                 headers: headers
                     .iter()
                     .map(|(k, v)| PbHeaderValue {
-                        key: (*k).to_owned(),
-                        raw_value: v.as_bytes().to_vec(),
+                        key: Bytes::copy_from_slice(k.as_bytes()),
+                        raw_value: Bytes::copy_from_slice(v.as_bytes()),
                         ..Default::default()
                     })
                     .collect(),
             }),
             end_of_stream: eos,
-            ..Default::default()
         };
         send(x, Request::RequestHeaders(h))
     }
 
     fn body(x: &mut Exchange, chunk: &[u8], eos: bool) -> Vec<Response> {
         let b = HttpBody {
-            body: chunk.to_vec(),
+            body: Bytes::copy_from_slice(chunk),
             end_of_stream: eos,
-            ..Default::default()
         };
         send(x, Request::RequestBody(b))
     }
@@ -661,7 +655,7 @@ mod tests {
             .filter_map(|h| h.header.as_ref())
             .map(|h| {
                 (
-                    h.key.clone(),
+                    String::from_utf8_lossy(&h.key).into_owned(),
                     String::from_utf8_lossy(&h.raw_value).into_owned(),
                 )
             })
@@ -674,7 +668,7 @@ mod tests {
 
     fn streamed(r: &Response) -> (Vec<u8>, bool) {
         match common(r).body_mutation.and_then(|m| m.mutation) {
-            Some(BodyMut::StreamedResponse(s)) => (s.body, s.end_of_stream),
+            Some(BodyMut::StreamedResponse(s)) => (s.body.to_vec(), s.end_of_stream),
             other => panic!("{other:?}"),
         }
     }
@@ -719,7 +713,7 @@ mod tests {
     /// both modes; nothing else does, and a request no rule routes has none.
     #[test]
     fn dynamic_metadata_rides_on_the_routing_response() {
-        use envoy_types::pb::google::protobuf::{Struct, value::Kind};
+        use crate::wire::{Struct, value::Kind};
         fn field<'a>(s: &'a Struct, key: &str) -> Option<&'a Kind> {
             s.fields.get(key).and_then(|v| v.kind.as_ref())
         }
@@ -738,8 +732,8 @@ mod tests {
             let h = HttpHeaders {
                 headers: Some(HeaderMap {
                     headers: vec![PbHeaderValue {
-                        key: "content-type".to_owned(),
-                        raw_value: b"application/json".to_vec(),
+                        key: Bytes::from_static(b"content-type"),
+                        raw_value: Bytes::from_static(b"application/json"),
                         ..Default::default()
                     }],
                 }),
@@ -747,9 +741,8 @@ mod tests {
             };
             x.on_message(message(Request::RequestHeaders(h)), &mut out);
             let b = HttpBody {
-                body: br#"{"model":"chatbot"}"#.to_vec(),
+                body: Bytes::from_static(br#"{"model":"chatbot"}"#),
                 end_of_stream: true,
-                ..Default::default()
             };
             x.on_message(message(Request::RequestBody(b)), &mut out);
             let with: Vec<&Struct> = out
@@ -847,7 +840,7 @@ mod tests {
         else {
             panic!("{out:?}")
         };
-        assert_eq!(new, br#"{"model":"gemma-3","n":1}"#);
+        assert_eq!(&new[..], br#"{"model":"gemma-3","n":1}"#);
 
         // A content-length that is not a length is removed, not kept.
         let mut x = Exchange::new(shared(

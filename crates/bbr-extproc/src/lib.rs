@@ -38,6 +38,11 @@
 //! sends it (Envoy 1.33 and later) and from [`ProcessorBuilder::streaming`]
 //! otherwise.
 //!
+//! The service ([`ProcessorServer`]) decodes Envoy's messages into the
+//! [`wire`] types, whose body chunks and header values are slices of the
+//! received gRPC message rather than copies, and sends a chunk back in the
+//! same buffer; [`pb`] has the complete generated types and the client.
+//!
 //! # Example
 //!
 //! Serve the processor and drive one request through it as Envoy would:
@@ -116,8 +121,11 @@ mod reply;
 pub mod serve;
 mod service;
 pub mod sources;
+pub mod wire;
 
 pub use bbr_core::{BodyFieldHeader, BodyFieldHeaderError};
 pub use exchange::BodyMode;
 pub use reply::DynamicMetadata;
-pub use service::{BodyRoutingProcessor, ProcessStream, ProcessorBuilder, SERVICE_NAME};
+pub use service::{
+    BodyRoutingProcessor, ProcessStream, ProcessorBuilder, ProcessorServer, SERVICE_NAME,
+};

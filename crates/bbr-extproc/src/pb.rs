@@ -1,7 +1,9 @@
-//! The protocol types this crate speaks, re-exported from `envoy-types`.
+//! Envoy's ext_proc protocol as `envoy-types` generates it, re-exported:
+//! the client (to drive the service as Envoy would, as the crate example
+//! does), the complete messages, and the `BodySendMode` numbers.
 //!
-//! Everything generated from Envoy's protos that appears in this crate's
-//! public API is reachable from here, so that a user needs no direct
+//! The server itself decodes and encodes the leaner [`wire`](crate::wire)
+//! types, which are the same on the wire; a user needs no direct
 //! dependency on `envoy-types` (and cannot end up with a second copy of it).
 
 pub use envoy_types::pb::envoy::config::core::v3::{

@@ -1,54 +1,75 @@
 //! Building the protobuf replies to Envoy: header and body mutations,
 //! streamed body chunks, and the error contract as an immediate response.
 //! What to send is decided in [`exchange`](crate::exchange); this module
-//! only spells it in Envoy's messages.
+//! only spells it in Envoy's messages ([`wire`](crate::wire)).
 
-use bbr_core::Error;
-use http::{HeaderName, HeaderValue};
+use bbr_core::{Error, Verdict};
+use bytes::Bytes;
 
-use crate::pb::{
-    BodyMutation, BodyResponse, CommonResponse, HeaderAppendAction, HeaderMutation,
-    HeaderValue as PbHeaderValue, HeaderValueOption, HeadersResponse, HttpStatus,
-    ImmediateResponse, ProcessingResponse, StreamedBodyResponse, TrailersResponse, body_mutation,
-    processing_response::Response,
+use crate::wire::{
+    BodyMutation, BodyResponse, CommonResponse, HeaderMutation, HeaderValue as PbHeaderValue,
+    HeaderValueOption, HeadersResponse, HttpStatus, ImmediateResponse, ProcessingResponse,
+    StreamedBodyResponse, Struct, TrailersResponse, Value, body_mutation,
+    processing_response::Response, value::Kind,
 };
-use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 
-/// The header mutation of a verdict: the headers to set, and the client's
-/// headers to remove (those not overwritten anyway).
-#[derive(Debug, Default)]
-pub(crate) struct Mutation {
-    pub(crate) set: Vec<(HeaderName, HeaderValue)>,
-    pub(crate) remove: Vec<String>,
+/// `HeaderAppendAction::OVERWRITE_IF_EXISTS_OR_ADD`.
+const OVERWRITE_IF_EXISTS_OR_ADD: i32 = 2;
+
+/// The names bbr sets, as static buffers: a header set under one of them
+/// costs no copy of its name.
+const KNOWN_NAMES: &[&str] = &[
+    "x-gateway-model-name",
+    "x-gateway-base-model-name",
+    "x-gateway-inference-pool",
+    "content-length",
+    "content-type",
+    "retry-after",
+];
+
+/// A header name as the bytes of a message.
+fn name_bytes(name: &str) -> Bytes {
+    match KNOWN_NAMES.iter().find(|known| **known == name) {
+        Some(known) => Bytes::from_static(known.as_bytes()),
+        None => Bytes::copy_from_slice(name.as_bytes()),
+    }
 }
 
-impl Mutation {
-    /// The `CommonResponse` carrying this mutation. `clear_route_cache`
-    /// asks Envoy to pick the route again: the route was chosen on the
-    /// headers Envoy first saw and must be recomputed when they change.
-    pub(crate) fn common(&self, clear_route_cache: bool) -> CommonResponse {
-        let set_headers: Vec<HeaderValueOption> = self
-            .set
-            .iter()
-            .map(|(name, value)| header_option(name.as_str(), value.as_bytes()))
-            .collect();
-        // A header set by the verdict replaces the client's; only the
-        // others need removing.
-        let remove_headers: Vec<String> = self
-            .remove
-            .iter()
-            .filter(|s| !self.set.iter().any(|(n, _)| n.as_str() == s.as_str()))
-            .cloned()
-            .collect();
-        let changed = !set_headers.is_empty() || !remove_headers.is_empty();
-        CommonResponse {
-            header_mutation: changed.then_some(HeaderMutation {
-                set_headers,
-                remove_headers,
-            }),
-            clear_route_cache: changed && clear_route_cache,
-            ..Default::default()
-        }
+/// The `CommonResponse` setting the headers of `verdict` and removing the
+/// client's headers in `remove` (those the verdict does not overwrite
+/// anyway). `clear_route_cache` asks Envoy to pick the route again: the
+/// route was chosen on the headers Envoy first saw and must be recomputed
+/// when they change.
+pub(crate) fn common(
+    verdict: Option<&Verdict>,
+    remove: &[String],
+    clear_route_cache: bool,
+) -> CommonResponse {
+    let set_headers: Vec<HeaderValueOption> = verdict
+        .into_iter()
+        .flat_map(|v| v.headers())
+        .map(|(name, value)| header_option(name.as_str(), value.as_bytes()))
+        .collect();
+    // A header set by the verdict replaces the client's; only the others
+    // need removing.
+    let remove_headers: Vec<String> = remove
+        .iter()
+        .filter(|s| {
+            !set_headers
+                .iter()
+                .filter_map(|o| o.header.as_ref())
+                .any(|h| h.key == s.as_bytes())
+        })
+        .cloned()
+        .collect();
+    let changed = !set_headers.is_empty() || !remove_headers.is_empty();
+    CommonResponse {
+        header_mutation: changed.then_some(HeaderMutation {
+            set_headers,
+            remove_headers,
+        }),
+        clear_route_cache: changed && clear_route_cache,
+        ..Default::default()
     }
 }
 
@@ -56,11 +77,11 @@ impl Mutation {
 pub(crate) fn header_option(key: &str, value: &[u8]) -> HeaderValueOption {
     HeaderValueOption {
         header: Some(PbHeaderValue {
-            key: key.to_owned(),
+            key: name_bytes(key),
             value: String::new(),
-            raw_value: value.to_vec(),
+            raw_value: Bytes::copy_from_slice(value),
         }),
-        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+        append_action: OVERWRITE_IF_EXISTS_OR_ADD,
         ..Default::default()
     }
 }
@@ -87,13 +108,13 @@ pub(crate) fn request_body(common: Option<CommonResponse>) -> ProcessingResponse
 }
 
 /// A request body response that sends `body` on (`FULL_DUPLEX_STREAMED`).
-pub(crate) fn request_chunk(body: Vec<u8>, end_of_stream: bool) -> ProcessingResponse {
+pub(crate) fn request_chunk(body: Bytes, end_of_stream: bool) -> ProcessingResponse {
     request_body(Some(streamed(body, end_of_stream)))
 }
 
 /// A response body response: the chunk sent on as it came in
 /// `FULL_DUPLEX_STREAMED`, or a plain continue.
-pub(crate) fn response_body(streamed_chunk: Option<(Vec<u8>, bool)>) -> ProcessingResponse {
+pub(crate) fn response_body(streamed_chunk: Option<(Bytes, bool)>) -> ProcessingResponse {
     let response = streamed_chunk.map(|(body, eos)| streamed(body, eos));
     self::response(Response::ResponseBody(BodyResponse { response }))
 }
@@ -104,21 +125,20 @@ pub(crate) fn request_trailers() -> ProcessingResponse {
 }
 
 /// `common` with the whole body replaced (`BUFFERED` after a rewrite).
-pub(crate) fn with_body(mut common: CommonResponse, body: Vec<u8>) -> CommonResponse {
+pub(crate) fn with_body(mut common: CommonResponse, body: Bytes) -> CommonResponse {
     common.body_mutation = Some(BodyMutation {
         mutation: Some(body_mutation::Mutation::Body(body)),
     });
     common
 }
 
-fn streamed(body: Vec<u8>, end_of_stream: bool) -> CommonResponse {
+fn streamed(body: Bytes, end_of_stream: bool) -> CommonResponse {
     CommonResponse {
         body_mutation: Some(BodyMutation {
             mutation: Some(body_mutation::Mutation::StreamedResponse(
                 StreamedBodyResponse {
                     body,
                     end_of_stream,
-                    ..Default::default()
                 },
             )),
         }),
@@ -147,7 +167,7 @@ pub(crate) fn immediate(error: &Error) -> ProcessingResponse {
             .collect(),
             remove_headers: Vec::new(),
         }),
-        body: error.to_json().into_bytes(),
+        body: error.to_json().into(),
         grpc_status: None,
         details: format!("bbr_{}", error.kind().as_str()),
     }))
@@ -161,7 +181,7 @@ pub(crate) fn models(list: String) -> ProcessingResponse {
             set_headers: vec![header_option("content-type", b"application/json")],
             remove_headers: Vec::new(),
         }),
-        body: list.into_bytes(),
+        body: list.into(),
         grpc_status: None,
         details: "bbr_models".to_owned(),
     }))

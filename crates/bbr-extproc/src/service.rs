@@ -1,18 +1,25 @@
 //! The `ExternalProcessor` gRPC service and its builder.
 
-use std::{collections::VecDeque, pin::Pin, sync::Arc};
+use std::{
+    convert::Infallible,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
 
 use bbr_core::{BodyFieldHeader, Decider, ExtractorConfig, FailurePolicy, rules::SharedRules};
 use tokio_stream::Stream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{
+    Request, Response, Status, Streaming,
+    server::{Grpc, NamedService},
+};
+use tower_service::Service;
 
 use crate::{
     DynamicMetadata,
     exchange::{BodyMode, Exchange, Shared},
-    pb::{
-        ProcessingRequest, ProcessingResponse,
-        external_processor_server::{ExternalProcessor, ExternalProcessorServer},
-    },
+    wire::{Codec, ProcessingRequest, ProcessingResponse},
 };
 
 /// The fully qualified gRPC name of the service, as health checks ask for it.
@@ -44,11 +51,11 @@ impl BodyRoutingProcessor {
 
     /// The tonic service, with gRPC message limits raised so that a
     /// `BUFFERED` body as large as the extractor accepts fits in one message.
-    pub fn into_server(self) -> ExternalProcessorServer<BodyRoutingProcessor> {
-        let limit = message_limit(&self.shared.extractor);
-        ExternalProcessorServer::new(self)
-            .max_decoding_message_size(limit)
-            .max_encoding_message_size(limit)
+    pub fn into_server(self) -> ProcessorServer {
+        ProcessorServer {
+            max_message_size: message_limit(&self.shared.extractor),
+            shared: self.shared,
+        }
     }
 }
 
@@ -232,7 +239,11 @@ impl ProcessorBuilder {
         self
     }
 
-    /// Builds the processor.
+    /// Builds the processor. The metrics it records per request (the
+    /// decision histograms, `bbr_success_total`, the plugin histograms)
+    /// are looked up once, here, in the `metrics` recorder installed at
+    /// that moment: install the recorder before calling `build`, or those
+    /// go unrecorded.
     pub fn build(self) -> BodyRoutingProcessor {
         BodyRoutingProcessor {
             shared: Arc::new(Shared {
@@ -246,56 +257,137 @@ impl ProcessorBuilder {
                 metadata: self.metadata,
                 plugin_histograms: crate::metrics::plugin_histograms(&self.plugins),
                 tracer: self.tracer,
+                decision_metrics: crate::metrics::DecisionMetrics::register(),
             }),
         }
     }
 }
 
-struct StreamState {
+/// The `Process` stream of one HTTP request: Envoy's messages are decoded
+/// and handled as the response stream is polled, so there is no task or
+/// channel per request, and Envoy's reading pace pushes back on how fast
+/// its messages are taken. The answers to one message wait in a buffer
+/// that is reused for the next.
+pub struct ProcessStream {
     inbound: Streaming<ProcessingRequest>,
     exchange: Exchange,
-    out: VecDeque<ProcessingResponse>,
+    out: Vec<ProcessingResponse>,
+    /// The first answer in `out` not yet sent.
+    next: usize,
 }
 
-/// The response stream of one `Process` call.
-pub type ProcessStream =
-    Pin<Box<dyn Stream<Item = Result<ProcessingResponse, Status>> + Send + 'static>>;
+impl Stream for ProcessStream {
+    type Item = Result<ProcessingResponse, Status>;
 
-#[tonic::async_trait]
-impl ExternalProcessor for BodyRoutingProcessor {
-    type ProcessStream = ProcessStream;
-
-    async fn process(
-        &self,
-        request: Request<Streaming<ProcessingRequest>>,
-    ) -> Result<Response<Self::ProcessStream>, Status> {
-        // The responses are produced as the response stream is polled: no
-        // task or channel per request, and Envoy's reading pace pushes back
-        // on how fast its messages are taken.
-        let state = StreamState {
-            inbound: request.into_inner(),
-            exchange: Exchange::new(Arc::clone(&self.shared)),
-            out: VecDeque::new(),
-        };
-        let responses = futures_util::stream::unfold(state, |mut state| async move {
-            loop {
-                if let Some(r) = state.out.pop_front() {
-                    return Some((Ok(r), state));
-                }
-                match state.inbound.message().await {
-                    Ok(Some(msg)) => {
-                        let mut out = Vec::new();
-                        state.exchange.on_message(msg, &mut out);
-                        state.out.extend(out);
-                    }
-                    Ok(None) => return None,
-                    Err(status) => {
-                        tracing::debug!(%status, "ext_proc stream ended by the client");
-                        return None;
-                    }
-                }
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(r) = this.out.get_mut(this.next) {
+                this.next += 1;
+                return Poll::Ready(Some(Ok(std::mem::take(r))));
             }
-        });
-        Ok(Response::new(Box::pin(responses)))
+            this.out.clear();
+            this.next = 0;
+            match std::task::ready!(Pin::new(&mut this.inbound).poll_next(cx)) {
+                Some(Ok(msg)) => this.exchange.on_message(msg, &mut this.out),
+                Some(Err(status)) => {
+                    tracing::debug!(%status, "ext_proc stream ended by the client");
+                    return Poll::Ready(None);
+                }
+                None => return Poll::Ready(None),
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for ProcessStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessStream")
+            .field("exchange", &self.exchange)
+            .field("pending", &(self.out.len() - self.next))
+            .finish_non_exhaustive()
+    }
+}
+
+/// The gRPC path of the one method, `Process`.
+const PROCESS_PATH: &str = "/envoy.service.ext_proc.v3.ExternalProcessor/Process";
+
+/// The tonic service of a [`BodyRoutingProcessor`]
+/// ([`BodyRoutingProcessor::into_server`]): Envoy's
+/// `envoy.service.ext_proc.v3.ExternalProcessor`, to add to a
+/// [`tonic::transport::Server`] (or any server of `http` requests). Its
+/// messages are the [`wire`](crate::wire) types, decoded with
+/// [`wire::Codec`](crate::wire::Codec) so that body chunks are not copied
+/// out of the received messages.
+///
+/// Cheap to clone. Other methods than `Process` answer `UNIMPLEMENTED`.
+#[derive(Clone, Debug)]
+pub struct ProcessorServer {
+    shared: Arc<Shared>,
+    max_message_size: usize,
+}
+
+impl ProcessorServer {
+    /// Sets the largest message accepted and sent, in bytes (by default the
+    /// body limit of the extractor plus 1 MiB, at least 4 MiB).
+    #[must_use]
+    pub fn max_message_size(mut self, limit: usize) -> Self {
+        self.max_message_size = limit;
+        self
+    }
+}
+
+impl NamedService for ProcessorServer {
+    const NAME: &'static str = SERVICE_NAME;
+}
+
+impl<B> Service<http::Request<B>> for ProcessorServer
+where
+    B: http_body::Body + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if request.uri().path() != PROCESS_PATH {
+            let status = Status::unimplemented(format!("no method {}", request.uri().path()));
+            return Box::pin(std::future::ready(Ok(status.into_http())));
+        }
+        let process = Process(Arc::clone(&self.shared));
+        let limit = self.max_message_size;
+        Box::pin(async move {
+            let mut grpc = Grpc::new(Codec::<ProcessingResponse, ProcessingRequest>::default())
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit);
+            Ok(grpc.streaming(process, request).await)
+        })
+    }
+}
+
+/// The `Process` method: one [`ProcessStream`] per call.
+struct Process(Arc<Shared>);
+
+impl Service<Request<Streaming<ProcessingRequest>>> for Process {
+    type Response = Response<ProcessStream>;
+    type Error = Status;
+    type Future = std::future::Ready<Result<Response<ProcessStream>, Status>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Streaming<ProcessingRequest>>) -> Self::Future {
+        std::future::ready(Ok(Response::new(ProcessStream {
+            inbound: request.into_inner(),
+            exchange: Exchange::new(Arc::clone(&self.0)),
+            out: Vec::new(),
+            next: 0,
+        })))
     }
 }

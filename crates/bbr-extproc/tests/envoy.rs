@@ -404,6 +404,12 @@ async fn binary_reloads_rules_and_keeps_the_old_table_on_a_bad_file() {
     wait_for_metric(metrics, "bbr_rules_reload_failures_total 1").await;
     let r = s.post("/v1/chat/completions", &[], CHAT).await;
     assert_eq!(r.header("x-inference-pool"), Some("gemma3"), "{r:?}");
+    // Counted again, in the counter the first decision looked up.
+    wait_for_metric(
+        metrics,
+        "bbr_route_matches_total{rule=\"chatbot\",pool=\"gemma3\"} 2",
+    )
+    .await;
 
     // A good file replaces it: chatbot is no longer served.
     std::fs::write(
