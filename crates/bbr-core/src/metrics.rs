@@ -10,7 +10,11 @@
 //! The `record_*` functions take what the [`Decider`] produced, so that the
 //! ext_proc server and the tower layer count the same request the same way.
 
-use ::metrics::{Unit, counter, describe_counter, describe_histogram, histogram};
+use std::sync::RwLock;
+
+use ::metrics::{
+    Counter, Histogram, Unit, counter, describe_counter, describe_histogram, histogram,
+};
 
 use crate::decision::PassReason;
 use crate::{Decider, Error, ErrorKind, Extraction, FieldValue, Verdict};
@@ -252,6 +256,98 @@ fn model_not_parsed(e: &Error) {
         counter!(MODEL_NOT_PARSED_TOTAL).increment(1);
         if e.is_empty_model() {
             counter!(BODY_FIELD_EMPTY_TOTAL, "field" => "model").increment(1);
+        }
+    }
+}
+
+/// The decision histograms ([`DECISION_SECONDS`],
+/// [`BYTES_BEFORE_DECISION`]) and the route counter ([`SUCCESS_TOTAL`]),
+/// looked up once in the recorder installed when they are made, so that a
+/// request records into them without a registry lookup; and the
+/// [`ROUTE_MATCHES_TOTAL`] counters of the rules and pools seen so far.
+///
+/// It records what [`record_decided`] and [`record_verdict`] do, a few
+/// hundred instructions cheaper a request. A handle keeps recording into
+/// the recorder that was installed when it was made: make it after
+/// installing one.
+///
+/// ```
+/// use bbr_core::metrics::DecisionMetrics;
+///
+/// // After `metrics::set_global_recorder(…)` (none here: a no-op).
+/// let metrics = DecisionMetrics::register();
+/// metrics.decided(0.000_2, 1024);
+/// ```
+#[derive(Debug)]
+pub struct DecisionMetrics {
+    seconds: Histogram,
+    bytes: Histogram,
+    success: Counter,
+    /// `(rule, pool, counter)`, looked up in the recorder on first use.
+    routes: RwLock<Vec<(String, String, Counter)>>,
+}
+
+/// How many `(rule, pool)` counters are kept at most: rule tables are
+/// small, but reloads can rename rules; past this, the recorder is asked
+/// each time.
+const ROUTE_COUNTERS: usize = 256;
+
+impl DecisionMetrics {
+    /// The handles of the recorder installed now (none: a no-op).
+    pub fn register() -> DecisionMetrics {
+        DecisionMetrics {
+            seconds: histogram!(DECISION_SECONDS),
+            bytes: histogram!(BYTES_BEFORE_DECISION),
+            success: counter!(SUCCESS_TOTAL),
+            routes: RwLock::default(),
+        }
+    }
+
+    /// Handles that record nothing.
+    pub fn noop() -> DecisionMetrics {
+        DecisionMetrics {
+            seconds: Histogram::noop(),
+            bytes: Histogram::noop(),
+            success: Counter::noop(),
+            routes: RwLock::default(),
+        }
+    }
+
+    /// Records a decision: `seconds` from the request's headers to it, and
+    /// the body `bytes` held until then.
+    pub fn decided(&self, seconds: f64, bytes: u64) {
+        self.seconds.record(seconds);
+        self.bytes.record(bytes as f64);
+    }
+
+    /// Records a verdict as [`record_verdict`] does.
+    pub fn verdict(&self, verdict: &Verdict) {
+        match verdict {
+            Verdict::Route(routing) => {
+                let route = routing.route();
+                self.success.increment(1);
+                self.route_matches(route.rule().unwrap_or(""), route.pool().unwrap_or(""));
+            }
+            other => record_verdict(other),
+        }
+    }
+
+    /// Counts a decision by `rule` and `pool` in [`ROUTE_MATCHES_TOTAL`].
+    fn route_matches(&self, rule: &str, pool: &str) {
+        let is = |(r, p, _): &&(String, String, Counter)| r == rule && p == pool;
+        if let Ok(routes) = self.routes.read()
+            && let Some((_, _, counter)) = routes.iter().find(is)
+        {
+            return counter.increment(1);
+        }
+        let counter = counter!(ROUTE_MATCHES_TOTAL, "rule" => rule.to_owned(),
+            "pool" => pool.to_owned());
+        counter.increment(1);
+        if let Ok(mut routes) = self.routes.write()
+            && routes.len() < ROUTE_COUNTERS
+            && !routes.iter().any(|route| is(&route))
+        {
+            routes.push((rule.to_owned(), pool.to_owned(), counter));
         }
     }
 }

@@ -119,13 +119,13 @@ where
                 let verdict = config.decider.decide(&table, Input::Path(&model), key);
                 let mut decision = DecisionData::unrouted(ModelSource::Path);
                 decision.path_model = Some(model.into());
-                return forward(service, parts, body, verdict, decision);
+                return forward(service, &config, parts, body, verdict, decision);
             }
         }
         if body.is_end_stream() {
             let verdict = config.decider.decide(&table, Input::NoBody, None);
             let decision = DecisionData::unrouted(ModelSource::None);
-            return forward(service, parts, body, verdict, decision);
+            return forward(service, &config, parts, body, verdict, decision);
         }
 
         let content_type = seen.content_type.as_ref().map(|v| v.to_str().unwrap_or(""));
@@ -164,7 +164,7 @@ where
             Err(error) => {
                 let verdict = config.decider.decide(&table, Input::Failed(error), None);
                 let decision = DecisionData::unrouted(ModelSource::None);
-                forward(service, parts, body, verdict, decision)
+                forward(service, &config, parts, body, verdict, decision)
             }
         }
     }
@@ -261,6 +261,7 @@ const MODELS_PATH: &str = "/v1/models";
 /// model from the path, a body refused before it was read).
 fn forward<S, B>(
     service: S,
+    config: &Config,
     mut parts: Parts,
     body: B,
     verdict: Verdict,
@@ -269,7 +270,7 @@ fn forward<S, B>(
 where
     S: Service<Request<RoutedBody<B>>>,
 {
-    if let Err(error) = apply(&verdict, &mut parts.headers) {
+    if let Err(error) = apply(config, &verdict, &mut parts.headers) {
         return answer(error);
     }
     decision.take_verdict(verdict);
@@ -283,9 +284,13 @@ where
 }
 
 /// Sets the verdict's headers; `Err` for a rejection.
-fn apply(verdict: &Verdict, headers: &mut HeaderMap) -> Result<(), Error> {
+fn apply(
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))] config: &Config,
+    verdict: &Verdict,
+    headers: &mut HeaderMap,
+) -> Result<(), Error> {
     #[cfg(feature = "metrics")]
-    bbr_core::metrics::record_verdict(verdict);
+    config.metrics().verdict(verdict);
     // The route's headers, then the body fields': the order of
     // `Verdict::headers`, walked without its iterator on the hot path.
     let fields = match verdict {
@@ -403,7 +408,8 @@ where
                 #[cfg(feature = "metrics")]
                 {
                     let seconds = self.started.elapsed().as_secs_f64();
-                    bbr_core::metrics::record_decided(seconds, extraction.decided_at());
+                    let metrics = self.config.metrics();
+                    metrics.decided(seconds, extraction.decided_at());
                     bbr_core::metrics::record_fields(decider, &extraction);
                 }
                 // A compressed body is forwarded as it came: never spliced.
@@ -413,7 +419,7 @@ where
             Ok(None) => (decider.decide(&self.table, Input::NoBody, key), None),
             Err(error) => (decider.decide(&self.table, Input::Failed(error), key), None),
         };
-        if let Err(error) = apply(&verdict, &mut self.parts.headers) {
+        if let Err(error) = apply(&self.config, &verdict, &mut self.parts.headers) {
             return answer(error);
         }
         if let Verdict::Route(routing) = &verdict

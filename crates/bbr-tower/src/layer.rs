@@ -51,6 +51,19 @@ pub(crate) struct Config {
     pub(crate) budget: Option<HoldBudget>,
     pub(crate) hold_idle_timeout: Option<Duration>,
     pub(crate) serve_models: bool,
+    /// The decision metrics' handles, looked up in the recorder at the
+    /// first request (by then the application has installed it).
+    #[cfg(feature = "metrics")]
+    pub(crate) metrics: Arc<std::sync::OnceLock<bbr_core::metrics::DecisionMetrics>>,
+}
+
+impl Config {
+    /// The decision metrics' handles (see [`Config::metrics`](Config)).
+    #[cfg(feature = "metrics")]
+    pub(crate) fn metrics(&self) -> &bbr_core::metrics::DecisionMetrics {
+        self.metrics
+            .get_or_init(bbr_core::metrics::DecisionMetrics::register)
+    }
 }
 
 impl fmt::Debug for Config {
@@ -83,6 +96,8 @@ impl Default for Config {
             budget: Some(HoldBudget::default()),
             hold_idle_timeout: default_hold_idle_timeout(),
             serve_models: false,
+            #[cfg(feature = "metrics")]
+            metrics: Arc::default(),
         }
     }
 }
