@@ -1,12 +1,11 @@
 //! [`PoolRouter`]: one inner service per pool, picked by the decision.
 
-#[cfg(feature = "tokio")]
-use std::sync::Arc;
 use std::{
     collections::HashMap,
     fmt,
     future::Future,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll, ready},
 };
 
@@ -69,8 +68,15 @@ const POLLED_AFTER_COMPLETION: &str = "RouterFuture polled after completion";
 ///     .pool("deepseek-r1", service_fn(gemma3));
 /// assert_eq!(router.pools().count(), 2);
 /// ```
-#[derive(Clone)]
 pub struct PoolRouter<S> {
+    /// Shared by the clones a server makes per request or connection: a
+    /// clone is one reference count, whatever the number of pools.
+    inner: Arc<Pools<S>>,
+}
+
+/// The pools of a [`PoolRouter`].
+#[derive(Clone)]
+struct Pools<S> {
     pools: HashMap<Box<str>, S>,
     fallback: Option<S>,
     #[cfg(feature = "tokio")]
@@ -79,15 +85,25 @@ pub struct PoolRouter<S> {
     gates: HashMap<Box<str>, Arc<Gate>>,
 }
 
+impl<S> Clone for PoolRouter<S> {
+    fn clone(&self) -> Self {
+        PoolRouter {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
 impl<S> Default for PoolRouter<S> {
     fn default() -> Self {
         PoolRouter {
-            pools: HashMap::new(),
-            fallback: None,
-            #[cfg(feature = "tokio")]
-            admission: None,
-            #[cfg(feature = "tokio")]
-            gates: HashMap::new(),
+            inner: Arc::new(Pools {
+                pools: HashMap::new(),
+                fallback: None,
+                #[cfg(feature = "tokio")]
+                admission: None,
+                #[cfg(feature = "tokio")]
+                gates: HashMap::new(),
+            }),
         }
     }
 }
@@ -98,17 +114,43 @@ impl<S> PoolRouter<S> {
         PoolRouter::default()
     }
 
+    /// The names of the pools served.
+    pub fn pools(&self) -> impl Iterator<Item = &str> {
+        self.inner.pools.keys().map(|k| &**k)
+    }
+
+    /// The service of `pool`, if any.
+    pub fn get(&self, pool: &str) -> Option<&S> {
+        self.inner.pools.get(pool)
+    }
+
+    /// What `pool`'s admission did so far, when admission is on.
+    #[cfg(feature = "tokio")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+    pub fn admission_stats(&self, pool: &str) -> Option<AdmissionStats> {
+        self.inner.gates.get(pool).map(|gate| gate.stats())
+    }
+}
+
+/// The builder methods: a router being built is not shared yet, so they
+/// change it in place (a clone of a router is changed apart, hence `Clone`).
+impl<S: Clone> PoolRouter<S> {
+    fn edit(&mut self) -> &mut Pools<S> {
+        Arc::make_mut(&mut self.inner)
+    }
+
     /// Sends the requests routed to `pool` to `service` (replacing any
     /// service given for that pool before).
     #[must_use]
     pub fn pool(mut self, pool: impl Into<Box<str>>, service: S) -> Self {
         let pool = pool.into();
+        let inner = self.edit();
         #[cfg(feature = "tokio")]
-        if let Some(admission) = &self.admission {
+        if let Some(admission) = &inner.admission {
             let gate = Arc::new(Gate::new(&pool, admission.clone()));
-            self.gates.insert(pool.clone(), gate);
+            inner.gates.insert(pool.clone(), gate);
         }
-        self.pools.insert(pool, service);
+        inner.pools.insert(pool, service);
         self
     }
 
@@ -134,37 +176,21 @@ impl<S> PoolRouter<S> {
     #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
     #[must_use]
     pub fn admission(mut self, admission: Admission) -> Self {
-        self.gates = self
+        let inner = self.edit();
+        inner.gates = inner
             .pools
             .keys()
             .map(|pool| (pool.clone(), Arc::new(Gate::new(pool, admission.clone()))))
             .collect();
-        self.admission = Some(admission);
+        inner.admission = Some(admission);
         self
-    }
-
-    /// What `pool`'s admission did so far, when admission is on.
-    #[cfg(feature = "tokio")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
-    pub fn admission_stats(&self, pool: &str) -> Option<AdmissionStats> {
-        self.gates.get(pool).map(|gate| gate.stats())
     }
 
     /// Sends the requests that name no pool to `service`.
     #[must_use]
     pub fn fallback(mut self, service: S) -> Self {
-        self.fallback = Some(service);
+        self.edit().fallback = Some(service);
         self
-    }
-
-    /// The names of the pools served.
-    pub fn pools(&self) -> impl Iterator<Item = &str> {
-        self.pools.keys().map(|k| &**k)
-    }
-
-    /// The service of `pool`, if any.
-    pub fn get(&self, pool: &str) -> Option<&S> {
-        self.pools.get(pool)
     }
 }
 
@@ -174,7 +200,7 @@ impl<S> fmt::Debug for PoolRouter<S> {
         pools.sort_unstable();
         f.debug_struct("PoolRouter")
             .field("pools", &pools)
-            .field("fallback", &self.fallback.is_some())
+            .field("fallback", &self.inner.fallback.is_some())
             .finish()
     }
 }
@@ -199,10 +225,10 @@ where
         #[cfg_attr(not(feature = "tokio"), allow(unused_mut))]
         let mut entry = Entry::default();
         let service = match pool {
-            Some(pool) => match self.pools.get(pool) {
+            Some(pool) => match self.inner.pools.get(pool) {
                 Some(service) => {
                     #[cfg(feature = "tokio")]
-                    if let Some(gate) = self.gates.get(pool) {
+                    if let Some(gate) = self.inner.gates.get(pool) {
                         match Entry::new(gate, pool, decision.and_then(Decision::route)) {
                             Ok(admitted) => entry = admitted,
                             Err(error) => return RouterFuture::answer(error),
@@ -212,7 +238,7 @@ where
                 }
                 None => return RouterFuture::answer(Error::pool_unavailable(pool)),
             },
-            None => match &self.fallback {
+            None => match &self.inner.fallback {
                 Some(service) => service.clone(),
                 None => return RouterFuture::answer(Error::no_route()),
             },
