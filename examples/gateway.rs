@@ -167,7 +167,9 @@ struct Server {
 /// [`Front`]'s log line).
 #[derive(Debug)]
 pub struct Upstream<B> {
-    client: Client<HttpConnector, ClientBody<B>>,
+    /// Shared: a clone of the client is a dozen reference counts, and a
+    /// request already makes one.
+    client: Arc<Client<HttpConnector, ClientBody<B>>>,
     servers: Arc<[Server]>,
     turn: Arc<AtomicUsize>,
     response_header_timeout: Duration,
@@ -176,7 +178,7 @@ pub struct Upstream<B> {
 impl<B> Clone for Upstream<B> {
     fn clone(&self) -> Self {
         Upstream {
-            client: self.client.clone(),
+            client: Arc::clone(&self.client),
             servers: Arc::clone(&self.servers),
             turn: Arc::clone(&self.turn),
             response_header_timeout: self.response_header_timeout,
@@ -224,7 +226,7 @@ where
             })
             .collect();
         Some(Upstream {
-            client,
+            client: Arc::new(client),
             servers: servers.into(),
             turn: Arc::default(),
             response_header_timeout: options.response_header_timeout,
@@ -285,10 +287,10 @@ where
         parts.headers.remove(header::HOST);
         let decision = parts.extensions.get::<Decision>().cloned();
         let request = Request::from_parts(parts, ClientBody { body });
-        let client = self.client.clone();
-        let timeout = self.response_header_timeout;
+        let exchange =
+            tokio::time::timeout(self.response_header_timeout, self.client.request(request));
         Box::pin(async move {
-            let mut response = match tokio::time::timeout(timeout, client.request(request)).await {
+            let mut response = match exchange.await {
                 Ok(Ok(response)) => {
                     let (mut parts, body) = response.into_parts();
                     for name in HOP_BY_HOP {
@@ -664,16 +666,17 @@ impl Drop for RequestLog {
         let route = decision.and_then(Decision::route);
         tracing::info!(
             target: "gateway::access",
-            method = %self.method,
-            path = %self.path,
+            method = self.method.as_str(),
+            path = self.path.as_str(),
             status = self.status.map_or(0, |s| s.as_u16()),
-            model = %decision.and_then(Decision::model).unwrap_or("-"),
-            rule = %route.and_then(|r| r.rule()).unwrap_or("-"),
-            pool = %decision.and_then(Decision::pool).unwrap_or("-"),
-            error = %self.error.unwrap_or("-"),
+            model = decision.and_then(Decision::model).unwrap_or("-"),
+            rule = route.and_then(|r| r.rule()).unwrap_or("-"),
+            pool = decision.and_then(Decision::pool).unwrap_or("-"),
+            error = self.error.unwrap_or("-"),
             held_bytes = decision.map_or(0, Decision::held_bytes),
             bytes_out = self.bytes_out,
-            duration_ms = self.started.elapsed().as_secs_f64() * 1e3,
+            // Whole microseconds: `16.215`, not `16.215543999999998`.
+            duration_ms = self.started.elapsed().as_micros() as f64 / 1e3,
             "request"
         );
     }

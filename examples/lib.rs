@@ -3,8 +3,10 @@
 //! - [`pool`]: a simulated OpenAI-compatible model pool.
 //! - [`gateway`]: the demo's multi-model gateway (the tower layer in front of
 //!   one HTTP upstream per pool).
+//! - [`log`]: the gateway's log line format.
 
 pub mod gateway;
+pub mod log;
 pub mod pool;
 
 /// The Rust code blocks of the README and of `docs/`, compiled and run as

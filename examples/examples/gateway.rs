@@ -112,12 +112,13 @@ async fn main() -> ExitCode {
         .thread_name("gateway-log")
         .finish(std::io::BufWriter::new(std::io::stderr()));
     tracing_subscriber::fmt()
+        .with_ansi(std::io::stderr().is_terminal())
+        .event_format(bbr_examples::log::LineFormat)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(writer)
-        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let metrics = match install_metrics() {
         Ok(handle) => handle,
