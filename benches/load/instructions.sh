@@ -8,9 +8,10 @@
 #
 # With APP=gateway the arguments are builds of the gateway example's binary
 # (say the current one and one built at an older commit), each serving the
-# requests with its own simulated pools (`--token-delay-ms 0`) and its access
-# log on: the figure is then the whole process's instructions a request, and
-# the builds are compared side by side.
+# requests with its own simulated pools (`--token-delay-ms 0`), this
+# checkout's rules file and its access log on: the figure is then the
+# whole process's instructions a request, and the builds are compared
+# side by side.
 #
 # Usage: benches/load/instructions.sh [BIN]   (default: builds tower-load)
 #        APP=gateway benches/load/instructions.sh GATEWAY_BIN...
@@ -69,7 +70,8 @@ total() {
         port=$(python3 -c 'import socket
 s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
         valgrind --tool=callgrind --callgrind-out-file="$out.cg" \
-            "${GATEWAYS[$((mode - 1))]}" --listen "127.0.0.1:$port" --token-delay-ms 0 >"$out.log" 2>&1 &
+            "${GATEWAYS[$((mode - 1))]}" --listen "127.0.0.1:$port" --token-delay-ms 0 \
+            --rules "$PWD/examples/config/gateway.yaml" >"$out.log" 2>&1 &
     else
         valgrind --tool=callgrind --callgrind-out-file="$out.cg" \
             "$BIN" serve --mode "$mode" --threads 1 >"$out.log" 2>&1 &

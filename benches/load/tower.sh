@@ -104,7 +104,9 @@ for mode in $MODES; do
 s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
         exe="${CARGO_TARGET_DIR:-target}/release/examples/gateway"
         if [ "$mode" = baseline ]; then exe="$BASELINE"; fi
-        "$exe" --listen "127.0.0.1:$port" --token-delay-ms 0 >"$WORK/$mode.log" 2>&1 &
+        # The rules of this checkout: an older build names its own checkout's.
+        "$exe" --listen "127.0.0.1:$port" --token-delay-ms 0 --rules "$PWD/examples/config/gateway.yaml" \
+            >"$WORK/$mode.log" 2>&1 &
     else
         "$BIN" "${SERVE[@]}" --mode "$mode" --threads "$APP_THREADS" >"$WORK/$mode.log" 2>&1 &
     fi
