@@ -18,7 +18,10 @@ pub fn gateway_binary() -> PathBuf {
 
 /// The binary of example `name`, built on first use in the profile of this
 /// test binary (a no-op when it is up to date): `cargo test` builds the
-/// examples, but not when one test is selected (`--test NAME`).
+/// examples, but not when one test is selected (`--test NAME`). It is built
+/// with the whole workspace's features, as `cargo test --workspace` builds
+/// the crates it depends on: `-p bbr-examples` alone would turn off
+/// features other members turn on, and build those crates again.
 pub fn example_binary(name: &'static str) -> PathBuf {
     static BUILT: Mutex<Vec<(&str, PathBuf)>> = Mutex::new(Vec::new());
     let mut built = BUILT
@@ -34,7 +37,7 @@ pub fn example_binary(name: &'static str) -> PathBuf {
         .and_then(|deps| deps.parent())
         .expect("a target directory");
     let mut build = Command::new(env!("CARGO"));
-    build.args(["build", "-q", "-p", "bbr-examples", "--example", name]);
+    build.args(["build", "-q", "--workspace", "--example", name]);
     if dir.file_name().is_some_and(|p| p == "release") {
         build.arg("--release");
     }
