@@ -9,7 +9,6 @@ mod support;
 use std::{
     net::SocketAddr,
     process::{Command, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
 };
 
@@ -32,13 +31,14 @@ const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-
 const RULES: &str = "rules:\n  - name: chat\n    match: { model: { exact: chatbot } }\n    pool: gemma3\n    targets: [{ model: gemma-3-27b, weight: 1 }]\n";
 
 /// Starts the binary with tracing on, exporting with `env`.
-fn start(env: &[(&str, &str)]) -> (ServerProcess, SocketAddr, std::path::PathBuf) {
-    static SEQ: AtomicU32 = AtomicU32::new(0);
-    let rules = std::env::temp_dir().join(format!(
-        "bbr-tracing-rules-{}-{}.yaml",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    ));
+/// The rules file is removed when the returned path is dropped.
+fn start(env: &[(&str, &str)]) -> (ServerProcess, SocketAddr, tempfile::TempPath) {
+    let rules = tempfile::Builder::new()
+        .prefix("bbr-tracing-rules-")
+        .suffix(".yaml")
+        .tempfile()
+        .unwrap()
+        .into_temp_path();
     std::fs::write(&rules, RULES).unwrap();
     let (process, grpc, _, _) = start_binary_with_env(
         &[
@@ -139,7 +139,7 @@ async fn spans_go_to_an_otlp_grpc_collector_with_the_decision_and_the_parent() {
     let received = Received::default();
     let collector = grpc_receiver(received.clone()).await;
     let endpoint = format!("http://{collector}");
-    let (_process, grpc, rules) = start(&[
+    let (_process, grpc, _rules) = start(&[
         ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
         ("OTEL_SERVICE_NAME", "bbr-test"),
         ("OTEL_BSP_SCHEDULE_DELAY", "50"),
@@ -208,7 +208,6 @@ async fn spans_go_to_an_otlp_grpc_collector_with_the_decision_and_the_parent() {
             .filter(|kv| kv.key == "bbr.outcome");
         assert_eq!(outcomes.count(), 1, "{:?}", e.span);
     }
-    let _ = std::fs::remove_file(rules);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -216,14 +215,13 @@ async fn spans_go_to_an_otlp_http_collector_when_the_protocol_says_so() {
     let received = Received::default();
     let collector = http_receiver(received.clone()).await;
     let endpoint = format!("http://{collector}");
-    let (_process, grpc, rules) = start(&[
+    let (_process, grpc, _rules) = start(&[
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
         ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
         ("OTEL_SERVICE_NAME", "bbr-test"),
         ("OTEL_BSP_SCHEDULE_DELAY", "50"),
     ]);
     routed_and_refused(&received, grpc).await;
-    let _ = std::fs::remove_file(rules);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -232,7 +230,7 @@ async fn sigterm_flushes_the_spans_still_queued() {
     let collector = grpc_receiver(received.clone()).await;
     let endpoint = format!("http://{collector}");
     // Batches every ten minutes: only the flush at shutdown sends them.
-    let (mut process, grpc, rules) = start(&[
+    let (mut process, grpc, _rules) = start(&[
         ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
         ("OTEL_SERVICE_NAME", "bbr-test"),
         ("OTEL_BSP_SCHEDULE_DELAY", "600000"),
@@ -265,7 +263,6 @@ async fn sigterm_flushes_the_spans_still_queued() {
         assert!(Instant::now() < deadline, "no exit after SIGTERM");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let _ = std::fs::remove_file(rules);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -277,7 +274,7 @@ async fn an_unreachable_collector_does_not_get_in_the_way_of_routing() {
         .unwrap();
     for protocol in ["grpc", "http/protobuf"] {
         let endpoint = format!("http://{closed}");
-        let (mut process, grpc, rules) = start(&[
+        let (mut process, grpc, _rules) = start(&[
             ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
             ("OTEL_BSP_SCHEDULE_DELAY", "20"),
@@ -306,7 +303,6 @@ async fn an_unreachable_collector_does_not_get_in_the_way_of_routing() {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let _ = std::fs::remove_file(rules);
     }
 }
 
@@ -335,7 +331,7 @@ async fn otel_traces_exporter_none_turns_the_export_off() {
     let received = Received::default();
     let collector = grpc_receiver(received.clone()).await;
     let endpoint = format!("http://{collector}");
-    let (mut process, grpc, rules) = start(&[
+    let (mut process, grpc, _rules) = start(&[
         ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
         ("OTEL_TRACES_EXPORTER", "none"),
         ("OTEL_BSP_SCHEDULE_DELAY", "20"),
@@ -353,5 +349,4 @@ async fn otel_traces_exporter_none_turns_the_export_off() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(received.spans.lock().unwrap().is_empty());
-    let _ = std::fs::remove_file(rules);
 }

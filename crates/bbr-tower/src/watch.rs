@@ -112,10 +112,15 @@ mod tests {
 
     use super::*;
 
-    fn temp_file(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("bbr-watch-{}-{name}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir.join("rules.yaml")
+    /// A `rules.yaml` path in a directory of its own, removed with the
+    /// returned guard (also when the test fails).
+    fn temp_file(name: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("bbr-watch-{name}-"))
+            .tempdir()
+            .unwrap();
+        let path = dir.path().join("rules.yaml");
+        (dir, path)
     }
 
     /// Each text reloaded, with the thread it was reloaded on.
@@ -150,7 +155,7 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn reloads_run_off_the_runtime_thread() {
-        let path = temp_file("thread");
+        let (_dir, path) = temp_file("thread");
         std::fs::write(&path, "a").unwrap();
         let (watcher, seen) = record(&path);
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -168,7 +173,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_text_is_taken_once_two_reads_agree() {
-        let path = temp_file("settle");
+        let (_dir, path) = temp_file("settle");
         std::fs::write(&path, "rules: [{pool: deeps").unwrap();
         let writer = {
             let path = path.clone();
@@ -184,7 +189,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_file_caught_half_written_is_not_loaded() {
-        let path = temp_file("half");
+        let (_dir, path) = temp_file("half");
         std::fs::write(&path, "rules: []").unwrap();
         let (watcher, seen) = record(&path);
         tokio::time::sleep(Duration::from_millis(100)).await;
