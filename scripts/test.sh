@@ -17,6 +17,21 @@ step() {
 BBR_ENVOY="$(scripts/install-envoy.sh)"
 export BBR_ENVOY
 
+# The Kubernetes tools (an API server, etcd, kubectl, helm) take many
+# minutes to build the first time: they build, at a lower priority, while
+# the Rust tests compile and run, and the Kubernetes checks wait for them.
+# A second run finds them under .tools/ and builds nothing.
+k8s_tools_log="$(mktemp)"
+scripts/install-k8s-tools.sh >/dev/null 2>"$k8s_tools_log" &
+k8s_tools=$!
+trap 'kill "$k8s_tools" 2>/dev/null || true; rm -f "$k8s_tools_log"' EXIT
+k8s_tools_ready() {
+  local status=0
+  wait "$k8s_tools" || status=$?
+  cat "$k8s_tools_log" >&2
+  return "$status"
+}
+
 step cargo test --workspace --lib --bins --tests --examples
 # Each benchmark once, as a test. Criterion names every one it runs
 # ("Testing …", "Success"): only what goes wrong is worth reading.
@@ -32,6 +47,7 @@ step scripts/check-snippets.sh
 # Kubernetes: the chart, the manifests, RBAC and the base-model ConfigMap
 # watch against a real API server on loopback (tools built from their Go
 # modules on first use), then the container image, built with buildah and run.
+step k8s_tools_ready
 step scripts/test-kubernetes.sh
 if command -v buildah >/dev/null || [ "$(id -u)" = 0 ] || [ "${CI:-}" = true ]; then
   step scripts/build-image.sh
