@@ -383,9 +383,15 @@ check "RBAC (metrics auth): the listed reader may get /metrics" \
 check "RBAC (metrics auth): another ServiceAccount may not get /metrics" sh -c \
   "! '$kubectl' auth can-i --as=system:serviceaccount:monitoring:grafana get /metrics"
 
-# The chart's args start the real binary (ports moved to free ones).
-binary="${CARGO_TARGET_DIR:-target}/debug/bbr-extproc"
-nice -n 10 cargo build -q -p bbr-extproc
+# The chart's args start the real binary (ports moved to free ones):
+# BBR_EXTPROC names one (scripts/test.sh passes the one its tests built),
+# else a debug build.
+if [ -n "${BBR_EXTPROC:-}" ]; then
+  binary="$BBR_EXTPROC"
+else
+  binary="${CARGO_TARGET_DIR:-target}/debug/bbr-extproc"
+  nice -n 10 cargo build -q -p bbr-extproc
+fi
 start_with_chart_args() {
   local a out="$work/chart-args.log" args
   args="$("$kubectl" -n bbr-go-v1-5-0 get deployment body-based-router \

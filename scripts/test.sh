@@ -48,7 +48,9 @@ step scripts/check-snippets.sh
 # watch against a real API server on loopback (tools built from their Go
 # modules on first use), then the container image, built with buildah and run.
 step k8s_tools_ready
-step scripts/test-kubernetes.sh
+# The bbr-extproc the tests above built (for its integration tests), not a
+# second build with other features.
+BBR_EXTPROC="${CARGO_TARGET_DIR:-target}/debug/bbr-extproc" step scripts/test-kubernetes.sh
 if command -v buildah >/dev/null || [ "$(id -u)" = 0 ] || [ "${CI:-}" = true ]; then
   step scripts/build-image.sh
 else
