@@ -23,6 +23,9 @@
 # from their own Go modules at the pinned versions below, never copied
 # into this repository. etcd and kube-apiserver listen on 127.0.0.1 only,
 # are stopped on exit, and stop by themselves after an hour at most.
+# BBR_EXTPROC names the bbr-extproc binary to start (default: a debug
+# build). Cargo builds with the whole workspace's features, as
+# scripts/test.sh's tests do, so that nothing is built twice.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -462,7 +465,7 @@ check "the rule table rendered from values loads in bbr-extproc" rules_load
 # bbr-extproc follows base-model ConfigMaps through this API server.
 export BBR_KUBECONFIG="$KUBECONFIG" BBR_KUBECTL="$kubectl" BBR_REQUIRE_KUBERNETES=1
 check "cargo test --test kubernetes (ConfigMaps created, changed, deleted, malformed; /metrics tokens)" \
-  nice -n 10 cargo test -q -p bbr-extproc --test kubernetes -- --test-threads 1
+  nice -n 10 cargo test -q --workspace --test kubernetes -- --test-threads 1
 
 log "done in $((SECONDS - started)) s"
 echo "test-kubernetes: $passed passed, $failed failed"
