@@ -395,17 +395,25 @@ else
   binary="${CARGO_TARGET_DIR:-target}/debug/bbr-extproc"
   nice -n 10 cargo build -q -p bbr-extproc
 fi
-start_with_chart_args() {
-  local a out="$work/chart-args.log" args
-  args="$("$kubectl" -n bbr-go-v1-5-0 get deployment body-based-router \
-    -o jsonpath='{range .spec.template.spec.containers[0].args[*]}{@}{"\n"}{end}')" || return 1
-  local -a argv=(--address 127.0.0.1)
+# The args of a rendered Deployment (one a line) as a local run takes them:
+# on 127.0.0.1, every port moved to a free one.
+local_argv() {
+  local a
+  echo --address
+  echo 127.0.0.1
   while IFS= read -r a; do
     case "$a" in
-      --grpc-port=*|--grpc-health-port=*|--metrics-port=*) argv+=("${a%%=*}=0") ;;
-      *) argv+=("$a") ;;
+      --grpc-port=*|--grpc-health-port=*|--metrics-port=*) echo "${a%%=*}=0" ;;
+      *) echo "$a" ;;
     esac
-  done <<<"$args"
+  done <<<"$1"
+}
+start_with_chart_args() {
+  local out="$work/chart-args.log" args
+  args="$("$kubectl" -n bbr-go-v1-5-0 get deployment body-based-router \
+    -o jsonpath='{range .spec.template.spec.containers[0].args[*]}{@}{"\n"}{end}')" || return 1
+  local -a argv
+  mapfile -t argv < <(local_argv "$args")
   echo "args: ${argv[*]}"
   NAMESPACE=bbr-go-v1-5-0 timeout 60 "$binary" "${argv[@]}" >"$out" 2>&1 &
   local pid=$!
@@ -425,18 +433,13 @@ check "the chart's Deployment args start bbr-extproc, which lists the ConfigMaps
 # binary: /metrics refuses an anonymous scrape and serves the admin token
 # (reviewed by this API server); spans go to a collector that is not there.
 observability_args_serve() {
-  local a out="$work/observability-args.log" args metrics anonymous admin
+  local out="$work/observability-args.log" args metrics anonymous admin
   args="$("$kubectl" -n bbr-observability get deployment body-based-router \
     -o jsonpath='{range .spec.template.spec.containers[0].args[*]}{@}{"\n"}{end}')" || return 1
   grep -qx -- '--tracing=true' <<<"$args" && grep -qx -- '--metrics-endpoint-auth=true' <<<"$args" ||
     { echo "args: $args"; return 1; }
-  local -a argv=(--address 127.0.0.1)
-  while IFS= read -r a; do
-    case "$a" in
-      --grpc-port=*|--grpc-health-port=*|--metrics-port=*) argv+=("${a%%=*}=0") ;;
-      *) argv+=("$a") ;;
-    esac
-  done <<<"$args"
+  local -a argv
+  mapfile -t argv < <(local_argv "$args")
   OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:9 timeout 60 "$binary" "${argv[@]}" >"$out" 2>&1 &
   local pid=$!
   for _ in $(seq 1 100); do grep -q 'bbr-extproc listening' "$out" && break; kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
