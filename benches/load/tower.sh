@@ -27,7 +27,9 @@
 # With APP=versions the two are the gateway example's binary as built from
 # this checkout (current) and another build of it (baseline: the binary
 # named by BASELINE, say one built from the main branch), each running its
-# simulated pools itself; the CPU column is then the whole process's.
+# simulated pools itself; the CPU column is then the whole process's. The
+# ratios are also given round by round (the two builds measured back to
+# back in each round), as a median with the lowest and highest round.
 #
 # Environment: APP (app, gateway or versions), BASELINE (versions only), DURATION per measurement (default 5s), ROUNDS (5),
 # CONNECTIONS (32), WRK_THREADS (1), APP_THREADS (1), SIZES ("1024 102400"),
@@ -143,7 +145,7 @@ median() {
         if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 
-declare -A RPS P99 CPU
+declare -A RPS P99 CPU PAIRED_RPS PAIRED_CPU
 TICKS=$(getconf CLK_TCK)
 for body in $BODIES; do
     "$BIN" body --shape "${body%-*}" "${body#*-}" >"$WORK/body-$body.json"
@@ -171,6 +173,15 @@ for round in $(seq 1 "$ROUNDS"); do
             CPU[$mode,$size]+=" $(awk -v a="$after" -v b="$before" -v n="$requests" -v t="$TICKS" \
                 'BEGIN { printf "%.3f", (a - b) / t * 1e6 / n }')"
         done
+        if [ "$APP" = versions ]; then
+            # This round's ratios, the two builds measured back to back: a
+            # change in the machine's load between rounds moves both.
+            last() { echo "$1" | awk '{ print $NF }'; }
+            PAIRED_RPS[$size]+=" $(awk -v c="$(last "${RPS[current,$size]}")" \
+                -v b="$(last "${RPS[baseline,$size]}")" 'BEGIN { printf "%.4f", c / b }')"
+            PAIRED_CPU[$size]+=" $(awk -v c="$(last "${CPU[current,$size]}")" \
+                -v b="$(last "${CPU[baseline,$size]}")" 'BEGIN { printf "%.4f", b / c }')"
+        fi
     done
     echo "round $round of $ROUNDS done" >&2
 done
@@ -197,6 +208,17 @@ if [ "$APP" = versions ]; then
             -v pc="${MP99[current,$size]}" -v pb="${MP99[baseline,$size]}" \
             -v cc="${MCPU[current,$size]}" -v cb="${MCPU[baseline,$size]}" -v s="$size" \
             'BEGIN { printf "%-12s %25.3fx %21.3fx %29.3fx\n", s, c / b, pc / pb, cb / cc }'
+    done
+    echo
+    echo "the same ratios taken round by round (each round's two builds back to back): median [lowest, highest]"
+    printf "%-12s %34s %34s\n" "body" "current/baseline (rps)" "CPU/req baseline/current"
+    spread() {
+        local values
+        values=$(echo "$1" | tr ' ' '\n' | sed '/^$/d' | sort -g)
+        printf "%.3fx [%.3f, %.3f]" "$(echo "$values" | median)" "$(echo "$values" | head -1)" "$(echo "$values" | tail -1)"
+    }
+    for size in $BODIES; do
+        printf "%-12s %34s %34s\n" "$size" "$(spread "${PAIRED_RPS[$size]}")" "$(spread "${PAIRED_CPU[$size]}")"
     done
     exit 0
 fi

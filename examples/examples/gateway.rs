@@ -17,6 +17,7 @@ use bbr_core::Policy;
 use bbr_core::rules::{RuleTable, SharedRules};
 use bbr_examples::{
     gateway::{self, Admin, Endpoint, Front, Readiness, Upstream, UpstreamOptions},
+    log::{BatchWriter, LineFormat},
     pool::SimulatedPool,
 };
 use bbr_tower::{Admission, HoldBudget};
@@ -104,16 +105,20 @@ fn parse_pool(text: &str) -> Result<(String, Option<Endpoint>), String> {
 async fn main() -> ExitCode {
     let args = Args::parse();
     // Log lines (one per request) are formatted on the request's thread and
-    // written by a thread of their own, in batches: no `write` per request
-    // on the runtime's threads. Nothing is dropped when it falls behind (the
-    // request threads wait instead); `_log` flushes what is left on exit.
-    let (writer, _log) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .thread_name("gateway-log")
-        .finish(std::io::BufWriter::new(std::io::stderr()));
+    // written in batches by a thread of their own (every 100 ms or 64 KiB):
+    // no `write` and no wake-up per request. Nothing is dropped when the
+    // output falls behind (the request threads wait instead); `_log` writes
+    // what is left on exit.
+    let (writer, _log) = match BatchWriter::new(std::io::stderr()) {
+        Ok(batched) => batched,
+        Err(e) => {
+            eprintln!("gateway: cannot start the log thread: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     tracing_subscriber::fmt()
         .with_ansi(std::io::stderr().is_terminal())
-        .event_format(bbr_examples::log::LineFormat)
+        .event_format(LineFormat)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
