@@ -33,7 +33,9 @@
 #
 # Environment: APP (app, gateway or versions), BASELINE (versions only), DURATION per measurement (default 5s), ROUNDS (5),
 # CONNECTIONS (32), WRK_THREADS (1), APP_THREADS (1), SIZES ("1024 102400"),
-# SHAPES ("long chat").
+# SHAPES ("long chat"), APP_CPUS and WRK_CPUS (CPU lists for taskset, say
+# APP_CPUS=0 WRK_CPUS=1: the apps and wrk pinned apart, which takes the
+# scheduler's placement out of the figures; default: not pinned).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -49,6 +51,10 @@ for shape in $SHAPES; do
     for size in $SIZES; do BODIES+=" $shape-$size"; done
 done
 APP=${APP:-app}
+ON_APP_CPUS=(env)
+ON_WRK_CPUS=(env)
+if [ -n "${APP_CPUS:-}" ]; then ON_APP_CPUS=(taskset -c "$APP_CPUS"); fi
+if [ -n "${WRK_CPUS:-}" ]; then ON_WRK_CPUS=(taskset -c "$WRK_CPUS"); fi
 MODES="bare layer handwritten"
 # The app also runs a layer of the same shape that routes nothing: the
 # cost of any body-wrapping layer in an axum app.
@@ -107,10 +113,10 @@ s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
         exe="${CARGO_TARGET_DIR:-target}/release/examples/gateway"
         if [ "$mode" = baseline ]; then exe="$BASELINE"; fi
         # The rules of this checkout: an older build names its own checkout's.
-        "$exe" --listen "127.0.0.1:$port" --token-delay-ms 0 --rules "$PWD/examples/config/gateway.yaml" \
+        "${ON_APP_CPUS[@]}" "$exe" --listen "127.0.0.1:$port" --token-delay-ms 0 --rules "$PWD/examples/config/gateway.yaml" \
             >"$WORK/$mode.log" 2>&1 &
     else
-        "$BIN" "${SERVE[@]}" --mode "$mode" --threads "$APP_THREADS" >"$WORK/$mode.log" 2>&1 &
+        "${ON_APP_CPUS[@]}" "$BIN" "${SERVE[@]}" --mode "$mode" --threads "$APP_THREADS" >"$WORK/$mode.log" 2>&1 &
     fi
     PIDS+=($!)
     PID[$mode]=$!
@@ -151,7 +157,7 @@ for body in $BODIES; do
     "$BIN" body --shape "${body%-*}" "${body#*-}" >"$WORK/body-$body.json"
     for mode in $MODES; do
         # Warm up.
-        BODY_FILE="$WORK/body-$body.json" wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d1s \
+        BODY_FILE="$WORK/body-$body.json" "${ON_WRK_CPUS[@]}" wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d1s \
             -s benches/load/post.lua "http://${ADDR[$mode]}" >/dev/null
     done
 done
@@ -159,7 +165,7 @@ for round in $(seq 1 "$ROUNDS"); do
     for size in $BODIES; do
         for mode in $MODES; do
             before=$(cpu_ticks "${PID[$mode]}")
-            BODY_FILE="$WORK/body-$size.json" wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$DURATION" \
+            BODY_FILE="$WORK/body-$size.json" "${ON_WRK_CPUS[@]}" wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$DURATION" \
                 --latency -s benches/load/post.lua "http://${ADDR[$mode]}" >"$WORK/wrk.txt"
             after=$(cpu_ticks "${PID[$mode]}")
             requests=$(awk '/requests in/ { print $1 }' "$WORK/wrk.txt")
@@ -190,7 +196,9 @@ declare -A MRPS MP99 MCPU
 echo
 threads="apps on $APP_THREADS worker thread(s)"
 if [ "$APP" = versions ]; then threads="each binary on its own default runtime"; fi
-echo "$APP: wrk -t$WRK_THREADS -c$CONNECTIONS, $ROUNDS rounds of $DURATION, $threads, $(nproc) cores; medians"
+pinned=""
+if [ -n "${APP_CPUS:-}${WRK_CPUS:-}" ]; then pinned=" (apps on CPUs ${APP_CPUS:-any}, wrk on ${WRK_CPUS:-any})"; fi
+echo "$APP: wrk -t$WRK_THREADS -c$CONNECTIONS, $ROUNDS rounds of $DURATION, $threads, $(nproc) cores$pinned; medians"
 printf "%-12s %-12s %12s %10s %16s\n" "body" "app" "requests/s" "p99 ms" "app CPU us/req"
 for size in $BODIES; do
     for mode in $MODES; do
