@@ -377,8 +377,11 @@ fn write_batches(shared: &Shared, mut out: impl io::Write) {
         // Nowhere to report a failed write to: the log is the report.
         let _ = out.write_all(&batch).and_then(|()| out.flush());
         batch.clear();
-        // A burst's buffer is not kept for the rest of the run.
-        batch.shrink_to(shared.batch);
+        // A burst's buffer is not kept for the rest of the run (a steady
+        // load's, about twice a batch, is).
+        if batch.capacity() > 4 * shared.batch {
+            batch.shrink_to(shared.batch);
+        }
     }
 }
 

@@ -151,6 +151,11 @@ median() {
         if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 
+# The last of a list of figures (this round's).
+last() {
+    echo "$1" | awk '{ print $NF }'
+}
+
 declare -A RPS P99 CPU PAIRED_RPS PAIRED_CPU
 TICKS=$(getconf CLK_TCK)
 for body in $BODIES; do
@@ -182,7 +187,6 @@ for round in $(seq 1 "$ROUNDS"); do
         if [ "$APP" = versions ]; then
             # This round's ratios, the two builds measured back to back: a
             # change in the machine's load between rounds moves both.
-            last() { echo "$1" | awk '{ print $NF }'; }
             PAIRED_RPS[$size]+=" $(awk -v c="$(last "${RPS[current,$size]}")" \
                 -v b="$(last "${RPS[baseline,$size]}")" 'BEGIN { printf "%.4f", c / b }')"
             PAIRED_CPU[$size]+=" $(awk -v c="$(last "${CPU[current,$size]}")" \
