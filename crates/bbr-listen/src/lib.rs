@@ -45,6 +45,9 @@ mod guard;
 pub mod http;
 pub mod limits;
 mod listener;
+pub mod probe;
+#[cfg(feature = "tls")]
+pub mod tls;
 #[cfg(feature = "tonic")]
 mod tonic;
 

@@ -18,6 +18,11 @@ pub struct DescriptorLimit {
 /// listener needs.
 const UNLIMITED: u64 = 1 << 20;
 
+/// The soft `RLIMIT_NOFILE` in force.
+pub fn descriptor_limit() -> u64 {
+    getrlimit(Resource::Nofile).current.unwrap_or(UNLIMITED)
+}
+
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit (container runtimes
 /// often start processes at 1 024 soft with a far higher hard limit) and
 /// says what it found. Failing to raise it is not an error: the limits
