@@ -14,10 +14,11 @@ use bbr_extproc::{
     BodyFieldHeader, BodyRoutingProcessor, DynamicMetadata, SERVICE_NAME, metrics, otel, serve,
     sources::TableSources,
 };
+use bbr_listen::{Listener, ListenerOptions, limits};
 use clap::{ArgAction, CommandFactory, Parser};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use tokio::{net::TcpListener, sync::watch};
-use tonic::transport::{Server, ServerTlsConfig, server::TcpIncoming};
+use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
 /// `bbr-extproc --version`: the crate version and the git commit it was
@@ -168,6 +169,23 @@ struct Args {
     /// On SIGTERM or ctrl-c, how long open streams may take to finish, in seconds.
     #[arg(long, default_value_t = 30)]
     drain_timeout_secs: u64,
+    /// How long a connection to any of the three ports may take, from the
+    /// moment it is accepted, to complete its TLS handshake and send the
+    /// HTTP/2 preface (gRPC) or a complete request head (metrics), in
+    /// seconds; past it the connection is closed.
+    #[arg(long, default_value_t = 10)]
+    header_read_timeout_secs: u64,
+    /// How often an HTTP/2 connection (Envoy's, a probe's) is pinged, in
+    /// seconds; a ping not answered within as long again closes it. An
+    /// idle connection that answers its pings stays open.
+    #[arg(long, default_value_t = 30)]
+    http2_keepalive_secs: u64,
+    /// The most connections the gRPC port holds at once; past it new ones
+    /// wait in the kernel's backlog. Default: what the descriptor limit
+    /// (raised to its hard limit at start) leaves after the health and
+    /// metrics ports and files.
+    #[arg(long)]
+    max_connections: Option<usize>,
     /// Runtime worker threads (0: one per CPU).
     #[arg(long, default_value_t = 0)]
     worker_threads: usize,
@@ -405,11 +423,14 @@ fn main() -> ExitCode {
     }
 }
 
-/// Accepted connections with Nagle's algorithm off: ext_proc messages are
-/// small and latency-bound.
-fn incoming(listener: TcpListener) -> TcpIncoming {
-    TcpIncoming::from(listener).with_nodelay(Some(true))
-}
+/// The connections the health and metrics ports may each hold (probes and
+/// scrapes); the gRPC port's limit leaves them these, so a flood of one
+/// port never starves the others.
+const SIDE_PORT_CONNECTIONS: usize = 64;
+
+/// Descriptors kept for what is not a connection of the three ports: files,
+/// the API server's and the trace exporter's connections.
+const RESERVED_DESCRIPTORS: u64 = 64;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -434,6 +455,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
     let prometheus = builder.install_recorder()?;
     metrics::describe();
     metrics::describe_server();
+    bbr_listen::describe();
     metrics::record_info(
         env!("CARGO_PKG_VERSION"),
         env!("BBR_GIT_COMMIT"),
@@ -452,9 +474,41 @@ async fn run(args: Args) -> Result<(), BoxError> {
     let processor = args.processor(sources.rules(), traces.as_ref());
     let base_models = start_base_model_watch(&args, &sources).await?;
 
-    let grpc = bind(args.address, args.grpc_port, "--grpc-port").await?;
-    let health = bind(args.address, args.grpc_health_port, "--grpc-health-port").await?;
-    let metrics_listener = bind(args.address, args.metrics_port, "--metrics-port").await?;
+    let descriptors = limits::raise_descriptor_limit();
+    let reserved = RESERVED_DESCRIPTORS + 2 * SIDE_PORT_CONNECTIONS as u64;
+    let max_connections = args
+        .max_connections
+        .unwrap_or_else(|| limits::connection_budget(descriptors.soft, reserved, 1));
+    tracing::info!(
+        soft = descriptors.soft,
+        was = descriptors.was,
+        hard = descriptors.hard,
+        grpc_connections = max_connections,
+        side_port_connections = SIDE_PORT_CONNECTIONS,
+        "descriptor limit"
+    );
+    let header_timeout = Duration::from_secs(args.header_read_timeout_secs);
+    let listener = |tcp, name, max| {
+        Listener::new(
+            tcp,
+            ListenerOptions::new(name, max).header_timeout(header_timeout),
+        )
+    };
+    let grpc = listener(
+        bind(args.address, args.grpc_port, "--grpc-port").await?,
+        "grpc",
+        max_connections,
+    );
+    let health = listener(
+        bind(args.address, args.grpc_health_port, "--grpc-health-port").await?,
+        "health",
+        SIDE_PORT_CONNECTIONS,
+    );
+    let metrics_listener = listener(
+        bind(args.address, args.metrics_port, "--metrics-port").await?,
+        "metrics",
+        SIDE_PORT_CONNECTIONS,
+    );
     let (grpc_addr, health_addr, metrics_addr) = (
         grpc.local_addr()?,
         health.local_addr()?,
@@ -492,24 +546,33 @@ async fn run(args: Args) -> Result<(), BoxError> {
         }
     };
 
-    let mut main_server = Server::builder();
-    if args.secure_serving {
+    // Envoy keeps one HTTP/2 connection open for as long as it lives:
+    // pings, not an idle timeout, tell a dead peer from a quiet one.
+    let keepalive = Duration::from_secs(args.http2_keepalive_secs.max(1));
+    let server = || {
+        Server::builder()
+            .http2_keepalive_interval(Some(keepalive))
+            .http2_keepalive_timeout(Some(keepalive))
+    };
+    let main_router = server()
+        .add_service(health_service.clone())
+        .add_service(processor.clone().into_server());
+    let main_task = if args.secure_serving {
         let identity = match &args.cert_path {
             Some(dir) => serve::identity_from_dir(dir)?,
-            None => serve::self_signed_identity()?,
+            None => serve::self_signed_pem()?,
         };
-        main_server = main_server.tls_config(ServerTlsConfig::new().identity(identity))?;
-    }
-    let main_task = tokio::spawn(
-        main_server
-            .add_service(health_service.clone())
-            .add_service(processor.clone().into_server())
-            .serve_with_incoming_shutdown(incoming(grpc), stopped()),
-    );
+        let acceptor = bbr_listen::tls::acceptor(&identity.cert, &identity.key, &[b"h2"])?;
+        tokio::spawn(
+            main_router.serve_with_incoming_shutdown(grpc.incoming_tls(acceptor), stopped()),
+        )
+    } else {
+        tokio::spawn(main_router.serve_with_incoming_shutdown(grpc.incoming(), stopped()))
+    };
     let health_task = tokio::spawn(
-        Server::builder()
+        server()
             .add_service(health_service)
-            .serve_with_incoming_shutdown(incoming(health), stopped()),
+            .serve_with_incoming_shutdown(health.incoming(), stopped()),
     );
     let metrics_task = tokio::spawn(serve::serve_metrics_gated(
         metrics_listener,

@@ -4,38 +4,61 @@
 
 use std::{convert::Infallible, future::Future, io, path::Path, pin::Pin, sync::Arc};
 
+use bbr_listen::{Listener, http::HttpOptions};
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::{Request, Response, StatusCode, body::Incoming, service::service_fn};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper::{Request, Response, StatusCode, body::Incoming};
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::net::TcpListener;
 use tonic::transport::Identity;
 
 /// A TLS identity with a freshly generated self-signed certificate for
 /// `localhost` (what `--secure-serving` uses when no certificate is given;
 /// Envoy does not verify an ext_proc server's certificate unless told to).
 pub fn self_signed_identity() -> Result<Identity, rcgen::Error> {
+    let pem = self_signed_pem()?;
+    Ok(Identity::from_pem(pem.cert, pem.key))
+}
+
+/// A certificate chain and its private key, PEM-encoded.
+#[derive(Clone)]
+pub struct PemIdentity {
+    /// The certificate chain.
+    pub cert: Vec<u8>,
+    /// The private key.
+    pub key: Vec<u8>,
+}
+
+impl std::fmt::Debug for PemIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("PemIdentity")
+            .field("cert_bytes", &self.cert.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// [`self_signed_identity`] as PEM.
+pub fn self_signed_pem() -> Result<PemIdentity, rcgen::Error> {
     let names = vec!["localhost".to_owned(), "bbr-extproc".to_owned()];
     let certified = rcgen::generate_simple_self_signed(names)?;
-    Ok(Identity::from_pem(
-        certified.cert.pem(),
-        certified.signing_key.serialize_pem(),
-    ))
+    Ok(PemIdentity {
+        cert: certified.cert.pem().into_bytes(),
+        key: certified.signing_key.serialize_pem().into_bytes(),
+    })
 }
 
 /// A TLS identity read from `dir/tls.crt` and `dir/tls.key` (the layout of a
 /// Kubernetes TLS secret mounted as a volume).
-pub fn identity_from_dir(dir: &Path) -> io::Result<Identity> {
+pub fn identity_from_dir(dir: &Path) -> io::Result<PemIdentity> {
     let cert = std::fs::read(dir.join("tls.crt"))?;
     let key = std::fs::read(dir.join("tls.key"))?;
-    Ok(Identity::from_pem(cert, key))
+    Ok(PemIdentity { cert, key })
 }
 
 /// Serves `GET /metrics` (the Prometheus text format) on `listener` until
 /// `shutdown` completes. Other paths answer 404.
 pub async fn serve_metrics(
-    listener: TcpListener,
+    listener: Listener,
     handle: PrometheusHandle,
     shutdown: impl Future<Output = ()>,
 ) {
@@ -56,41 +79,29 @@ pub trait MetricsGate: Send + Sync + 'static {
 /// [`serve_metrics`], with each `/metrics` request first put to `gate`
 /// (the Kubernetes token check of `--metrics-endpoint-auth`, for one).
 pub async fn serve_metrics_gated(
-    listener: TcpListener,
+    listener: Listener,
     handle: PrometheusHandle,
     gate: Option<Arc<dyn MetricsGate>>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = &mut shutdown => return,
-        };
-        let Ok((stream, _)) = accepted else {
-            continue;
-        };
+    let service = tower::service_fn(move |req: Request<Incoming>| {
         let handle = handle.clone();
         let gate = gate.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req: Request<Incoming>| {
-                let handle = handle.clone();
-                let gate = gate.clone();
-                async move {
-                    if let Some(gate) = gate.filter(|_| req.uri().path() == "/metrics")
-                        && let Err(status) = gate.admit(req.headers()).await
-                    {
-                        return Ok::<_, Infallible>(refusal(status));
-                    }
-                    Ok::<_, Infallible>(metrics_response(&req, &handle))
-                }
-            });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            let _ = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+        async move {
+            if let Some(gate) = gate.filter(|_| req.uri().path() == "/metrics")
+                && let Err(status) = gate.admit(req.headers()).await
+            {
+                return Ok::<_, Infallible>(refusal(status));
+            }
+            Ok::<_, Infallible>(metrics_response(&req, &handle))
+        }
+    });
+    let options = HttpOptions {
+        // Scrapes are short; what is open at shutdown is not waited for.
+        drain_timeout: std::time::Duration::ZERO,
+        ..HttpOptions::default()
+    };
+    bbr_listen::http::serve(listener, service, options, shutdown).await;
 }
 
 /// The answer to a `/metrics` request the gate refused.

@@ -622,3 +622,38 @@ async fn dynamic_metadata_picks_the_pool_through_a_subset_load_balancer() {
     assert_eq!(r.status, 503, "{r:?}");
     assert_eq!(control.seen(), 0);
 }
+
+/// Envoy keeps its HTTP/2 connection to bbr-extproc open while idle for
+/// longer than every timeout of the server: pings, answered by Envoy,
+/// keep it; the header timeout only concerns a connection's first bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_keeps_envoys_idle_connection_past_its_timeouts() {
+    let s = scene_binary(
+        "envoy-full-duplex.yaml",
+        &[
+            "--streaming",
+            "--header-read-timeout-secs",
+            "1",
+            "--http2-keepalive-secs",
+            "1",
+        ],
+    )
+    .await;
+    let metrics = s.metrics.unwrap();
+    demo_requests_route(&s).await;
+    let one = r#"bbr_connections_accepted_total{listener="grpc"} 1"#;
+    wait_for_metric(metrics, one).await;
+    // Idle for three times the header timeout and the ping interval.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let r = s.post("/v1/chat/completions", &[], CHAT).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("x-inference-pool"), Some("gemma3"));
+    // Still the one connection: nothing was closed and opened again.
+    let text = http::get(metrics, "/metrics").await.unwrap();
+    let text = String::from_utf8_lossy(&text.body);
+    assert!(text.contains(one), "{text}");
+    assert!(
+        text.contains(r#"bbr_connections_header_timeouts_total{listener="grpc"} 0"#),
+        "{text}"
+    );
+}

@@ -25,6 +25,13 @@ pub const FREE_PORTS: [&str; 8] = [
 /// logs.
 pub struct ServerProcess(pub Child, PathBuf);
 
+impl ServerProcess {
+    /// What it logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.1).unwrap_or_default()
+    }
+}
+
 impl Drop for ServerProcess {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -49,6 +56,23 @@ pub fn start_binary_with_env(
     args: &[&str],
     env: &[(&str, &str)],
 ) -> (ServerProcess, SocketAddr, SocketAddr, SocketAddr) {
+    start(None, args, env)
+}
+
+/// [`start_binary`] under a descriptor limit (soft and hard) of `nofile`,
+/// set with `prlimit` as a container runtime would.
+pub fn start_binary_with_descriptors(
+    nofile: u64,
+    args: &[&str],
+) -> (ServerProcess, SocketAddr, SocketAddr, SocketAddr) {
+    start(Some(nofile), args, &[])
+}
+
+fn start(
+    nofile: Option<u64>,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (ServerProcess, SocketAddr, SocketAddr, SocketAddr) {
     static SEQ: AtomicU32 = AtomicU32::new(0);
     let log_path = std::env::temp_dir().join(format!(
         "bbr-extproc-{}-{}.log",
@@ -56,7 +80,16 @@ pub fn start_binary_with_env(
         SEQ.fetch_add(1, Ordering::Relaxed)
     ));
     let log = std::fs::File::create(&log_path).expect("cannot create the log file");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bbr-extproc"))
+    let binary = env!("CARGO_BIN_EXE_bbr-extproc");
+    let mut command = match nofile {
+        Some(n) => {
+            let mut c = Command::new("prlimit");
+            c.arg(format!("--nofile={n}:{n}")).arg(binary);
+            c
+        }
+        None => Command::new(binary),
+    };
+    let mut child = command
         .envs(env.iter().copied())
         .args(FREE_PORTS)
         .args(args)
