@@ -20,6 +20,7 @@ use std::{
 };
 
 use bbr_core::{Error, rules::RuleTable};
+use bbr_listen::{Listener, ListenerOptions, http::HttpOptions, limits};
 use bbr_tower::{
     Admission, BoxError, Decision, ModelRouting, ModelRoutingLayer, PoolRouter, ResponseBody,
     RoutedBody, error_response,
@@ -31,13 +32,12 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{conn::auto, graceful::GracefulShutdown},
+    rt::{TokioExecutor, TokioTimer},
 };
 use metrics_exporter_prometheus::PrometheusHandle;
 use pin_project_lite::pin_project;
-use tokio::{net::TcpListener, sync::Semaphore};
-use tower::{Layer, Service, ServiceExt};
+use tokio::net::TcpListener;
+use tower::{Layer, Service};
 
 /// The headers that concern one connection only (RFC 9110 §7.6.1): never
 /// forwarded.
@@ -726,9 +726,15 @@ where
 /// How [`serve_with`] treats connections.
 #[derive(Clone, Debug)]
 pub struct ServeOptions {
-    /// How long a client may take to send a request's headers (HTTP/1.1;
-    /// an idle keep-alive connection is closed after it too).
+    /// The listener's name in log lines and in the `listener` label of the
+    /// connection metrics (`http`; `admin` for the admin listener).
+    pub name: &'static str,
+    /// How long a client may take, counted from accept, to send its first
+    /// request's complete head (or the HTTP/2 preface).
     pub header_read_timeout: Duration,
+    /// How long an HTTP/1.1 keep-alive connection may wait, after an
+    /// answer, for the next request's complete head.
+    pub idle_timeout: Duration,
     /// The most connections served at once; past it the listener waits
     /// (the kernel's backlog holds the rest).
     pub max_connections: usize,
@@ -737,12 +743,28 @@ pub struct ServeOptions {
     pub drain_timeout: Duration,
 }
 
+/// Descriptors a gateway keeps for everything but client connections and
+/// their upstream connections: the pools' listeners, the rules file, the
+/// log, the admin listener's connections.
+pub const RESERVED_DESCRIPTORS: u64 = 128;
+
 impl Default for ServeOptions {
+    /// 10 s for the first head, 75 s keep-alive (nginx's
+    /// `keepalive_timeout`), 30 s drain, and as many connections as the
+    /// descriptor limit in force allows: two descriptors each (the client's
+    /// and one to a pool) after [`RESERVED_DESCRIPTORS`].
     fn default() -> Self {
+        let http = HttpOptions::default();
         ServeOptions {
+            name: "http",
             header_read_timeout: Duration::from_secs(10),
-            max_connections: 4096,
-            drain_timeout: Duration::from_secs(30),
+            idle_timeout: http.idle_timeout,
+            max_connections: limits::connection_budget(
+                limits::descriptor_limit(),
+                RESERVED_DESCRIPTORS,
+                2,
+            ),
+            drain_timeout: http.drain_timeout,
         }
     }
 }
@@ -773,9 +795,11 @@ where
 /// accepting and lets open requests finish for up to
 /// [`drain_timeout`](ServeOptions::drain_timeout).
 ///
-/// An accept error (out of file descriptors, a connection reset before it
-/// was accepted) is logged and the loop goes on after a short pause: one
-/// client must not be able to stop the server.
+/// The accept loop is [`bbr_listen`]'s: a connection that has not sent a
+/// complete request head within the header timeout, counted from accept,
+/// is closed; at [`max_connections`](ServeOptions::max_connections) the
+/// listener stops accepting; an accept error (out of file descriptors) is
+/// waited out with a growing pause, never in a spin.
 pub async fn serve_with<S, ResBody>(
     listener: TcpListener,
     service: S,
@@ -790,52 +814,15 @@ pub async fn serve_with<S, ResBody>(
     ResBody: Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
-    let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(options.max_connections.max(1)));
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(options.header_read_timeout);
-    let builder = Arc::new(builder);
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let slot = tokio::select! {
-            slot = Arc::clone(&slots).acquire_owned() => slot,
-            () = &mut shutdown => break,
-        };
-        let Ok(slot) = slot else { break };
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = &mut shutdown => break,
-        };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                // EMFILE and friends: wait for connections to close.
-                eprintln!("gateway: accept failed ({e}); retrying");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let service = service.clone();
-        let hyper_service =
-            hyper::service::service_fn(move |request| service.clone().oneshot(request));
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), hyper_service)
-            .into_owned();
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            let _ = connection.await;
-            drop(slot);
-        });
-    }
-    drop(listener);
-    if tokio::time::timeout(options.drain_timeout, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        eprintln!("gateway: drain timed out; closing the connections left");
-    }
+    let listener = Listener::new(
+        listener,
+        ListenerOptions::new(options.name, options.max_connections)
+            .header_timeout(options.header_read_timeout),
+    );
+    let http = HttpOptions {
+        idle_timeout: options.idle_timeout,
+        drain_timeout: options.drain_timeout,
+        ..HttpOptions::default()
+    };
+    bbr_listen::http::serve(listener, service, http, shutdown).await;
 }

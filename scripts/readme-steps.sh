@@ -81,11 +81,19 @@ if port_taken "$port"; then
   step "port 8080 is taken on this machine; the gateway and the README's requests use $port"
 fi
 step "\$ $first   (waiting up to ${BUILD_TIMEOUT}s for the build)"
+# The crates the first command needs, and how many this run compiled (all
+# of them from an empty target directory; CARGO_TARGET_DIR=$(mktemp -d)
+# measures that) in how long: the README's figure comes from here.
+crates="$(cargo tree -q -p bbr-examples -e normal,build --prefix none 2>/dev/null |
+  sed 's/ (\*)$//; s/ (proc-macro)$//' | sort -u | wc -l)"
+started=$SECONDS
 $first -- --listen "127.0.0.1:$port" >"$work/gateway.log" 2>&1 &
 gateway=$!
 pids+=("$gateway")
 wait_for_line "$work/gateway.log" "gateway listening on http://127.0.0.1:$port" "$BUILD_TIMEOUT" "$gateway" ||
   fail "the gateway did not start"
+compiled="$(grep -cE '^ +Compiling ' "$work/gateway.log" || true)"
+step "the first command: $crates crates in its graph, $compiled compiled by this run, started in $((SECONDS - started)) s on $(nproc) cores (load average $(cut -d' ' -f1 /proc/loadavg))"
 
 # Each curl of the README's demo section, on the gateway's port. The model
 # says what must answer.

@@ -13,13 +13,14 @@
 
 use std::{io::IsTerminal, net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
-use bbr_core::Policy;
 use bbr_core::rules::{RuleTable, SharedRules};
+use bbr_core::{Decider, Policy};
 use bbr_examples::{
     gateway::{self, Admin, Endpoint, Front, Readiness, Upstream, UpstreamOptions},
     log::{BatchWriter, LineFormat},
     pool::SimulatedPool,
 };
+use bbr_listen::limits;
 use bbr_tower::{Admission, HoldBudget};
 use clap::Parser;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -33,8 +34,11 @@ struct Args {
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
     /// The rule table (YAML or JSON), reloaded when the file changes.
-    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/config/gateway.yaml"))]
-    rules: PathBuf,
+    /// Default: `examples/config/gateway.yaml` under the current directory
+    /// when there is one (a checkout of the sources), else the same demo
+    /// table built into the binary (not reloaded).
+    #[arg(long)]
+    rules: Option<PathBuf>,
     /// How often the rules file is checked for changes, in milliseconds
     /// (0: never).
     #[arg(long, default_value_t = 1000)]
@@ -64,12 +68,25 @@ struct Args {
     /// Pause between two streamed tokens of a simulated pool, in milliseconds.
     #[arg(long, default_value_t = 20)]
     token_delay_ms: u64,
-    /// The most client connections served at once.
-    #[arg(long, default_value_t = 4096)]
-    max_connections: usize,
-    /// How long a client may take to send a request's headers, in seconds.
+    /// The most client connections served at once. Default: what the
+    /// descriptor limit (raised to its hard limit at start) leaves, two
+    /// descriptors a connection (the client's and one to a pool).
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// How long a client may take, from the moment its connection is
+    /// accepted, to send a complete request head (or the HTTP/2 preface),
+    /// in seconds; past it the connection is closed.
     #[arg(long, default_value_t = 10)]
     header_read_timeout_secs: u64,
+    /// How long an HTTP/1.1 keep-alive connection may wait for its next
+    /// request's complete head after an answer, in seconds (nginx's
+    /// `keepalive_timeout`, 75 s, is the default).
+    #[arg(long, default_value_t = 75)]
+    idle_timeout_secs: u64,
+    /// Remove every client header whose name starts with PREFIX, besides
+    /// the headers the gateway itself sets (always removed). Repeatable.
+    #[arg(long, value_name = "PREFIX")]
+    strip_header_prefix: Vec<String>,
     /// On SIGINT or SIGTERM, how long open requests (token streams) may
     /// take to finish, in seconds.
     #[arg(long, default_value_t = 30)]
@@ -132,13 +149,34 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let rules = match RuleTable::from_path(&args.rules) {
-        Ok(rules) => SharedRules::new(rules),
+    let (rules, rules_file) = match load_rules(args.rules.as_deref()) {
+        Ok((rules, file)) => (SharedRules::new(rules), file),
         Err(e) => {
             eprintln!("gateway: {e}");
             return ExitCode::from(2);
         }
     };
+    let rules_source = match &rules_file {
+        Some(path) => path.display().to_string(),
+        None => "the demo table built in".to_owned(),
+    };
+
+    // The descriptor limit, raised to its hard limit, decides how many
+    // connections each listener may hold.
+    let descriptors = limits::raise_descriptor_limit();
+    let admin_connections = ADMIN_CONNECTIONS;
+    let reserved = gateway::RESERVED_DESCRIPTORS + admin_connections as u64;
+    let max_connections = args
+        .max_connections
+        .unwrap_or_else(|| limits::connection_budget(descriptors.soft, reserved, 2));
+    println!(
+        "gateway: descriptor limit {} (was {}, hard {}): up to {max_connections} client connections",
+        descriptors.soft,
+        descriptors.was,
+        descriptors
+            .hard
+            .map_or_else(|| "unlimited".to_owned(), |h| h.to_string()),
+    );
 
     // Each pool name with its servers, in the order given; none given: a
     // simulated pool.
@@ -202,13 +240,29 @@ async fn main() -> ExitCode {
     };
     let readiness = Readiness::default();
     let admin = Admin::new(readiness.clone(), Some(metrics));
+    let header_read_timeout = Duration::from_secs(args.header_read_timeout_secs);
+    let idle_timeout = Duration::from_secs(args.idle_timeout_secs);
     let admin = match args.admin_listen {
         Some(addr) => match TcpListener::bind(addr).await {
             Ok(listener) => {
                 let bound = listener.local_addr().unwrap_or(addr);
                 println!("gateway admin endpoints on http://{bound}");
-                // Outlives the drain: /readyz answers 503 meanwhile.
-                tokio::spawn(gateway::serve(listener, admin));
+                // Outlives the drain: /readyz answers 503 meanwhile. Its
+                // own connection limit: a flood of the main listener
+                // leaves it answering.
+                let options = gateway::ServeOptions {
+                    name: "admin",
+                    header_read_timeout,
+                    idle_timeout,
+                    max_connections: admin_connections,
+                    ..gateway::ServeOptions::default()
+                };
+                tokio::spawn(gateway::serve_with(
+                    listener,
+                    admin,
+                    options,
+                    std::future::pending(),
+                ));
                 None
             }
             Err(e) => {
@@ -219,10 +273,10 @@ async fn main() -> ExitCode {
         None => Some(admin),
     };
 
-    let watcher = (args.rules_poll_ms > 0).then(|| {
+    let watcher = rules_file.filter(|_| args.rules_poll_ms > 0).map(|path| {
         let rules = rules.clone();
         bbr_tower::watch::watch_file(
-            args.rules.clone(),
+            path,
             Duration::from_millis(args.rules_poll_ms),
             move |path, text| rules.reload_text(path, text),
         )
@@ -232,6 +286,7 @@ async fn main() -> ExitCode {
         .shared_rules(rules)
         .serve_models(true)
         .policy(args.policy)
+        .decider(Decider::new().with_reserved_prefixes(&args.strip_header_prefix))
         .hold_budget(HoldBudget::new(args.hold_budget_mib << 20))
         .hold_idle_timeout((!idle.is_zero()).then_some(idle));
     let admission = (args.pool_limit > 0).then(|| {
@@ -240,16 +295,15 @@ async fn main() -> ExitCode {
     });
     let service = Front::new(gateway::gateway_with(layer, pools, admission), admin);
     let bound = listener.local_addr().unwrap_or(args.listen);
-    println!(
-        "gateway listening on http://{bound} (rules: {})",
-        args.rules.display()
-    );
+    println!("gateway listening on http://{bound} (rules: {rules_source})");
     println!(
         "try: curl -X POST -i {bound}/v1/chat/completions -H 'Content-Type: application/json' -d '{{\"model\":\"chatbot\",\"messages\":[{{\"role\":\"user\",\"content\":\"What is the color of the sky?\"}}]}}'"
     );
     let options = gateway::ServeOptions {
-        header_read_timeout: Duration::from_secs(args.header_read_timeout_secs),
-        max_connections: args.max_connections,
+        name: "http",
+        header_read_timeout,
+        idle_timeout,
+        max_connections,
         drain_timeout: Duration::from_secs(args.drain_timeout_secs),
     };
     readiness.set(true);
@@ -268,6 +322,32 @@ async fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// The connections the admin listener (`--admin-listen`) may hold.
+const ADMIN_CONNECTIONS: usize = 64;
+
+/// Where the demo table lies in a checkout of the sources, relative to
+/// its root.
+const DEMO_RULES_PATH: &str = "examples/config/gateway.yaml";
+
+/// The rule table, and the file it came from (to watch): `--rules`, else
+/// the demo table's file under the current directory, else the demo table
+/// built in.
+fn load_rules(
+    given: Option<&std::path::Path>,
+) -> Result<(RuleTable, Option<PathBuf>), bbr_core::rules::ConfigError> {
+    let file = given.map(PathBuf::from).or_else(|| {
+        let local = PathBuf::from(DEMO_RULES_PATH);
+        local.is_file().then_some(local)
+    });
+    match file {
+        Some(path) => Ok((RuleTable::from_path(&path)?, Some(path))),
+        None => Ok((
+            RuleTable::from_yaml(include_str!("../config/gateway.yaml"))?,
+            None,
+        )),
+    }
+}
+
 /// The Prometheus recorder behind `/metrics`, with the metrics of the
 /// ext_proc server (same names, same buckets) registered at zero.
 fn install_metrics() -> Result<PrometheusHandle, Box<dyn std::error::Error>> {
@@ -279,6 +359,7 @@ fn install_metrics() -> Result<PrometheusHandle, Box<dyn std::error::Error>> {
     let handle = builder.install_recorder()?;
     metrics::describe();
     metrics::register();
+    bbr_listen::describe();
     let upkeep = handle.clone();
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(Duration::from_secs(5));

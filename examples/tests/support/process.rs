@@ -66,7 +66,21 @@ impl GatewayProcess {
     /// Starts the gateway with `--listen 127.0.0.1:0` and `args`, and waits
     /// (bounded) until it says where it listens.
     pub fn start(args: &[&str]) -> GatewayProcess {
-        let mut child = Command::new(gateway_binary())
+        GatewayProcess::start_with_descriptors(None, args)
+    }
+
+    /// [`start`](Self::start), under a descriptor limit (soft and hard)
+    /// of `nofile` when given (`prlimit`, as a container runtime would).
+    pub fn start_with_descriptors(nofile: Option<u64>, args: &[&str]) -> GatewayProcess {
+        let mut command = match nofile {
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}")).arg(gateway_binary());
+                c
+            }
+            None => Command::new(gateway_binary()),
+        };
+        let mut child = command
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
             .env("RUST_LOG", "info")
@@ -114,6 +128,11 @@ impl GatewayProcess {
 
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.admin.expect("--admin-listen"))
+    }
+
+    /// The lines it wrote on stdout so far.
+    pub fn stdout(&self) -> Vec<String> {
+        self.stdout.lock().unwrap().clone()
     }
 
     /// The process id.
