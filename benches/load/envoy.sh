@@ -26,7 +26,9 @@
 #                            Inference Extension, v1.5.0 and v0.5.1
 #                            (scripts/install-go-bbr.sh),
 #   ipp                      the llm-d Inference Payload Processor v0.1.0
-#                            (full duplex only).
+#                            (full duplex only),
+#   base, base-buffered      another bbr-extproc build, $BBR_BASE_EXTPROC
+#                            (not in the default MODES): before and after.
 #
 # Every ext_proc server is behind the same Envoy configuration
 # (examples/envoy/), TLS to the server by default (the Go v0.5.1 router
@@ -70,6 +72,7 @@ server_of() {
   case "$1" in
     header|json-meta|module) echo none ;;
     full-duplex|buffered|headers-only) echo bbr ;;
+    base|base-buffered) echo bbr-base ;;
     *-buffered) echo "${1%-buffered}" ;;
     *) echo "$1" ;;
   esac

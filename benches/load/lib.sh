@@ -4,6 +4,8 @@
 #
 # Servers (the first argument of start_server):
 #   bbr          bbr-extproc (TLS unless BBR_TLS=false)
+#   bbr-base     another build of bbr-extproc, $BBR_BASE_EXTPROC (say, of an
+#                earlier commit: before and after a change, in one run)
 #   passthrough  benches/load/passthrough.rs: reads no body, sets
 #                X-Gateway-Model-Name: chatbot (the floor of any ext_proc
 #                server on bbr-extproc's gRPC stack)
@@ -98,11 +100,14 @@ start_server() { # server body-mode name
   [ "$body" = full-duplex ] && streaming=true
   SERVER_TLS=$BBR_TLS
   case "$server" in
-    bbr)
+    bbr|bbr-base)
       local flags=(--address 127.0.0.1 --grpc-port 0 --grpc-health-port 0 --metrics-port 0 -v 1
-        "--streaming=$streaming" "--secure-serving=$BBR_TLS")
+        "--streaming=$streaming" "--secure-serving=$BBR_TLS") binary="$target/bbr-extproc"
       [ -n "${BBR_WORKERS:-}" ] && flags+=(--worker-threads "$BBR_WORKERS")
-      "$target/bbr-extproc" "${flags[@]}" "${BBR_FLAGS[@]}" >"$log" 2>&1 &
+      if [ "$server" = bbr-base ]; then
+        binary="${BBR_BASE_EXTPROC:?bbr-base needs BBR_BASE_EXTPROC, a bbr-extproc binary}"
+      fi
+      "$binary" "${flags[@]}" "${BBR_FLAGS[@]}" >"$log" 2>&1 &
       SERVER_PID=$!
       wait_for "$log" "bbr-extproc listening"
       SERVER_PORT=$(sed -n 's/.* grpc=127.0.0.1:\([0-9]*\) .*/\1/p' "$log")

@@ -22,8 +22,8 @@ use hyper_util::{
 use support::*;
 use tokio::{net::TcpListener, task::JoinHandle};
 
-/// What one test server saw: the model header of each request.
-type Seen = Arc<Mutex<Vec<String>>>;
+/// What one test server saw: the headers of each request.
+type Seen = Arc<Mutex<Vec<http::HeaderMap>>>;
 
 /// An OpenAI-compatible chat server of the test's own on a loopback port,
 /// naming itself in `x-server`.
@@ -42,15 +42,10 @@ async fn openai_server(name: &'static str) -> (SocketAddr, Seen, JoinHandle<()>)
                 let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                     let log = Arc::clone(&log);
                     async move {
-                        let header = request
-                            .headers()
-                            .get("x-gateway-model-name")
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or("")
-                            .to_owned();
+                        let headers = request.headers().clone();
                         let body = request.into_body().collect().await.unwrap().to_bytes();
                         let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
-                        log.lock().unwrap().push(header);
+                        log.lock().unwrap().push(headers);
                         let answer = serde_json::json!({
                             "id": "chatcmpl-test", "object": "chat.completion",
                             "model": body["model"],
@@ -107,6 +102,7 @@ async fn a_pool_given_by_two_urls_is_served_by_both_servers() {
         let seen: Vec<String> = [seen_a, seen_b]
             .iter()
             .flat_map(|s| s.lock().unwrap().clone())
+            .map(|h| h["x-gateway-model-name"].to_str().unwrap().to_owned())
             .collect();
         assert_eq!(seen, vec!["chatbot".to_owned(); 6]);
 
@@ -117,6 +113,46 @@ async fn a_pool_given_by_two_urls_is_served_by_both_servers() {
         assert_eq!(response.headers()["x-inference-pool"], "deepseek-r1");
         task_a.abort();
         task_b.abort();
+    })
+    .await;
+}
+
+/// The gateway removes the client's copies of the headers it sets, and
+/// the prefixes of `--strip-header-prefix`; the client's own
+/// `x-gateway-inference-objective` and `x-gateway-inference-fairness-id`,
+/// which an endpoint picker reads, reach the pool.
+#[tokio::test]
+async fn client_headers_reach_the_pool_except_bbrs_own_and_stripped_prefixes() {
+    bounded(async {
+        let (a, seen, task) = openai_server("a").await;
+        let gw = GatewayProcess::start(&[
+            "--pool",
+            &format!("gemma3=http://{a}"),
+            "--pool",
+            "deepseek-r1",
+            "--strip-header-prefix",
+            "x-internal-",
+        ]);
+        let response = http1()
+            .post(gw.url("/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .header("x-gateway-model-name", "recommender")
+            .header("x-gateway-inference-objective", "premium")
+            .header("x-gateway-inference-fairness-id", "tenant-a")
+            .header("x-internal-debug", "1")
+            .body(CHAT)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["x-server"], "a");
+        let headers = seen.lock().unwrap()[0].clone();
+        let models: Vec<_> = headers.get_all("x-gateway-model-name").iter().collect();
+        assert_eq!(models, ["chatbot"]);
+        assert_eq!(headers["x-gateway-inference-objective"], "premium");
+        assert_eq!(headers["x-gateway-inference-fairness-id"], "tenant-a");
+        assert!(headers.get("x-internal-debug").is_none(), "{headers:?}");
+        task.abort();
     })
     .await;
 }

@@ -185,6 +185,7 @@ impl Listener {
         }
     }
 
+    #[cfg(feature = "tls")]
     pub(crate) fn counters(&self) -> &Counters {
         &self.counters
     }
