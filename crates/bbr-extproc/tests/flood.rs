@@ -185,3 +185,40 @@ async fn half_a_head_and_a_silent_http2_client_are_closed_on_every_port() {
     }
     health_serving(health).await;
 }
+
+/// `--max-connections` set above what the descriptors allow: accepting
+/// fails with EMFILE. The server pauses instead of spinning (a spin would
+/// count millions of errors in the seconds the flood lasts), and serves
+/// again once the silent connections are closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_descriptors_the_accept_loop_waits_and_recovers() {
+    limits::raise_descriptor_limit();
+    let (_process, grpc, health, metrics) = start_binary_with_descriptors(
+        1024,
+        &[
+            "--secure-serving=false",
+            "--header-read-timeout-secs",
+            "2",
+            "--max-connections",
+            "5000",
+        ],
+    );
+    let flood = SilentFlood::open(grpc, FLOOD, Duration::from_secs(1)).await;
+    let outcome = flood.wait_closed(BOUND).await;
+    assert_eq!(outcome.still_open, 0, "{outcome:?}");
+    health_serving(health).await;
+    let text = metrics_text(metrics).await;
+    let errors: u64 = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(r#"bbr_accept_errors_total{listener="grpc"}"#)?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no accept errors counted in {text}"));
+    assert!(
+        (1..1000).contains(&errors),
+        "{errors} accept errors: none provoked, or a spin"
+    );
+}
