@@ -563,9 +563,11 @@ async fn run(args: Args) -> Result<(), BoxError> {
             None => serve::self_signed_pem()?,
         };
         let acceptor = bbr_listen::tls::acceptor(&identity.cert, &identity.key, &[b"h2"])?;
-        tokio::spawn(
-            main_router.serve_with_incoming_shutdown(grpc.incoming_tls(acceptor), stopped()),
-        )
+        let connections = grpc.incoming_with(move |tcp| {
+            let acceptor = acceptor.clone();
+            async move { acceptor.accept(tcp).await }
+        });
+        tokio::spawn(main_router.serve_with_incoming_shutdown(connections, stopped()))
     } else {
         tokio::spawn(main_router.serve_with_incoming_shutdown(grpc.incoming(), stopped()))
     };

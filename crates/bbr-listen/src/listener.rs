@@ -184,11 +184,6 @@ impl Listener {
             }
         }
     }
-
-    #[cfg(feature = "tls")]
-    pub(crate) fn counters(&self) -> &Counters {
-        &self.counters
-    }
 }
 
 /// Errors that concern the one connection being accepted, not the
@@ -228,18 +223,30 @@ impl Listener {
         tokio_stream::wrappers::ReceiverStream::new(rx)
     }
 
-    /// [`incoming`](Listener::incoming) over TLS: each handshake runs in a
-    /// task of its own and must end, with the first request head or HTTP/2
-    /// preface after it, within the header timeout counted from accept. A
-    /// failed or late handshake closes the connection (it is logged at
-    /// debug level and never reaches the server).
-    #[cfg(feature = "tls")]
-    pub fn incoming_tls(
+    /// [`incoming`](Listener::incoming) with a handshake first (TLS, say):
+    /// each runs in a task of its own and must end, with the first request
+    /// head or HTTP/2 preface after it, within the header timeout counted
+    /// from accept. A failed or late handshake closes the connection (it is
+    /// logged at debug level and never reaches the server).
+    ///
+    /// ```no_run
+    /// # async fn run(listener: bbr_listen::Listener, acceptor: bbr_listen::tls::TlsAcceptor) {
+    /// let connections = listener.incoming_with(move |tcp| {
+    ///     let acceptor = acceptor.clone();
+    ///     async move { acceptor.accept(tcp).await }
+    /// });
+    /// # drop(connections);
+    /// # }
+    /// ```
+    pub fn incoming_with<H, F, IO>(
         self,
-        acceptor: tokio_rustls::TlsAcceptor,
-    ) -> tokio_stream::wrappers::ReceiverStream<
-        io::Result<Guarded<tokio_rustls::server::TlsStream<TcpStream>>>,
-    > {
+        handshake: H,
+    ) -> tokio_stream::wrappers::ReceiverStream<io::Result<Guarded<IO>>>
+    where
+        H: Fn(TcpStream) -> F + Send + 'static,
+        F: std::future::Future<Output = io::Result<IO>> + Send + 'static,
+        IO: Send + 'static,
+    {
         let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
         let name = self.options.name;
         tokio::spawn(async move {
@@ -248,22 +255,22 @@ impl Listener {
                     accepted = self.accept_raw() => accepted,
                     () = tx.closed() => return,
                 };
-                let counters = self.counters().clone();
-                let acceptor = acceptor.clone();
+                let counters = self.counters.clone();
+                let handshake = handshake(stream);
                 let tx = tx.clone();
                 tokio::spawn(async move {
-                    match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => {
+                    match tokio::time::timeout_at(deadline, handshake).await {
+                        Ok(Ok(io)) => {
                             let _ = tx
-                                .send(Ok(Guarded::new(tls, deadline, counters, Some(slot))))
+                                .send(Ok(Guarded::new(io, deadline, counters, Some(slot))))
                                 .await;
                         }
                         Ok(Err(e)) => {
-                            tracing::debug!(listener = name, %peer, error = %e, "TLS handshake failed");
+                            tracing::debug!(listener = name, %peer, error = %e, "handshake failed");
                         }
                         Err(_) => {
                             counters.timed_out.increment(1);
-                            tracing::debug!(listener = name, %peer, "TLS handshake timed out");
+                            tracing::debug!(listener = name, %peer, "handshake timed out");
                         }
                     }
                 });

@@ -3,18 +3,16 @@
 
 use std::{io, sync::Arc};
 
-use tokio_rustls::{
-    TlsAcceptor,
-    rustls::{
-        ServerConfig,
-        crypto::ring,
-        pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
-    },
+pub use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::{
+    ServerConfig,
+    crypto::ring,
+    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
 };
 
 /// An acceptor serving the certificate chain `cert_pem` with the private
 /// key `key_pem`, offering the ALPN protocols `alpn` (`[b"h2"]` for gRPC).
-/// Hand it to [`Listener::incoming_tls`](crate::Listener::incoming_tls).
+/// Its handshakes go in [`Listener::incoming_with`](crate::Listener::incoming_with).
 pub fn acceptor(cert_pem: &[u8], key_pem: &[u8], alpn: &[&[u8]]) -> io::Result<TlsAcceptor> {
     let invalid = |what: &str, e: &dyn std::fmt::Display| {
         io::Error::new(io::ErrorKind::InvalidData, format!("{what}: {e}"))
