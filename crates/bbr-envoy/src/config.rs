@@ -48,8 +48,9 @@ pub struct ModuleConfig {
     pub reject_missing_model: bool,
     /// `NAME=HEADER`: copy the top-level body field `NAME` into `HEADER`.
     pub body_fields: Vec<String>,
-    /// Header name prefixes removed from every request (default
-    /// `["x-gateway-"]`; `[]` for none).
+    /// Header names removed from every request besides those bbr writes.
+    pub strip_headers: Vec<String>,
+    /// Header name prefixes removed from every request (default none).
     pub strip_header_prefixes: Option<Vec<String>>,
     /// The header whose value keys the choice among weighted targets
     /// (default `x-request-id`).
@@ -143,6 +144,7 @@ impl Settings {
         if let Some(prefixes) = &config.strip_header_prefixes {
             decider = decider.with_reserved_prefixes(prefixes);
         }
+        decider = decider.with_stripped_headers(&config.strip_headers);
         let mut headers = Vec::new();
         for field in &config.body_fields {
             let copy: BodyFieldHeader = field
@@ -267,7 +269,8 @@ mod tests {
             "rules": "rules: [{name: c, match: {model: {exact: chatbot}}, pool: gemma3}]\ndefault: {action: reject}",
             "policy": "fast", "max_body": 1024, "fail_open": ["model_not_found"],
             "reject_missing_model": true, "body_fields": ["stream=x-llm-stream"],
-            "strip_header_prefixes": ["x-internal-"], "request_key_header": "X-Trace"
+            "strip_header_prefixes": ["x-internal-"], "strip_headers": ["X-Gateway-Destination-Endpoint"],
+            "request_key_header": "X-Trace"
         }"#;
         let (s, _) = Settings::from_text(text).unwrap();
         assert_eq!(s.rules.load().len(), 1);
@@ -288,7 +291,8 @@ mod tests {
         let table = s.rules.load();
         assert!(s.decider.strips(&table, "x-internal-user"));
         assert!(s.decider.strips(&table, "x-llm-stream"));
-        assert!(!s.decider.strips(&table, "x-gateway-destination-endpoint"));
+        assert!(s.decider.strips(&table, "x-gateway-destination-endpoint"));
+        assert!(!s.decider.strips(&table, "x-gateway-inference-objective"));
     }
 
     #[test]

@@ -739,9 +739,15 @@ mod tests {
 
     #[test]
     fn requests_without_a_body_are_decided_at_once() {
-        let (mut f, mut s) = request(DEMO, &[("x-gateway-destination-endpoint", "10.0.0.1:80")]);
+        let (mut f, mut s) = request(
+            DEMO,
+            &[
+                ("X-Gateway-Model-Name", "evil"),
+                ("x-gateway-inference-objective", "chatbot-objective"),
+            ],
+        );
         assert_eq!(f.on_request_headers(&mut s, true), HeadersStatus::Continue);
-        assert_eq!(s.removed, ["x-gateway-destination-endpoint"]);
+        assert_eq!(s.removed, ["x-gateway-model-name"]);
         assert!(s.set.is_empty());
         assert_eq!(
             s.route_cache_cleared, 1,

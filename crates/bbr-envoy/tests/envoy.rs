@@ -145,13 +145,16 @@ async fn routes_demo_requests_strips_spoofs_and_rejects_bad_bodies() {
     assert_eq!(seen[0].path, "/v1/completions");
     assert_eq!(seen[0].body_hash, body_hash(COMPLETION.as_bytes()));
 
-    // A client naming the other pool in the routing header is routed on its body.
+    // A client naming the other pool in the routing header is routed on its
+    // body; the headers the endpoint picker reads from the client go on.
     let r = s
         .post(
             "/v1/chat/completions",
             &[
-                ("x-gateway-model-name", "recommender"),
+                ("X-Gateway-Model-Name", "recommender"),
                 ("x-gateway-base-model-name", "evil"),
+                ("x-gateway-inference-objective", "chatbot-objective"),
+                ("x-gateway-inference-fairness-id", "tenant-a"),
             ],
             CHAT,
         )
@@ -167,6 +170,14 @@ async fn routes_demo_requests_strips_spoofs_and_rejects_bad_bodies() {
         .collect();
     assert_eq!(models, ["chatbot"]);
     assert!(last.headers.get("x-gateway-base-model-name").is_none());
+    assert_eq!(
+        last.headers.get("x-gateway-inference-objective").unwrap(),
+        "chatbot-objective"
+    );
+    assert_eq!(
+        last.headers.get("x-gateway-inference-fairness-id").unwrap(),
+        "tenant-a"
+    );
 
     // A request without a body goes on at once: the fallback route answers.
     let r = http::get(s.envoy.addr(), "/v1/models").await.unwrap();

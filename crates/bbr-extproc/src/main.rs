@@ -111,11 +111,14 @@ struct Args {
     /// as its JSON text) into the request header HEADER. Repeatable.
     #[arg(long, value_name = "NAME=HEADER")]
     body_field: Vec<BodyFieldHeader>,
-    /// Remove every client header whose name starts with PREFIX, routed or
-    /// not (besides the headers the rules and body fields set). Repeatable;
-    /// replaces the default `x-gateway-`; `--strip-header-prefix=` strips
-    /// only the headers bbr sets.
-    #[arg(long, value_name = "PREFIX", default_values_t = [bbr_core::decision::RESERVED_PREFIX.to_owned()])]
+    /// Also remove the client header NAME from every request, routed or not
+    /// (the headers bbr writes are always removed). Repeatable.
+    #[arg(long, value_name = "NAME")]
+    strip_header: Vec<String>,
+    /// Also remove every client header whose name starts with PREFIX.
+    /// Repeatable; none by default (`x-gateway-` would remove the endpoint
+    /// picker's client headers too).
+    #[arg(long, value_name = "PREFIX")]
     strip_header_prefix: Vec<String>,
     /// Answer `GET /v1/models` from the rule table (an ImmediateResponse
     /// with the OpenAI model list) instead of letting it through.
@@ -300,7 +303,8 @@ impl Args {
         self.body_field.iter().fold(
             Decider::new()
                 .with_failure_policy(self.failure_policy())
-                .with_reserved_prefixes(&self.strip_header_prefix),
+                .with_reserved_prefixes(&self.strip_header_prefix)
+                .with_stripped_headers(&self.strip_header),
             |decider, copy| decider.with_body_field(copy.clone()),
         )
     }

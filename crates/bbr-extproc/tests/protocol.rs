@@ -53,6 +53,9 @@ async fn buffered_routes_in_the_body_response_and_strips_spoofed_headers() {
             JSON,
             ("X-Gateway-Model-Name", "evil"),
             ("x-gateway-inference-pool", "p"),
+            // The client's own, read by the endpoint picker: kept.
+            ("x-gateway-inference-objective", "chatbot-objective"),
+            ("X-Gateway-Inference-Fairness-Id", "tenant-a"),
         ],
         false,
     )
