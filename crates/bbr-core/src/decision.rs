@@ -333,6 +333,16 @@ impl Decider {
 
     /// An error before the verdict: refused, or passed unrouted.
     fn refuse(&self, error: Error) -> Verdict {
+        if error.is_empty_model() {
+            // `"model": ""` names no model: it follows the missing-model
+            // policy, as the Go router passes it on unrouted.
+            return match self.failure.missing_model() {
+                FailureAction::PassThrough => {
+                    Verdict::Pass(Pass::new(PassReason::EmptyModel(error), Vec::new()))
+                }
+                FailureAction::Reject => Verdict::Reject(error),
+            };
+        }
         match self.failure.action(error.kind()) {
             FailureAction::Reject => Verdict::Reject(error),
             FailureAction::PassThrough => {
@@ -433,13 +443,29 @@ impl Verdict {
         }
     }
 
-    /// The error: the one to answer with, or the one a fail-open policy let
-    /// through.
+    /// Whether the body was read and decided on without an error: routed,
+    /// or passed unrouted because it names no model (or an empty one) or
+    /// no rule matches its model. What the Go router (v1.5) counts in
+    /// `bbr_success_total`: every body it processed, routed or not.
+    pub fn body_processed(&self) -> bool {
+        match self {
+            Verdict::Route(_) => true,
+            Verdict::Pass(pass) => matches!(
+                pass.reason,
+                PassReason::NoModel | PassReason::NoMatch | PassReason::EmptyModel(_)
+            ),
+            Verdict::Reject(_) => false,
+        }
+    }
+
+    /// The error: the one to answer with, or the one a pass let through
+    /// (fail open, or an empty model). Once the verdict went out, the body
+    /// is not checked further after such an error.
     pub fn error(&self) -> Option<&Error> {
         match self {
             Verdict::Reject(error) => Some(error),
             Verdict::Pass(Pass {
-                reason: PassReason::FailedOpen(error),
+                reason: PassReason::FailedOpen(error) | PassReason::EmptyModel(error),
                 ..
             }) => Some(error),
             _ => None,
@@ -520,6 +546,9 @@ pub enum PassReason {
     /// It was refused with this error, which the failure policy lets
     /// through unchanged (fail open).
     FailedOpen(Error),
+    /// Its body's `model` is the empty string (the error says where), and
+    /// the failure policy lets requests naming no model through.
+    EmptyModel(Error),
 }
 
 /// What to do with an error found after the verdict went out: the outcome
@@ -740,12 +769,26 @@ default: { action: pass }
         let decider = Decider::new();
         let by_path = decider.decide(&table(), Input::Path(""), None);
         let from_body = extract(br#"{"model":""}"#, ExtractorConfig::new()).unwrap_err();
-        let Verdict::Reject(e) = by_path else {
-            panic!()
+        // An empty model names none: it passes unrouted, as a missing one.
+        let Verdict::Pass(pass) = &by_path else {
+            panic!("{by_path:?}")
+        };
+        let PassReason::EmptyModel(e) = pass.reason() else {
+            panic!("{pass:?}")
         };
         assert_eq!(e.kind(), from_body.kind());
         assert_eq!(e.message(), from_body.message());
         assert!(e.is_empty_model() && from_body.is_empty_model());
+        assert!(!by_path.changes_request());
+        let verdict = decider.decide(&table(), Input::Failed(from_body.clone()), None);
+        assert!(
+            matches!(&verdict, Verdict::Pass(p) if matches!(p.reason(), PassReason::EmptyModel(_)))
+        );
+        // Refused, as a missing model is, when the policy says so.
+        let strict = Decider::new()
+            .with_failure_policy(FailurePolicy::new().on_missing_model(FailureAction::Reject));
+        let verdict = strict.decide(&table(), Input::Failed(from_body), None);
+        assert!(matches!(&verdict, Verdict::Reject(e) if e.is_empty_model() && e.status() == 400));
 
         // C1 controls are refused alike, from the body and from the path.
         let from_body = extract(br#"{"model":"a\u0085b"}"#, ExtractorConfig::new()).unwrap_err();
