@@ -46,6 +46,9 @@ pub struct ModuleConfig {
     pub fail_open: Vec<String>,
     /// Refuse a body that names no model (400 `invalid_model`).
     pub reject_missing_model: bool,
+    /// Read a number in `model` as the model named by its text (default
+    /// false: 400 `model_not_string`).
+    pub numeric_model: bool,
     /// `NAME=HEADER`: copy the top-level body field `NAME` into `HEADER`.
     pub body_fields: Vec<String>,
     /// Header names removed from every request besides those bbr writes.
@@ -121,6 +124,7 @@ impl Settings {
         if let Some(ratio) = config.max_expansion_ratio {
             extractor = extractor.with_max_expansion_ratio(ratio);
         }
+        extractor = extractor.with_numeric_model(config.numeric_model);
 
         let mut failure = FailurePolicy::new();
         for code in &config.fail_open {
@@ -268,7 +272,7 @@ mod tests {
         let text = br#"{
             "rules": "rules: [{name: c, match: {model: {exact: chatbot}}, pool: gemma3}]\ndefault: {action: reject}",
             "policy": "fast", "max_body": 1024, "fail_open": ["model_not_found"],
-            "reject_missing_model": true, "body_fields": ["stream=x-llm-stream"],
+            "reject_missing_model": true, "body_fields": ["stream=x-llm-stream"], "numeric_model": true,
             "strip_header_prefixes": ["x-internal-"], "strip_headers": ["X-Gateway-Destination-Endpoint"],
             "request_key_header": "X-Trace"
         }"#;
@@ -277,6 +281,7 @@ mod tests {
         assert_eq!(s.extractor.policy(), Policy::Fast);
         assert_eq!(s.extractor.max_body(), 1024);
         assert_eq!(s.extractor.fields().len(), 1, "the body field is extracted");
+        assert!(s.extractor.numeric_model());
         let failure = s.decider.failure_policy();
         assert_eq!(
             failure.action(ErrorKind::ModelNotFound),

@@ -108,6 +108,12 @@ struct Args {
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
           default_value_t = false, action = ArgAction::Set)]
     reject_missing_model: bool,
+    /// Read a number in `model` ("model": 1) as the model named by its JSON
+    /// text, as the Go router v1.5 does, instead of answering 400
+    /// model_not_string.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          default_value_t = false, action = ArgAction::Set)]
+    numeric_model: bool,
     /// Copy the top-level body field NAME (a string, or a number or boolean
     /// as its JSON text) into the request header HEADER. Repeatable.
     #[arg(long, value_name = "NAME=HEADER")]
@@ -370,6 +376,7 @@ impl Args {
             .with_max_body(self.max_body)
             .with_decompression(self.decompress)
             .with_max_expansion_ratio(self.max_expansion_ratio)
+            .with_numeric_model(self.numeric_model)
     }
 
     fn processor(
@@ -727,6 +734,12 @@ mod tests {
             parse(&["--decompress=false", "--max-expansion-ratio", "20"]).extractor_config();
         assert!(!config.decompression());
         assert_eq!(config.max_expansion_ratio(), 20);
+        assert!(!parse(&[]).extractor_config().numeric_model());
+        assert!(
+            parse(&["--numeric-model"])
+                .extractor_config()
+                .numeric_model()
+        );
     }
 
     #[test]
