@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The deployment checks, against a real Kubernetes API server on loopback:
 #
-#   - helm lint --strict and helm template for every provider and for the
-#     Go chart's own v0.5.1 and v1.5.0 default values;
+#   - helm lint --strict and helm template for every provider, for the
+#     Go chart's own v0.5.1 and v1.5.0 default values, and for the payload
+#     processor chart's values (its defaults, and a customConfig);
 #   - server-side apply of the rendered chart and of examples/kubernetes/
 #     (the CRDs' schemas and CEL rules run in the API server), for every
 #     provider whose CRDs are published as Go modules (GKE's are not: said
@@ -283,7 +284,75 @@ bbr:
   serviceMonitor: {enabled: true}
 EOF
 
-for v in none gke istio envoy-gateway go-v0.5.1 go-v1.5.0 everything observability; do
+# The payload processor chart's default values file, as values; and its
+# customConfig (the payload processor's documented default pipeline), models,
+# env and event toggles.
+cat >"$values/payload-processor.yaml" <<'EOF'
+payloadProcessor:
+  name: payload-processor
+  replicas: 1
+  image:
+    registry: ghcr.io/llm-d
+    repository: llm-d-inference-payload-processor
+    tag: main
+    pullPolicy: IfNotPresent
+  port: 9004
+  healthCheckPort: 9005
+  multiNamespace: false
+  flags:
+    v: 3
+  env: []
+  customConfig: {}
+  tracing:
+    enabled: false
+    otelServiceName: "inference.llm-d.ai/inference-payload-processor"
+    otelExporterEndpoint: "http://localhost:4317"
+    sampling:
+      sampler: "parentbased_traceidratio"
+      samplerArg: "0.1"
+provider:
+  name: none
+  supportedEvents:
+    requestHeaders: true
+    requestBody: true
+    requestTrailers: true
+    responseHeaders: true
+    responseBody: true
+    responseTrailers: true
+  istio:
+    envoyFilter:
+      operation: INSERT_FIRST
+      anchorSubFilter: ""
+inferenceGateway:
+  name: inference-gateway
+EOF
+cat >"$values/payload-processor-config.yaml" <<'EOF'
+payloadProcessor:
+  env:
+    - {name: GATEWAY_NAME, value: inference-gateway}
+  customConfig:
+    plugins:
+    - type: body-field-to-header
+      parameters:
+        fieldName: model
+        headerName: X-Gateway-Model-Name
+    - type: base-model-to-header
+    profiles:
+    - name: default
+      plugins:
+        request:
+        - pluginRef: body-field-to-header
+        - pluginRef: base-model-to-header
+  models:
+    models:
+    - name: my-model
+      pricing: {inputPerMillion: 2.5, outputPerMillion: 7.5}
+provider:
+  name: istio
+  supportedEvents: {responseHeaders: true, requestTrailers: false}
+EOF
+
+for v in none gke istio envoy-gateway go-v0.5.1 go-v1.5.0 everything observability payload-processor payload-processor-config; do
   check "helm lint --strict ($v)" "$helm" lint --strict "$chart" -f "$values/$v.yaml"
   check "helm template ($v)" sh -c "'$helm' template body-based-router '$chart' -n bbr-${v//./-} -f '$values/$v.yaml' >'$work/$v.yaml'"
 done
@@ -297,6 +366,11 @@ refused "--enable-pprof=true is refused (no pprof endpoint)" "enable-pprof" \
 printf 'bbr:\n  plugins:\n    - type: prefix-cache-scorer\n      name: p\n' >"$values/bad-plugin.yaml"
 refused "values with an unknown plugin are refused" "/bbr/plugins" \
   "$helm" template x "$chart" -f "$values/bad-plugin.yaml"
+printf 'payloadProcessor:\n  customConfig:\n    plugins: [{type: model-selector}]\n    profiles: [{name: p}]\n' >"$values/bad-ipp-plugin.yaml"
+refused "a payload processor config naming a plugin bbr does not run is refused" "/payloadProcessor/customConfig/plugins/0/type" \
+  "$helm" template x "$chart" -f "$values/bad-ipp-plugin.yaml"
+refused "a payload processor config with a second profile is refused" "/payloadProcessor/customConfig/profiles" \
+  "$helm" template x "$chart" --set-json 'payloadProcessor.customConfig={"profiles":[{"name":"a"},{"name":"b"}]}'
 refused "a provider bbr has no manifests for is refused" "/provider/name" \
   "$helm" template x "$chart" --set provider.name=kgateway
 refused "a Go logging flag bbr cannot honour is refused" "zap-devel" \
@@ -324,6 +398,10 @@ check "metrics auth renders the flag, the review RBAC, the reader role and a bea
   "grep -q -- '--metrics-endpoint-auth=true' '$work/observability.yaml' && grep -q 'tokenreviews' '$work/observability.yaml' && grep -q 'subjectaccessreviews' '$work/observability.yaml' && grep -q 'nonResourceURLs: \[\"/metrics\"\]' '$work/observability.yaml' && grep -q 'bearerTokenFile: /var/run/secrets/kubernetes.io/serviceaccount/token' '$work/observability.yaml' && grep -c 'automountServiceAccountToken: true' '$work/observability.yaml' | grep -q 2 && ! grep -q base-model-configmaps '$work/observability.yaml'"
 check "the Go v1.5.0 defaults render neither tracing nor metrics auth" sh -c \
   "! grep -qE -- '--tracing|OTEL_|--metrics-endpoint-auth|tokenreviews' '$work/go-v1.5.0.yaml'"
+check "the payload processor's values name the Deployment and keep the default plugins" sh -c \
+  "grep -q 'name: payload-processor\$' '$work/payload-processor.yaml' && grep -q -- '--plugin=base-model-to-header' '$work/payload-processor.yaml' && grep -q 'image: \"ghcr.io/llm-d/llm-d-inference-payload-processor:main\"' '$work/payload-processor.yaml'"
+check "customConfig renders the PayloadProcessorConfig, --config-file, models.json, env, RBAC and the event toggles" sh -c \
+  "grep -q 'kind: PayloadProcessorConfig' '$work/payload-processor-config.yaml' && grep -q -- '--config-file=/config/config.yaml' '$work/payload-processor-config.yaml' && ! grep -q -- '--plugin' '$work/payload-processor-config.yaml' && grep -q 'models.json' '$work/payload-processor-config.yaml' && grep -q 'name: GATEWAY_NAME' '$work/payload-processor-config.yaml' && grep -q 'kind: Role\$' '$work/payload-processor-config.yaml' && grep -q 'response_header_mode: \"SEND\"' '$work/payload-processor-config.yaml' && grep -q 'request_trailer_mode: \"SKIP\"' '$work/payload-processor-config.yaml'"
 check "v0.5.1 image spelling (hub/name:tag) is honoured" \
   grep -q 'image: "registry.k8s.io/gateway-api-inference-extension/bbr:v0.5.1"' "$work/go-v0.5.1.yaml"
 
@@ -350,6 +428,9 @@ check "apply: the demo's HTTPRoute as written (inference.networking.x-k8s.io)" a
   "$examples/gateway-istio.yaml" "$examples/inferencepools-v1alpha2.yaml" "$examples/httproute-v1alpha2.yaml"
 check "apply: the Go chart's v0.5.1 values" apply_ns bbr-go-v0-5-1 "$work/go-v0.5.1.yaml"
 check "apply: the Go chart's v1.5.0 values" apply_ns bbr-go-v1-5-0 "$work/go-v1.5.0.yaml"
+check "apply: the payload processor chart's values" apply_ns bbr-payload-processor "$work/payload-processor.yaml"
+check "apply: the payload processor's customConfig, models and env" apply_ns bbr-payload-processor-config \
+  "$work/payload-processor-config.yaml"
 check "apply: everything on (TLS secret, HPA, ServiceMonitor, rules, multiNamespace)" apply_ns bbr-everything "$work/everything.yaml"
 check "apply: tracing and metrics auth (ClusterRoles, bindings, ServiceMonitor with a bearer token)" apply_ns bbr-observability "$work/observability.yaml"
 check "the rules ConfigMap holds the rule table" sh -c \
@@ -428,6 +509,32 @@ start_with_chart_args() {
   grep -q 'bbr-extproc listening' "$out" && [ "$listed" = 0 ] || { cat "$out"; return 1; }
 }
 check "the chart's Deployment args start bbr-extproc, which lists the ConfigMaps" start_with_chart_args
+
+# The customConfig rendered into its ConfigMap starts bbr-extproc with the
+# chart's args (--config-file pointed at a copy), and its
+# base-model-to-header plugin lists the ConfigMaps of both labels.
+config_file_starts() {
+  local ns=bbr-payload-processor-config out="$work/config-file.log" args
+  "$kubectl" -n "$ns" get configmap body-based-router-config \
+    -o jsonpath='{.data.config\.yaml}' >"$work/ipp-config.yaml" || return 1
+  args="$("$kubectl" -n "$ns" get deployment body-based-router \
+    -o jsonpath='{range .spec.template.spec.containers[0].args[*]}{@}{"\n"}{end}')" || return 1
+  args="${args//\/config\/config.yaml/$work/ipp-config.yaml}"
+  local -a argv
+  mapfile -t argv < <(local_argv "$args")
+  echo "args: ${argv[*]}"
+  NAMESPACE="$ns" timeout 60 "$binary" "${argv[@]}" >"$out" 2>&1 &
+  local pid=$! listed
+  for _ in $(seq 1 200); do
+    [ "$(grep -c 'base-model ConfigMaps listed' "$out")" -ge 2 ] && break
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  listed="$(grep -c 'base-model ConfigMaps listed' "$out")"
+  kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
+  [ "$listed" -ge 2 ] || { cat "$out"; return 1; }
+}
+check "the rendered customConfig starts bbr-extproc, whose two watches list the ConfigMaps" config_file_starts
 
 # The observability values' args (tracing and metrics auth) start the real
 # binary: /metrics refuses an anonymous scrape and serves the admin token

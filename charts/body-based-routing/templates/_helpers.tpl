@@ -1,3 +1,15 @@
+{{/* The payload processor chart's values (payloadProcessor.*) over the Go
+     chart's (bbr.*): every template starts here, and then reads bbr.*
+     alone. Idempotent: the merge is done once per render. */}}
+{{- define "bbr.init" -}}
+{{- if not .Values.bbr._merged -}}
+{{- $pp := deepCopy (.Values.payloadProcessor | default dict) -}}
+{{- $merged := mergeOverwrite (deepCopy .Values.bbr) $pp -}}
+{{- $_ := set $merged "_merged" true -}}
+{{- $_ := set .Values "bbr" $merged -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Labels every object carries. */}}
 {{- define "bbr.labels" -}}
 app.kubernetes.io/name: bbr-extproc
@@ -46,10 +58,16 @@ app: {{ .Values.bbr.name }}
 {{- end -}}
 
 {{/* Whether the base-model ConfigMap watch is on: the Go router's
-     base-model-to-header plugin, listed or implied by an empty list. */}}
+     base-model-to-header plugin, listed or implied by an empty list; with
+     a payload processor config (customConfig), declared in it. */}}
 {{- define "bbr.baseModels" -}}
 {{- $on := true -}}
-{{- if .Values.bbr.plugins -}}
+{{- if .Values.bbr.customConfig -}}
+{{- $on = false -}}
+{{- range (.Values.bbr.customConfig.plugins | default list) -}}
+{{- if eq .type "base-model-to-header" -}}{{- $on = true -}}{{- end -}}
+{{- end -}}
+{{- else if .Values.bbr.plugins -}}
 {{- $on = false -}}
 {{- range .Values.bbr.plugins -}}
 {{- if eq .type "base-model-to-header" -}}{{- $on = true -}}{{- end -}}
@@ -76,4 +94,17 @@ app: {{ .Values.bbr.name }}
      token reviews of /metrics. */}}
 {{- define "bbr.apiAccess" -}}
 {{ or (eq (include "bbr.baseModels" .) "true") (eq (include "bbr.metricsAuth" .) "true") }}
+{{- end -}}
+
+
+{{/* Whether an ext_proc event is sent (provider.supportedEvents.<name>):
+     request events by default, response events only when asked (bbr
+     answers them unchanged; each costs a round trip). */}}
+{{- define "bbr.event" -}}
+{{- $events := .root.Values.provider.supportedEvents | default dict -}}
+{{- if hasKey $events .name -}}
+{{ index $events .name }}
+{{- else -}}
+{{ hasPrefix "request" .name }}
+{{- end -}}
 {{- end -}}

@@ -90,6 +90,7 @@ pub struct ExtractorConfig {
     decompression: bool,
     max_expansion_ratio: u32,
     expansion_slack: u64,
+    numeric_model: bool,
 }
 
 impl Default for ExtractorConfig {
@@ -103,6 +104,7 @@ impl Default for ExtractorConfig {
             decompression: cfg!(feature = "decompress"),
             max_expansion_ratio: DEFAULT_MAX_EXPANSION_RATIO,
             expansion_slack: DEFAULT_EXPANSION_SLACK,
+            numeric_model: false,
         }
     }
 }
@@ -192,6 +194,23 @@ impl ExtractorConfig {
     pub fn with_expansion_slack(mut self, bytes: u64) -> Self {
         self.expansion_slack = bytes;
         self
+    }
+
+    /// Sets whether a number in `model` (`"model": 1`) is read as the model
+    /// named by its JSON text (`1`), as the Go router v1.5 does, instead of
+    /// being refused with
+    /// [`ErrorKind::ModelNotString`](crate::ErrorKind::ModelNotString).
+    /// Default: off (no OpenAI-compatible server serves a number as a
+    /// model name).
+    #[must_use]
+    pub fn with_numeric_model(mut self, enabled: bool) -> Self {
+        self.numeric_model = enabled;
+        self
+    }
+
+    /// Whether a number in `model` is read as a model name.
+    pub fn numeric_model(&self) -> bool {
+        self.numeric_model
     }
 
     /// The policy.

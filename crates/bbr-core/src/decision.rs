@@ -8,7 +8,14 @@
 //! answer with this error — and the adapter only translates it to its wire.
 //! [`Decider::late_error`] says what to do with an error found in a chunk
 //! after the verdict went out, and [`Decider::strips`] which client headers
-//! are removed before anything else.
+//! are removed before anything else: exactly the headers bbr writes (the
+//! rule table's [`managed_headers`](RuleTable::managed_headers) and the body
+//! fields' targets), plus any named with
+//! [`with_stripped_headers`](Decider::with_stripped_headers) or under a
+//! prefix given to [`with_reserved_prefixes`](Decider::with_reserved_prefixes).
+//! The rest of the `x-gateway-` family passes: the endpoint picker reads
+//! `x-gateway-inference-objective` and `x-gateway-inference-fairness-id`
+//! from the client.
 //!
 //! ```
 //! use bytes::Bytes;
@@ -42,35 +49,28 @@ use crate::{
 
 /// The prefix of the headers bbr sets (`x-gateway-model-name` and friends)
 /// and of those the inference gateway reads after it
-/// (`x-gateway-destination-endpoint`): removed from every client request by
-/// default, and never set from a body field.
+/// (`x-gateway-destination-endpoint`): never set from a body field. Not
+/// stripped as a family by default, since clients send some of them
+/// (`x-gateway-inference-objective`); pass it to
+/// [`Decider::with_reserved_prefixes`] to strip them all.
 pub const RESERVED_PREFIX: &str = "x-gateway-";
 
 /// Decides what happens to each request: the failure policy, the body
-/// fields copied into headers and the reserved header prefixes, applied the
+/// fields copied into headers and the client headers stripped, applied the
 /// same way by every adapter.
 ///
 /// Build one per configuration and share it; [`decide`](Decider::decide)
 /// takes the rule table in force for the request.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Decider {
     failure: FailurePolicy,
     body_fields: Vec<BodyFieldHeader>,
     reserved_prefixes: Vec<Box<str>>,
-    /// The first bytes of the prefixes and the body fields' headers.
+    /// More header names stripped (lowercase).
+    stripped: Vec<Box<str>>,
+    /// The first bytes of the prefixes, the stripped names and the body
+    /// fields' headers.
     first: FirstBytes,
-}
-
-impl Default for Decider {
-    fn default() -> Self {
-        Decider {
-            failure: FailurePolicy::default(),
-            body_fields: Vec::new(),
-            reserved_prefixes: vec![RESERVED_PREFIX.into()],
-            first: FirstBytes::of([RESERVED_PREFIX]),
-        }
-        .with_first_bytes()
-    }
 }
 
 /// A set of bytes: the first bytes of the header names a check looks for,
@@ -99,8 +99,8 @@ impl FirstBytes {
 }
 
 impl Decider {
-    /// The defaults: the default [`FailurePolicy`], no body fields, and the
-    /// `x-gateway-` prefix reserved.
+    /// The defaults: the default [`FailurePolicy`], no body fields, and only
+    /// the headers bbr writes stripped.
     pub fn new() -> Decider {
         Decider::default()
     }
@@ -134,8 +134,11 @@ impl Decider {
     }
 
     /// Sets the header name prefixes removed from every client request
-    /// (lowercase; default: `x-gateway-`), besides the headers the rule
-    /// table and the body fields set. An empty list removes those only.
+    /// (compared without regard to case; default: none), besides the
+    /// headers the rule table and the body fields set. `x-gateway-`
+    /// ([`RESERVED_PREFIX`]) strips the whole family, the endpoint picker's
+    /// client headers (`x-gateway-inference-objective`,
+    /// `x-gateway-inference-fairness-id`) included.
     #[must_use]
     pub fn with_reserved_prefixes<I>(mut self, prefixes: I) -> Self
     where
@@ -150,10 +153,30 @@ impl Decider {
         self.with_first_bytes()
     }
 
+    /// Adds header names removed from every client request (compared
+    /// without regard to case), besides the headers the rule table and the
+    /// body fields set: headers another part of the gateway sets after bbr
+    /// and a client must not send.
+    #[must_use]
+    pub fn with_stripped_headers<I>(mut self, names: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        for name in names {
+            let name = name.as_ref().trim().to_ascii_lowercase();
+            if !name.is_empty() && !self.stripped.iter().any(|s| **s == *name) {
+                self.stripped.push(name.into_boxed_str());
+            }
+        }
+        self.with_first_bytes()
+    }
+
     fn with_first_bytes(mut self) -> Self {
         let prefixes = self.reserved_prefixes.iter().map(|p| &**p);
+        let names = self.stripped.iter().map(|p| &**p);
         let fields = self.body_fields.iter().map(|b| b.header().as_str());
-        self.first = FirstBytes::of(prefixes.chain(fields));
+        self.first = FirstBytes::of(prefixes.chain(names).chain(fields));
         self
     }
 
@@ -179,6 +202,12 @@ impl Decider {
         self.reserved_prefixes.iter().map(|p| &**p)
     }
 
+    /// The header names added by
+    /// [`with_stripped_headers`](Decider::with_stripped_headers).
+    pub fn stripped_headers(&self) -> impl Iterator<Item = &str> {
+        self.stripped.iter().map(|p| &**p)
+    }
+
     /// `config` with the body fields added to the fields it extracts.
     pub fn extractor_config(&self, config: ExtractorConfig) -> ExtractorConfig {
         self.body_fields
@@ -188,8 +217,9 @@ impl Decider {
 
     /// Whether the client's header `name` must be removed before the
     /// request goes on, routed or not: a header the table or a body field
-    /// sets, or one under a reserved prefix. `name` is compared without
-    /// regard to case.
+    /// sets, one named by
+    /// [`with_stripped_headers`](Decider::with_stripped_headers), or one
+    /// under a reserved prefix. `name` is compared without regard to case.
     #[inline]
     pub fn strips(&self, table: &RuleTable, name: &str) -> bool {
         // Inlined into the caller's loop: most names end at the lookup.
@@ -210,6 +240,7 @@ impl Decider {
                 .managed_headers()
                 .iter()
                 .any(|m| m.as_str().eq_ignore_ascii_case(name))
+            || self.stripped.iter().any(|s| s.eq_ignore_ascii_case(name))
             || self
                 .body_fields
                 .iter()
@@ -302,6 +333,16 @@ impl Decider {
 
     /// An error before the verdict: refused, or passed unrouted.
     fn refuse(&self, error: Error) -> Verdict {
+        if error.is_empty_model() {
+            // `"model": ""` names no model: it follows the missing-model
+            // policy, as the Go router passes it on unrouted.
+            return match self.failure.missing_model() {
+                FailureAction::PassThrough => {
+                    Verdict::Pass(Pass::new(PassReason::EmptyModel(error), Vec::new()))
+                }
+                FailureAction::Reject => Verdict::Reject(error),
+            };
+        }
         match self.failure.action(error.kind()) {
             FailureAction::Reject => Verdict::Reject(error),
             FailureAction::PassThrough => {
@@ -402,13 +443,29 @@ impl Verdict {
         }
     }
 
-    /// The error: the one to answer with, or the one a fail-open policy let
-    /// through.
+    /// Whether the body was read and decided on without an error: routed,
+    /// or passed unrouted because it names no model (or an empty one) or
+    /// no rule matches its model. What the Go router (v1.5) counts in
+    /// `bbr_success_total`: every body it processed, routed or not.
+    pub fn body_processed(&self) -> bool {
+        match self {
+            Verdict::Route(_) => true,
+            Verdict::Pass(pass) => matches!(
+                pass.reason,
+                PassReason::NoModel | PassReason::NoMatch | PassReason::EmptyModel(_)
+            ),
+            Verdict::Reject(_) => false,
+        }
+    }
+
+    /// The error: the one to answer with, or the one a pass let through
+    /// (fail open, or an empty model). Once the verdict went out, the body
+    /// is not checked further after such an error.
     pub fn error(&self) -> Option<&Error> {
         match self {
             Verdict::Reject(error) => Some(error),
             Verdict::Pass(Pass {
-                reason: PassReason::FailedOpen(error),
+                reason: PassReason::FailedOpen(error) | PassReason::EmptyModel(error),
                 ..
             }) => Some(error),
             _ => None,
@@ -489,6 +546,9 @@ pub enum PassReason {
     /// It was refused with this error, which the failure policy lets
     /// through unchanged (fail open).
     FailedOpen(Error),
+    /// Its body's `model` is the empty string (the error says where), and
+    /// the failure policy lets requests naming no model through.
+    EmptyModel(Error),
 }
 
 /// What to do with an error found after the verdict went out: the outcome
@@ -709,12 +769,26 @@ default: { action: pass }
         let decider = Decider::new();
         let by_path = decider.decide(&table(), Input::Path(""), None);
         let from_body = extract(br#"{"model":""}"#, ExtractorConfig::new()).unwrap_err();
-        let Verdict::Reject(e) = by_path else {
-            panic!()
+        // An empty model names none: it passes unrouted, as a missing one.
+        let Verdict::Pass(pass) = &by_path else {
+            panic!("{by_path:?}")
+        };
+        let PassReason::EmptyModel(e) = pass.reason() else {
+            panic!("{pass:?}")
         };
         assert_eq!(e.kind(), from_body.kind());
         assert_eq!(e.message(), from_body.message());
         assert!(e.is_empty_model() && from_body.is_empty_model());
+        assert!(!by_path.changes_request());
+        let verdict = decider.decide(&table(), Input::Failed(from_body.clone()), None);
+        assert!(
+            matches!(&verdict, Verdict::Pass(p) if matches!(p.reason(), PassReason::EmptyModel(_)))
+        );
+        // Refused, as a missing model is, when the policy says so.
+        let strict = Decider::new()
+            .with_failure_policy(FailurePolicy::new().on_missing_model(FailureAction::Reject));
+        let verdict = strict.decide(&table(), Input::Failed(from_body), None);
+        assert!(matches!(&verdict, Verdict::Reject(e) if e.is_empty_model() && e.status() == 400));
 
         // C1 controls are refused alike, from the body and from the path.
         let from_body = extract(br#"{"model":"a\u0085b"}"#, ExtractorConfig::new()).unwrap_err();
@@ -736,25 +810,42 @@ default: { action: pass }
     }
 
     #[test]
-    fn the_reserved_family_and_the_managed_headers_are_stripped() {
+    fn exactly_the_headers_bbr_writes_are_stripped() {
         let t = table();
         let decider = Decider::new().with_body_field("stream=x-stream".parse().unwrap());
         for name in [
             "x-gateway-model-name",
-            "X-Gateway-Destination-Endpoint",
-            "x-gateway-anything",
+            "X-Gateway-Model-Name",
+            "x-gateway-base-model-name",
+            "x-gateway-inference-pool",
+            // The table rewrites (weighted targets): the endpoint picker's
+            // rewrite header would undo it.
+            "x-gateway-model-name-rewrite",
             "x-tier",
             "X-Stream",
         ] {
             assert!(decider.strips(&t, name), "{name}");
         }
-        for name in ["content-type", "x-gateway", "x-request-id", "authorization"] {
+        // The client's own: the endpoint picker reads them.
+        for name in [
+            "x-gateway-inference-objective",
+            "X-Gateway-Inference-Fairness-Id",
+            "x-gateway-destination-endpoint",
+            "content-type",
+            "x-gateway",
+            "x-request-id",
+            "authorization",
+        ] {
             assert!(!decider.strips(&t, name), "{name}");
         }
+        // A table that rewrites nothing leaves the rewrite header alone.
+        let plain = RuleTable::empty();
+        assert!(!decider.strips(&plain, "x-gateway-model-name-rewrite"));
+        assert!(decider.strips(&plain, "x-gateway-model-name"));
         // The same answers for header names as `http` holds them.
         for name in [
             "x-gateway-model-name",
-            "x-gateway-anything",
+            "x-gateway-inference-objective",
             "x-tier",
             "x-stream",
             "accept",
@@ -766,12 +857,25 @@ default: { action: pass }
                 "{name}"
             );
         }
+    }
+
+    #[test]
+    fn more_names_and_prefixes_are_stripped_when_asked() {
+        let t = table();
+        let named = Decider::new().with_stripped_headers(["X-Gateway-Destination-Endpoint", ""]);
+        assert!(named.strips(&t, "x-gateway-destination-endpoint"));
+        assert!(!named.strips(&t, "x-gateway-inference-objective"));
+        assert_eq!(
+            named.stripped_headers().collect::<Vec<_>>(),
+            ["x-gateway-destination-endpoint"]
+        );
+        let family = Decider::new().with_reserved_prefixes([RESERVED_PREFIX]);
+        assert!(family.strips(&t, "x-gateway-inference-objective"));
+        assert!(family.strips(&t, "X-Gateway-Anything"));
         let custom = Decider::new().with_reserved_prefixes(["X-Internal-"]);
         assert!(custom.strips(&t, "x-internal-user"));
         assert!(!custom.strips(&t, "x-gateway-destination-endpoint"));
         // The table's own headers stay managed whatever the prefixes.
         assert!(custom.strips(&t, "x-gateway-model-name"));
-        let none = Decider::new().with_reserved_prefixes(Vec::<String>::new());
-        assert!(!none.strips(&t, "x-gateway-destination-endpoint"));
     }
 }

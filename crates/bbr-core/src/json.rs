@@ -104,6 +104,9 @@ enum StrKind {
 enum Role {
     None,
     Model,
+    /// A number in `model`, read as its text
+    /// ([`ExtractorConfig::with_numeric_model`]).
+    ModelNumber,
     Field(u8),
 }
 
@@ -478,6 +481,10 @@ impl ModelExtractor {
             };
         }
         if role == Role::Model && b != b'"' {
+            if self.p.config.numeric_model() && matches!(b, b'-' | b'0'..=b'9') {
+                self.token_start = at;
+                return self.begin_number(Role::ModelNumber, b);
+            }
             return match b {
                 b'{' | b'[' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n' => {
                     Err(self.error(ErrorKind::ModelNotString, at, "`model` must be a string"))
@@ -490,7 +497,7 @@ impl ModelExtractor {
                 let kind = match role {
                     Role::Model => StrKind::Model,
                     Role::Field(n) => StrKind::Field(n),
-                    Role::None => StrKind::Value,
+                    Role::None | Role::ModelNumber => StrKind::Value,
                 };
                 self.begin_string(kind, at, i + 1);
                 Ok(())
@@ -507,20 +514,7 @@ impl ModelExtractor {
                 self.open(b == b'[', at)
             }
             b']' if state == State::ArrayFirst => self.close(at + 1),
-            b'-' | b'0'..=b'9' => {
-                self.role = role;
-                if let Role::Field(_) = role {
-                    self.buf.clear();
-                    self.buf.push(b);
-                    self.overflow = false;
-                }
-                self.state = State::Num(match b {
-                    b'-' => Num::Minus,
-                    b'0' => Num::Zero,
-                    _ => Num::Int,
-                });
-                Ok(())
-            }
+            b'-' | b'0'..=b'9' => self.begin_number(role, b),
             b't' | b'f' | b'n' => {
                 self.role = role;
                 self.state = State::Lit {
@@ -835,6 +829,23 @@ impl ModelExtractor {
         }
     }
 
+    /// Starts a number whose first byte is `b`, captured when it is a
+    /// requested field or a numeric model.
+    fn begin_number(&mut self, role: Role, b: u8) -> Result<(), Error> {
+        self.role = role;
+        if matches!(role, Role::Field(_) | Role::ModelNumber) {
+            self.buf.clear();
+            self.buf.push(b);
+            self.overflow = false;
+        }
+        self.state = State::Num(match b {
+            b'-' => Num::Minus,
+            b'0' => Num::Zero,
+            _ => Num::Int,
+        });
+        Ok(())
+    }
+
     /// One byte in a number; returns whether the byte was consumed (a byte
     /// that ends the number is left for the next state).
     fn number(&mut self, n: Num, b: u8, at: u64) -> Result<bool, Error> {
@@ -856,6 +867,12 @@ impl ModelExtractor {
                         FieldValue::Number(String::from_utf8_lossy(&self.buf).into_owned())
                     };
                     self.p.set_field(f, value, at);
+                } else if self.role == Role::ModelNumber {
+                    let start = self.token_start;
+                    let max_len = self.p.config.max_model_len();
+                    progress::check_model(&self.buf, self.overflow, true, start, max_len)?;
+                    let model = Model::new(Bytes::copy_from_slice(&self.buf), start..at, false);
+                    self.p.set_model(model, at);
                 }
                 self.role = Role::None;
                 self.after_value(at);
@@ -863,7 +880,7 @@ impl ModelExtractor {
             }
             _ => return Err(self.syntax(at, "invalid number")),
         };
-        if matches!(self.role, Role::Field(_)) {
+        if matches!(self.role, Role::Field(_) | Role::ModelNumber) {
             if self.buf.len() < self.p.config.max_model_len() {
                 self.buf.push(b);
             } else {

@@ -19,8 +19,13 @@ use ::metrics::{
 use crate::decision::PassReason;
 use crate::{Decider, Error, ErrorKind, Extraction, FieldValue, Verdict};
 
-/// Requests whose model was read from the body and turned into routing headers.
+/// Request bodies read and decided on without an error, routed or not
+/// (see [`Verdict::body_processed`]): the Go router v1.5's meaning, which
+/// its users' alerts read.
 pub const SUCCESS_TOTAL: &str = "bbr_success_total";
+/// Requests whose model was read from the body and turned into routing
+/// headers.
+pub const ROUTED_TOTAL: &str = "bbr_routed_total";
 /// Requests whose body names no model.
 pub const MODEL_NOT_IN_BODY_TOTAL: &str = "bbr_model_not_in_body_total";
 /// Requests whose body has a `model` that could not be read as a model name.
@@ -81,6 +86,10 @@ pub const HISTOGRAM_BUCKETS: [(&str, &[f64]); 2] = [
 pub fn describe() {
     describe_counter!(
         SUCCESS_TOTAL,
+        "Request bodies read and decided on without an error, routed or not."
+    );
+    describe_counter!(
+        ROUTED_TOTAL,
         "Requests whose model was read from the body and set as routing headers."
     );
     describe_counter!(
@@ -137,6 +146,7 @@ pub fn describe() {
 pub fn register() {
     for name in [
         SUCCESS_TOTAL,
+        ROUTED_TOTAL,
         MODEL_NOT_IN_BODY_TOTAL,
         MODEL_NOT_PARSED_TOTAL,
         RULES_RELOADS_TOTAL,
@@ -190,10 +200,13 @@ pub fn record_fields(decider: &Decider, extraction: &Extraction) {
 /// read, an error let through by the failure policy. A rejection is
 /// counted by [`record_rejected`] where the answer goes out.
 pub fn record_verdict(verdict: &Verdict) {
+    if verdict.body_processed() {
+        counter!(SUCCESS_TOTAL).increment(1);
+    }
     match verdict {
         Verdict::Route(routing) => {
             let route = routing.route();
-            counter!(SUCCESS_TOTAL).increment(1);
+            counter!(ROUTED_TOTAL).increment(1);
             counter!(
                 ROUTE_MATCHES_TOTAL,
                 "rule" => route.rule().unwrap_or("").to_owned(),
@@ -203,6 +216,9 @@ pub fn record_verdict(verdict: &Verdict) {
         }
         Verdict::Pass(pass) => match pass.reason() {
             PassReason::NoModel => model_not_in_body(),
+            PassReason::EmptyModel(_) => {
+                counter!(BODY_FIELD_EMPTY_TOTAL, "field" => "model").increment(1);
+            }
             PassReason::FailedOpen(e) => {
                 record_fail_open(e);
                 model_not_parsed(e);
@@ -283,6 +299,7 @@ pub struct DecisionMetrics {
     seconds: Histogram,
     bytes: Histogram,
     success: Counter,
+    routed: Counter,
     /// `(rule, pool, counter)`, looked up in the recorder on first use.
     routes: RwLock<Vec<(String, String, Counter)>>,
 }
@@ -299,6 +316,7 @@ impl DecisionMetrics {
             seconds: histogram!(DECISION_SECONDS),
             bytes: histogram!(BYTES_BEFORE_DECISION),
             success: counter!(SUCCESS_TOTAL),
+            routed: counter!(ROUTED_TOTAL),
             routes: RwLock::default(),
         }
     }
@@ -309,6 +327,7 @@ impl DecisionMetrics {
             seconds: Histogram::noop(),
             bytes: Histogram::noop(),
             success: Counter::noop(),
+            routed: Counter::noop(),
             routes: RwLock::default(),
         }
     }
@@ -326,6 +345,7 @@ impl DecisionMetrics {
             Verdict::Route(routing) => {
                 let route = routing.route();
                 self.success.increment(1);
+                self.routed.increment(1);
                 self.route_matches(route.rule().unwrap_or(""), route.pool().unwrap_or(""));
             }
             other => record_verdict(other),

@@ -272,6 +272,7 @@ struct FilterConfig {
 #[derive(Clone, Copy, Debug)]
 struct Counters {
     success: usize,
+    routed: usize,
     model_not_in_body: usize,
     model_not_parsed: usize,
     rejected: usize,
@@ -308,6 +309,7 @@ impl Counters {
         };
         Some(Counters {
             success: define("bbr_success_total", &[])?,
+            routed: define("bbr_routed_total", &[])?,
             model_not_in_body: define("bbr_model_not_in_body_total", &[])?,
             model_not_parsed: define("bbr_model_not_parsed_total", &[])?,
             rejected: define("bbr_rejected_total", &["reason"])?,
@@ -811,6 +813,7 @@ impl Stream for EnvoyStream {
         };
         let (id, labels): (usize, &[&str]) = match tally {
             Tally::Success => (c.success, &[]),
+            Tally::Routed => (c.routed, &[]),
             Tally::ModelNotInBody => (c.model_not_in_body, &[]),
             Tally::ModelNotParsed => (c.model_not_parsed, &[]),
             Tally::Rejected(code) => (c.rejected, &[code]),

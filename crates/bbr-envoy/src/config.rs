@@ -46,10 +46,14 @@ pub struct ModuleConfig {
     pub fail_open: Vec<String>,
     /// Refuse a body that names no model (400 `invalid_model`).
     pub reject_missing_model: bool,
+    /// Read a number in `model` as the model named by its text (default
+    /// false: 400 `model_not_string`).
+    pub numeric_model: bool,
     /// `NAME=HEADER`: copy the top-level body field `NAME` into `HEADER`.
     pub body_fields: Vec<String>,
-    /// Header name prefixes removed from every request (default
-    /// `["x-gateway-"]`; `[]` for none).
+    /// Header names removed from every request besides those bbr writes.
+    pub strip_headers: Vec<String>,
+    /// Header name prefixes removed from every request (default none).
     pub strip_header_prefixes: Option<Vec<String>>,
     /// The header whose value keys the choice among weighted targets
     /// (default `x-request-id`).
@@ -120,6 +124,7 @@ impl Settings {
         if let Some(ratio) = config.max_expansion_ratio {
             extractor = extractor.with_max_expansion_ratio(ratio);
         }
+        extractor = extractor.with_numeric_model(config.numeric_model);
 
         let mut failure = FailurePolicy::new();
         for code in &config.fail_open {
@@ -143,6 +148,7 @@ impl Settings {
         if let Some(prefixes) = &config.strip_header_prefixes {
             decider = decider.with_reserved_prefixes(prefixes);
         }
+        decider = decider.with_stripped_headers(&config.strip_headers);
         let mut headers = Vec::new();
         for field in &config.body_fields {
             let copy: BodyFieldHeader = field
@@ -266,14 +272,16 @@ mod tests {
         let text = br#"{
             "rules": "rules: [{name: c, match: {model: {exact: chatbot}}, pool: gemma3}]\ndefault: {action: reject}",
             "policy": "fast", "max_body": 1024, "fail_open": ["model_not_found"],
-            "reject_missing_model": true, "body_fields": ["stream=x-llm-stream"],
-            "strip_header_prefixes": ["x-internal-"], "request_key_header": "X-Trace"
+            "reject_missing_model": true, "body_fields": ["stream=x-llm-stream"], "numeric_model": true,
+            "strip_header_prefixes": ["x-internal-"], "strip_headers": ["X-Gateway-Destination-Endpoint"],
+            "request_key_header": "X-Trace"
         }"#;
         let (s, _) = Settings::from_text(text).unwrap();
         assert_eq!(s.rules.load().len(), 1);
         assert_eq!(s.extractor.policy(), Policy::Fast);
         assert_eq!(s.extractor.max_body(), 1024);
         assert_eq!(s.extractor.fields().len(), 1, "the body field is extracted");
+        assert!(s.extractor.numeric_model());
         let failure = s.decider.failure_policy();
         assert_eq!(
             failure.action(ErrorKind::ModelNotFound),
@@ -288,7 +296,8 @@ mod tests {
         let table = s.rules.load();
         assert!(s.decider.strips(&table, "x-internal-user"));
         assert!(s.decider.strips(&table, "x-llm-stream"));
-        assert!(!s.decider.strips(&table, "x-gateway-destination-endpoint"));
+        assert!(s.decider.strips(&table, "x-gateway-destination-endpoint"));
+        assert!(!s.decider.strips(&table, "x-gateway-inference-objective"));
     }
 
     #[test]

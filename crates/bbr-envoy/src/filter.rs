@@ -55,8 +55,11 @@ pub(crate) trait Stream {
 /// server's, counted the same way.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Tally<'a> {
-    /// The model was read and set as routing headers (`bbr_success_total`).
+    /// The body was read and decided on without an error, routed or not
+    /// (`bbr_success_total`, the Go router's meaning).
     Success,
+    /// The model was read and set as routing headers (`bbr_routed_total`).
+    Routed,
     /// The rule and pool of a routing decision (`bbr_route_matches_total`).
     RouteMatch {
         /// The rule's name (empty without rules).
@@ -474,10 +477,13 @@ fn count(stream: &mut impl Stream, verdict: &Verdict) {
             bbr_core::ErrorKind::ModelNotString | bbr_core::ErrorKind::InvalidModel
         )
     };
+    if verdict.body_processed() {
+        stream.count(Tally::Success);
+    }
     match verdict {
         Verdict::Route(routing) => {
             let route = routing.route();
-            stream.count(Tally::Success);
+            stream.count(Tally::Routed);
             stream.count(Tally::RouteMatch {
                 rule: route.rule().unwrap_or(""),
                 pool: route.pool().unwrap_or(""),
@@ -739,9 +745,15 @@ mod tests {
 
     #[test]
     fn requests_without_a_body_are_decided_at_once() {
-        let (mut f, mut s) = request(DEMO, &[("x-gateway-destination-endpoint", "10.0.0.1:80")]);
+        let (mut f, mut s) = request(
+            DEMO,
+            &[
+                ("X-Gateway-Model-Name", "evil"),
+                ("x-gateway-inference-objective", "chatbot-objective"),
+            ],
+        );
         assert_eq!(f.on_request_headers(&mut s, true), HeadersStatus::Continue);
-        assert_eq!(s.removed, ["x-gateway-destination-endpoint"]);
+        assert_eq!(s.removed, ["x-gateway-model-name"]);
         assert!(s.set.is_empty());
         assert_eq!(
             s.route_cache_cleared, 1,
@@ -861,12 +873,19 @@ mod tests {
             counted(DEMO, &[r#"{"model":"chatbot"}"#]),
             [
                 "Success",
+                "Routed",
                 r#"RouteMatch { rule: "chatbot", pool: "gemma3" }"#
             ]
         );
-        assert_eq!(counted(DEMO, &[r#"{"prompt":"x"}"#]), ["ModelNotInBody"]);
+        // Processed bodies count as successes, routed or not.
         assert_eq!(
-            counted(DEMO, &[r#"{"model":""}"#]),
+            counted(DEMO, &[r#"{"prompt":"x"}"#]),
+            ["Success", "ModelNotInBody"]
+        );
+        assert_eq!(counted(DEMO, &[r#"{"model":""}"#]), ["Success"]);
+        let strict = r#"{"reject_missing_model":true}"#;
+        assert_eq!(
+            counted(strict, &[r#"{"model":""}"#]),
             ["ModelNotParsed", r#"Rejected("invalid_model")"#]
         );
         assert_eq!(
@@ -882,6 +901,7 @@ mod tests {
             counted("", &[r#"{"model":"a","#, r#""model":"b"}"#]),
             [
                 "Success",
+                "Routed",
                 r#"RouteMatch { rule: "", pool: "" }"#,
                 r#"Rejected("duplicate_model")"#
             ]

@@ -145,13 +145,16 @@ async fn routes_demo_requests_strips_spoofs_and_rejects_bad_bodies() {
     assert_eq!(seen[0].path, "/v1/completions");
     assert_eq!(seen[0].body_hash, body_hash(COMPLETION.as_bytes()));
 
-    // A client naming the other pool in the routing header is routed on its body.
+    // A client naming the other pool in the routing header is routed on its
+    // body; the headers the endpoint picker reads from the client go on.
     let r = s
         .post(
             "/v1/chat/completions",
             &[
-                ("x-gateway-model-name", "recommender"),
+                ("X-Gateway-Model-Name", "recommender"),
                 ("x-gateway-base-model-name", "evil"),
+                ("x-gateway-inference-objective", "chatbot-objective"),
+                ("x-gateway-inference-fairness-id", "tenant-a"),
             ],
             CHAT,
         )
@@ -167,6 +170,14 @@ async fn routes_demo_requests_strips_spoofs_and_rejects_bad_bodies() {
         .collect();
     assert_eq!(models, ["chatbot"]);
     assert!(last.headers.get("x-gateway-base-model-name").is_none());
+    assert_eq!(
+        last.headers.get("x-gateway-inference-objective").unwrap(),
+        "chatbot-objective"
+    );
+    assert_eq!(
+        last.headers.get("x-gateway-inference-fairness-id").unwrap(),
+        "tenant-a"
+    );
 
     // A request without a body goes on at once: the fallback route answers.
     let r = http::get(s.envoy.addr(), "/v1/models").await.unwrap();
@@ -195,7 +206,12 @@ async fn routes_demo_requests_strips_spoofs_and_rejects_bad_bodies() {
             400,
             "duplicate_model",
         ),
-        (&[], r#"{"model":"","prompt":"x"}"#, 400, "invalid_model"),
+        (
+            &[],
+            r#"{"model":"chat\r\nbot","prompt":"x"}"#,
+            400,
+            "invalid_model",
+        ),
         (
             &[],
             r#"{"model":"gpt-4","prompt":"x"}"#,
@@ -218,16 +234,20 @@ async fn routes_demo_requests_strips_spoofs_and_rejects_bad_bodies() {
     }
     assert_eq!(s.seen(), before, "a rejected body reached a pool");
 
-    // A body without a model passes unrouted: Envoy's fallback route answers.
-    let r = s.post("/v1/completions", &[], r#"{"prompt":"x"}"#).await;
-    assert_eq!(r.status, 404);
-    assert_eq!(&r.body[..], b"no route for this model\n");
+    // A body without a model, or with an empty one, passes unrouted:
+    // Envoy's fallback route answers.
+    for body in [r#"{"prompt":"x"}"#, r#"{"model":"","prompt":"x"}"#] {
+        let r = s.post("/v1/completions", &[], body).await;
+        assert_eq!(r.status, 404, "{body}");
+        assert_eq!(&r.body[..], b"no route for this model\n");
+    }
 
     // Counted in Envoy's stats under the ext_proc server's names.
     let stats = http::get(s.envoy.admin, "/stats/prometheus").await.unwrap();
     let text = String::from_utf8_lossy(&stats.body);
     for line in [
-        "envoy_dynamicmodulescustom_bbr_success_total{} 3",
+        "envoy_dynamicmodulescustom_bbr_success_total{} 5",
+        "envoy_dynamicmodulescustom_bbr_routed_total{} 3",
         "envoy_dynamicmodulescustom_bbr_model_not_in_body_total{} 1",
         "envoy_dynamicmodulescustom_bbr_model_not_parsed_total{} 2",
         r#"envoy_dynamicmodulescustom_bbr_rejected_total{reason="duplicate_model"} 1"#,

@@ -109,6 +109,8 @@ pub(crate) struct Exchange {
     changed: bool,
     /// Headers the client sent that it may not send, removed from the request.
     strip: Vec<String>,
+    /// The body came with no headers message before it.
+    headers_skipped: bool,
     /// The raw `content-length` the client sent, if any.
     content_length: Option<Bytes>,
     request_key: Option<Bytes>,
@@ -122,7 +124,9 @@ impl Exchange {
         Exchange {
             shared,
             request_mode: mode,
-            response_mode: BodyMode::None,
+            // Without protocol_config, the response direction follows the
+            // configured default like the request direction.
+            response_mode: mode,
             mode_known: false,
             observability: false,
             phase: Phase::Start,
@@ -132,6 +136,7 @@ impl Exchange {
             headers_owed: false,
             changed: false,
             strip: Vec::new(),
+            headers_skipped: false,
             content_length: None,
             request_key: None,
             started: Instant::now(),
@@ -186,11 +191,6 @@ impl Exchange {
             // answer it so that the stream does not hang.
             out.push(reply::request_headers(Default::default()));
             return;
-        }
-        if !self.mode_known {
-            // Without protocol_config, the response direction follows the
-            // configured default like the request direction.
-            self.response_mode = self.request_mode;
         }
         let table = self.shared.rules.load();
         let mut content_type: Option<Bytes> = None;
@@ -287,9 +287,19 @@ impl Exchange {
         let eos = b.end_of_stream;
         match self.phase {
             Phase::Done => {}
-            Phase::Start | Phase::Passing => {
-                // Body without headers cannot happen with a conforming Envoy;
-                // pass it on rather than stall the request.
+            Phase::Start => {
+                // No headers message: Envoy's `request_header_mode: SKIP`.
+                // The body is read all the same, as one with no headers.
+                self.start_without_headers();
+                self.on_request_body(
+                    HttpBody {
+                        body: chunk,
+                        end_of_stream: eos,
+                    },
+                    out,
+                );
+            }
+            Phase::Passing => {
                 self.flush_owed_headers(out);
                 self.release(chunk, eos, out);
             }
@@ -330,6 +340,27 @@ impl Exchange {
                 }
                 self.read_done(result.map(drop), end, eos, out);
             }
+        }
+    }
+
+    /// A body with no headers message before it (`request_header_mode:
+    /// SKIP`): read as JSON, nothing to strip, no headers answer owed. The
+    /// routing goes out with the first body response, which Envoy applies
+    /// to the headers it still holds.
+    fn start_without_headers(&mut self) {
+        self.headers_skipped = true;
+        self.span = crate::otel::RequestSpan::start(
+            self.shared.tracer.as_ref(),
+            &crate::otel::TraceHeaders::default(),
+        );
+        // Without a content type or coding the JSON extractor is chosen,
+        // which cannot fail to build.
+        match BodyExtractor::for_request(None, None, self.shared.extractor.clone()) {
+            Ok(x) => {
+                self.extractor = Some(x);
+                self.phase = Phase::Reading;
+            }
+            Err(_) => self.phase = Phase::Passing,
         }
     }
 
@@ -468,7 +499,23 @@ impl Exchange {
                 return self.after_verdict(&verdict, &mut out[first..]);
             }
         }
-        if self.headers_owed || self.request_mode == BodyMode::FullDuplexStreamed {
+        if self.headers_skipped && self.request_mode == BodyMode::FullDuplexStreamed {
+            // No headers answer is owed: the routing rides on the first
+            // chunk sent back.
+            let n = held.len();
+            let mut common = Some(common);
+            for (i, chunk) in held.into_iter().enumerate() {
+                let mut chunk = reply::request_chunk(chunk, eos && i + 1 == n);
+                if let (Some(common), Some(Response::RequestBody(b))) =
+                    (common.take(), chunk.response.as_mut())
+                {
+                    let streamed = b.response.get_or_insert_default();
+                    streamed.header_mutation = common.header_mutation;
+                    streamed.clear_route_cache = common.clear_route_cache;
+                }
+                out.push(chunk);
+            }
+        } else if self.headers_owed || self.request_mode == BodyMode::FullDuplexStreamed {
             self.headers_owed = false;
             out.push(reply::request_headers(common));
             let n = held.len();
@@ -768,6 +815,47 @@ mod tests {
         }
     }
 
+    /// `request_header_mode: SKIP`: the body comes with no headers message
+    /// before it, and is routed all the same, in every body mode.
+    #[test]
+    fn a_body_without_a_headers_message_is_routed() {
+        // BUFFERED: one body response, with the routing.
+        let mut x = exchange(BodyMode::Buffered);
+        let out = body(&mut x, br#"{"model":"chatbot"}"#, true);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert!(matches!(out[0], Response::RequestBody(_)));
+        assert_eq!(set(&out[0])[0].1, "chatbot");
+        assert!(common(&out[0]).clear_route_cache);
+
+        // STREAMED: one body response per chunk, the first with the routing.
+        let mut x = exchange(BodyMode::Streamed);
+        assert!(body(&mut x, br#"{"messages":[],"#, false).is_empty());
+        let out = body(&mut x, br#""model":"chatbot"}"#, true);
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!(set(&out[0])[0].1, "chatbot");
+        assert!(common(&out[1]).header_mutation.is_none());
+
+        // FULL_DUPLEX_STREAMED: no headers response (Envoy asked for none);
+        // the first chunk sent back carries the routing.
+        let mut x = exchange(BodyMode::FullDuplexStreamed);
+        assert!(body(&mut x, br#"{"messages":[],"#, false).is_empty());
+        let out = body(&mut x, br#""model":"chatbot""#, false);
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert!(out.iter().all(|r| matches!(r, Response::RequestBody(_))));
+        assert_eq!(set(&out[0])[0].1, "chatbot");
+        assert!(common(&out[0]).clear_route_cache);
+        assert_eq!(streamed(&out[0]), (br#"{"messages":[],"#.to_vec(), false));
+        assert!(set(&out[1]).is_empty());
+        // Checked and released as the rest comes.
+        let out = body(&mut x, b"}", true);
+        assert_eq!(streamed(&out[0]), (b"}".to_vec(), true));
+
+        // Errors are answered as they are after headers.
+        let mut x = exchange(BodyMode::FullDuplexStreamed);
+        let out = body(&mut x, br#"{"model":1}"#, true);
+        assert_eq!(immediate(&out[0]).0, 400);
+    }
+
     #[test]
     fn a_duplicate_after_the_routing_went_out_is_an_immediate_400() {
         let mut x = exchange(BodyMode::FullDuplexStreamed);
@@ -809,13 +897,14 @@ mod tests {
         let out = headers(
             &mut x,
             &[
-                ("x-gateway-destination-endpoint", "10.0.0.1:80"),
+                ("X-Gateway-Model-Name", "evil"),
+                ("x-gateway-inference-objective", "chatbot-objective"),
                 ("accept", "*/*"),
             ],
             true,
         );
         assert_eq!(out.len(), 1);
-        assert_eq!(removed(&out[0]), ["x-gateway-destination-endpoint"]);
+        assert_eq!(removed(&out[0]), ["x-gateway-model-name"]);
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! Go body-based router (v1.5) reads them.
 //!
 //! A ConfigMap labelled `inference.networking.k8s.io/bbr-managed: "true"`
-//! maps LoRA adapters to their base model:
+//! (the Go router's label) or `inference.llm-d.ai/ipp-managed: "true"` (the
+//! llm-d inference payload processor's) maps LoRA adapters to their base
+//! model:
 //!
 //! ```yaml
 //! apiVersion: v1
@@ -22,8 +24,9 @@
 //! base model itself).
 //!
 //! [`watch_base_models`] lists and watches those ConfigMaps (the `kube`
-//! crate's watcher: a real watch, re-listed after a disconnect) in one
-//! namespace or in all, and feeds each change to [`TableSources`], which
+//! crate's watcher: a real watch, re-listed after a disconnect; one per
+//! label, since a label selector cannot say "either") in one namespace or
+//! in all, and feeds each change to [`TableSources`], which
 //! rebuilds the rule table and swaps it in atomically, with no restart. A
 //! deleted ConfigMap (or one that loses the label) removes its mappings. A
 //! ConfigMap that does not compile — no `baseModel`, `adapters` that is not
@@ -54,8 +57,17 @@ use tokio::{sync::watch, task::JoinHandle};
 
 use crate::sources::TableSources;
 
-/// The label that marks a base-model ConfigMap (value `"true"`).
+/// The Go router's label that marks a base-model ConfigMap (value `"true"`).
 pub const MANAGED_LABEL: &str = "inference.networking.k8s.io/bbr-managed";
+/// The llm-d inference payload processor's label for the same ConfigMaps.
+pub const IPP_MANAGED_LABEL: &str = "inference.llm-d.ai/ipp-managed";
+/// The labels watched, each with value `"true"`.
+pub const MANAGED_LABELS: [&str; 2] = [MANAGED_LABEL, IPP_MANAGED_LABEL];
+
+/// What tells the keys of ConfigMaps seen through [`IPP_MANAGED_LABEL`]
+/// apart from those seen through [`MANAGED_LABEL`]: a ConfigMap may carry
+/// both, and each watch replaces only its own keys when it lists again.
+const IPP_KEY_SUFFIX: &str = " (ipp-managed)";
 /// The data key holding the base model.
 pub const BASE_MODEL_KEY: &str = "baseModel";
 /// The data key holding the adapters, a YAML list.
@@ -106,9 +118,24 @@ impl Scope {
     }
 }
 
-/// `namespace/name`, the key of a ConfigMap in [`TableSources`].
-fn key_of(cm: &ConfigMap) -> String {
-    format!("{}/{}", cm.namespace().unwrap_or_default(), cm.name_any())
+/// `namespace/name`, the key of a ConfigMap seen through `label` in
+/// [`TableSources`] (with [`IPP_KEY_SUFFIX`] for the payload processor's).
+fn key_of(cm: &ConfigMap, label: &str) -> String {
+    let suffix = if label == IPP_MANAGED_LABEL {
+        IPP_KEY_SUFFIX
+    } else {
+        ""
+    };
+    format!(
+        "{}/{}{suffix}",
+        cm.namespace().unwrap_or_default(),
+        cm.name_any()
+    )
+}
+
+/// Whether `key` is one the watch of `label` owns.
+fn owned_by(key: &str, label: &str) -> bool {
+    key.ends_with(IPP_KEY_SUFFIX) == (label == IPP_MANAGED_LABEL)
 }
 
 /// The ConfigMap's `baseModel` and `adapters` as JSON text for
@@ -127,16 +154,19 @@ fn data_of(cm: &ConfigMap) -> String {
 
 fn refused(key: &str, error: &dyn std::fmt::Display) {
     let (namespace, name) = key.split_once('/').unwrap_or(("", key));
+    let name = name.trim_end_matches(IPP_KEY_SUFFIX);
     counter!(CONFIGMAPS_REFUSED_TOTAL, "namespace" => namespace.to_owned(), "name" => name.to_owned())
         .increment(1);
     tracing::error!(configmap = key, error = %error,
         "base-model ConfigMap refused; its previous mappings (if any) stay in force");
 }
 
-/// Applies one watch event to `sources`. `listing` collects a (re-)list
-/// until it is done. Returns `true` when a full list was just applied.
+/// Applies one event of the watch of `label` to `sources`. `listing`
+/// collects a (re-)list until it is done. Returns `true` when a full list
+/// was just applied.
 fn apply_event(
     sources: &TableSources,
+    label: &str,
     listing: &mut Option<BTreeMap<String, String>>,
     event: watcher::Event<ConfigMap>,
 ) -> bool {
@@ -148,13 +178,14 @@ fn apply_event(
         watcher::Event::InitApply(cm) => {
             listing
                 .get_or_insert_with(BTreeMap::new)
-                .insert(key_of(&cm), data_of(&cm));
+                .insert(key_of(&cm, label), data_of(&cm));
             false
         }
         watcher::Event::InitDone => {
             let listed = listing.take().unwrap_or_default();
             let count = listed.len();
-            for (key, error) in sources.replace_base_models(listed) {
+            let owned = |key: &str| owned_by(key, label);
+            for (key, error) in sources.replace_base_models_where(owned, listed) {
                 refused(&key, &error);
             }
             counter!(CONFIGMAP_UPDATES_TOTAL).increment(1);
@@ -167,7 +198,7 @@ fn apply_event(
             true
         }
         watcher::Event::Apply(cm) => {
-            let key = key_of(&cm);
+            let key = key_of(&cm, label);
             match sources.apply_base_models(&key, &data_of(&cm)) {
                 Ok(()) => {
                     counter!(CONFIGMAP_UPDATES_TOTAL).increment(1);
@@ -179,7 +210,7 @@ fn apply_event(
             false
         }
         watcher::Event::Delete(cm) => {
-            let key = key_of(&cm);
+            let key = key_of(&cm, label);
             if sources.remove_base_models(&key) {
                 counter!(CONFIGMAP_UPDATES_TOTAL).increment(1);
                 tracing::info!(configmap = %key, "base-model ConfigMap removed");
@@ -190,9 +221,10 @@ fn apply_event(
     }
 }
 
-/// Starts watching the base-model ConfigMaps in `scope` with `client`,
-/// feeding every change to `sources`. Returns the task and a receiver that
-/// turns `true` once the first full list is applied (and stays so).
+/// Starts watching the base-model ConfigMaps in `scope` with `client` (one
+/// watch per label of [`MANAGED_LABELS`]), feeding every change to
+/// `sources`. Returns the tasks and a receiver that turns `true` once the
+/// first full list of every watch is applied (and stays so).
 ///
 /// Errors of the watch (the API server unreachable, a permission missing)
 /// are logged and retried with a backoff; the table in force keeps serving
@@ -203,26 +235,42 @@ pub fn watch_base_models(
     sources: TableSources,
 ) -> (JoinHandle<()>, watch::Receiver<bool>) {
     let (synced_tx, synced_rx) = watch::channel(false);
-    let api: Api<ConfigMap> = match &scope {
-        Scope::Namespace(ns) => Api::namespaced(client, ns),
-        Scope::AllNamespaces => Api::all(client),
-    };
-    let config = watcher::Config::default().labels(&format!("{MANAGED_LABEL}=true"));
-    let task = tokio::spawn(async move {
-        tracing::info!(?scope, "watching base-model ConfigMaps");
-        let mut events = std::pin::pin!(watcher(api, config).default_backoff());
-        let mut listing = None;
-        while let Some(event) = events.next().await {
-            match event {
-                Ok(event) => {
-                    if apply_event(&sources, &mut listing, event) {
-                        synced_tx.send_replace(true);
+    let synced_tx = std::sync::Arc::new(synced_tx);
+    let listed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for label in MANAGED_LABELS {
+        let api: Api<ConfigMap> = match &scope {
+            Scope::Namespace(ns) => Api::namespaced(client.clone(), ns),
+            Scope::AllNamespaces => Api::all(client.clone()),
+        };
+        let config = watcher::Config::default().labels(&format!("{label}=true"));
+        let (sources, scope) = (sources.clone(), scope.clone());
+        let (synced_tx, listed) = (synced_tx.clone(), listed.clone());
+        tasks.push(tokio::spawn(async move {
+            tracing::info!(?scope, label, "watching base-model ConfigMaps");
+            let mut events = std::pin::pin!(watcher(api, config).default_backoff());
+            let (mut listing, mut first) = (None, true);
+            while let Some(event) = events.next().await {
+                match event {
+                    Ok(event) => {
+                        if apply_event(&sources, label, &mut listing, event)
+                            && std::mem::take(&mut first)
+                        {
+                            let done = listed.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1;
+                            if done == MANAGED_LABELS.len() {
+                                synced_tx.send_replace(true);
+                            }
+                        }
                     }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "watching base-model ConfigMaps failed; retrying")
+                    Err(e) => tracing::warn!(error = %e, label,
+                        "watching base-model ConfigMaps failed; retrying"),
                 }
             }
+        }));
+    }
+    let task = tokio::spawn(async move {
+        for task in tasks {
+            let _ = task.await;
         }
     });
     (task, synced_rx)
@@ -265,15 +313,22 @@ mod tests {
                 ("note", "ignored"),
             ],
         );
-        assert!(!apply_event(&sources, &mut listing, watcher::Event::Init));
         assert!(!apply_event(
             &sources,
+            MANAGED_LABEL,
+            &mut listing,
+            watcher::Event::Init
+        ));
+        assert!(!apply_event(
+            &sources,
+            MANAGED_LABEL,
             &mut listing,
             watcher::Event::InitApply(llama.clone())
         ));
         assert_eq!(base(&sources, "sql"), None, "not before the list is done");
         assert!(apply_event(
             &sources,
+            MANAGED_LABEL,
             &mut listing,
             watcher::Event::InitDone
         ));
@@ -281,9 +336,19 @@ mod tests {
 
         // A malformed one is refused; the rest keeps serving.
         let bad = configmap("bad", &[("adapters", "- x\n")]);
-        apply_event(&sources, &mut listing, watcher::Event::Apply(bad.clone()));
+        apply_event(
+            &sources,
+            MANAGED_LABEL,
+            &mut listing,
+            watcher::Event::Apply(bad.clone()),
+        );
         let not_a_list = configmap("worse", &[("baseModel", "m"), ("adapters", "a: b")]);
-        apply_event(&sources, &mut listing, watcher::Event::Apply(not_a_list));
+        apply_event(
+            &sources,
+            MANAGED_LABEL,
+            &mut listing,
+            watcher::Event::Apply(not_a_list),
+        );
         assert_eq!(sources.base_model_keys(), ["ns/llama"]);
         assert_eq!(base(&sources, "chat").as_deref(), Some("llama-3"));
 
@@ -291,10 +356,25 @@ mod tests {
             "llama",
             &[("baseModel", "llama-3"), ("adapters", "- sql\n")],
         );
-        apply_event(&sources, &mut listing, watcher::Event::Apply(changed));
+        apply_event(
+            &sources,
+            MANAGED_LABEL,
+            &mut listing,
+            watcher::Event::Apply(changed),
+        );
         assert_eq!(base(&sources, "chat"), None);
-        apply_event(&sources, &mut listing, watcher::Event::Delete(bad));
-        apply_event(&sources, &mut listing, watcher::Event::Delete(llama));
+        apply_event(
+            &sources,
+            MANAGED_LABEL,
+            &mut listing,
+            watcher::Event::Delete(bad),
+        );
+        apply_event(
+            &sources,
+            MANAGED_LABEL,
+            &mut listing,
+            watcher::Event::Delete(llama),
+        );
         assert_eq!(base(&sources, "sql"), None);
         assert!(sources.base_model_keys().is_empty());
     }
@@ -304,6 +384,76 @@ mod tests {
         let data = data_of(&configmap("x", &[("baseModel", "b"), ("other", "o")]));
         assert_eq!(data, r#"{"baseModel":"b"}"#);
         assert_eq!(data_of(&ConfigMap::default()), "{}");
-        assert_eq!(key_of(&configmap("x", &[])), "ns/x");
+        assert_eq!(key_of(&configmap("x", &[]), MANAGED_LABEL), "ns/x");
+        assert_eq!(
+            key_of(&configmap("x", &[]), IPP_MANAGED_LABEL),
+            "ns/x (ipp-managed)"
+        );
+    }
+
+    /// The Go router's label and the payload processor's are watched
+    /// apart: a list of one leaves the other's ConfigMaps in force.
+    #[test]
+    fn either_label_maps_and_a_relist_keeps_the_others() {
+        let sources = TableSources::new(None).unwrap();
+        let go = configmap("go", &[("baseModel", "llama-3"), ("adapters", "- sql\n")]);
+        let ipp = configmap(
+            "ipp",
+            &[("baseModel", "qwen"), ("adapters", "- summarizer\n")],
+        );
+        for (label, cm) in [(MANAGED_LABEL, &go), (IPP_MANAGED_LABEL, &ipp)] {
+            let mut listing = None;
+            apply_event(&sources, label, &mut listing, watcher::Event::Init);
+            apply_event(
+                &sources,
+                label,
+                &mut listing,
+                watcher::Event::InitApply(cm.clone()),
+            );
+            assert!(apply_event(
+                &sources,
+                label,
+                &mut listing,
+                watcher::Event::InitDone
+            ));
+        }
+        assert_eq!(base(&sources, "sql").as_deref(), Some("llama-3"));
+        assert_eq!(base(&sources, "summarizer").as_deref(), Some("qwen"));
+        // The Go label's watch lists again, empty: only its ConfigMap goes.
+        let mut listing = None;
+        apply_event(&sources, MANAGED_LABEL, &mut listing, watcher::Event::Init);
+        apply_event(
+            &sources,
+            MANAGED_LABEL,
+            &mut listing,
+            watcher::Event::InitDone,
+        );
+        assert_eq!(base(&sources, "sql"), None);
+        assert_eq!(base(&sources, "summarizer").as_deref(), Some("qwen"));
+        assert_eq!(sources.base_model_keys(), ["ns/ipp (ipp-managed)"]);
+        // A ConfigMap carrying both labels maps the same way through both.
+        let mut listing = None;
+        apply_event(&sources, MANAGED_LABEL, &mut listing, watcher::Event::Init);
+        apply_event(
+            &sources,
+            MANAGED_LABEL,
+            &mut listing,
+            watcher::Event::InitApply(ipp.clone()),
+        );
+        apply_event(
+            &sources,
+            MANAGED_LABEL,
+            &mut listing,
+            watcher::Event::InitDone,
+        );
+        assert_eq!(sources.base_model_keys().len(), 2);
+        assert_eq!(base(&sources, "summarizer").as_deref(), Some("qwen"));
+        apply_event(
+            &sources,
+            IPP_MANAGED_LABEL,
+            &mut None,
+            watcher::Event::Delete(ipp),
+        );
+        assert_eq!(base(&sources, "summarizer").as_deref(), Some("qwen"));
     }
 }

@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+mod payload_config;
 mod plugin;
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
@@ -108,15 +109,24 @@ struct Args {
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
           default_value_t = false, action = ArgAction::Set)]
     reject_missing_model: bool,
+    /// Read a number in `model` ("model": 1) as the model named by its JSON
+    /// text, as the Go router v1.5 does, instead of answering 400
+    /// model_not_string.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          default_value_t = false, action = ArgAction::Set)]
+    numeric_model: bool,
     /// Copy the top-level body field NAME (a string, or a number or boolean
     /// as its JSON text) into the request header HEADER. Repeatable.
     #[arg(long, value_name = "NAME=HEADER")]
     body_field: Vec<BodyFieldHeader>,
-    /// Remove every client header whose name starts with PREFIX, routed or
-    /// not (besides the headers the rules and body fields set). Repeatable;
-    /// replaces the default `x-gateway-`; `--strip-header-prefix=` strips
-    /// only the headers bbr sets.
-    #[arg(long, value_name = "PREFIX", default_values_t = [bbr_core::decision::RESERVED_PREFIX.to_owned()])]
+    /// Also remove the client header NAME from every request, routed or not
+    /// (the headers bbr writes are always removed). Repeatable.
+    #[arg(long, value_name = "NAME")]
+    strip_header: Vec<String>,
+    /// Also remove every client header whose name starts with PREFIX.
+    /// Repeatable; none by default (`x-gateway-` would remove the endpoint
+    /// picker's client headers too).
+    #[arg(long, value_name = "PREFIX")]
     strip_header_prefix: Vec<String>,
     /// Answer `GET /v1/models` from the rule table (an ImmediateResponse
     /// with the OpenAI model list) instead of letting it through.
@@ -144,6 +154,17 @@ struct Args {
     /// are refused.
     #[arg(long, value_name = "TYPE:NAME[:JSON]", value_parser = plugin::parse)]
     plugin: Vec<plugin::Plugin>,
+    /// The llm-d inference payload processor's configuration: a
+    /// PayloadProcessorConfig file (apiVersion llm-d.ai/v1alpha1). Its
+    /// body-field-to-header, base-model-to-header, model-name-to-header and
+    /// single-profile-picker plugins are read as --plugin is; any other
+    /// plugin, or a second profile, is refused by name.
+    #[arg(long, value_name = "FILE")]
+    config_file: Option<std::path::PathBuf>,
+    /// The same configuration as text; wins over --config-file, as in the
+    /// payload processor.
+    #[arg(long, value_name = "YAML")]
+    config_text: Option<String>,
     /// Export a `gateway.request` span per request over OTLP, configured by
     /// the standard OTEL_* variables (OTEL_EXPORTER_OTLP_ENDPOINT, default
     /// localhost:4317; OTEL_EXPORTER_OTLP_PROTOCOL grpc or http/protobuf;
@@ -265,6 +286,15 @@ impl Args {
                 "--metrics-endpoint-auth: this build has no Kubernetes support (feature kubernetes)",
             );
         }
+        if let Some((what, text)) = self.payload_config()? {
+            if !self.plugin.is_empty() {
+                return refuse(&format!("--plugin and {what} cannot be combined; give one"));
+            }
+            match payload_config::load(&text) {
+                Ok(plugins) => self.plugin = plugins,
+                Err(e) => return refuse(&format!("{what}: {e}")),
+            }
+        }
         for plugin in &self.plugin {
             match &plugin.kind {
                 plugin::Kind::ModelHeader => {}
@@ -297,6 +327,25 @@ impl Args {
         Ok(())
     }
 
+    /// The payload processor's configuration text and where it came from:
+    /// `--config-text`, or else the file of `--config-file`.
+    fn payload_config(&self) -> Result<Option<(String, String)>, clap::Error> {
+        if let Some(text) = &self.config_text {
+            return Ok(Some(("--config-text".to_owned(), text.clone())));
+        }
+        let Some(path) = &self.config_file else {
+            return Ok(None);
+        };
+        let what = format!("--config-file {}", path.display());
+        match std::fs::read_to_string(path) {
+            Ok(text) => Ok(Some((what, text))),
+            Err(e) => Err(Args::command().error(
+                clap::error::ErrorKind::Io,
+                format!("{what}: cannot read it: {e}"),
+            )),
+        }
+    }
+
     fn failure_policy(&self) -> FailurePolicy {
         let mut policy = FailurePolicy::new();
         for entry in &self.fail_open {
@@ -318,7 +367,8 @@ impl Args {
         self.body_field.iter().fold(
             Decider::new()
                 .with_failure_policy(self.failure_policy())
-                .with_reserved_prefixes(&self.strip_header_prefix),
+                .with_reserved_prefixes(&self.strip_header_prefix)
+                .with_stripped_headers(&self.strip_header),
             |decider, copy| decider.with_body_field(copy.clone()),
         )
     }
@@ -344,6 +394,7 @@ impl Args {
             .with_max_body(self.max_body)
             .with_decompression(self.decompress)
             .with_max_expansion_ratio(self.max_expansion_ratio)
+            .with_numeric_model(self.numeric_model)
     }
 
     fn processor(
@@ -748,6 +799,12 @@ mod tests {
             parse(&["--decompress=false", "--max-expansion-ratio", "20"]).extractor_config();
         assert!(!config.decompression());
         assert_eq!(config.max_expansion_ratio(), 20);
+        assert!(!parse(&[]).extractor_config().numeric_model());
+        assert!(
+            parse(&["--numeric-model"])
+                .extractor_config()
+                .numeric_model()
+        );
     }
 
     #[test]
@@ -788,6 +845,51 @@ mod tests {
             .expect_err("a usage error");
         assert_eq!(e.exit_code(), 2, "{e}");
         e.to_string()
+    }
+
+    /// The payload processor's configuration, as its chart mounts it.
+    #[test]
+    fn a_payload_processor_config_stands_for_its_plugins() {
+        let text = "apiVersion: llm-d.ai/v1alpha1\nkind: PayloadProcessorConfig\nplugins:\n\
+            - {type: body-field-to-header, name: model, parameters: {fieldName: model, headerName: X-Gateway-Model-Name}}\n\
+            - {type: body-field-to-header, name: stream, parameters: {fieldName: stream, headerName: X-Stream}}\n\
+            - {type: base-model-to-header}\n\
+            profiles:\n- name: default\n  plugins:\n    request: [{pluginRef: model}, {pluginRef: stream}, {pluginRef: base-model-to-header}]\n";
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        std::fs::write(&path, text).unwrap();
+        let file = format!("--config-file={}", path.display());
+        for args in [vec![file.as_str()], vec!["--config-text", text]] {
+            let mut a = parse(&args);
+            if cfg!(feature = "kubernetes") {
+                a.check().unwrap();
+            } else {
+                assert!(a.check().is_err());
+                continue;
+            }
+            assert!(a.base_model_configmaps);
+            assert_eq!(a.body_field.len(), 1);
+            assert_eq!(a.body_field[0].header().as_str(), "x-stream");
+            let labels = a.plugin_labels();
+            assert_eq!(labels[0], ("body-field-to-header", "model".to_owned()));
+            assert_eq!(labels.len(), 3);
+        }
+        // --config-text wins over --config-file.
+        let mut a = parse(&["--config-file=/nonexistent", "--config-text", text]);
+        assert_eq!(a.check().is_ok(), cfg!(feature = "kubernetes"));
+
+        let e = usage_error(&[&file, "--plugin", "base-model-to-header:b"]);
+        assert!(e.contains("cannot be combined"), "{e}");
+        let scorer = text.replace("type: base-model-to-header", "type: prefix-cache-scorer");
+        let e = usage_error(&["--config-text", &scorer]);
+        assert!(
+            e.contains("\"prefix-cache-scorer\" is not supported"),
+            "{e}"
+        );
+        assert!(e.contains("single-profile-picker"), "{e}");
+        let argv = ["bbr-extproc", "--config-file=/nonexistent/ipp.yaml"].map(str::to_owned);
+        let e = Args::try_parse_from(argv).unwrap().check().unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/ipp.yaml"), "{e}");
     }
 
     #[test]

@@ -45,11 +45,17 @@ pub(crate) fn parse(text: &str) -> Result<Plugin, String> {
     if name.is_empty() {
         return Err("the plugin name cannot be empty".to_owned());
     }
+    let params: serde_json::Value = serde_json::from_str(if json.is_empty() { "{}" } else { json })
+        .map_err(|e| format!("the parameters of the '{kind}' plugin: {e}"))?;
+    build(kind, name, &params)
+}
+
+/// The plugin of type `kind` named `name` with its `params` (a JSON
+/// object; `{}` for none), as `--plugin` and a `PayloadProcessorConfig`
+/// give them.
+pub(crate) fn build(kind: &str, name: &str, params: &serde_json::Value) -> Result<Plugin, String> {
     let (kind_name, kind) = match kind {
         BODY_FIELD_TO_HEADER => {
-            let params: serde_json::Value =
-                serde_json::from_str(if json.is_empty() { "{}" } else { json })
-                    .map_err(|e| format!("the parameters of the '{kind}' plugin: {e}"))?;
             let param = |key: &str| match params.get(key) {
                 Some(serde_json::Value::String(s)) if !s.is_empty() => Ok(s.as_str()),
                 _ => Err(format!("{key} is required for plugin '{kind}'")),

@@ -119,8 +119,8 @@ impl ProcessorBuilder {
     }
 
     /// Sets the whole decision step at once — failure policy, body fields
-    /// and the reserved header prefixes removed from every client request
-    /// (default `x-gateway-`) — replacing what
+    /// and the client headers removed besides those bbr writes (default:
+    /// none) — replacing what
     /// [`failure_policy`](Self::failure_policy) and
     /// [`body_field`](Self::body_field) set.
     #[must_use]

@@ -178,8 +178,24 @@ impl TableSources {
         &self,
         all: impl IntoIterator<Item = (String, String)>,
     ) -> Vec<(String, ConfigError)> {
+        self.replace_base_models_where(|_| true, all)
+    }
+
+    /// [`replace_base_models`](Self::replace_base_models) for the keys
+    /// `owned` says are this list's (one watch among several): the others
+    /// stay as they are.
+    pub fn replace_base_models_where(
+        &self,
+        owned: impl Fn(&str) -> bool,
+        all: impl IntoIterator<Item = (String, String)>,
+    ) -> Vec<(String, ConfigError)> {
         let mut state = self.lock();
         let old = std::mem::take(&mut state.base_models);
+        state.base_models = old
+            .iter()
+            .filter(|(key, _)| !owned(key))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         let mut refused = Vec::new();
         let mut listed: BTreeMap<String, String> = all.into_iter().collect();
         for (key, text) in std::mem::take(&mut listed) {

@@ -48,6 +48,15 @@ async fn serve_tls(processor: BodyRoutingProcessor) -> u16 {
 }
 
 async fn scene(template: &str, processor: BodyRoutingProcessor) -> Scene {
+    scene_edited(template, |config| config, processor).await
+}
+
+/// [`scene`] with Envoy's configuration passed through `edit` first.
+async fn scene_edited(
+    template: &str,
+    edit: impl FnOnce(String) -> String,
+    processor: BodyRoutingProcessor,
+) -> Scene {
     let gemma3 = Pool::start("gemma3").await;
     let deepseek = Pool::start("deepseek-r1").await;
     let bbr = serve_tls(processor).await;
@@ -56,7 +65,7 @@ async fn scene(template: &str, processor: BodyRoutingProcessor) -> Scene {
         gemma3: gemma3.addr.port(),
         deepseek: deepseek.addr.port(),
     };
-    let envoy = Envoy::start(&envoy::config(template, &ports)).await;
+    let envoy = Envoy::start(&edit(envoy::config(template, &ports))).await;
     Scene {
         gemma3,
         deepseek,
@@ -127,15 +136,19 @@ async fn demo_requests_route(s: &Scene) {
     assert_eq!(seen[0].body_hash, body_hash(COMPLETION.as_bytes()));
 }
 
-/// A client naming the other pool in the routing header is routed on its body.
+/// A client naming the other pool in the routing header is routed on its
+/// body; the headers the endpoint picker reads from the client reach the
+/// pool.
 async fn spoofed_header_is_stripped(s: &Scene) {
     let before = s.deepseek.seen().len();
     let r = s
         .post(
             "/v1/chat/completions",
             &[
-                ("x-gateway-model-name", "recommender"),
+                ("X-Gateway-Model-Name", "recommender"),
                 ("x-gateway-base-model-name", "evil"),
+                ("x-gateway-inference-objective", "chatbot-objective"),
+                ("x-gateway-inference-fairness-id", "tenant-a"),
             ],
             CHAT,
         )
@@ -151,6 +164,14 @@ async fn spoofed_header_is_stripped(s: &Scene) {
         .collect();
     assert_eq!(models, ["chatbot"]);
     assert!(last.headers.get("x-gateway-base-model-name").is_none());
+    assert_eq!(
+        last.headers.get("x-gateway-inference-objective").unwrap(),
+        "chatbot-objective"
+    );
+    assert_eq!(
+        last.headers.get("x-gateway-inference-fairness-id").unwrap(),
+        "tenant-a"
+    );
 }
 
 /// Invalid bodies get the error contract's status and JSON through Envoy,
@@ -207,18 +228,21 @@ async fn binary_full_duplex_routes_demo_requests_strips_spoofs_and_rejects_bad_b
     assert_eq!(r.status, 404);
     assert_eq!(&r.body[..], b"no route for this model\n");
 
+    // An empty model names none, and passes unrouted too.
     let r = s
         .post("/v1/completions", &[], r#"{"model":"","prompt":"x"}"#)
         .await;
-    assert_eq!(r.status, 400);
-    assert_eq!(r.json()["error"]["code"], "invalid_model");
+    assert_eq!(r.status, 404);
+    assert_eq!(&r.body[..], b"no route for this model\n");
 
     let metrics = http::get(s.metrics.unwrap(), "/metrics").await.unwrap();
     let text = String::from_utf8_lossy(&metrics.body);
     for name in [
-        "bbr_success_total 3",
+        // Every body read without an error, as the Go router counts it.
+        "bbr_success_total 5",
+        "bbr_routed_total 3",
         "bbr_model_not_in_body_total 1",
-        "bbr_model_not_parsed_total 2",
+        "bbr_model_not_parsed_total 1",
         "bbr_body_field_empty_total{field=\"model\"} 1",
         "bbr_body_field_not_found_total{field=\"model\"} 1",
         "bbr_rejected_total{reason=\"duplicate_model\"} 1",
@@ -311,6 +335,37 @@ async fn buffered_routes_demo_requests_and_rejects_bad_bodies() {
     demo_requests_route(&s).await;
     spoofed_header_is_stripped(&s).await;
     invalid_bodies_get_the_json_error(&s).await;
+}
+
+/// With `request_header_mode: SKIP` Envoy sends the body with no headers
+/// message before it, after it has sent the headers on: the route is the
+/// one the client's headers chose (here a catch-all to gemma3), whatever
+/// bbr answers. bbr's answer (the routing on the first body response) must
+/// still be one Envoy takes, in both modes: a headers response there would
+/// end the request with 500 in `FULL_DUPLEX_STREAMED`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_without_a_headers_message_is_answered_as_envoy_expects() {
+    for template in ["envoy-buffered.yaml", "envoy-full-duplex.yaml"] {
+        let skip = |config: String| {
+            config
+                .replace("request_header_mode: SEND", "request_header_mode: SKIP")
+                .replace(
+                    r#"direct_response: { status: 404, body: { inline_string: "no route for this model\n" } }"#,
+                    "route: { cluster: gemma3, timeout: 60s }",
+                )
+        };
+        let s = scene_edited(template, skip, BodyRoutingProcessor::builder().build()).await;
+        let r = s.post("/v1/completions", &[], COMPLETION).await;
+        assert_eq!(r.status, 200, "{template}: {r:?}");
+        assert_eq!(r.header("x-inference-pool"), Some("gemma3"), "{template}");
+        let seen = s.gemma3.seen();
+        assert_eq!(seen.len(), 1, "{template}");
+        assert_eq!(
+            seen[0].body_hash,
+            body_hash(COMPLETION.as_bytes()),
+            "{template}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -284,6 +284,28 @@ fn base_model_configmap(name: &str, base: &str, adapters: &[&str], managed: bool
     )
 }
 
+/// A base-model ConfigMap as the llm-d inference payload processor labels it.
+fn ipp_configmap(name: &str, base: &str, adapters: &[&str]) -> String {
+    base_model_configmap(name, base, adapters, true).replace(
+        "inference.networking.k8s.io/bbr-managed",
+        "inference.llm-d.ai/ipp-managed",
+    )
+}
+
+/// The payload processor's default configuration: the model and its base
+/// model into headers.
+const IPP_CONFIG: &str = "apiVersion: llm-d.ai/v1alpha1
+kind: PayloadProcessorConfig
+plugins:
+- type: body-field-to-header
+  parameters: {fieldName: model, headerName: X-Gateway-Model-Name}
+- type: base-model-to-header
+profiles:
+- name: default
+  plugins:
+    request: [{pluginRef: body-field-to-header}, {pluginRef: base-model-to-header}]
+";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn base_models_follow_configmaps_through_the_api_server() {
     let Some((kubeconfig, kubectl)) = cluster() else {
@@ -306,6 +328,8 @@ async fn base_models_follow_configmaps_through_the_api_server() {
         &["sql-lora"],
         true,
     ));
+    // Labelled as the payload processor labels them: watched too.
+    k.apply(&ipp_configmap("qwen", "qwen-2.5", &["summarizer"]));
     // In another namespace: not watched.
     let other = format!("{}-other", k.namespace);
     k.run(&["create", "namespace", &other], None);
@@ -319,8 +343,10 @@ async fn base_models_follow_configmaps_through_the_api_server() {
         )),
     );
 
+    // Started as the payload processor's chart starts it: its
+    // base-model-to-header plugin turns the watch on.
     let (server, grpc, health, metrics): (ServerProcess, _, _, _) = start_binary_with_env(
-        &["--secure-serving=false", "--base-model-configmaps"],
+        &["--secure-serving=false", "--config-text", IPP_CONFIG],
         &[
             ("KUBECONFIG", kubeconfig.as_str()),
             ("NAMESPACE", k.namespace.as_str()),
@@ -337,6 +363,10 @@ async fn base_models_follow_configmaps_through_the_api_server() {
         Some("llama-3")
     );
     assert_eq!(header(&route(grpc, "far-lora").await, BASE), None);
+    assert_eq!(
+        header(&route(grpc, "summarizer").await, BASE).as_deref(),
+        Some("qwen-2.5")
+    );
 
     // Created.
     k.apply(&base_model_configmap(

@@ -242,9 +242,8 @@ impl ModelRoutingLayer {
     }
 
     /// Sets the whole decision step at once — failure policy, body fields
-    /// and the reserved header prefixes removed from every client request
-    /// (default `x-gateway-`) — replacing what [`failure_policy`] and
-    /// [`body_field`] set.
+    /// and the client headers removed besides those bbr writes (default:
+    /// none) — replacing what [`failure_policy`] and [`body_field`] set.
     ///
     /// [`failure_policy`]: ModelRoutingLayer::failure_policy
     /// [`body_field`]: ModelRoutingLayer::body_field
@@ -253,7 +252,10 @@ impl ModelRoutingLayer {
     /// use bbr_core::Decider;
     /// use bbr_tower::ModelRoutingLayer;
     ///
-    /// let layer = ModelRoutingLayer::new().decider(Decider::new().with_reserved_prefixes(["x-internal-"]));
+    /// let decider = Decider::new()
+    ///     .with_stripped_headers(["x-gateway-destination-endpoint"])
+    ///     .with_reserved_prefixes(["x-internal-"]);
+    /// let layer = ModelRoutingLayer::new().decider(decider);
     /// # drop(layer);
     /// ```
     #[must_use]

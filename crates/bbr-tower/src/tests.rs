@@ -539,44 +539,49 @@ async fn an_empty_body_passes_unrouted_in_every_framing() {
 }
 
 #[tokio::test]
-async fn the_reserved_header_family_is_stripped_routed_or_not() {
+async fn the_headers_bbr_writes_are_stripped_and_the_clients_own_kept() {
     for body in [&br#"{"model":"a"}"#[..], br#"{"messages":[]}"#, b""] {
         let request = Request::post("/v1/chat/completions")
             .header("content-type", "application/json")
-            .header("x-gateway-destination-endpoint", "10.0.0.1:8000")
             .header("X-Gateway-Model-Name", "spoofed")
+            .header("x-gateway-base-model-name", "spoofed")
+            // Read by the endpoint picker from the client: they reach the pool.
+            .header("x-gateway-inference-objective", "chatbot-objective")
+            .header("x-gateway-inference-fairness-id", "tenant-a")
             .header("x-other", "kept")
             .body(Full::new(Bytes::from_static(body)))
             .unwrap();
         let (status, seen) = run(ModelRoutingLayer::new(), request).await;
         assert_eq!(status, 200);
         let headers = seen.lock().unwrap().headers.clone();
-        assert!(
-            headers.get("x-gateway-destination-endpoint").is_none(),
-            "{headers:?}"
-        );
         assert_ne!(
             headers.get("x-gateway-model-name").map(|v| v.as_bytes()),
             Some(&b"spoofed"[..])
         );
+        assert!(headers.get("x-gateway-base-model-name").is_none());
+        assert_eq!(
+            headers["x-gateway-inference-objective"],
+            "chatbot-objective"
+        );
+        assert_eq!(headers["x-gateway-inference-fairness-id"], "tenant-a");
         assert_eq!(headers["x-other"], "kept");
     }
-    // Configurable: with no reserved prefix only the managed headers go.
+    // More names and prefixes on request.
     let request = Request::post("/v1/chat/completions")
         .header("content-type", "application/json")
         .header("x-gateway-destination-endpoint", "10.0.0.1:8000")
+        .header("x-internal-user", "u")
+        .header("x-gateway-inference-objective", "o")
         .body(Full::new(Bytes::from_static(br#"{"model":"a"}"#)))
         .unwrap();
-    let layer =
-        ModelRoutingLayer::new().decider(bbr_core::Decider::new().with_reserved_prefixes([""; 0]));
-    let (_, seen) = run(layer, request).await;
-    assert!(
-        seen.lock()
-            .unwrap()
-            .headers
-            .get("x-gateway-destination-endpoint")
-            .is_some()
-    );
+    let decider = bbr_core::Decider::new()
+        .with_stripped_headers(["x-gateway-destination-endpoint"])
+        .with_reserved_prefixes(["x-internal-"]);
+    let (_, seen) = run(ModelRoutingLayer::new().decider(decider), request).await;
+    let headers = seen.lock().unwrap().headers.clone();
+    assert!(headers.get("x-gateway-destination-endpoint").is_none());
+    assert!(headers.get("x-internal-user").is_none());
+    assert_eq!(headers["x-gateway-inference-objective"], "o");
 }
 
 #[tokio::test]

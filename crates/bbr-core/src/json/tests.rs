@@ -824,3 +824,45 @@ fn long_numbers_in_fields_are_not_cut() {
         Some(&FieldValue::Number("7777777".into()))
     );
 }
+
+/// With `with_numeric_model`, a number in `model` names the model by its
+/// JSON text, as the Go router v1.5 reads it; by default it is refused.
+#[test]
+fn numeric_models_are_read_as_their_text_when_asked() {
+    let numeric = strict().with_numeric_model(true);
+    for (body, model) in [
+        (r#"{"model":1,"prompt":"x"}"#, "1"),
+        (r#"{"prompt":"x","model": -12.5e3 }"#, "-12.5e3"),
+        (r#"{"model":0}"#, "0"),
+    ] {
+        assert_eq!(
+            check_splits(&numeric, body.as_bytes()),
+            Ok(Some(model.to_owned())),
+            "{body}"
+        );
+        assert_eq!(
+            run(&strict(), &[body.as_bytes()]).unwrap_err().0,
+            ErrorKind::ModelNotString,
+            "{body}"
+        );
+    }
+    // The span is the number's token, so that a rewrite replaces it.
+    let mut x = ModelExtractor::new(numeric.clone());
+    x.feed(&Bytes::from_static(br#"{"model": 42 ,"n":1}"#))
+        .unwrap();
+    assert_eq!(x.finish().unwrap().model().unwrap().span(), 10..12);
+    // Still refused: other non-strings, a second model, too long a number,
+    // a bad number.
+    for (body, kind) in [
+        (&br#"{"model":true}"#[..], ErrorKind::ModelNotString),
+        (br#"{"model":1,"model":"a"}"#, ErrorKind::DuplicateModel),
+        (br#"{"model":01}"#, ErrorKind::InvalidJson),
+    ] {
+        assert_eq!(run(&numeric, &[body]).unwrap_err().0, kind);
+    }
+    let long = format!(r#"{{"model":{}}}"#, "9".repeat(300));
+    assert_eq!(
+        run(&numeric, &[long.as_bytes()]).unwrap_err().0,
+        ErrorKind::InvalidModel
+    );
+}

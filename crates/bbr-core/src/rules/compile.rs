@@ -10,8 +10,8 @@ use http::{HeaderName, HeaderValue};
 use serde::Deserialize as _;
 
 use super::{
-    BASE_MODEL_HEADER, ConfigError, Criticality, MODEL_NAME_HEADER, ModelMap, POOL_HEADER,
-    RuleTable, glob,
+    BASE_MODEL_HEADER, ConfigError, Criticality, MODEL_NAME_HEADER, MODEL_REWRITE_HEADER, ModelMap,
+    POOL_HEADER, RuleTable, glob,
     matcher::{Matcher, PatternSet, PrefixIndex},
     pick::{Rng, Weights},
     schema::{
@@ -547,6 +547,11 @@ fn compile(file: RulesFile, has_rules_file: bool, rng: Rng) -> Result<RuleTable,
         };
         let route = compile_rule(parts, &lookup_base).map_err(&fail)?;
         managed.extend(route.set_headers.iter().map(|(n, _)| n.clone()));
+        if route.targets.is_some() {
+            // bbr decides the model sent upstream: the endpoint picker's
+            // rewrite header, sent by a client, would undo it.
+            managed.push(HeaderName::from_static(MODEL_REWRITE_HEADER));
+        }
         let name_of = |rule: u32| routes_name(&routes, rule);
 
         let model = matcher.model.unwrap_or_default();

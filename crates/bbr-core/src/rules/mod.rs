@@ -77,6 +77,12 @@ pub const MODEL_NAME_HEADER: &str = "x-gateway-model-name";
 pub const BASE_MODEL_HEADER: &str = "x-gateway-base-model-name";
 /// The header carrying the pool a rule names.
 pub const POOL_HEADER: &str = "x-gateway-inference-pool";
+/// The endpoint picker's header naming the model to send upstream in place
+/// of the client's. bbr never sets it; a table whose rules rewrite the model
+/// (weighted `targets`) lists it among its
+/// [`managed_headers`](RuleTable::managed_headers), so that a client cannot
+/// undo bbr's rewrite.
+pub const MODEL_REWRITE_HEADER: &str = "x-gateway-model-name-rewrite";
 
 /// How a pool's scheduler treats a request under load (the InferenceModel
 /// / InferenceObjective criticality).
@@ -474,7 +480,8 @@ impl RuleTable {
     }
 
     /// Every header name a decision of this table can set, sorted: the
-    /// three `x-gateway-*` headers and every `set_headers` name. Adapters
+    /// three `x-gateway-*` headers, every `set_headers` name, and
+    /// [`MODEL_REWRITE_HEADER`] when a rule rewrites the model. Adapters
     /// remove these from every incoming request, also when no model is
     /// found, so that a client cannot spoof them.
     pub fn managed_headers(&self) -> &[HeaderName] {
