@@ -12,12 +12,12 @@ use bbr_core::{
 };
 use bbr_extproc::{
     BodyFieldHeader, BodyRoutingProcessor, DynamicMetadata, SERVICE_NAME, metrics, otel, serve,
-    sources::TableSources,
+    sources::TableSources, tls,
 };
 use clap::{ArgAction, CommandFactory, Parser};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use tokio::{net::TcpListener, sync::watch};
-use tonic::transport::{Server, ServerTlsConfig, server::TcpIncoming};
+use tonic::transport::{Server, server::TcpIncoming};
 use tonic_health::ServingStatus;
 
 /// `bbr-extproc --version`: the crate version and the git commit it was
@@ -492,20 +492,23 @@ async fn run(args: Args) -> Result<(), BoxError> {
         }
     };
 
-    let mut main_server = Server::builder();
-    if args.secure_serving {
-        let identity = match &args.cert_path {
-            Some(dir) => serve::identity_from_dir(dir)?,
-            None => serve::self_signed_identity()?,
-        };
-        main_server = main_server.tls_config(ServerTlsConfig::new().identity(identity))?;
-    }
-    let main_task = tokio::spawn(
-        main_server
-            .add_service(health_service.clone())
-            .add_service(processor.clone().into_server())
-            .serve_with_incoming_shutdown(incoming(grpc), stopped()),
-    );
+    // TLS is OpenSSL's, not tonic's rustls: it accepts any server name (see
+    // bbr_extproc::tls).
+    let acceptor = match (args.secure_serving, &args.cert_path) {
+        (false, _) => None,
+        (true, Some(dir)) => Some(tls::TlsAcceptor::from_dir(dir)?),
+        (true, None) => Some(tls::TlsAcceptor::self_signed()?),
+    };
+    let main_router = Server::builder()
+        .add_service(health_service.clone())
+        .add_service(processor.clone().into_server());
+    let main_task = match acceptor {
+        Some(acceptor) => tokio::spawn(
+            main_router
+                .serve_with_incoming_shutdown(tls::incoming(incoming(grpc), acceptor), stopped()),
+        ),
+        None => tokio::spawn(main_router.serve_with_incoming_shutdown(incoming(grpc), stopped())),
+    };
     let health_task = tokio::spawn(
         Server::builder()
             .add_service(health_service)
