@@ -362,6 +362,9 @@ start_models() {
 # The objects every provider gets: the demo's routes and the Pods.
 common_objects() {
   apply -f examples/kubernetes/httproute.yaml
+  common_objects_no_route
+}
+common_objects_no_route() {
   pod gemma3-0 "${pod_ip[gemma3]}" app=gemma3
   pod deepseek-r1-0 "${pod_ip[deepseek-r1]}" app=deepseek-r1
   pod body-based-router-0 "${pod_ip[bbr]}" app=body-based-router
@@ -581,8 +584,136 @@ EOF
 }
 
 # --- Envoy Gateway -----------------------------------------------------------------------
+# "${with_certs[@]}" DIR ROOT CWD COMMAND...: runs COMMAND in CWD with DIR at /certs, where Envoy
+# Gateway reads its xDS server certificate whatever its provider: in a
+# private mount namespace whose root is a tmpfs holding a bind mount of
+# every top-level entry of / (so every other path is the machine's) and
+# /certs; nothing is created on the machine's own root.
+with_certs=(unshare -m --propagation private bash -c '
+  set -e
+  certs=$1 root=$2 cwd=$3; shift 3
+  mkdir -p "$root"
+  mount -t tmpfs bbr-root "$root"
+  for entry in /* /.[!.]*; do
+    name=${entry#/}
+    if [ -L "$entry" ]; then ln -s "$(readlink "$entry")" "$root/$name"
+    elif [ -d "$entry" ]; then mkdir "$root/$name"; mount --rbind "$entry" "$root/$name"
+    elif [ -e "$entry" ]; then touch "$root/$name"; mount --bind "$entry" "$root/$name"
+    fi
+  done
+  mkdir "$root/certs"
+  mount --bind "$certs" "$root/certs"
+  exec chroot "$root" env -C "$cwd" "$@"
+' with-certs)
+
 run_envoy_gateway() {
-  skip "not yet run on Envoy Gateway"
+  local dir="$work/$provider" eg="$work/$provider/eg"
+  local crds="$BBR_EG_SRC/charts/gateway-helm/charts/crds/crds"
+  apply -f "$crds/gatewayapi-crds.yaml"
+  apply -f "$crds/generated"
+  apply -f "$BBR_GIE/config/crd/bases/inference.networking.k8s.io_inferencepools.yaml"
+  "$kubectl" wait --for condition=Established --timeout=60s crd --all >/dev/null
+  "$kubectl" create namespace envoy-gateway-system >/dev/null
+  "$kubectl" create serviceaccount default -n envoy-gateway-system >/dev/null
+
+  # Envoy Gateway reading Kubernetes, running Envoy on this host (func-e,
+  # with the Envoy of scripts/install-envoy.sh placed where func-e looks).
+  mkdir -p "$eg/config" "$eg/data/envoy-versions/$ENVOY_VERSION/bin" "$eg/state" "$eg/run"
+  ln -s "$BBR_ENVOY" "$eg/data/envoy-versions/$ENVOY_VERSION/bin/envoy"
+  # Its certificates, as files (the xDS server's at /certs, Envoy's under
+  # configHome) and as the Secrets it looks for in its namespace.
+  "$BBR_ENVOY_GATEWAY" certgen --local --config-home "$eg/config" >"$dir/certgen.log" 2>&1
+  local secret
+  for secret in envoy-gateway envoy envoy-rate-limit; do
+    "$kubectl" create secret generic "$secret" -n envoy-gateway-system \
+      --from-file="$eg/config/certs/$secret/ca.crt" --from-file="$eg/config/certs/$secret/tls.crt" \
+      --from-file="$eg/config/certs/$secret/tls.key" >/dev/null
+  done
+  "$kubectl" create secret generic envoy-oidc-hmac -n envoy-gateway-system \
+    --from-file="$eg/config/certs/envoy-oidc-hmac/hmac-secret" >/dev/null
+  cat >"$eg/envoy-gateway.yaml" <<EOF
+apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: EnvoyGateway
+gateway:
+  controllerName: gateway.envoyproxy.io/gatewayclass-controller
+logging:
+  level:
+    default: info
+provider:
+  type: Custom
+  custom:
+    resource:
+      type: Kubernetes
+      kubernetes:
+        leaderElection: {disable: true}
+        proxyTopologyInjector: {disable: true}
+    infrastructure:
+      type: Host
+      host:
+        configHome: $eg/config
+        dataHome: $eg/data
+        stateHome: $eg/state
+        runtimeDir: $eg/run
+EOF
+  bounded "${with_certs[@]}" "$eg/config/certs/envoy-gateway" "$eg/root" "$PWD" \
+    env ENVOY_GATEWAY_NAMESPACE=envoy-gateway-system \
+    "$BBR_ENVOY_GATEWAY" server --config-path "$eg/envoy-gateway.yaml" >"$dir/envoy-gateway.log" 2>&1
+
+  # The demo's Gateway, its GatewayClass naming the Envoy to run.
+  apply -f examples/kubernetes/gateway-envoy-gateway.yaml
+  "$kubectl" apply -f - >/dev/null <<EOF
+apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: EnvoyProxy
+metadata:
+  name: host
+  namespace: envoy-gateway-system
+spec:
+  provider:
+    type: Host
+    host:
+      envoyVersion: $ENVOY_VERSION
+EOF
+  "$kubectl" patch gatewayclass envoy-gateway --type=merge -p '{"spec": {"parametersRef":
+    {"group": "gateway.envoyproxy.io", "kind": "EnvoyProxy", "name": "host", "namespace": "envoy-gateway-system"}}}' >/dev/null
+
+  # Envoy Gateway has no InferencePool backend of its own (Envoy AI Gateway
+  # adds it): the demo's routes, with each pool's Service instead.
+  local pool
+  for pool in gemma3 deepseek-r1; do
+    "$kubectl" apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Service
+metadata:
+  name: $pool
+spec:
+  selector: {app: $pool}
+  ports:
+  - {name: http, port: 8000, targetPort: 8000}
+EOF
+  done
+  sed -e 's/^\(\s*\)- group: inference.networking.k8s.io$/\1- group: ""/' \
+    -e 's/^\(\s*\)kind: InferencePool$/\1kind: Service\n\1port: 8000/' \
+    examples/kubernetes/httproute.yaml >"$dir/httproute.yaml"
+  apply -f "$dir/httproute.yaml"
+  common_objects_no_route
+
+  values="$repo/examples/kubernetes/values-envoy-gateway.yaml"
+  "$helm" install body-based-router charts/body-based-routing -n default -f "$values" >/dev/null
+  start_bbr
+
+  # The listener's port as Envoy Gateway maps it on a host (80 → 10080).
+  local port
+  for _ in $(seq 1 120); do
+    for port in 80 10080; do
+      if curl -s -o /dev/null -m 1 "http://127.0.0.1:$port/"; then gateway="127.0.0.1:$port"; break 2; fi
+    done
+    sleep 0.5
+  done
+  if [ -z "$gateway" ]; then
+    fail "Envoy Gateway started no Envoy listening for the Gateway"
+    return
+  fi
+  run_checks
 }
 
 sync_pid=""
@@ -602,6 +733,7 @@ for provider in ${BBR_CONTROL_PLANES:-istio envoy-gateway}; do
     for f in "$work/$provider"/*.log; do echo "--- $f"; tail -n 40 "$f"; done >&2
   fi
   stop_all
+  gateway=""
   log "$provider: done after $((SECONDS - started)) s"
 done
 
