@@ -54,7 +54,8 @@ install_pkg() { # name module package version [env…]
     dir="$(cd "$bin" && GOFLAGS=-mod=mod go mod download -json "$module@$version" |
       sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
     [ -d "$dir" ] || { log "cannot download $module@$version"; exit 1; }
-    (cd "$dir" && env "$@" GOFLAGS=-trimpath nice -n 10 \
+    # GOWORK=off: some modules ship a go.work naming folders their zip leaves out.
+    (cd "$dir" && env "$@" GOWORK=off GOFLAGS=-trimpath nice -n 10 \
       go build -ldflags='-s -w' -o "$out" "./${package#"$module"/}" >&2)
     log "$name $version built in $((SECONDS - start)) s"
   fi
@@ -92,18 +93,22 @@ istiod() {
   echo "export BBR_ISTIO_CHARTS='$root/charts'"
 }
 
+# Each prints its export line; a failed build stops the script (set -e
+# applies to the assignment, not to an echo of a command substitution).
 epp() {
-  local gie=sigs.k8s.io/gateway-api-inference-extension
-  echo "export BBR_EPP='$(install_pkg epp "$gie" "$gie/cmd/epp" "$GIE_VERSION")'"
+  local gie=sigs.k8s.io/gateway-api-inference-extension out
+  out="$(install_pkg epp "$gie" "$gie/cmd/epp" "$GIE_VERSION")"
+  echo "export BBR_EPP='$out'"
 }
 sim() {
-  local sim=github.com/llm-d/llm-d-inference-sim
-  echo "export BBR_MODEL_SIM='$(install_pkg llm-d-inference-sim "$sim" \
-    "$sim/cmd/llm-d-inference-sim" "$SIM_VERSION" CGO_ENABLED=0)'"
+  local sim=github.com/llm-d/llm-d-inference-sim out
+  out="$(install_pkg llm-d-inference-sim "$sim" "$sim/cmd/llm-d-inference-sim" "$SIM_VERSION" CGO_ENABLED=0)"
+  echo "export BBR_MODEL_SIM='$out'"
 }
 envoy_gateway() {
-  local eg=github.com/envoyproxy/gateway
-  echo "export BBR_ENVOY_GATEWAY='$(install_pkg envoy-gateway "$eg" "$eg/cmd/envoy-gateway" "$EG_VERSION")'"
+  local eg=github.com/envoyproxy/gateway out
+  out="$(install_pkg envoy-gateway "$eg" "$eg/cmd/envoy-gateway" "$EG_VERSION")"
+  echo "export BBR_ENVOY_GATEWAY='$out'"
 }
 
 [ $# -gt 0 ] || set -- istiod epp sim envoy-gateway
