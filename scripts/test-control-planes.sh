@@ -111,7 +111,8 @@ if [ "${1:-}" != --inside ]; then
     n=$((n + 1))
   done
   status=0
-  ip netns exec "$BBR_NETNS" timeout --kill-after=10 "$LIFETIME" "$0" --inside || status=$?
+  ip netns exec "$BBR_NETNS" timeout --kill-after=10 "$LIFETIME" \
+    "$repo/scripts/test-control-planes.sh" --inside || status=$?
   log "done in $((SECONDS - started)) s"
   exit "$status"
 fi
@@ -139,8 +140,8 @@ on_exit() {
 }
 trap on_exit EXIT
 
-# bounded PIDFILE COMMAND...: runs COMMAND in the background for at most
-# LIFETIME seconds, remembers its pid (for stop_all) in $last.
+# bounded COMMAND...: runs COMMAND in the background for at most LIFETIME
+# seconds; its pid goes to $last and to pids (for stop_all).
 bounded() { timeout --kill-after=5 "$LIFETIME" "$@" & last=$!; pids+=("$last"); }
 
 # The pods' addresses (their namespaces were made outside, before entering
