@@ -14,10 +14,10 @@
 #   envoy-gateway         Envoy Gateway v1.9.0 (cmd/envoy-gateway)
 #
 # Istio is not served by the Go module proxy (it answers 403 for
-# istio.io/istio at any version): its source comes from
-# ../shared/third-party/istio-<version>-src.tar.gz beside the clone when
-# present, else from a shallow clone of the upstream tag; its dependencies
-# resolve through the proxy. The others are built from their modules.
+# istio.io/istio at any version): its source comes from a `git archive` of
+# the tag beside the clone when there is one (`tarball` below), else from a
+# shallow clone of the upstream tag; its dependencies resolve through the
+# proxy. The others are built from their modules.
 #
 # Every build runs under `nice`, so that it can run beside other work.
 # Prints `export NAME=PATH` lines (BBR_ISTIOD, BBR_ISTIO_CHARTS, BBR_EPP,
