@@ -21,10 +21,11 @@ ENV BBR_GIT_COMMIT=${BBR_GIT_COMMIT} \
     CARGO_PROFILE_RELEASE_STRIP=symbols
 WORKDIR /src
 COPY . .
-# glibc linked statically (crt-static): the binary needs nothing from the
-# base image, not even a libc.
+# glibc and OpenSSL (the build image's libssl-dev) linked statically
+# (crt-static, OPENSSL_STATIC): the binary needs nothing from the base
+# image, not even a libc.
 RUN target="$(uname -m)-unknown-linux-gnu" \
- && RUSTFLAGS="-C target-feature=+crt-static" \
+ && RUSTFLAGS="-C target-feature=+crt-static" OPENSSL_STATIC=1 \
     cargo build --release --locked -p bbr-extproc --target "$target" \
  && cp "target/$target/release/bbr-extproc" /bbr-extproc
 

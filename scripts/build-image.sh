@@ -44,7 +44,7 @@ else
   log "building a static bbr-extproc for $target on this machine"
   start=$SECONDS
   BBR_GIT_COMMIT="$commit" CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_PROFILE_RELEASE_STRIP=symbols \
-    RUSTFLAGS="-C target-feature=+crt-static" \
+    RUSTFLAGS="-C target-feature=+crt-static" OPENSSL_STATIC=1 \
     nice -n 10 cargo build --release --locked -p bbr-extproc --target "$target" >&2
   log "binary built in $((SECONDS - start)) s"
   binary="${CARGO_TARGET_DIR:-target}/$target/release/bbr-extproc"

@@ -158,6 +158,7 @@ crds=(
   "$gie0/config/crd/bases/inference.networking.x-k8s.io_inferencepools.yaml"
   "$istio/kubernetes/customresourcedefinitions.gen.yaml"
   "$eg/charts/gateway-helm/crds/generated/gateway.envoyproxy.io_envoyextensionpolicies.yaml"
+  "$eg/charts/gateway-helm/crds/generated/gateway.envoyproxy.io_httproutefilters.yaml"
   "$prom/example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml"
 )
 for crd in "${crds[@]}"; do
@@ -386,6 +387,10 @@ check "istio renders EnvoyFilter and DestinationRule" sh -c \
   "grep -q 'kind: EnvoyFilter' '$work/istio.yaml' && grep -q 'operation: INSERT_FIRST' '$work/istio.yaml' && grep -q 'kind: DestinationRule' '$work/istio.yaml'"
 check "envoy-gateway renders EnvoyExtensionPolicy over h2c" sh -c \
   "grep -q 'kind: EnvoyExtensionPolicy' '$work/envoy-gateway.yaml' && grep -q 'appProtocol: kubernetes.io/h2c' '$work/envoy-gateway.yaml' && grep -q -- '--secure-serving=false' '$work/envoy-gateway.yaml'"
+check "envoy-gateway renders the catch-all HTTPRoute and its 404 HTTPRouteFilter" sh -c \
+  "grep -q 'name: body-based-router-catch-all' '$work/envoy-gateway.yaml' && grep -q 'kind: HTTPRouteFilter' '$work/envoy-gateway.yaml' && grep -q '\"code\":\"no_route\"' '$work/envoy-gateway.yaml'"
+check "istio renders envoy_grpc.authority, the Service's DNS name" \
+  grep -q 'authority: body-based-router.bbr-istio.svc.cluster.local' "$work/istio.yaml"
 check "none renders no provider objects" sh -c \
   "! grep -qE 'kind: (GCPRoutingExtension|EnvoyFilter|EnvoyExtensionPolicy|DestinationRule)' '$work/none.yaml'"
 check "without base-model-to-header: no watch, no RBAC, no token" sh -c \

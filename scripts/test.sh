@@ -2,7 +2,9 @@
 # Runs the whole test suite: unit, property and integration tests, the
 # fuzz-corpus replay, the end-to-end tests against a real Envoy (installed on
 # first use), the code of the README and docs/ (doc tests, and each
-# snippet in a crate of its own with the Cargo.toml lines it shows), then the
+# snippet in a crate of its own with the Cargo.toml lines it shows), the
+# chart against a real API server and through istiod and Envoy Gateway
+# (scripts/test-kubernetes.sh, scripts/test-control-planes.sh), then the
 # README's steps in a fresh clone (scripts/readme-steps.sh; set
 # BBR_SKIP_README_STEPS=1 to leave them out).
 set -euo pipefail
@@ -24,11 +26,22 @@ export BBR_ENVOY
 k8s_tools_log="$(mktemp)"
 scripts/install-k8s-tools.sh >/dev/null 2>"$k8s_tools_log" &
 k8s_tools=$!
-trap 'kill "$k8s_tools" 2>/dev/null || true; rm -f "$k8s_tools_log"' EXIT
+# So do the control planes (istiod, Envoy Gateway, the endpoint picker, the
+# model server simulator; cached outside the clone, by version).
+cp_tools_log="$(mktemp)"
+scripts/install-control-planes.sh >/dev/null 2>"$cp_tools_log" &
+cp_tools=$!
+trap 'kill "$k8s_tools" "$cp_tools" 2>/dev/null || true; rm -f "$k8s_tools_log" "$cp_tools_log"' EXIT
 k8s_tools_ready() {
   local status=0
   wait "$k8s_tools" || status=$?
   cat "$k8s_tools_log" >&2
+  return "$status"
+}
+cp_tools_ready() {
+  local status=0
+  wait "$cp_tools" || status=$?
+  cat "$cp_tools_log" >&2
   return "$status"
 }
 
@@ -51,6 +64,14 @@ step k8s_tools_ready
 # The bbr-extproc the tests above built (for its integration tests), not a
 # second build with other features.
 BBR_EXTPROC="${CARGO_TARGET_DIR:-target}/debug/bbr-extproc" step scripts/test-kubernetes.sh
+# The demo through istiod and Envoy Gateway programming a real Envoy from
+# the chart's objects (network namespaces: root only).
+step cp_tools_ready
+if [ "$(id -u)" = 0 ]; then
+  BBR_EXTPROC="${CARGO_TARGET_DIR:-target}/debug/bbr-extproc" step scripts/test-control-planes.sh
+else
+  echo "skipped: the control planes (network namespaces need root)"
+fi
 if command -v buildah >/dev/null || [ "$(id -u)" = 0 ] || [ "${CI:-}" = true ]; then
   step scripts/build-image.sh
 else

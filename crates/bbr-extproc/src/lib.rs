@@ -101,7 +101,7 @@
 //! ```
 //!
 //! The `bbr-extproc` binary adds TLS, health, metrics and hot reload of the
-//! rules file ([`serve`]); see `docs/extproc.md` for its flags and for Envoy
+//! rules file ([`serve`], [`tls`]); see `docs/extproc.md` for its flags and for Envoy
 //! configurations.
 
 #![forbid(unsafe_code)]
@@ -121,6 +121,7 @@ mod reply;
 pub mod serve;
 mod service;
 pub mod sources;
+pub mod tls;
 pub mod wire;
 
 pub use bbr_core::{BodyFieldHeader, BodyFieldHeaderError};

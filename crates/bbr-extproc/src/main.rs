@@ -13,7 +13,7 @@ use bbr_core::{
 };
 use bbr_extproc::{
     BodyFieldHeader, BodyRoutingProcessor, DynamicMetadata, SERVICE_NAME, metrics, otel, serve,
-    sources::TableSources,
+    sources::TableSources, tls,
 };
 use bbr_listen::{Listener, ListenerOptions, limits};
 use clap::{ArgAction, CommandFactory, Parser};
@@ -608,19 +608,22 @@ async fn run(args: Args) -> Result<(), BoxError> {
     let main_router = server()
         .add_service(health_service.clone())
         .add_service(processor.clone().into_server());
-    let main_task = if args.secure_serving {
-        let identity = match &args.cert_path {
-            Some(dir) => serve::identity_from_dir(dir)?,
-            None => serve::self_signed_pem()?,
-        };
-        let acceptor = bbr_listen::tls::acceptor(&identity.cert, &identity.key, &[b"h2"])?;
-        let connections = grpc.incoming_with(move |tcp| {
-            let acceptor = acceptor.clone();
-            async move { acceptor.accept(tcp).await }
-        });
-        tokio::spawn(main_router.serve_with_incoming_shutdown(connections, stopped()))
-    } else {
-        tokio::spawn(main_router.serve_with_incoming_shutdown(grpc.incoming(), stopped()))
+    // TLS is OpenSSL's: it accepts any server name (see bbr_extproc::tls).
+    // Each handshake runs under the listener's deadline from accept.
+    let acceptor = match (args.secure_serving, &args.cert_path) {
+        (false, _) => None,
+        (true, Some(dir)) => Some(tls::TlsAcceptor::from_dir(dir)?),
+        (true, None) => Some(tls::TlsAcceptor::self_signed()?),
+    };
+    let main_task = match acceptor {
+        Some(acceptor) => {
+            let connections = grpc.incoming_with(move |tcp| {
+                let acceptor = acceptor.clone();
+                async move { acceptor.accept(tcp).await }
+            });
+            tokio::spawn(main_router.serve_with_incoming_shutdown(connections, stopped()))
+        }
+        None => tokio::spawn(main_router.serve_with_incoming_shutdown(grpc.incoming(), stopped())),
     };
     let health_task = tokio::spawn(
         server()

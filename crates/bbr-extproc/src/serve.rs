@@ -15,44 +15,20 @@ use tonic::transport::Identity;
 /// `localhost` (what `--secure-serving` uses when no certificate is given;
 /// Envoy does not verify an ext_proc server's certificate unless told to).
 pub fn self_signed_identity() -> Result<Identity, rcgen::Error> {
-    let pem = self_signed_pem()?;
-    Ok(Identity::from_pem(pem.cert, pem.key))
-}
-
-/// A certificate chain and its private key, PEM-encoded.
-#[derive(Clone)]
-pub struct PemIdentity {
-    /// The certificate chain.
-    pub cert: Vec<u8>,
-    /// The private key.
-    pub key: Vec<u8>,
-}
-
-impl std::fmt::Debug for PemIdentity {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never the key.
-        f.debug_struct("PemIdentity")
-            .field("cert_bytes", &self.cert.len())
-            .finish_non_exhaustive()
-    }
-}
-
-/// [`self_signed_identity`] as PEM.
-pub fn self_signed_pem() -> Result<PemIdentity, rcgen::Error> {
     let names = vec!["localhost".to_owned(), "bbr-extproc".to_owned()];
     let certified = rcgen::generate_simple_self_signed(names)?;
-    Ok(PemIdentity {
-        cert: certified.cert.pem().into_bytes(),
-        key: certified.signing_key.serialize_pem().into_bytes(),
-    })
+    Ok(Identity::from_pem(
+        certified.cert.pem(),
+        certified.signing_key.serialize_pem(),
+    ))
 }
 
 /// A TLS identity read from `dir/tls.crt` and `dir/tls.key` (the layout of a
 /// Kubernetes TLS secret mounted as a volume).
-pub fn identity_from_dir(dir: &Path) -> io::Result<PemIdentity> {
+pub fn identity_from_dir(dir: &Path) -> io::Result<Identity> {
     let cert = std::fs::read(dir.join("tls.crt"))?;
     let key = std::fs::read(dir.join("tls.key"))?;
-    Ok(PemIdentity { cert, key })
+    Ok(Identity::from_pem(cert, key))
 }
 
 /// Serves `GET /metrics` (the Prometheus text format) on `listener` until

@@ -635,6 +635,37 @@ async fn binary_serves_a_given_certificate() {
     assert!(!out.status.success());
 }
 
+/// Envoy reaches the TLS port whatever server name it sends: the cluster
+/// name that Istio's auto-SNI makes it send (not a DNS name), an ordinary
+/// DNS name, and none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_takes_any_server_name_envoy_sends() {
+    for sni in [
+        "sni: 'outbound|9004||body-based-router.default.svc.cluster.local'",
+        "sni: body-based-router.default.svc.cluster.local",
+        "",
+    ] {
+        let gemma3 = Pool::start("gemma3").await;
+        let deepseek = Pool::start("deepseek-r1").await;
+        let (process, grpc, _, _) = start_binary(&["--streaming", "-v", "0"]);
+        let ports = Ports {
+            bbr: grpc.port(),
+            gemma3: gemma3.addr.port(),
+            deepseek: deepseek.addr.port(),
+        };
+        let config = envoy::config("envoy-full-duplex.yaml", &ports).replace("sni: localhost", sni);
+        let s = Scene {
+            gemma3,
+            deepseek,
+            envoy: Envoy::start(&config).await,
+            _server: Some(process),
+            metrics: None,
+            health: None,
+        };
+        demo_requests_route(&s).await;
+    }
+}
+
 /// With `--metadata-namespace envoy.lb`, the decision is also written as
 /// dynamic metadata, and an Envoy whose only route goes to one cluster of
 /// every pool's endpoints picks the pool with a subset load balancer on it.

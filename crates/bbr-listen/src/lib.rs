@@ -46,8 +46,6 @@ pub mod http;
 pub mod limits;
 mod listener;
 pub mod probe;
-#[cfg(feature = "tls")]
-pub mod tls;
 #[cfg(feature = "tonic")]
 mod tonic;
 

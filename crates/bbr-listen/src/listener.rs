@@ -230,10 +230,15 @@ impl Listener {
     /// logged at debug level and never reaches the server).
     ///
     /// ```no_run
-    /// # async fn run(listener: bbr_listen::Listener, acceptor: bbr_listen::tls::TlsAcceptor) {
-    /// let connections = listener.incoming_with(move |tcp| {
-    ///     let acceptor = acceptor.clone();
-    ///     async move { acceptor.accept(tcp).await }
+    /// # async fn run(listener: bbr_listen::Listener) {
+    /// use tokio::io::AsyncReadExt;
+    ///
+    /// // A "handshake" that reads one byte before the server sees the
+    /// // connection; a TLS acceptor's `accept` goes here.
+    /// let connections = listener.incoming_with(|mut tcp: tokio::net::TcpStream| async move {
+    ///     let mut hello = [0u8; 1];
+    ///     tcp.read_exact(&mut hello).await?;
+    ///     Ok(tcp)
     /// });
     /// # drop(connections);
     /// # }

@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Builds the control planes and peers that scripts/test-control-planes.sh
+# runs, pinned by version, from their Go sources, and caches each one under
+# ${BBR_TOOLS_CACHE:-$HOME/.cache/bbr-tools}/<name>-<version>/ (outside the
+# clone, so that a fresh clone on the same machine builds nothing):
+#
+#   pilot-discovery       istiod, Istio 1.29.0 (./pilot/cmd/pilot-discovery),
+#                         with Istio's istio-discovery chart (for its mesh
+#                         ConfigMaps) and its CRDs beside it
+#   epp                   the Gateway API Inference Extension's endpoint
+#                         picker, sigs.k8s.io/gateway-api-inference-extension
+#                         v1.5.0 (cmd/epp)
+#   llm-d-inference-sim   the model servers, v0.10.2, CGO_ENABLED=0
+#   envoy-gateway         Envoy Gateway v1.9.0 (cmd/envoy-gateway)
+#
+# Istio is not served by the Go module proxy (it answers 403 for
+# istio.io/istio at any version): its source comes from a `git archive` of
+# the tag beside the clone when there is one (`tarball` below), else from a
+# shallow clone of the upstream tag; its dependencies resolve through the
+# proxy. The others are built from their modules.
+#
+# Every build runs under `nice`, so that it can run beside other work.
+# Prints `export NAME=PATH` lines (BBR_ISTIOD, BBR_ISTIO_CHARTS, BBR_EPP,
+# BBR_MODEL_SIM, BBR_ENVOY_GATEWAY) for `eval`. With arguments, builds only
+# the named tools (istiod, epp, sim, envoy-gateway).
+#
+# Usage: eval "$(scripts/install-control-planes.sh)"
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ISTIO_VERSION=1.29.0
+GIE_VERSION=v1.5.0
+SIM_VERSION=v0.10.2
+EG_VERSION=v1.9.0
+
+cache="${BBR_TOOLS_CACHE:-$HOME/.cache/bbr-tools}"
+log() { echo "install-control-planes: $*" >&2; }
+
+gobuild_env() { GOFLAGS=-trimpath nice -n 10 "$@"; }
+
+# Builds PACKAGE of MODULE@VERSION into <cache>/<name>-<version>/bin, in
+# the module's own directory with its own go.mod and go.sum, as its release
+# builds do (not `go install pkg@version`, which also asks the proxy for the
+# module's version list, refused for some modules).
+install_pkg() { # name module package version [env…]
+  local name=$1 module=$2 package=$3 version=$4
+  shift 4
+  local bin="$cache/$name-$version/bin"
+  local out="$bin/$(basename "$package")"
+  if [ ! -x "$out" ]; then
+    local start=$SECONDS dir
+    log "building $package@$version (the first build takes minutes)"
+    mkdir -p "$bin"
+    dir="$(cd "$bin" && GOFLAGS=-mod=mod go mod download -json "$module@$version" |
+      sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+    [ -d "$dir" ] || { log "cannot download $module@$version"; exit 1; }
+    # GOWORK=off: some modules ship a go.work naming folders their zip leaves out.
+    (cd "$dir" && env "$@" GOWORK=off GOFLAGS=-trimpath nice -n 10 \
+      go build -ldflags='-s -w' -o "$out" "./${package#"$module"/}" >&2)
+    log "$name $version built in $((SECONDS - start)) s"
+  fi
+  [ -x "$out" ] || { log "$name missing after the build"; exit 1; }
+  echo "$out"
+}
+
+istiod() {
+  local root="$cache/istiod-$ISTIO_VERSION"
+  local bin="$root/bin/pilot-discovery" src="$root/src"
+  if [ ! -x "$bin" ] || [ ! -d "$root/charts/istio-discovery" ] || [ ! -f "$root/charts/crd-all.gen.yaml" ]; then
+    local start=$SECONDS tarball
+    tarball="$PWD/../shared/third-party/istio-$ISTIO_VERSION-src.tar.gz"
+    rm -rf "$src"
+    mkdir -p "$root/bin" "$root/charts"
+    if [ -f "$tarball" ]; then
+      log "unpacking Istio $ISTIO_VERSION from $tarball"
+      mkdir -p "$src"
+      tar -xzf "$tarball" -C "$src" --strip-components=1
+    else
+      log "cloning Istio $ISTIO_VERSION from github.com/istio/istio"
+      git clone --quiet --depth 1 --branch "$ISTIO_VERSION" https://github.com/istio/istio "$src" >&2
+    fi
+    if [ ! -x "$bin" ]; then
+      log "building pilot-discovery $ISTIO_VERSION (about 7 minutes on 2 cores the first time)"
+      (cd "$src" && CGO_ENABLED=0 gobuild_env go build -ldflags='-s -w' -o "$bin" ./pilot/cmd/pilot-discovery >&2)
+    fi
+    rm -rf "$root/charts/istio-discovery"
+    cp -r "$src/manifests/charts/istio-control/istio-discovery" "$root/charts/istio-discovery"
+    cp "$src/manifests/charts/base/files/crd-all.gen.yaml" "$root/charts/crd-all.gen.yaml"
+    rm -rf "$src"
+    log "pilot-discovery $ISTIO_VERSION built in $((SECONDS - start)) s"
+  fi
+  echo "export BBR_ISTIOD='$bin'"
+  echo "export BBR_ISTIO_CHARTS='$root/charts'"
+}
+
+# Each prints its export line; a failed build stops the script (set -e
+# applies to the assignment, not to an echo of a command substitution).
+epp() {
+  local gie=sigs.k8s.io/gateway-api-inference-extension out
+  out="$(install_pkg epp "$gie" "$gie/cmd/epp" "$GIE_VERSION")"
+  echo "export BBR_EPP='$out'"
+}
+sim() {
+  local sim=github.com/llm-d/llm-d-inference-sim out
+  out="$(install_pkg llm-d-inference-sim "$sim" "$sim/cmd/llm-d-inference-sim" "$SIM_VERSION" CGO_ENABLED=0)"
+  echo "export BBR_MODEL_SIM='$out'"
+}
+envoy_gateway() {
+  local eg=github.com/envoyproxy/gateway out
+  out="$(install_pkg envoy-gateway "$eg" "$eg/cmd/envoy-gateway" "$EG_VERSION")"
+  echo "export BBR_ENVOY_GATEWAY='$out'"
+}
+
+[ $# -gt 0 ] || set -- istiod epp sim envoy-gateway
+for tool in "$@"; do
+  case "$tool" in
+    istiod) istiod ;;
+    epp) epp ;;
+    sim) sim ;;
+    envoy-gateway) envoy_gateway ;;
+    *) log "unknown tool: $tool"; exit 2 ;;
+  esac
+done
