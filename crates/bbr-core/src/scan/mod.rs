@@ -19,17 +19,23 @@
 //! - `x86.rs`: AVX-512 (F and BW) or AVX2 when the CPU has them (detected at
 //!   run time, no `-C target-cpu` needed), SSE2 (part of the x86-64
 //!   baseline) otherwise;
+//! - `aarch64.rs`: NEON, part of the aarch64 baseline, so chosen at compile
+//!   time;
 //! - `scalar.rs`: the portable path for every other architecture, and the
 //!   reference the SIMD paths are tested against.
 //!
 //! This module is the only place in the crate with `unsafe` code (with
 //! [`utf8`], which skips UTF-8 validation for ASCII text).
 
+#[cfg(target_arch = "aarch64")]
+mod aarch64;
 pub(crate) mod scalar;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-#[cfg(not(target_arch = "x86_64"))]
+#[cfg(target_arch = "aarch64")]
+use aarch64 as arch;
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 use scalar as arch;
 #[cfg(target_arch = "x86_64")]
 use x86 as arch;
@@ -119,11 +125,14 @@ pub(crate) mod token {
 /// Which classification code made a [`Block`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Isa {
+    #[cfg_attr(target_arch = "aarch64", allow(dead_code))]
     Scalar,
     #[cfg(target_arch = "x86_64")]
     Avx2,
     #[cfg(target_arch = "x86_64")]
     Avx512,
+    #[cfg(target_arch = "aarch64")]
+    Neon,
 }
 
 /// What [`for_each_block`] does after a block.
@@ -164,6 +173,8 @@ impl Block<'_> {
             // and it runs only once AVX-512 F and BW have been detected.
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => unsafe { x86::columns_avx512(self.bytes, comma, colon) },
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => aarch64::columns(self.bytes, comma, colon),
         }
     }
 }
@@ -175,7 +186,7 @@ impl Block<'_> {
 ///
 /// With AVX-512 (F and BW) or AVX2 the whole loop, `f` included, is
 /// compiled for that instruction set and BMI, so that the classification
-/// and `f` inline into one loop.
+/// and `f` inline into one loop; NEON is always there on aarch64.
 #[inline]
 pub(crate) fn for_each_block<F: FnMut(&Block<'_>) -> Next>(buf: &[u8], f: F) -> usize {
     arch::for_each_block(buf, f)
@@ -216,6 +227,12 @@ mod tests {
             Next::Stop
         });
         isa.expect("a 64-byte buffer is one block")
+    }
+
+    #[test]
+    #[cfg(target_arch = "aarch64")]
+    fn neon_is_the_path_taken_on_aarch64() {
+        assert_eq!(block_path(), Isa::Neon);
     }
 
     #[test]

@@ -84,6 +84,8 @@ pub(crate) fn find<const HIGH: bool>(s: &[u8]) -> usize {
 }
 
 /// [`super::for_each_block`] with the scalar classification.
+// NEON is part of the aarch64 baseline: that path never falls back here.
+#[cfg_attr(target_arch = "aarch64", allow(dead_code))]
 #[inline(always)]
 pub(super) fn for_each_block<F>(buf: &[u8], f: F) -> usize
 where
