@@ -28,16 +28,24 @@
 //! [`utf8`], which skips UTF-8 validation for ASCII text).
 
 #[cfg(target_arch = "aarch64")]
+#[cfg_attr(bbr_scan_scalar, allow(dead_code))]
 mod aarch64;
 pub(crate) mod scalar;
 #[cfg(target_arch = "x86_64")]
+#[cfg_attr(bbr_scan_scalar, allow(dead_code))]
 mod x86;
 
-#[cfg(target_arch = "aarch64")]
+// `RUSTFLAGS="--cfg bbr_scan_scalar"` builds the portable path on every
+// architecture: the baseline benches/arm64-instructions.sh counts the SIMD
+// paths against.
+#[cfg(all(target_arch = "aarch64", not(bbr_scan_scalar)))]
 use aarch64 as arch;
-#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+#[cfg(any(
+    bbr_scan_scalar,
+    not(any(target_arch = "x86_64", target_arch = "aarch64"))
+))]
 use scalar as arch;
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", not(bbr_scan_scalar)))]
 use x86 as arch;
 
 /// Index of the first `"`, `\`, control (< 0x20) or non-ASCII (≥ 0x80)
@@ -124,6 +132,7 @@ pub(crate) mod token {
 
 /// Which classification code made a [`Block`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(bbr_scan_scalar, allow(dead_code))]
 enum Isa {
     #[cfg_attr(target_arch = "aarch64", allow(dead_code))]
     Scalar,
