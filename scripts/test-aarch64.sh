@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# bbr-core's tests as aarch64 binaries, run under qemu-user: the unit tests
-# (the NEON scan against the scalar reference among them), the property
-# and differential tests (bodies split at every boundary, compared with
-# serde_json), the memory tests and the replay of the checked-in fuzz
-# corpus. Fails unless the NEON path is the one the scan took.
+# bbr-core linted for aarch64 (clippy), then its tests as aarch64 binaries
+# run under qemu-user: the unit tests (the NEON scan against the scalar
+# reference among them), the property and differential tests (bodies split
+# at every boundary, compared with serde_json), the memory tests and the
+# replay of the checked-in fuzz corpus. Fails unless the NEON path is the
+# one the scan took.
 #
 # Tools, installed when missing (as root, Debian): the Rust target
 # (rustup), Debian's cross linker gcc-aarch64-linux-gnu (also the C
@@ -56,6 +57,10 @@ export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch
 # Only this target's artefacts are built so (build scripts and proc macros
 # keep their own profile), under target/aarch64-unknown-linux-gnu/.
 export CARGO_PROFILE_DEV_OPT_LEVEL=1
+
+# The NEON code compiles for aarch64 only: the workspace's clippy run
+# never sees it.
+nice cargo clippy -q -p bbr-core --all-features --all-targets --target "$target" -- -D warnings
 
 out="$(mktemp)"
 trap 'rm -f "$out"' EXIT
