@@ -12,13 +12,14 @@
 //! [`for_each_block`] hands out 64-byte blocks with their classification
 //! masks, for the structural scan between strings.
 //!
-//! Each architecture has its own file behind the same small interface —
-//! `find::<HIGH>` (the two string searches), `for_each_block` and the
-//! column lookup of a [`Block`]:
+//! Each architecture has its own file behind the same small interface,
+//! `find::<HIGH>` (the two string searches) and `for_each_block`; a
+//! [`Block`] remembers which code classified it, and its columns come from
+//! the same code:
 //!
-//! - `x86.rs`: AVX-512 (F and BW) or AVX2 when the CPU has them (detected at
-//!   run time, no `-C target-cpu` needed), SSE2 (part of the x86-64
-//!   baseline) otherwise;
+//! - `x86.rs`: AVX-512 (F and BW, blocks) or AVX2 when the CPU has them
+//!   (detected at run time, no `-C target-cpu` needed), SSE2 (strings, part
+//!   of the x86-64 baseline) and the scalar classification otherwise;
 //! - `aarch64.rs`: NEON, part of the aarch64 baseline, so chosen at compile
 //!   time;
 //! - `scalar.rs`: the portable path for every other architecture, and the
