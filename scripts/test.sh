@@ -89,6 +89,13 @@ else
   echo "skipped: the container image (buildah is missing and cannot be installed without root)"
 fi
 
+# bbr-core's tests as aarch64 binaries under qemu-user: the NEON scan.
+if command -v qemu-aarch64 >/dev/null || [ "$(id -u)" = 0 ] || [ "${CI:-}" = true ]; then
+  step scripts/test-aarch64.sh
+else
+  echo "skipped: the aarch64 tests (qemu-user is missing and cannot be installed without root)"
+fi
+
 if [ "${BBR_SKIP_README_STEPS:-0}" != 1 ]; then
   step scripts/readme-steps.sh
 fi
