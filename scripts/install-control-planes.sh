@@ -68,10 +68,19 @@ istiod() {
   local bin="$root/bin/pilot-discovery" src="$root/src"
   if [ ! -x "$bin" ] || [ ! -d "$root/charts/istio-discovery" ] || [ ! -f "$root/charts/crd-all.gen.yaml" ]; then
     local start=$SECONDS tarball
-    tarball="$PWD/../shared/third-party/istio-$ISTIO_VERSION-src.tar.gz"
+    # A source archive of the tag, when one is at hand: in
+    # $BBR_SOURCE_ARCHIVES, or in a third-party/ folder beside the
+    # checkout; otherwise the tag is cloned.
+    tarball=""
+    for dir in ${BBR_SOURCE_ARCHIVES:-} "$PWD"/../*/third-party; do
+      if [ -f "$dir/istio-$ISTIO_VERSION-src.tar.gz" ]; then
+        tarball="$dir/istio-$ISTIO_VERSION-src.tar.gz"
+        break
+      fi
+    done
     rm -rf "$src"
     mkdir -p "$root/bin" "$root/charts"
-    if [ -f "$tarball" ]; then
+    if [ -n "$tarball" ]; then
       log "unpacking Istio $ISTIO_VERSION from $tarball"
       mkdir -p "$src"
       tar -xzf "$tarball" -C "$src" --strip-components=1
