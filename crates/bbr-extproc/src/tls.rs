@@ -172,6 +172,7 @@ const MAX_RECORD: usize = 5 + (1 << 14);
 /// ClientHello carries.
 async fn peek_server_name(stream: &TcpStream) -> io::Result<ServerName> {
     let mut buf = vec![0u8; MAX_RECORD];
+    let mut pause = std::time::Duration::from_millis(1);
     loop {
         let n = stream.peek(&mut buf).await?;
         if n == 0 {
@@ -182,9 +183,11 @@ async fn peek_server_name(stream: &TcpStream) -> io::Result<ServerName> {
         }
         // The rest of the record is on its way (a ClientHello with large
         // key shares spans two TCP segments). `peek` leaves the socket
-        // readable, so wait a little rather than spin; the listener's
-        // deadline bounds it.
-        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        // readable, so wait rather than spin, longer each time: a client
+        // that stalls mid-record costs a few wake-ups a second until the
+        // listener's deadline closes it.
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_millis(128));
     }
 }
 
