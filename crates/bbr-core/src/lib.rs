@@ -13,6 +13,9 @@
 //! - [`rewrite`]: zero-copy splice of a new model into the body.
 //! - [`Decider`]: the routing decision every adapter makes the same way —
 //!   route with these headers and this rewrite, pass unrouted, or reject.
+//! - [`session`]: one request from head to end of body, the sequence
+//!   every adapter follows (read, hold, decide, release, check, count),
+//!   with no I/O.
 //! - [`rules`]: the compiled rule table (model → pool, criticality,
 //!   weighted rewrite, LoRA base models) and its atomic reload.
 //! - [`Error`], [`ErrorKind`]: the error taxonomy and its HTTP answers.
@@ -42,6 +45,7 @@ mod path;
 mod progress;
 pub mod rewrite;
 pub mod rules;
+pub mod session;
 // The one module with `unsafe`: the SIMD scanner, each block with a SAFETY note.
 #[allow(unsafe_code)]
 mod scan;
