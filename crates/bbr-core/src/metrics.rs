@@ -7,8 +7,10 @@
 //! Prometheus exporter, say) and calls [`describe`] and [`register`]; a
 //! library user who installs none pays a no-op per event.
 //!
-//! The `record_*` functions take what the [`Decider`] produced, so that the
-//! ext_proc server and the tower layer count the same request the same way.
+//! What a request counts comes from its [`Session`](crate::session::Session)
+//! as [`Tally`] values, and [`record`] (or [`DecisionMetrics::record`])
+//! turns each into these names, so that every adapter counts the same
+//! request the same way.
 
 use std::sync::RwLock;
 
@@ -16,11 +18,10 @@ use ::metrics::{
     Counter, Histogram, Unit, counter, describe_counter, describe_histogram, histogram,
 };
 
-use crate::decision::PassReason;
-use crate::{Decider, Error, ErrorKind, Extraction, FieldValue, Verdict};
+use crate::{Error, ErrorKind, session::Tally};
 
 /// Request bodies read and decided on without an error, routed or not
-/// (see [`Verdict::body_processed`]): the Go router v1.5's meaning, which
+/// (see [`Verdict::body_processed`](crate::Verdict::body_processed)): the Go router v1.5's meaning, which
 /// its users' alerts read.
 pub const SUCCESS_TOTAL: &str = "bbr_success_total";
 /// Requests whose model was read from the body and turned into routing
@@ -179,66 +180,49 @@ pub fn record_decided(seconds: f64, bytes: u64) {
     histogram!(BYTES_BEFORE_DECISION).record(bytes as f64);
 }
 
-/// Records, as the Go router counts them, the body fields `decider` copies
-/// into headers that `extraction` lacks or holds empty.
-pub fn record_fields(decider: &Decider, extraction: &Extraction) {
-    for field in decider.body_fields().iter().map(|b| b.field()) {
-        match extraction.field(field) {
-            None => {
-                counter!(BODY_FIELD_NOT_FOUND_TOTAL, "field" => field.to_owned()).increment(1);
-            }
-            Some(FieldValue::String(s)) if s.is_empty() => {
-                counter!(BODY_FIELD_EMPTY_TOTAL, "field" => field.to_owned()).increment(1);
-            }
-            Some(_) => {}
+/// Records one [`Tally`] (what a [`Session`](crate::session::Session)
+/// step counts) under the names above, looking each metric up in the
+/// installed recorder; [`DecisionMetrics::record`] keeps the hot ones.
+pub fn record(tally: Tally<'_>) {
+    match tally {
+        Tally::Success => counter!(SUCCESS_TOTAL).increment(1),
+        Tally::Routed => counter!(ROUTED_TOTAL).increment(1),
+        Tally::RouteMatch { rule, pool } => counter!(
+            ROUTE_MATCHES_TOTAL,
+            "rule" => rule.to_owned(),
+            "pool" => pool.to_owned()
+        )
+        .increment(1),
+        Tally::ModelNotInBody => {
+            counter!(MODEL_NOT_IN_BODY_TOTAL).increment(1);
+            counter!(BODY_FIELD_NOT_FOUND_TOTAL, "field" => "model").increment(1);
+        }
+        Tally::ModelNotParsed => counter!(MODEL_NOT_PARSED_TOTAL).increment(1),
+        Tally::ModelEmpty => {
+            counter!(BODY_FIELD_EMPTY_TOTAL, "field" => "model").increment(1);
+        }
+        Tally::FieldNotFound(field) => {
+            counter!(BODY_FIELD_NOT_FOUND_TOTAL, "field" => field.to_owned()).increment(1);
+        }
+        Tally::FieldEmpty(field) => {
+            counter!(BODY_FIELD_EMPTY_TOTAL, "field" => field.to_owned()).increment(1);
+        }
+        Tally::Rejected(kind) => record_rejected_kind(kind),
+        Tally::FailOpen(kind) => {
+            counter!(FAIL_OPEN_TOTAL, "reason" => kind.as_str()).increment(1);
         }
     }
 }
 
-/// Records a verdict in the Go router's counters and bbr's own: a route
-/// (by rule and pool), a body without a model, a model that could not be
-/// read, an error let through by the failure policy. A rejection is
-/// counted by [`record_rejected`] where the answer goes out.
-pub fn record_verdict(verdict: &Verdict) {
-    if verdict.body_processed() {
-        counter!(SUCCESS_TOTAL).increment(1);
-    }
-    match verdict {
-        Verdict::Route(routing) => {
-            let route = routing.route();
-            counter!(ROUTED_TOTAL).increment(1);
-            counter!(
-                ROUTE_MATCHES_TOTAL,
-                "rule" => route.rule().unwrap_or("").to_owned(),
-                "pool" => route.pool().unwrap_or("").to_owned()
-            )
-            .increment(1);
-        }
-        Verdict::Pass(pass) => match pass.reason() {
-            PassReason::NoModel => model_not_in_body(),
-            PassReason::EmptyModel(_) => {
-                counter!(BODY_FIELD_EMPTY_TOTAL, "field" => "model").increment(1);
-            }
-            PassReason::FailedOpen(e) => {
-                record_fail_open(e);
-                model_not_parsed(e);
-            }
-            _ => {}
-        },
-        Verdict::Reject(e) if e.is_missing_model() => model_not_in_body(),
-        Verdict::Reject(e) => model_not_parsed(e),
-    }
-}
-
-/// Records a request answered with `error`.
+/// Records a request answered with `error` (an answer that did not come
+/// from a session step: a pool that cannot be reached, a body that could
+/// not be read).
 pub fn record_rejected(error: &Error) {
-    counter!(REJECTED_TOTAL, "reason" => error.kind().as_str()).increment(1);
+    record_rejected_kind(error.kind());
 }
 
-/// Records a request passed on without routing headers after `error`,
-/// because the failure policy says fail open for its kind.
-pub fn record_fail_open(error: &Error) {
-    counter!(FAIL_OPEN_TOTAL, "reason" => error.kind().as_str()).increment(1);
+fn record_rejected_kind(kind: ErrorKind) {
+    counter!(REJECTED_TOTAL, "reason" => kind.as_str()).increment(1);
 }
 
 /// Records what a pool's admission did with a request of `class`
@@ -259,30 +243,13 @@ pub fn record_rules_reload(ok: bool) {
     }
 }
 
-fn model_not_in_body() {
-    counter!(MODEL_NOT_IN_BODY_TOTAL).increment(1);
-    counter!(BODY_FIELD_NOT_FOUND_TOTAL, "field" => "model").increment(1);
-}
-
-fn model_not_parsed(e: &Error) {
-    if matches!(
-        e.kind(),
-        ErrorKind::ModelNotString | ErrorKind::InvalidModel
-    ) {
-        counter!(MODEL_NOT_PARSED_TOTAL).increment(1);
-        if e.is_empty_model() {
-            counter!(BODY_FIELD_EMPTY_TOTAL, "field" => "model").increment(1);
-        }
-    }
-}
-
 /// The decision histograms ([`DECISION_SECONDS`],
 /// [`BYTES_BEFORE_DECISION`]) and the route counter ([`SUCCESS_TOTAL`]),
 /// looked up once in the recorder installed when they are made, so that a
 /// request records into them without a registry lookup; and the
 /// [`ROUTE_MATCHES_TOTAL`] counters of the rules and pools seen so far.
 ///
-/// It records what [`record_decided`] and [`record_verdict`] do, a few
+/// It records what [`record_decided`] and [`record`] do, a few
 /// hundred instructions cheaper a request. A handle keeps recording into
 /// the recorder that was installed when it was made: make it after
 /// installing one.
@@ -339,16 +306,14 @@ impl DecisionMetrics {
         self.bytes.record(bytes as f64);
     }
 
-    /// Records a verdict as [`record_verdict`] does.
-    pub fn verdict(&self, verdict: &Verdict) {
-        match verdict {
-            Verdict::Route(routing) => {
-                let route = routing.route();
-                self.success.increment(1);
-                self.routed.increment(1);
-                self.route_matches(route.rule().unwrap_or(""), route.pool().unwrap_or(""));
-            }
-            other => record_verdict(other),
+    /// Records `tally` as [`record`] does, into the handles kept here for
+    /// the counts every routed request makes.
+    pub fn record(&self, tally: Tally<'_>) {
+        match tally {
+            Tally::Success => self.success.increment(1),
+            Tally::Routed => self.routed.increment(1),
+            Tally::RouteMatch { rule, pool } => self.route_matches(rule, pool),
+            other => record(other),
         }
     }
 

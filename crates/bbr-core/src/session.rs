@@ -428,6 +428,13 @@ impl Session {
         self.held
     }
 
+    /// Whether the verdict came from reading the body (the model was found,
+    /// or the body was read whole without one): the decision histograms
+    /// are recorded for it.
+    pub fn decided_on_body(&self) -> bool {
+        self.extracted
+    }
+
     /// The body bytes read when the extractor decided (the
     /// `bbr_bytes_before_decision` histogram); 0 before, or without one.
     pub fn decided_at(&self) -> u64 {

@@ -816,9 +816,11 @@ impl Stream for EnvoyStream {
             Tally::Routed => (c.routed, &[]),
             Tally::ModelNotInBody => (c.model_not_in_body, &[]),
             Tally::ModelNotParsed => (c.model_not_parsed, &[]),
-            Tally::Rejected(code) => (c.rejected, &[code]),
-            Tally::FailOpen(code) => (c.fail_open, &[code]),
+            Tally::Rejected(kind) => (c.rejected, &[kind.as_str()]),
+            Tally::FailOpen(kind) => (c.fail_open, &[kind.as_str()]),
             Tally::RouteMatch { rule, pool } => (c.route_matches, &[rule, pool]),
+            // The module defines no body-field counters.
+            _ => return,
         };
         let mut labels: Vec<ModuleBuffer> = labels
             .iter()

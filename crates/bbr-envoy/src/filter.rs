@@ -5,21 +5,23 @@
 //! at the end of this file); `abi.rs` implements [`Stream`] with Envoy's
 //! callbacks.
 //!
-//! What a request's verdict is comes from [`Decider`](bbr_core::Decider);
-//! this module only follows Envoy's filter protocol. Before the verdict the
-//! body is *read*: each chunk is fed to the extractor and left in Envoy's
-//! buffer (`StopIterationAndBuffer`), with the headers held. At the verdict
-//! the routing headers are set, a rewrite is spliced into the held body,
-//! the route cache is cleared, and the held data goes on (`Continue`).
-//! After it, with the strict policy, each chunk is *checked* as it passes;
-//! a violation ends the request with the error contract's local reply.
+//! What happens to a request comes from its
+//! [`Session`](bbr_core::session::Session); this module only follows
+//! Envoy's filter protocol. Before the verdict each chunk is left in
+//! Envoy's buffer (`StopIterationAndBuffer`), with the headers held. At the
+//! verdict the routing headers are set, a rewrite is spliced into the held
+//! body, the route cache is cleared, and the held data goes on
+//! (`Continue`). After it, with the strict policy, each chunk is checked as
+//! it passes; a violation ends the request with the error contract's local
+//! reply.
 
 use std::sync::Arc;
 
+pub(crate) use bbr_core::session::Tally;
 use bbr_core::{
-    BodyExtractor, Error, Input, LateAction, Status, Verdict,
-    decision::{PassReason, Rewrite},
+    Error, Verdict,
     rules::ContentLength,
+    session::{HeadScan, Session, Step},
 };
 use bytes::Bytes;
 
@@ -49,33 +51,6 @@ pub(crate) trait Stream {
     fn replace_held_request_body(&mut self, body: &[Bytes], with_received: bool) -> bool;
     /// Counts one event in Envoy's stats.
     fn count(&mut self, tally: Tally<'_>);
-}
-
-/// What the filter counts: the Go router's counters and the ext_proc
-/// server's, counted the same way.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Tally<'a> {
-    /// The body was read and decided on without an error, routed or not
-    /// (`bbr_success_total`, the Go router's meaning).
-    Success,
-    /// The model was read and set as routing headers (`bbr_routed_total`).
-    Routed,
-    /// The rule and pool of a routing decision (`bbr_route_matches_total`).
-    RouteMatch {
-        /// The rule's name (empty without rules).
-        rule: &'a str,
-        /// The pool (empty when the rule names none).
-        pool: &'a str,
-    },
-    /// The body names no model (`bbr_model_not_in_body_total`).
-    ModelNotInBody,
-    /// The body's `model` is not a model name (`bbr_model_not_parsed_total`).
-    ModelNotParsed,
-    /// Answered with an error of this code (`bbr_rejected_total`).
-    Rejected(&'static str),
-    /// Passed through unrouted after an error of this code
-    /// (`bbr_fail_open_total`).
-    FailOpen(&'static str),
 }
 
 /// A reply the filter sends in place of the upstream's.
@@ -143,60 +118,33 @@ pub(crate) enum TrailersStatus {
     Stop,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Phase {
-    /// Waiting for the request headers.
-    Start,
-    /// Body chunks are read and held (in Envoy) until the verdict.
-    Reading,
-    /// Decided; later chunks are checked (strict policy) as they pass.
-    Checking,
-    /// Chunks pass unchecked.
-    Passing,
-    /// A local reply went out.
-    Done,
-}
-
 /// The filter of one request.
 #[derive(Debug)]
 pub(crate) struct RequestFilter {
     settings: Arc<Settings>,
-    phase: Phase,
-    extractor: Option<BodyExtractor>,
-    held_len: u64,
-    /// The verdict changed the request (set headers): it can no longer
-    /// pass unchanged.
-    changed: bool,
+    /// The request's routing, from its headers on.
+    session: Option<Session>,
+    /// The model list went out as a local reply.
+    answered: bool,
     /// The client's headers were stripped (the route cache must be cleared
     /// even when the verdict sets nothing).
     stripped: bool,
-    request_key: Option<Vec<u8>>,
-    /// The raw `content-length` the client sent, if any.
-    content_length: Option<Vec<u8>>,
 }
 
 impl RequestFilter {
     pub(crate) fn new(settings: Arc<Settings>) -> RequestFilter {
         RequestFilter {
             settings,
-            phase: Phase::Start,
-            extractor: None,
-            held_len: 0,
-            changed: false,
+            session: None,
+            answered: false,
             stripped: false,
-            request_key: None,
-            content_length: None,
         }
     }
 
     /// Whether the next body chunk is read or checked: when not, the FFI
     /// shim need not copy it out of Envoy.
     pub(crate) fn wants_body(&self) -> bool {
-        match self.phase {
-            Phase::Reading => true,
-            Phase::Checking => self.extractor.as_ref().is_some_and(|x| x.needs_scanning()),
-            _ => false,
-        }
+        self.session.as_ref().is_some_and(Session::wants_body)
     }
 
     pub(crate) fn on_request_headers(
@@ -204,80 +152,45 @@ impl RequestFilter {
         stream: &mut impl Stream,
         end_of_stream: bool,
     ) -> HeadersStatus {
-        if self.phase != Phase::Start {
+        if self.session.is_some() || self.answered {
             return HeadersStatus::Continue;
         }
         let settings = Arc::clone(&self.settings);
         let table = settings.rules.load();
-        let mut strip: Vec<String> = Vec::new();
-        let mut content_type = None;
-        // Several lines make one list (RFC 9110 §5.3).
-        let mut content_encoding: Option<String> = None;
-        let (mut get, mut models_path) = (false, false);
+        let mut scan = HeadScan::new(&settings.request_key_header);
         stream.for_each_request_header(&mut |name, value| {
-            let Ok(name) = std::str::from_utf8(name) else {
-                return;
-            };
-            if settings.decider.strips(&table, name) {
-                if !strip.iter().any(|s| s.eq_ignore_ascii_case(name)) {
-                    strip.push(name.to_ascii_lowercase());
-                }
-            } else if name.eq_ignore_ascii_case("content-type") {
-                content_type = std::str::from_utf8(value).ok().map(str::to_owned);
-            } else if name.eq_ignore_ascii_case("content-encoding") {
-                let value = String::from_utf8_lossy(value);
-                match &mut content_encoding {
-                    Some(list) => {
-                        list.push(',');
-                        list.push_str(&value);
-                    }
-                    None => content_encoding = Some(value.into_owned()),
-                }
-            } else if name.eq_ignore_ascii_case("content-length") {
-                self.content_length = Some(value.to_vec());
-            } else if name.eq_ignore_ascii_case(&settings.request_key_header) {
-                self.request_key = Some(value.to_vec());
-            } else if name == ":method" {
-                get = value == b"GET";
-            } else if name == ":path" {
-                let path = value.split(|&b| b == b'?').next().unwrap_or_default();
-                models_path = path == b"/v1/models";
+            // Names are ASCII; one that is not UTF-8 is nothing bbr reads.
+            if let Ok(name) = std::str::from_utf8(name) {
+                scan.header(&settings.decider, &table, name, value);
             }
         });
         // Spoofed headers go before anything else, routed or not.
-        for name in &strip {
+        for name in scan.stripped() {
             stream.remove_request_header(name);
         }
-        self.stripped = !strip.is_empty();
+        self.stripped = !scan.stripped().is_empty();
 
-        if settings.serve_models && get && models_path {
-            self.phase = Phase::Done;
+        if settings.serve_models && scan.is_models_request() {
+            self.answered = true;
             stream.send_local_reply(&LocalReply::models(table.models_json()));
             return HeadersStatus::Stop;
         }
-        if end_of_stream {
-            // No body: decided at once.
-            return match self.decide(stream, Input::NoBody) {
-                true => HeadersStatus::Continue,
-                false => HeadersStatus::Stop,
-            };
+        let mut session = Session::new(table);
+        let step = session.start(
+            &settings.decider,
+            &settings.extractor,
+            &scan.head(),
+            !end_of_stream,
+        );
+        self.session = Some(session);
+        if let Step::Read = step {
+            // The chunks up to the model wait in Envoy's buffer.
+            stream.reserve_request_buffer(settings.extractor.max_body());
+            return HeadersStatus::Stop;
         }
-        match BodyExtractor::for_request(
-            content_type.as_deref(),
-            content_encoding.as_deref(),
-            settings.extractor.clone(),
-        ) {
-            Ok(x) => {
-                self.extractor = Some(x);
-                self.phase = Phase::Reading;
-                // The chunks up to the model wait in Envoy's buffer.
-                stream.reserve_request_buffer(settings.extractor.max_body());
-                HeadersStatus::Stop
-            }
-            Err(e) => match self.decide(stream, Input::Failed(e)) {
-                true => HeadersStatus::Continue,
-                false => HeadersStatus::Stop,
-            },
+        match self.take(stream, step, false) {
+            true => HeadersStatus::Continue,
+            false => HeadersStatus::Stop,
         }
     }
 
@@ -287,221 +200,85 @@ impl RequestFilter {
         chunk: &Bytes,
         end_of_stream: bool,
     ) -> BodyStatus {
-        match self.phase {
-            Phase::Done => BodyStatus::Drop,
-            Phase::Start | Phase::Passing => BodyStatus::Continue,
-            Phase::Checking => match self.check(chunk, end_of_stream) {
-                Ok(()) => BodyStatus::Continue,
-                Err(e) => match self.late_error(stream, &e) {
-                    true => BodyStatus::Continue,
-                    false => BodyStatus::Drop,
-                },
+        if self.answered {
+            return BodyStatus::Drop;
+        }
+        let Some(session) = self.session.as_mut() else {
+            return BodyStatus::Continue;
+        };
+        match session.chunk(&self.settings.decider, chunk, end_of_stream) {
+            Step::Hold => BodyStatus::Buffer,
+            step => match self.take(stream, step, true) {
+                true => BodyStatus::Continue,
+                false => BodyStatus::Drop,
             },
-            Phase::Reading => {
-                let Some(x) = self.extractor.as_mut() else {
-                    return BodyStatus::Continue;
-                };
-                let mut result = Ok(Status::Pending);
-                if !chunk.is_empty() {
-                    result = x.feed(chunk);
-                    self.held_len += chunk.len() as u64;
-                }
-                if matches!(result, Ok(Status::Pending)) && !end_of_stream {
-                    return BodyStatus::Buffer;
-                }
-                match self.read_done(stream, result.map(drop), end_of_stream, true) {
-                    true => BodyStatus::Continue,
-                    false => BodyStatus::Drop,
-                }
-            }
         }
     }
 
     pub(crate) fn on_request_trailers(&mut self, stream: &mut impl Stream) -> TrailersStatus {
-        let go_on = match self.phase {
-            Phase::Done => false,
-            // Trailers mean the body is complete.
-            Phase::Reading => self.read_done(stream, Ok(()), true, false),
-            Phase::Checking => match self.check(&Bytes::new(), true) {
-                Ok(()) => true,
-                Err(e) => self.late_error(stream, &e),
-            },
-            Phase::Start | Phase::Passing => true,
+        if self.answered {
+            return TrailersStatus::Stop;
+        }
+        // Trailers mean the body is complete.
+        let step = match self.session.as_mut() {
+            Some(session) => session.end(&self.settings.decider),
+            None => Step::Release,
         };
-        match go_on {
+        match self.take(stream, step, false) {
             true => TrailersStatus::Continue,
             false => TrailersStatus::Stop,
         }
     }
 
-    /// The body was read up to a decision, an error, or its end (in a body
-    /// event when `in_body`, else at the trailers). Returns whether the
-    /// request goes on.
-    fn read_done(
-        &mut self,
-        stream: &mut impl Stream,
-        result: Result<(), Error>,
-        end: bool,
-        in_body: bool,
-    ) -> bool {
-        if let Err(e) = result {
-            return self.decide(stream, Input::Failed(e));
-        }
-        if end && self.held_len == 0 {
-            // An empty body: nothing to route on.
-            return self.decide(stream, Input::NoBody);
-        }
-        let Some(x) = self.extractor.as_mut() else {
-            return self.decide(stream, Input::NoBody);
+    /// Translates a session step to the stream (in a body event when
+    /// `in_body`). Returns whether the request goes on.
+    fn take(&mut self, stream: &mut impl Stream, step: Step, in_body: bool) -> bool {
+        let Some(session) = self.session.as_ref() else {
+            return true;
         };
-        if end && let Err(e) = x.finish() {
-            return self.decide(stream, Input::Failed(e));
-        }
-        let Some(extraction) = x.extraction() else {
-            return self.decide(stream, Input::NoBody);
-        };
-        let table = self.settings.rules.load();
-        let key = match table.uses_request_key() {
-            true => self.request_key.as_deref(),
-            false => None,
-        };
-        // A compressed body goes on as it came: never spliced.
-        let rewritable = x.is_rewritable();
-        let verdict =
-            self.settings
-                .decider
-                .decide(&table, Input::body(extraction, rewritable), key);
-        if let Verdict::Route(routing) = &verdict
-            && let Some(rewrite) = routing.rewrite()
-        {
-            self.rewrite(stream, rewrite, in_body);
-        }
-        self.carry_out(stream, verdict)
-    }
-
-    /// Splices the rule's target model into the body Envoy holds, and fixes
-    /// `Content-Length` by the one rule every adapter follows.
-    fn rewrite(&mut self, stream: &mut impl Stream, rewrite: &Rewrite, in_body: bool) {
-        let held = stream.held_request_body(in_body);
-        let Some(rewritten) = rewrite.apply(&held) else {
-            return;
-        };
-        if !stream.replace_held_request_body(&rewritten.chunks, in_body) {
-            return;
-        }
-        if let Some(old) = self.content_length.as_deref() {
-            match rewritten.content_length(old) {
-                ContentLength::Set(len) => {
-                    stream.set_request_header("content-length", len.to_string().as_bytes());
-                }
-                ContentLength::Remove => stream.remove_request_header("content-length"),
-            }
-        }
-    }
-
-    /// Decides on `input`, which needs no extraction.
-    fn decide(&mut self, stream: &mut impl Stream, input: Input<'_>) -> bool {
-        let table = self.settings.rules.load();
-        let verdict = self.settings.decider.decide(&table, input, None);
-        self.carry_out(stream, verdict)
-    }
-
-    /// Applies the verdict to the stream. Returns whether the request goes on.
-    fn carry_out(&mut self, stream: &mut impl Stream, verdict: Verdict) -> bool {
-        count(stream, &verdict);
-        if let Verdict::Reject(e) = &verdict {
-            self.reject(stream, e);
-            return false;
-        }
-        self.changed = verdict.changes_request();
-        for (name, value) in verdict.headers() {
-            stream.set_request_header(name.as_str(), value.as_bytes());
-        }
-        if (self.changed || self.stripped) && self.settings.clear_route_cache {
-            stream.clear_route_cache();
-        }
-        let checking = verdict.error().is_none()
-            && self.extractor.as_ref().is_some_and(|x| x.needs_scanning());
-        self.phase = match checking {
-            true => Phase::Checking,
-            false => Phase::Passing,
-        };
-        true
-    }
-
-    /// Checks a chunk after the verdict (strict policy).
-    fn check(&mut self, chunk: &Bytes, end_of_stream: bool) -> Result<(), Error> {
-        let Some(x) = self.extractor.as_mut() else {
-            return Ok(());
-        };
-        if x.needs_scanning() && !chunk.is_empty() {
-            x.feed(chunk)?;
-        }
-        if end_of_stream {
-            x.finish()?;
-            self.phase = Phase::Passing;
-        }
-        Ok(())
-    }
-
-    /// An error in a chunk after the verdict. Returns whether the chunk
-    /// may still be released.
-    fn late_error(&mut self, stream: &mut impl Stream, e: &Error) -> bool {
-        match self.settings.decider.late_error(e, self.changed) {
-            LateAction::Reject => {
-                self.reject(stream, e);
+        let settings = &self.settings;
+        session.tally(&settings.decider, &step, |t| stream.count(t));
+        match step {
+            Step::Verdict(Verdict::Reject(e)) | Step::Reject(e) => {
+                stream.send_local_reply(&LocalReply::error(&e));
                 false
             }
-            LateAction::Release => {
-                stream.count(Tally::FailOpen(e.kind().as_str()));
-                self.phase = Phase::Passing;
+            Step::Verdict(verdict) => {
+                if let Verdict::Route(routing) = &verdict
+                    && routing.rewrite().is_some()
+                {
+                    rewrite(stream, session, &verdict, in_body);
+                }
+                for (name, value) in verdict.headers() {
+                    stream.set_request_header(name.as_str(), value.as_bytes());
+                }
+                if (verdict.changes_request() || self.stripped) && settings.clear_route_cache {
+                    stream.clear_route_cache();
+                }
                 true
             }
+            Step::Drop => false,
+            _ => true,
         }
-    }
-
-    fn reject(&mut self, stream: &mut impl Stream, e: &Error) {
-        stream.count(Tally::Rejected(e.kind().as_str()));
-        self.phase = Phase::Done;
-        self.extractor = None;
-        stream.send_local_reply(&LocalReply::error(e));
     }
 }
 
-/// Counts a verdict as the ext_proc server does (a rejection is counted
-/// where it is answered).
-fn count(stream: &mut impl Stream, verdict: &Verdict) {
-    let not_parsed = |e: &Error| {
-        matches!(
-            e.kind(),
-            bbr_core::ErrorKind::ModelNotString | bbr_core::ErrorKind::InvalidModel
-        )
+/// Splices the rule's target model into the body Envoy holds, and fixes
+/// `Content-Length` by the one rule every adapter follows.
+fn rewrite(stream: &mut impl Stream, session: &Session, verdict: &Verdict, in_body: bool) {
+    let held = stream.held_request_body(in_body);
+    let Some(change) = session.change_body(verdict, &held) else {
+        return;
     };
-    if verdict.body_processed() {
-        stream.count(Tally::Success);
+    if !stream.replace_held_request_body(&change.chunks, in_body) {
+        return;
     }
-    match verdict {
-        Verdict::Route(routing) => {
-            let route = routing.route();
-            stream.count(Tally::Routed);
-            stream.count(Tally::RouteMatch {
-                rule: route.rule().unwrap_or(""),
-                pool: route.pool().unwrap_or(""),
-            });
+    match change.content_length {
+        Some(ContentLength::Set(len)) => {
+            stream.set_request_header("content-length", len.to_string().as_bytes());
         }
-        Verdict::Pass(pass) => match pass.reason() {
-            PassReason::NoModel => stream.count(Tally::ModelNotInBody),
-            PassReason::FailedOpen(e) => {
-                stream.count(Tally::FailOpen(e.kind().as_str()));
-                if not_parsed(e) {
-                    stream.count(Tally::ModelNotParsed);
-                }
-            }
-            _ => {}
-        },
-        Verdict::Reject(e) if e.is_missing_model() => stream.count(Tally::ModelNotInBody),
-        Verdict::Reject(e) if not_parsed(e) => stream.count(Tally::ModelNotParsed),
-        _ => {}
+        Some(ContentLength::Remove) => stream.remove_request_header("content-length"),
+        None => {}
     }
 }
 
@@ -882,19 +659,22 @@ mod tests {
             counted(DEMO, &[r#"{"prompt":"x"}"#]),
             ["Success", "ModelNotInBody"]
         );
-        assert_eq!(counted(DEMO, &[r#"{"model":""}"#]), ["Success"]);
+        assert_eq!(
+            counted(DEMO, &[r#"{"model":""}"#]),
+            ["Success", "ModelEmpty"]
+        );
         let strict = r#"{"reject_missing_model":true}"#;
         assert_eq!(
             counted(strict, &[r#"{"model":""}"#]),
-            ["ModelNotParsed", r#"Rejected("invalid_model")"#]
+            ["ModelNotParsed", "ModelEmpty", "Rejected(InvalidModel)"]
         );
         assert_eq!(
             counted(DEMO, &[r#"{"model":"gpt-4"}"#]),
-            [r#"Rejected("model_not_found")"#]
+            ["Rejected(ModelNotFound)"]
         );
         assert_eq!(
             counted(r#"{"fail_open":["model_not_string"]}"#, &[r#"{"model":1}"#]),
-            [r#"FailOpen("model_not_string")"#, "ModelNotParsed"]
+            ["FailOpen(ModelNotString)", "ModelNotParsed"]
         );
         // A late violation after the routing went out.
         assert_eq!(
@@ -903,7 +683,7 @@ mod tests {
                 "Success",
                 "Routed",
                 r#"RouteMatch { rule: "", pool: "" }"#,
-                r#"Rejected("duplicate_model")"#
+                "Rejected(DuplicateModel)"
             ]
         );
     }

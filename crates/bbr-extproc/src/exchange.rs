@@ -3,17 +3,17 @@
 //! to send back. It does no I/O, so every protocol path is tested message by
 //! message without a network (the tests at the end of this file).
 //!
-//! What a request's verdict is comes from [`Decider`]; this module only
-//! follows Envoy's protocol: when each answer is owed, which message
-//! carries the routing, how held chunks go back. Before the verdict the
-//! body is *read* (chunks held); after it, with the strict policy, each
-//! chunk is *checked* before it is released.
+//! What happens to a request comes from its [`Session`] (read, hold,
+//! decide, release, check, count); this module only follows Envoy's
+//! protocol: when each answer is owed, which message carries the routing,
+//! how held chunks go back.
 
 use std::{sync::Arc, time::Instant};
 
 use bbr_core::{
-    BodyExtractor, Decider, Error, ExtractorConfig, Input, LateAction, Verdict,
+    Decider, Error, ExtractorConfig, Verdict,
     rules::{ContentLength, SharedRules},
+    session::{HeadScan, Session, Step},
 };
 use bytes::Bytes;
 
@@ -78,42 +78,25 @@ impl BodyMode {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Phase {
-    /// Waiting for the request headers.
-    Start,
-    /// Body chunks are read and held until the verdict.
-    Reading,
-    /// Decided; later chunks are checked (strict policy) before release.
-    Checking,
-    /// Chunks are released as they come, unchecked.
-    Passing,
-    /// An immediate response went out; Envoy ends the stream.
-    Done,
-}
-
 pub(crate) struct Exchange {
     shared: Arc<Shared>,
     request_mode: BodyMode,
     response_mode: BodyMode,
     mode_known: bool,
     observability: bool,
-    phase: Phase,
-    extractor: Option<BodyExtractor>,
+    /// The request's routing, from its headers (or its first body message).
+    session: Option<Session>,
+    /// The model list went out as an immediate response.
+    answered: bool,
+    /// The chunks held until the verdict (one per body message: an empty
+    /// one too, since each is owed a response in BUFFERED and STREAMED).
     held: Vec<Bytes>,
-    held_len: u64,
     /// FULL_DUPLEX_STREAMED: the request headers response is still owed.
     headers_owed: bool,
-    /// The verdict that went out changed the request (set headers or
-    /// rewrote the body): it can no longer pass through unchanged.
-    changed: bool,
     /// Headers the client sent that it may not send, removed from the request.
     strip: Vec<String>,
     /// The body came with no headers message before it.
     headers_skipped: bool,
-    /// The raw `content-length` the client sent, if any.
-    content_length: Option<Bytes>,
-    request_key: Option<Bytes>,
     started: Instant,
     span: crate::otel::RequestSpan,
 }
@@ -129,16 +112,12 @@ impl Exchange {
             response_mode: mode,
             mode_known: false,
             observability: false,
-            phase: Phase::Start,
-            extractor: None,
+            session: None,
+            answered: false,
             held: Vec::new(),
-            held_len: 0,
             headers_owed: false,
-            changed: false,
             strip: Vec::new(),
             headers_skipped: false,
-            content_length: None,
-            request_key: None,
             started: Instant::now(),
             span: Default::default(),
         }
@@ -185,18 +164,27 @@ impl Exchange {
         }
     }
 
+    /// The session of a request whose table is `table`: STREAMED answers
+    /// each chunk in place, so a splice would not line up with the chunks
+    /// Envoy waits on.
+    fn session(&self, table: Arc<bbr_core::rules::RuleTable>) -> Session {
+        let session = Session::new(table);
+        match self.request_mode {
+            BodyMode::Streamed => session.without_splicing(),
+            _ => session,
+        }
+    }
+
     fn on_request_headers(&mut self, h: HttpHeaders, out: &mut Vec<ProcessingResponse>) {
-        if self.phase != Phase::Start {
+        if self.session.is_some() || self.answered {
             // A second headers message is a protocol error on Envoy's side;
             // answer it so that the stream does not hang.
             out.push(reply::request_headers(Default::default()));
             return;
         }
-        let table = self.shared.rules.load();
-        let mut content_type: Option<Bytes> = None;
-        let (mut get, mut models_path) = (false, false);
-        // Several lines make one list (RFC 9110 §5.3).
-        let mut content_encoding: Option<String> = None;
+        let shared = Arc::clone(&self.shared);
+        let table = shared.rules.load();
+        let mut scan = HeadScan::new(&shared.request_key_header);
         let mut trace = crate::otel::TraceHeaders::default();
         // The message is ours: header values are moved out, not copied
         // (they are slices of the received message).
@@ -210,136 +198,70 @@ impl Exchange {
             } else {
                 header.raw_value
             };
-            if self.shared.decider.strips(&table, key) {
-                if !self.strip.iter().any(|s| s.eq_ignore_ascii_case(key)) {
-                    self.strip.push(key.to_ascii_lowercase());
-                }
-            } else if key.eq_ignore_ascii_case("content-type") {
-                content_type = Some(value);
-            } else if key.eq_ignore_ascii_case("content-encoding") {
-                let value = String::from_utf8_lossy(&value);
-                match &mut content_encoding {
-                    Some(list) => {
-                        list.push(',');
-                        list.push_str(&value);
-                    }
-                    None => content_encoding = Some(value.into_owned()),
-                }
-            } else if key.eq_ignore_ascii_case("content-length") {
-                self.content_length = Some(value);
-            } else if key.eq_ignore_ascii_case(&self.shared.request_key_header) {
-                self.request_key = Some(value);
-            } else if self.shared.tracer.is_some() && trace.keep(key, &value) {
-            } else if key == ":method" {
-                get = &value[..] == b"GET";
-            } else if key == ":path" {
-                let path = value.split(|&b| b == b'?').next().unwrap_or_default();
-                models_path = path == b"/v1/models";
+            if shared.tracer.is_some() && trace.keep(key, &value) {
+                continue;
             }
+            scan.header(&shared.decider, &table, key, value);
         }
-        self.span = crate::otel::RequestSpan::start(self.shared.tracer.as_ref(), &trace);
-        if self.shared.serve_models && get && models_path {
+        self.strip = scan.take_stripped();
+        self.span = crate::otel::RequestSpan::start(shared.tracer.as_ref(), &trace);
+        if shared.serve_models && scan.is_models_request() {
             // The model list, from the table in force, without a round
             // trip to a backend.
-            self.phase = Phase::Done;
+            self.answered = true;
             self.span.models();
             out.push(reply::models(table.models_json()));
             return;
         }
-
-        if h.end_of_stream || self.request_mode == BodyMode::None {
-            // No body to read: answer at once, removing spoofed headers.
-            self.phase = Phase::Passing;
-            let verdict = self.shared.decider.decide(&table, Input::NoBody, None);
-            out.push(reply::request_headers(self.common(&verdict)));
-            return;
-        }
-        let extractor = BodyExtractor::for_request(
-            content_type
-                .as_deref()
-                .and_then(|v| std::str::from_utf8(v).ok()),
-            content_encoding.as_deref(),
-            self.shared.extractor.clone(),
-        );
-        match extractor {
-            Ok(x) => {
-                self.extractor = Some(x);
-                self.phase = Phase::Reading;
-                if self.request_mode == BodyMode::FullDuplexStreamed {
-                    self.headers_owed = true;
-                } else {
-                    // BUFFERED and STREAMED wait for this answer before
-                    // sending the body; the routing goes in the body
-                    // response.
-                    out.push(reply::request_headers(self.strip_only()));
-                }
-            }
-            Err(e) => {
-                // Nothing was held; the headers answer carries the verdict.
+        let body = !h.end_of_stream && self.request_mode != BodyMode::None;
+        let mut session = self.session(table);
+        let step = session.start(&shared.decider, &shared.extractor, &scan.head(), body);
+        self.session = Some(session);
+        match step {
+            Step::Read if self.request_mode == BodyMode::FullDuplexStreamed => {
                 self.headers_owed = true;
-                self.decide(Input::Failed(e), false, out);
+            }
+            // BUFFERED and STREAMED wait for this answer before sending
+            // the body; the routing goes in the body response.
+            Step::Read => out.push(reply::request_headers(self.strip_only())),
+            step => {
+                // No body to read, or one bbr does not read: the headers
+                // answer carries the verdict (nothing was held).
+                self.headers_owed = true;
+                self.take_step(step, None, h.end_of_stream, out);
             }
         }
     }
 
     fn on_request_body(&mut self, b: HttpBody, out: &mut Vec<ProcessingResponse>) {
-        let chunk = b.body;
-        let eos = b.end_of_stream;
-        match self.phase {
-            Phase::Done => {}
-            Phase::Start => {
-                // No headers message: Envoy's `request_header_mode: SKIP`.
-                // The body is read all the same, as one with no headers.
-                self.start_without_headers();
-                self.on_request_body(
-                    HttpBody {
-                        body: chunk,
-                        end_of_stream: eos,
-                    },
-                    out,
-                );
-            }
-            Phase::Passing => {
-                self.flush_owed_headers(out);
-                self.release(chunk, eos, out);
-            }
-            Phase::Checking => {
-                if let Some(x) = self.extractor.as_mut() {
-                    let mut result = Ok(());
-                    if x.needs_scanning() && !chunk.is_empty() {
-                        result = x.feed(&chunk).map(drop);
-                    }
-                    if result.is_ok() && eos {
-                        result = x.finish().map(drop);
-                    }
-                    if let Err(e) = result
-                        && !self.late_error(&e, out)
-                    {
-                        return;
-                    }
+        if self.answered {
+            return;
+        }
+        if self.session.is_none() {
+            // No headers message: Envoy's `request_header_mode: SKIP`.
+            self.start_without_headers();
+        }
+        let Some(session) = self.session.as_mut() else {
+            return;
+        };
+        let (chunk, eos) = (b.body, b.end_of_stream);
+        let reading = session.is_reading();
+        // A BUFFERED body message is the whole body, even when trailers
+        // follow it.
+        let end = eos || (reading && self.request_mode == BodyMode::Buffered);
+        let timer = (reading && !self.shared.plugin_histograms.is_empty()).then(Instant::now);
+        let step = session.chunk(&self.shared.decider, &chunk, end);
+        if reading {
+            if let (Some(start), Step::Verdict(_)) = (timer, &step) {
+                let seconds = start.elapsed().as_secs_f64();
+                for histogram in &self.shared.plugin_histograms {
+                    histogram.record(seconds);
                 }
-                self.release(chunk, eos, out);
             }
-            Phase::Reading => {
-                let Some(x) = self.extractor.as_mut() else {
-                    return;
-                };
-                // A BUFFERED body message is the whole body, even when
-                // trailers follow it.
-                let end = eos || self.request_mode == BodyMode::Buffered;
-                let mut result = Ok(bbr_core::Status::Pending);
-                if !chunk.is_empty() {
-                    result = x.feed(&chunk);
-                    self.held_len += chunk.len() as u64;
-                }
-                // One body response is owed per body message in BUFFERED and
-                // STREAMED: an empty chunk is held too.
-                self.held.push(chunk);
-                if matches!(result, Ok(bbr_core::Status::Pending)) && !end {
-                    return;
-                }
-                self.read_done(result.map(drop), end, eos, out);
-            }
+            self.held.push(chunk);
+            self.take_step(step, None, eos, out);
+        } else {
+            self.take_step(step, Some(chunk), eos, out);
         }
     }
 
@@ -353,58 +275,30 @@ impl Exchange {
             self.shared.tracer.as_ref(),
             &crate::otel::TraceHeaders::default(),
         );
+        let mut session = self.session(self.shared.rules.load());
         // Without a content type or coding the JSON extractor is chosen,
-        // which cannot fail to build.
-        match BodyExtractor::for_request(None, None, self.shared.extractor.clone()) {
-            Ok(x) => {
-                self.extractor = Some(x);
-                self.phase = Phase::Reading;
-            }
-            Err(_) => self.phase = Phase::Passing,
-        }
-    }
-
-    /// The body was read up to a decision, an error, or its end (`end`).
-    fn read_done(
-        &mut self,
-        result: Result<(), Error>,
-        end: bool,
-        eos: bool,
-        out: &mut Vec<ProcessingResponse>,
-    ) {
-        if let Err(e) = result {
-            return self.decide(Input::Failed(e), eos, out);
-        }
-        if end && self.held_len == 0 {
-            // An empty body (in any framing): nothing to route on.
-            return self.decide(Input::NoBody, eos, out);
-        }
-        let finished = match self.extractor.as_mut() {
-            Some(x) if end => x.finish().map(drop),
-            _ => Ok(()),
-        };
-        match finished {
-            Ok(()) => self.decide_on_body(eos, out),
-            Err(e) => self.decide(Input::Failed(e), eos, out),
-        }
+        // which cannot refuse the body.
+        let step = session.start(
+            &self.shared.decider,
+            &self.shared.extractor,
+            &Default::default(),
+            true,
+        );
+        debug_assert!(matches!(step, Step::Read), "{step:?}");
+        self.session = Some(session);
     }
 
     fn on_request_trailers(&mut self, out: &mut Vec<ProcessingResponse>) {
-        match self.phase {
-            Phase::Done => return,
-            // Trailers mean the body is complete.
-            Phase::Reading => self.read_done(Ok(()), true, false, out),
-            Phase::Checking => {
-                if let Some(Err(e)) = self.extractor.as_mut().map(|x| x.finish().map(drop))
-                    && !self.late_error(&e, out)
-                {
-                    return;
-                }
-                self.phase = Phase::Passing;
-            }
-            Phase::Start | Phase::Passing => self.flush_owed_headers(out),
+        if self.answered {
+            return;
         }
-        if self.phase != Phase::Done {
+        let step = match self.session.as_mut() {
+            // Trailers mean the body is complete.
+            Some(session) => session.end(&self.shared.decider),
+            None => Step::Release,
+        };
+        self.take_step(step, None, false, out);
+        if !self.session.as_ref().is_some_and(Session::is_done) {
             out.push(reply::request_trailers());
         }
     }
@@ -416,87 +310,79 @@ impl Exchange {
         out.push(reply::response_body(chunk));
     }
 
-    /// Decides on what the extractor found, counting what the Go router
-    /// counts.
-    fn decide_on_body(&mut self, eos: bool, out: &mut Vec<ProcessingResponse>) {
-        let Exchange {
-            shared, extractor, ..
-        } = self;
-        let Some(x) = extractor.as_ref() else {
+    /// Translates a session step to Envoy's protocol: `chunk` is the body
+    /// message's chunk after the verdict (before it, chunks are held).
+    fn take_step(
+        &mut self,
+        step: Step,
+        chunk: Option<Bytes>,
+        eos: bool,
+        out: &mut Vec<ProcessingResponse>,
+    ) {
+        let Some(session) = self.session.as_ref() else {
             return;
         };
-        let Some(extraction) = x.extraction() else {
-            return;
-        };
-        shared.decision_metrics.decided(
-            self.started.elapsed().as_secs_f64(),
-            extraction.decided_at(),
-        );
-        // Counted as the Go router counts them: absent, or an empty string.
-        metrics::record_fields(&shared.decider, extraction);
-        // STREAMED answers each chunk in place; a splice would not line up
-        // with the chunks Envoy waits on.
-        // A compressed body goes back as it came: never spliced.
-        let rewritable = x.is_rewritable() && self.request_mode != BodyMode::Streamed;
-        let table = shared.rules.load();
-        let key = match table.uses_request_key() {
-            true => self.request_key.as_deref(),
-            false => None,
-        };
-        let timer = (!shared.plugin_histograms.is_empty()).then(Instant::now);
-        let verdict = shared
-            .decider
-            .decide(&table, Input::body(extraction, rewritable), key);
-        if let Some(start) = timer {
-            let seconds = start.elapsed().as_secs_f64();
-            for histogram in &shared.plugin_histograms {
-                histogram.record(seconds);
+        let shared = &self.shared;
+        session.tally(&shared.decider, &step, |t| {
+            shared.decision_metrics.record(t)
+        });
+        match step {
+            Step::Read | Step::Hold | Step::Drop => {}
+            Step::Verdict(verdict) => {
+                if session.decided_on_body() {
+                    let seconds = self.started.elapsed().as_secs_f64();
+                    shared
+                        .decision_metrics
+                        .decided(seconds, session.decided_at());
+                }
+                self.carry_out(verdict, eos, out);
             }
+            Step::Release | Step::ReleaseUnchecked(_) => {
+                self.flush_owed_headers(out);
+                if let Some(chunk) = chunk {
+                    self.release(chunk, eos, out);
+                }
+            }
+            Step::Reject(e) => self.reject(&e, out),
+            _ => {}
         }
-        self.carry_out(verdict, eos, out);
-    }
-
-    /// Decides on `input`, which needs no extraction.
-    fn decide(&mut self, input: Input<'_>, eos: bool, out: &mut Vec<ProcessingResponse>) {
-        let table = self.shared.rules.load();
-        let verdict = self.shared.decider.decide(&table, input, None);
-        self.carry_out(verdict, eos, out);
     }
 
     /// Sends the verdict (headers response or body response, by mode) and
-    /// the held chunks, then moves on to checking or passing.
+    /// the held chunks.
     fn carry_out(&mut self, verdict: Verdict, eos: bool, out: &mut Vec<ProcessingResponse>) {
-        self.shared.decision_metrics.verdict(&verdict);
         self.span.verdict(&verdict);
         if let Verdict::Reject(e) = &verdict {
             return self.reject(e, out);
         }
-        self.changed = verdict.changes_request();
         // The first response pushed below carries the routing.
         let first = out.len();
         let mut common = self.common(&verdict);
         let mut held = std::mem::take(&mut self.held);
-        self.held_len = 0;
-        if let Verdict::Route(routing) = &verdict
-            && let Some(rewritten) = routing.rewrite().and_then(|r| r.apply(&held))
+        if let Some(change) = self
+            .session
+            .as_ref()
+            .and_then(|s| s.change_body(&verdict, &held))
         {
-            held = rewritten.chunks.clone();
-            if let Some(old) = self.content_length.as_deref() {
-                let mutation = common.header_mutation.get_or_insert_default();
-                match rewritten.content_length(old) {
-                    ContentLength::Set(len) => mutation.set_headers.push(reply::header_option(
+            held = change.chunks;
+            match change.content_length {
+                Some(ContentLength::Set(len)) => {
+                    let mutation = common.header_mutation.get_or_insert_default();
+                    mutation.set_headers.push(reply::header_option(
                         "content-length",
                         len.to_string().as_bytes(),
-                    )),
-                    ContentLength::Remove => {
-                        mutation.remove_headers.push("content-length".to_owned());
-                    }
+                    ));
                 }
+                Some(ContentLength::Remove) => {
+                    let mutation = common.header_mutation.get_or_insert_default();
+                    mutation.remove_headers.push("content-length".to_owned());
+                }
+                None => {}
             }
             if self.request_mode == BodyMode::Buffered {
                 let body = Bytes::from(held.concat());
                 out.push(reply::request_body(Some(reply::with_body(common, body))));
-                return self.after_verdict(&verdict, &mut out[first..]);
+                return self.add_metadata(&verdict, &mut out[first..]);
             }
         }
         if self.headers_skipped && self.request_mode == BodyMode::FullDuplexStreamed {
@@ -534,52 +420,27 @@ impl Exchange {
                 out.push(reply::request_body(common.take()));
             }
         }
-        self.after_verdict(&verdict, &mut out[first..]);
+        self.add_metadata(&verdict, &mut out[first..]);
     }
 
     /// Adds the dynamic metadata of a route to `sent`'s first response
-    /// (the one with the routing), and moves on to checking or passing.
-    fn after_verdict(&mut self, verdict: &Verdict, sent: &mut [ProcessingResponse]) {
+    /// (the one with the routing).
+    fn add_metadata(&self, verdict: &Verdict, sent: &mut [ProcessingResponse]) {
         if let (Some(metadata), Verdict::Route(routing), Some(response)) =
             (&self.shared.metadata, verdict, sent.first_mut())
         {
             let route = routing.route();
             response.dynamic_metadata = Some(metadata.of(route.model(), route.pool()));
         }
-        let checking = verdict.error().is_none()
-            && self.extractor.as_ref().is_some_and(|x| x.needs_scanning());
-        self.phase = if checking {
-            Phase::Checking
-        } else {
-            Phase::Passing
-        };
-    }
-
-    /// An error in a chunk after the verdict went out (strict policy).
-    /// Returns whether the chunk may still be released.
-    fn late_error(&mut self, e: &Error, out: &mut Vec<ProcessingResponse>) -> bool {
-        match self.shared.decider.late_error(e, self.changed) {
-            LateAction::Reject => {
-                self.reject(e, out);
-                false
-            }
-            LateAction::Release => {
-                metrics::record_fail_open(e);
-                self.phase = Phase::Passing;
-                true
-            }
-        }
     }
 
     fn reject(&mut self, e: &Error, out: &mut Vec<ProcessingResponse>) {
-        metrics::record_rejected(e);
         self.span.rejected(e);
         tracing::debug!(
             kind = e.kind().as_str(),
             offset = e.offset(),
             "request rejected"
         );
-        self.phase = Phase::Done;
         self.held.clear();
         out.push(reply::immediate(e));
     }
@@ -614,7 +475,7 @@ impl std::fmt::Debug for Exchange {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Exchange")
             .field("request_mode", &self.request_mode)
-            .field("phase", &self.phase)
+            .field("session", &self.session)
             .field("held", &self.held.len())
             .finish_non_exhaustive()
     }

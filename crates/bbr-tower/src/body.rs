@@ -10,7 +10,10 @@ use std::{
     time::Duration,
 };
 
-use bbr_core::{BodyExtractor, Error, LateAction};
+use bbr_core::{
+    Error,
+    session::{Session, Step},
+};
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
@@ -69,12 +72,13 @@ pin_project! {
 
 pin_project! {
     /// A body being read by the layer, with what it holds: one allocation
-    /// per request for the body, the extractor, the held chunks and the
-    /// scan after the decision.
+    /// per request for the body, the session, the held chunks and the
+    /// scan after the verdict.
     pub(crate) struct BodyReader<B> {
         #[pin]
         body: B,
-        pub(crate) extractor: BodyExtractor,
+        pub(crate) session: Session,
+        pub(crate) config: Arc<Config>,
         pub(crate) held: Held,
         // What the held bytes take from the layer's budget, until they are
         // handed on (replayed) or dropped.
@@ -90,12 +94,8 @@ pin_project! {
     }
 }
 
-/// The strict policy's check of the chunks after the decision.
+/// The strict policy's check of the chunks after the verdict.
 pub(crate) struct Check {
-    pub(crate) config: Arc<Config>,
-    /// The verdict changed the request: a late error can no longer let it
-    /// through unchanged (see [`Decider::late_error`]).
-    pub(crate) changed: bool,
     /// Where a violation is reported to the response future, which then
     /// answers with the error contract if the inner service has not.
     pub(crate) violation: Arc<OnceLock<Error>>,
@@ -198,39 +198,20 @@ impl Held {
     }
 }
 
-impl Check {
-    /// What a check's result means for the body: `Err` to abort it,
-    /// `Ok(true)` to go on checking, `Ok(false)` to stop checking and
-    /// release the rest (an error the policy lets through).
-    fn outcome(&self, result: Result<(), Error>) -> Result<bool, Error> {
-        let Err(error) = result else {
-            return Ok(true);
-        };
-        match self.config.decider.late_error(&error, self.changed) {
-            LateAction::Reject => Err(error),
-            LateAction::Release => {
-                #[cfg(feature = "metrics")]
-                bbr_core::metrics::record_fail_open(&error);
-                Ok(false)
-            }
-        }
-    }
-}
-
 impl<B> BodyReader<B> {
-    /// A body about to be read into `extractor`, its held bytes counted in
-    /// `budget`, cut off after `idle` without data before the decision.
-    pub(crate) fn new(
-        body: B,
-        extractor: BodyExtractor,
-        budget: Option<&HoldBudget>,
-        idle: Option<Duration>,
-    ) -> BodyReader<B> {
+    /// A body about to be read by `session` (started), its held bytes
+    /// counted in the layer's budget, cut off after the layer's idle time
+    /// without data before the verdict.
+    pub(crate) fn new(body: B, session: Session, config: Arc<Config>) -> BodyReader<B> {
+        let budget: Option<&HoldBudget> = config.budget.as_ref();
+        let reservation = budget.map(|b| Reservation::new(b.clone()));
+        let idle = config.hold_idle_timeout;
         BodyReader {
             body,
-            extractor,
+            session,
+            config,
             held: Held::default(),
-            reservation: budget.map(|b| Reservation::new(b.clone())),
+            reservation,
             idle: Idle::new(idle),
             trailers: None,
             ended: false,
@@ -300,14 +281,10 @@ impl Idle {
     }
 }
 
-/// What reading the body up to the decision came to.
+/// What reading the body up to the verdict came to.
 pub(crate) enum Read {
-    /// The extractor decided; the body may go on.
-    Decided,
-    /// The extractor refused the body.
-    Failed(Error),
-    /// The body ended without a decision before it.
-    Ended,
+    /// The session's step: a verdict.
+    Step(Step),
     /// The body could not be read.
     BodyError,
 }
@@ -316,21 +293,22 @@ impl<B> BodyReader<B>
 where
     B: Body<Data = Bytes>,
 {
-    /// Reads frames into the extractor, holding them, until it decides, it
-    /// fails, or the body ends.
+    /// Reads frames into the session, holding them, until its verdict.
     pub(crate) fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Read> {
         let mut this = self.project();
+        let decider = &this.config.decider;
         loop {
             let frame = match this.body.as_mut().poll_frame(cx) {
                 Poll::Pending => {
                     if this.idle.as_mut().expired(cx) {
-                        return Poll::Ready(Read::Failed(Error::body_timeout(this.held.len())));
+                        let error = Error::body_timeout(this.held.len());
+                        return Poll::Ready(Read::Step(this.session.fail(decider, error)));
                     }
                     return Poll::Pending;
                 }
                 Poll::Ready(None) => {
                     *this.ended = true;
-                    return Poll::Ready(Read::Ended);
+                    return Poll::Ready(Read::Step(this.session.end(decider)));
                 }
                 Poll::Ready(Some(Err(_))) => {
                     *this.ended = true;
@@ -344,7 +322,7 @@ where
                     Ok(trailers) => {
                         *this.ended = true;
                         *this.trailers = Some(trailers);
-                        return Poll::Ready(Read::Ended);
+                        return Poll::Ready(Read::Step(this.session.end(decider)));
                     }
                     Err(_) => continue,
                 },
@@ -356,17 +334,15 @@ where
             if let Some(reservation) = this.reservation.as_mut()
                 && !reservation.take(chunk.len() as u64)
             {
-                return Poll::Ready(Read::Failed(Error::overloaded()));
+                let step = this.session.fail(decider, Error::overloaded());
+                return Poll::Ready(Read::Step(step));
             }
-            let status = this.extractor.feed(&chunk);
+            let end = this.body.is_end_stream();
+            let step = this.session.chunk(decider, &chunk, end);
             this.held.push(chunk);
-            match status {
-                Ok(bbr_core::Status::Pending) => {}
-                Ok(bbr_core::Status::Decided) => {
-                    *this.ended = this.body.is_end_stream();
-                    return Poll::Ready(Read::Decided);
-                }
-                Err(error) => return Poll::Ready(Read::Failed(error)),
+            if !matches!(step, Step::Hold) {
+                *this.ended = end;
+                return Poll::Ready(Read::Step(step));
             }
         }
     }
@@ -376,23 +352,17 @@ where
         self.ended || self.body.is_end_stream()
     }
 
-    /// Checks the chunks still to come with the extractor, reporting a
+    /// Checks the chunks still to come with the session, reporting a
     /// violation to the returned cell.
-    pub(crate) fn check_rest(
-        self: Pin<&mut Self>,
-        config: Arc<Config>,
-        changed: bool,
-    ) -> Arc<OnceLock<Error>> {
+    pub(crate) fn check_rest(self: Pin<&mut Self>) -> Arc<OnceLock<Error>> {
         let violation = Arc::new(OnceLock::new());
         *self.project().check = Some(Check {
-            config,
-            changed,
             violation: Arc::clone(&violation),
         });
         violation
     }
 
-    /// Ends the body with `error` (a violation found after the decision).
+    /// Ends the body with `error` (a violation found after the verdict).
     fn abort(self: Pin<&mut Self>, error: Error) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
         *this.ended = true;
@@ -407,30 +377,29 @@ where
         Poll::Ready(Some(Err(Box::new(error))))
     }
 
-    /// Runs the check's end-of-body test. `Err` when the body must be aborted.
-    fn finish_check(self: Pin<&mut Self>) -> Result<(), Error> {
+    /// Checks a chunk after the verdict (`None`: the body's end). `Err`
+    /// when the body must be aborted.
+    fn check(self: Pin<&mut Self>, chunk: Option<&Bytes>, end: bool) -> Result<(), Error> {
         let this = self.project();
-        let Some(check) = this.check.as_ref() else {
+        if this.check.is_none() {
             return Ok(());
-        };
-        let result = this.extractor.finish().map(drop);
-        check.outcome(result)?;
-        *this.check = None;
-        Ok(())
-    }
-
-    /// Checks a chunk after the decision. `Err` when the body must be aborted.
-    fn check(self: Pin<&mut Self>, chunk: &Bytes) -> Result<(), Error> {
-        let this = self.project();
-        let Some(check) = this.check.as_ref() else {
-            return Ok(());
-        };
-        let result = this.extractor.feed(chunk).map(drop);
-        let go_on = check.outcome(result)? && this.extractor.needs_scanning();
-        if !go_on {
-            *this.check = None;
         }
-        Ok(())
+        let decider = &this.config.decider;
+        let step = match chunk {
+            Some(chunk) => this.session.chunk(decider, chunk, end),
+            None => this.session.end(decider),
+        };
+        this.config.tally(this.session, &step);
+        match step {
+            // `abort` reports it through the check's cell.
+            Step::Reject(error) => Err(error),
+            _ => {
+                if !this.session.is_checking() {
+                    *this.check = None;
+                }
+                Ok(())
+            }
+        }
     }
 
     fn poll_replay(
@@ -440,7 +409,7 @@ where
     where
         B::Error: Into<BoxError>,
     {
-        let this = self.as_mut().project();
+        let mut this = self.as_mut().project();
         if let Some(chunk) = this.held.pop() {
             if let Some(reservation) = this.reservation.as_mut() {
                 reservation.give_back(chunk.len() as u64);
@@ -450,11 +419,11 @@ where
         if *this.ended {
             return Poll::Ready(this.trailers.take().map(|t| Ok(Frame::trailers(t))));
         }
-        let frame = match this.body.poll_frame(cx) {
+        let frame = match this.body.as_mut().poll_frame(cx) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(None) => {
                 *this.ended = true;
-                if let Err(e) = self.as_mut().finish_check() {
+                if let Err(e) = self.as_mut().check(None, true) {
                     return self.abort(e);
                 }
                 return Poll::Ready(
@@ -476,24 +445,23 @@ where
         }
         if frame.is_trailers() {
             *this.ended = true;
-            if let Err(e) = self.as_mut().finish_check() {
+            if let Err(e) = self.as_mut().check(None, true) {
                 return self.abort(e);
             }
             return Poll::Ready(Some(Ok(frame)));
         }
-        if let Some(chunk) = frame.data_ref()
-            && let Err(e) = self.as_mut().check(chunk)
-        {
-            return self.abort(e);
-        }
         // The last chunk is checked for completeness before it is released,
         // so a truncated body never ends cleanly.
-        let this = self.as_mut().project();
-        if this.check.is_some() && this.body.is_end_stream() {
-            *this.ended = true;
-            if let Err(e) = self.as_mut().finish_check() {
+        let end = this.body.is_end_stream();
+        if let Some(chunk) = frame.data_ref() {
+            if let Err(e) = self.as_mut().check(Some(chunk), end) {
                 return self.abort(e);
             }
+        } else if end && let Err(e) = self.as_mut().check(None, true) {
+            return self.abort(e);
+        }
+        if end {
+            *self.as_mut().project().ended = true;
         }
         Poll::Ready(Some(Ok(frame)))
     }

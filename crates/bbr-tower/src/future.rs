@@ -10,8 +10,9 @@ use std::{
     task::{Context, Poll, ready},
 };
 
-use bbr_core::rules::{ContentLength, RewrittenBody, RuleTable};
-use bbr_core::{BodyExtractor, Error, Extraction, Input, Verdict};
+use bbr_core::rules::{ContentLength, RuleTable};
+use bbr_core::session::{Head, Session, Step};
+use bbr_core::{Error, Verdict};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, header, request::Parts};
 use http_body::Body;
@@ -23,7 +24,7 @@ use crate::{
     body::{BodyReader, Read},
     decision::DecisionData,
     layer::Config,
-    response::{json_ok, reject},
+    response::{error_response, json_ok},
 };
 
 /// The header whose value picks among a rule's weighted targets (a name
@@ -65,7 +66,7 @@ pin_project! {
 
 /// A request the layer answers itself.
 enum Answer {
-    /// The error contract's answer.
+    /// The error contract's answer (counted where it was decided).
     Refused(Error),
     /// `GET /v1/models`, from the rule table.
     Models(Bytes),
@@ -77,11 +78,9 @@ const POLLED_AFTER_COMPLETION: &str = "ResponseFuture polled after completion";
 /// The request while its body is read up to the decision.
 struct Reading<S, B> {
     service: S,
-    config: Arc<Config>,
-    table: Arc<RuleTable>,
     parts: Parts,
-    /// The body, the extractor and the held chunks: one allocation, handed
-    /// on to the [`RoutedBody`] as it is.
+    /// The body, the session, the configuration and the held chunks: one
+    /// allocation, handed on to the [`RoutedBody`] as it is.
     stream: Pin<Box<BodyReader<B>>>,
     /// When the request's headers arrived (the decision-time histogram).
     #[cfg(feature = "metrics")]
@@ -111,48 +110,42 @@ where
             };
         }
 
-        if !config.paths.is_empty() {
-            let path = parts.uri.path();
-            if let Some(model) = config.paths.iter().find_map(|t| t.model(path)) {
-                let model = model.to_owned();
-                let key = request_key(&table, &parts);
-                let verdict = config.decider.decide(&table, Input::Path(&model), key);
-                let mut decision = DecisionData::unrouted(ModelSource::Path);
-                decision.path_model = Some(model.into());
-                return forward(service, &config, parts, body, verdict, decision);
-            }
-        }
-        if body.is_end_stream() {
-            let verdict = config.decider.decide(&table, Input::NoBody, None);
-            let decision = DecisionData::unrouted(ModelSource::None);
-            return forward(service, &config, parts, body, verdict, decision);
-        }
-
+        let key = match table.uses_request_key() {
+            true => parts.headers.get(&REQUEST_ID).map(HeaderValue::as_bytes),
+            false => None,
+        };
         let content_type = seen.content_type.as_ref().map(|v| v.to_str().unwrap_or(""));
         let content_encoding = if seen.encoded {
             content_encoding(&parts.headers)
         } else {
             None
         };
-        let extractor = BodyExtractor::for_request(
+        let head = Head {
             content_type,
-            content_encoding.as_deref(),
-            config.extractor.clone(),
-        );
-        match extractor {
-            Ok(extractor) => {
-                let stream = BodyReader::new(
-                    body,
-                    extractor,
-                    config.budget.as_ref(),
-                    config.hold_idle_timeout,
-                );
+            content_encoding: content_encoding.as_deref(),
+            content_length: seen.content_length.as_ref().map(HeaderValue::as_bytes),
+            request_key: key,
+        };
+        let mut session = Session::new(table);
+        if !config.paths.is_empty() {
+            let path = parts.uri.path();
+            if let Some(model) = config.paths.iter().find_map(|t| t.model(path)) {
+                let model = model.to_owned();
+                let step = session.start_with_model(&config.decider, &head, &model);
+                let mut decision = DecisionData::unrouted(ModelSource::Path);
+                decision.path_model = Some(model.into());
+                return forward(service, &config, &session, parts, body, step, decision);
+            }
+        }
+        let has_body = !body.is_end_stream();
+        match session.start(&config.decider, &config.extractor, &head, has_body) {
+            Step::Read => {
+                drop(content_encoding);
+                let stream = BodyReader::new(body, session, config);
                 ResponseFuture {
                     state: State::Reading {
                         reading: Some(Reading {
                             service,
-                            config,
-                            table,
                             parts,
                             stream: Box::pin(stream),
                             #[cfg(feature = "metrics")]
@@ -161,10 +154,10 @@ where
                     },
                 }
             }
-            Err(error) => {
-                let verdict = config.decider.decide(&table, Input::Failed(error), None);
+            step => {
+                drop(content_encoding);
                 let decision = DecisionData::unrouted(ModelSource::None);
-                forward(service, &config, parts, body, verdict, decision)
+                forward(service, &config, &session, parts, body, step, decision)
             }
         }
     }
@@ -180,6 +173,8 @@ struct Seen {
     content_type: Option<HeaderValue>,
     /// A `Content-Encoding` is present.
     encoded: bool,
+    /// The first `Content-Length`.
+    content_length: Option<HeaderValue>,
 }
 
 impl Seen {
@@ -188,11 +183,16 @@ impl Seen {
             strip: false,
             content_type: None,
             encoded: false,
+            content_length: None,
         };
         for (name, value) in headers {
             if *name == header::CONTENT_TYPE {
                 if seen.content_type.is_none() {
                     seen.content_type = Some(value.clone());
+                }
+            } else if *name == header::CONTENT_LENGTH {
+                if seen.content_length.is_none() {
+                    seen.content_length = Some(value.clone());
                 }
             } else if *name == header::CONTENT_ENCODING {
                 seen.encoded = true;
@@ -233,15 +233,6 @@ fn content_encoding(headers: &HeaderMap) -> Option<Cow<'_, str>> {
     }))
 }
 
-/// The request id that keys weighted choices, when the table can use one.
-fn request_key<'a>(table: &RuleTable, parts: &'a Parts) -> Option<&'a [u8]> {
-    if table.uses_request_key() {
-        parts.headers.get(&REQUEST_ID).map(HeaderValue::as_bytes)
-    } else {
-        None
-    }
-}
-
 fn answer<S, B>(error: Error) -> ResponseFuture<S, B>
 where
     S: Service<Request<RoutedBody<B>>>,
@@ -262,15 +253,20 @@ const MODELS_PATH: &str = "/v1/models";
 fn forward<S, B>(
     service: S,
     config: &Config,
+    session: &Session,
     mut parts: Parts,
     body: B,
-    verdict: Verdict,
+    step: Step,
     mut decision: DecisionData,
 ) -> ResponseFuture<S, B>
 where
     S: Service<Request<RoutedBody<B>>>,
 {
-    if let Err(error) = apply(config, &verdict, &mut parts.headers) {
+    config.tally(session, &step);
+    let Step::Verdict(verdict) = step else {
+        return answer(Error::body_read());
+    };
+    if let Err(error) = apply(&verdict, &mut parts.headers) {
         return answer(error);
     }
     decision.take_verdict(verdict);
@@ -284,13 +280,7 @@ where
 }
 
 /// Sets the verdict's headers; `Err` for a rejection.
-fn apply(
-    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))] config: &Config,
-    verdict: &Verdict,
-    headers: &mut HeaderMap,
-) -> Result<(), Error> {
-    #[cfg(feature = "metrics")]
-    config.metrics().verdict(verdict);
+fn apply(verdict: &Verdict, headers: &mut HeaderMap) -> Result<(), Error> {
     // The route's headers, then the body fields': the order of
     // `Verdict::headers`, walked without its iterator on the hot path.
     let fields = match verdict {
@@ -347,13 +337,13 @@ where
                     // A violation found after the decision ends the upstream
                     // body; the client gets the error contract's answer.
                     if let Some(error) = violation.take().as_ref().and_then(|v| v.get()) {
-                        return Poll::Ready(Ok(reject(error)));
+                        return Poll::Ready(Ok(error_response(error)));
                     }
                     return Poll::Ready(result.map(|r| r.map(ResponseBody::inner)));
                 }
                 StateProj::Answered { answer } => {
                     let response = match answer.take().expect(POLLED_AFTER_COMPLETION) {
-                        Answer::Refused(error) => reject(&error),
+                        Answer::Refused(error) => error_response(&error),
                         Answer::Models(list) => json_ok(list),
                     };
                     return Poll::Ready(Ok(response));
@@ -376,85 +366,66 @@ where
     B: Body<Data = Bytes>,
 {
     /// Turns what the read came to into the next state.
-    fn proceed(mut self, read: Read) -> ResponseFuture<S, B> {
+    fn proceed(self, read: Read) -> ResponseFuture<S, B> {
         match read {
-            Read::BodyError => return answer(Error::body_read()),
-            Read::Failed(error) => return self.carry_out(Err(error)),
-            // An empty body (in any framing): nothing to route on.
-            Read::Ended if self.stream.held.is_empty() => return self.carry_out(Ok(None)),
-            Read::Decided | Read::Ended => {}
+            Read::BodyError => {
+                #[cfg(feature = "metrics")]
+                bbr_core::metrics::record_rejected(&Error::body_read());
+                answer(Error::body_read())
+            }
+            Read::Step(step) => self.carry_out(step),
         }
-        let ended = self.stream.ended();
-        let extractor = &mut self.stream.as_mut().project().extractor;
-        // At the end of the body the extractor checks it is complete; in
-        // the middle, the strict policy goes on checking in the body.
-        let outcome = match extractor.extraction() {
-            Some(extraction) if !ended => Ok(extraction.clone()),
-            _ => extractor.finish().cloned(),
-        };
-        self.carry_out(outcome.map(Some))
     }
 
-    /// Decides on `input` and carries the verdict out: the headers set, the
-    /// held chunks rewritten, the rest of the body checked.
-    ///
-    /// `read` is what the extractor found (`None`: an empty body), or why
-    /// it refused the body.
-    fn carry_out(mut self, read: Result<Option<Extraction>, Error>) -> ResponseFuture<S, B> {
-        let key = request_key(&self.table, &self.parts);
-        let decider = &self.config.decider;
-        let (verdict, extraction) = match read {
-            Ok(Some(extraction)) => {
-                #[cfg(feature = "metrics")]
-                {
-                    let seconds = self.started.elapsed().as_secs_f64();
-                    let metrics = self.config.metrics();
-                    metrics.decided(seconds, extraction.decided_at());
-                    bbr_core::metrics::record_fields(decider, &extraction);
-                }
-                // A compressed body is forwarded as it came: never spliced.
-                let input = Input::body(&extraction, self.stream.extractor.is_rewritable());
-                (decider.decide(&self.table, input, key), Some(extraction))
-            }
-            Ok(None) => (decider.decide(&self.table, Input::NoBody, key), None),
-            Err(error) => (decider.decide(&self.table, Input::Failed(error), key), None),
+    /// Carries the verdict out: the headers set, the held chunks
+    /// rewritten, the rest of the body checked.
+    fn carry_out(mut self, step: Step) -> ResponseFuture<S, B> {
+        let stream = self.stream.as_mut().project();
+        let (session, config) = (&*stream.session, &**stream.config);
+        config.tally(session, &step);
+        #[cfg(feature = "metrics")]
+        if session.decided_on_body() {
+            let seconds = self.started.elapsed().as_secs_f64();
+            config.metrics().decided(seconds, session.decided_at());
+        }
+        let Step::Verdict(verdict) = step else {
+            return answer(Error::body_read());
         };
-        if let Err(error) = apply(&self.config, &verdict, &mut self.parts.headers) {
+        if let Err(error) = apply(&verdict, &mut self.parts.headers) {
             return answer(error);
         }
         if let Verdict::Route(routing) = &verdict
-            && let Some(rewrite) = routing.rewrite()
+            && routing.rewrite().is_some()
         {
-            let held = &mut self.stream.as_mut().project().held;
-            let chunks = held.take();
-            match rewrite.apply(&chunks) {
-                Some(rewritten) => {
-                    fix_content_length(&mut self.parts.headers, &rewritten);
-                    held.replace(rewritten.chunks);
+            let chunks = stream.held.take();
+            match session.change_body(&verdict, &chunks) {
+                Some(change) => {
+                    fix_content_length(&mut self.parts.headers, change.content_length);
+                    stream.held.replace(change.chunks);
                 }
-                None => held.replace(chunks),
+                None => stream.held.replace(chunks),
             }
         }
         // Decided: what is held stays in the budget until the inner service
         // takes it from the body, chunk by chunk.
-        let held = self.stream.held.len();
-        if let Some(reservation) = self.stream.as_mut().project().reservation.as_mut() {
+        let held = stream.held.len();
+        if let Some(reservation) = stream.reservation.as_mut() {
             reservation.keep(held);
         }
+        let extraction = session
+            .extractor()
+            .and_then(|x| x.extraction())
+            .filter(|_| session.decided_on_body())
+            .cloned();
         let source = match extraction.as_ref().and_then(|x| x.model()) {
             Some(_) => ModelSource::Body,
             None => ModelSource::None,
         };
         let mut decision = DecisionData::unrouted(source);
-        decision.held_bytes = self.stream.held.len();
-        let violation = (!self.stream.ended()
-            && verdict.error().is_none()
-            && self.stream.extractor.needs_scanning())
-        .then(|| {
-            let changed = verdict.changes_request();
-            let config = Arc::clone(&self.config);
-            self.stream.as_mut().check_rest(config, changed)
-        });
+        decision.held_bytes = held;
+        let checking = session.is_checking();
+        let violation =
+            (!self.stream.ended() && checking).then(|| self.stream.as_mut().check_rest());
         decision.take_verdict(verdict);
         decision.extraction = extraction;
         let body = RoutedBody::replay(self.stream);
@@ -463,18 +434,16 @@ where
 }
 
 /// Applies the one `Content-Length` rule after a rewrite (see
-/// [`RewrittenBody::content_length`]).
-fn fix_content_length(headers: &mut HeaderMap, rewritten: &RewrittenBody) {
-    let Some(old) = headers.get(header::CONTENT_LENGTH) else {
-        return;
-    };
-    match rewritten.content_length(old.as_bytes()) {
-        ContentLength::Set(length) => {
+/// [`Session::change_body`]).
+fn fix_content_length(headers: &mut HeaderMap, change: Option<ContentLength>) {
+    match change {
+        Some(ContentLength::Set(length)) => {
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
         }
-        ContentLength::Remove => {
+        Some(ContentLength::Remove) => {
             headers.remove(header::CONTENT_LENGTH);
         }
+        None => {}
     }
 }
 

@@ -58,6 +58,22 @@ pub(crate) struct Config {
 }
 
 impl Config {
+    /// Counts what `step` of `session` counts (feature `metrics`).
+    #[inline]
+    pub(crate) fn tally(
+        &self,
+        session: &bbr_core::session::Session,
+        step: &bbr_core::session::Step,
+    ) {
+        #[cfg(feature = "metrics")]
+        {
+            let metrics = self.metrics();
+            session.tally(&self.decider, step, |t| metrics.record(t));
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = (session, step);
+    }
+
     /// The decision metrics' handles (see [`Config::metrics`](Config)).
     #[cfg(feature = "metrics")]
     pub(crate) fn metrics(&self) -> &bbr_core::metrics::DecisionMetrics {
