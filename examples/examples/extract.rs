@@ -26,7 +26,7 @@ use std::{
 
 use bbr_core::{
     BodyExtractor, Error, ExtractorConfig, PathTemplate, Policy,
-    rules::{RouteDecision, RuleTable},
+    rules::{RouteMatch, RuleTable},
 };
 use bytes::Bytes;
 use clap::Parser;
@@ -159,7 +159,7 @@ fn extract(args: &Args, config: ExtractorConfig, body: Bytes) -> Result<Option<S
     Ok(from_path.or_else(|| extraction.model().map(|m| m.as_str().to_owned())))
 }
 
-fn decision_json(decision: &RouteDecision) -> String {
+fn decision_json(decision: &RouteMatch) -> String {
     let mut out = Object::new();
     if let Some(rule) = decision.rule() {
         out.string("rule", rule);

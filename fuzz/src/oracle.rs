@@ -118,9 +118,9 @@ pub fn run_json(body: &[u8], cuts: &[usize], config: &ExtractorConfig) -> Run {
             Ok(status) => {
                 fed += chunk.len() as u64;
                 if decided {
-                    assert_eq!(status, Status::Decided, "a decision was taken back");
+                    assert_eq!(status, Status::Found, "a decision was taken back");
                 }
-                decided = status == Status::Decided;
+                decided = status == Status::Found;
                 assert_eq!(
                     extractor.extraction().is_some(),
                     decided,
@@ -488,7 +488,7 @@ pub fn run_multipart(body: &[u8], cuts: &[usize], config: &ExtractorConfig) -> O
         }
         match extractor.feed(&chunk) {
             Ok(status) => {
-                decided = status == Status::Decided;
+                decided = status == Status::Found;
                 assert_eq!(extractor.extraction().is_some(), decided);
             }
             Err(error) => {

@@ -43,8 +43,9 @@ use http::{HeaderName, HeaderValue};
 
 use crate::{
     BodyFieldHeader, Error, Extraction, ExtractorConfig, FailureAction, FailurePolicy,
+    first_bytes::FirstBytes,
     rewrite::json_string,
-    rules::{RewrittenBody, RouteDecision, RouteHeaders, RuleTable, rewrite_body_with},
+    rules::{RewrittenBody, RouteHeaders, RouteMatch, RuleTable, rewrite_body_with},
 };
 
 /// The prefix of the headers bbr sets (`x-gateway-model-name` and friends)
@@ -71,31 +72,6 @@ pub struct Decider {
     /// The first bytes of the prefixes, the stripped names and the body
     /// fields' headers.
     first: FirstBytes,
-}
-
-/// A set of bytes: the first bytes of the header names a check looks for,
-/// so that most headers (`host`, `content-type` …) are passed over after
-/// one lookup.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct FirstBytes([u64; 4]);
-
-impl FirstBytes {
-    /// The (lowercase) first bytes of `names`.
-    pub(crate) fn of<'a>(names: impl IntoIterator<Item = &'a str>) -> FirstBytes {
-        let mut set = FirstBytes::default();
-        for name in names {
-            if let Some(&b) = name.as_bytes().first() {
-                let b = b.to_ascii_lowercase();
-                set.0[usize::from(b >> 6)] |= 1 << (b & 63);
-            }
-        }
-        set
-    }
-
-    #[inline]
-    fn has(self, b: u8) -> bool {
-        self.0[usize::from(b >> 6)] & (1 << (b & 63)) != 0
-    }
 }
 
 impl Decider {
@@ -269,7 +245,7 @@ impl Decider {
         match input {
             Input::NoBody => Verdict::Pass(Pass::new(PassReason::NoBody, Vec::new())),
             Input::Failed(error) => self.refuse(error),
-            Input::Path(model) => match table.decide(model, request_key) {
+            Input::Path(model) => match table.route(model, request_key) {
                 Ok(Some(route)) => Verdict::Route(Routing {
                     route,
                     fields: Vec::new(),
@@ -291,7 +267,7 @@ impl Decider {
                         FailureAction::Reject => Verdict::Reject(Error::missing_model()),
                     };
                 };
-                match table.decide_model(model, request_key) {
+                match table.route_model(model, request_key) {
                     Ok(Some(route)) => {
                         let rewrite = (rewritable && route.is_rewrite()).then(|| Rewrite {
                             span: model.span(),
@@ -476,14 +452,14 @@ impl Verdict {
 /// A request to forward with its routing ([`Verdict::Route`]).
 #[derive(Debug)]
 pub struct Routing {
-    route: RouteDecision,
+    route: RouteMatch,
     fields: Vec<(HeaderName, HeaderValue)>,
     rewrite: Option<Rewrite>,
 }
 
 impl Routing {
     /// The rule table's decision.
-    pub fn route(&self) -> &RouteDecision {
+    pub fn route(&self) -> &RouteMatch {
         &self.route
     }
 
@@ -499,7 +475,7 @@ impl Routing {
     }
 
     /// The rule table's decision, taken out.
-    pub fn into_route(self) -> RouteDecision {
+    pub fn into_route(self) -> RouteMatch {
         self.route
     }
 }

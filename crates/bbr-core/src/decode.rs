@@ -162,7 +162,7 @@ mod decoding {
                 return Err(error.clone());
             }
             if !self.needs_scanning() {
-                return Ok(Status::Decided);
+                return Ok(Status::Found);
             }
             self.received += chunk.len() as u64;
             let inner = &mut self.inner;
@@ -181,7 +181,7 @@ mod decoding {
                 ));
             }
             match result {
-                Ok(()) if self.inner.extraction().is_some() => Ok(Status::Decided),
+                Ok(()) if self.inner.extraction().is_some() => Ok(Status::Found),
                 Ok(()) => Ok(Status::Pending),
                 Err(error) => {
                     self.error = Some(error.clone());

@@ -6,7 +6,18 @@
 
 use std::fmt;
 
-/// What went wrong with a request body. See [`Error::kind`].
+/// Why a request is answered with an error instead of its upstream's
+/// answer. See [`Error::kind`].
+///
+/// Three families, each answered from the same table:
+/// - the request itself (the body, its content type or coding, its model):
+///   `InvalidJson` … `InvalidMultipart`, `BodyTimeout`, `InvalidEncoding`,
+///   found by the extractor or the rule table (every adapter);
+/// - the routing layer's own limits: `BodyReadError`, `Overloaded` (the
+///   tower layer);
+/// - a gateway that forwards itself (the bbr gateway, a service behind the
+///   tower layer): `NoRoute`, `PoolUnavailable`, `UpstreamError`,
+///   `UpstreamTimeout`, `Shed`.
 ///
 /// The variants are stable; their `Display` text is not.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -366,6 +377,26 @@ impl Error {
 
     /// The `content-type` of [`to_json`](Self::to_json)'s body.
     pub const CONTENT_TYPE: &'static str = "application/json";
+
+    /// The headers of the error contract's answer, the one list every
+    /// adapter sends: `content-type` ([`CONTENT_TYPE`](Self::CONTENT_TYPE))
+    /// and, for a kind the client may retry shortly, `retry-after` in
+    /// seconds ([`ErrorKind::retry_after`]).
+    ///
+    /// ```
+    /// use bbr_core::Error;
+    ///
+    /// let names: Vec<&str> = Error::overloaded().response_headers().map(|(n, _)| n).collect();
+    /// assert_eq!(names, ["content-type", "retry-after"]);
+    /// ```
+    pub fn response_headers(&self) -> impl Iterator<Item = (&'static str, http::HeaderValue)> {
+        let content_type = http::HeaderValue::from_static(Self::CONTENT_TYPE);
+        let retry_after = self
+            .kind()
+            .retry_after()
+            .map(|seconds| ("retry-after", http::HeaderValue::from(seconds)));
+        std::iter::once(("content-type", content_type)).chain(retry_after)
+    }
 
     /// The OpenAI-style JSON error body, the one writer of the error
     /// contract's body for every adapter:

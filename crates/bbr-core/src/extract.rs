@@ -129,9 +129,11 @@ impl Extraction {
 /// Where the extractor stands after a chunk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Status {
-    /// No decision yet: hold the chunk and feed the next one.
+    /// Not found yet: hold the chunk and feed the next one.
     Pending,
-    /// The decision is made ([`ModelExtractor::extraction`](crate::ModelExtractor::extraction)). The chunk was
-    /// scanned (strict policy) and may be released.
-    Decided,
+    /// The model (and every requested field) is found, or the body read
+    /// far enough to say it has none
+    /// ([`ModelExtractor::extraction`](crate::ModelExtractor::extraction)).
+    /// The chunk was scanned (strict policy) and may be released.
+    Found,
 }

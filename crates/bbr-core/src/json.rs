@@ -112,7 +112,7 @@ enum Role {
 
 /// Finds the top-level `model` of a JSON body fed in chunks.
 ///
-/// Feed each chunk as it arrives; [`Status::Decided`] says the decision is
+/// Feed each chunk as it arrives; [`Status::Found`] says the decision is
 /// made (see [`extraction`](Self::extraction)). In the strict policy keep
 /// feeding the later chunks, each before it is released, and call
 /// [`finish`](Self::finish) at the end of the body.
@@ -125,7 +125,7 @@ enum Role {
 /// let first = Bytes::from_static(b"{\"max_tokens\":100,\"model\":\"sql-lo");
 /// let second = Bytes::from_static(b"ra-sheddable\",\"prompt\":\"test\"}");
 /// assert_eq!(extractor.feed(&first).unwrap(), Status::Pending);
-/// assert_eq!(extractor.feed(&second).unwrap(), Status::Decided);
+/// assert_eq!(extractor.feed(&second).unwrap(), Status::Found);
 /// let extraction = extractor.finish().unwrap();
 /// assert_eq!(extraction.model().unwrap().as_str(), "sql-lora-sheddable");
 /// ```
@@ -202,7 +202,7 @@ impl ModelExtractor {
     /// Scans the next chunk.
     ///
     /// Returns [`Status::Pending`] while no decision is made, then
-    /// [`Status::Decided`]. After an error, every call returns that error.
+    /// [`Status::Found`]. After an error, every call returns that error.
     /// Past the configured body limit without a decision, the error is
     /// [`ErrorKind::TooLarge`].
     pub fn feed(&mut self, chunk: &Bytes) -> Result<Status, Error> {

@@ -36,6 +36,7 @@ mod decode;
 pub mod document;
 mod error;
 mod extract;
+mod first_bytes;
 mod json;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]

@@ -142,7 +142,7 @@ pub(crate) fn check_model(
 }
 
 /// Checks a model name given as text (from the URL path, or to
-/// [`RuleTable::decide`](crate::rules::RuleTable::decide)): the same rules
+/// [`RuleTable::route`](crate::rules::RuleTable::route)): the same rules
 /// and messages as a model read from a body, without a length limit.
 pub(crate) fn check_model_name(model: &str) -> Result<(), Error> {
     check_model(model.as_bytes(), false, false, 0, usize::MAX)
@@ -227,7 +227,7 @@ pub(crate) fn feed<S: Scan>(s: &mut S, chunk: &Bytes) -> Result<Status, Error> {
         return Err(err.clone());
     }
     if p.decided && !s.needs_scanning() {
-        return Ok(Status::Decided);
+        return Ok(Status::Found);
     }
     let mut end = chunk.len();
     if !p.decided {
@@ -250,7 +250,7 @@ pub(crate) fn feed<S: Scan>(s: &mut S, chunk: &Bytes) -> Result<Status, Error> {
     let p = s.progress_mut();
     p.base += chunk.len() as u64;
     match result {
-        Ok(()) if p.decided => Ok(Status::Decided),
+        Ok(()) if p.decided => Ok(Status::Found),
         Ok(()) => Ok(Status::Pending),
         Err(err) => {
             p.error = Some(err.clone());

@@ -229,7 +229,7 @@ fn fast_model_first_stops_at_the_model() {
     let mut extractor = ModelExtractor::new(config);
     let mut chunks = ChatStream::new(100 * MIB, Position::First);
     let first = chunks.next().expect("a chunk");
-    assert_eq!(extractor.feed(&first).expect("valid"), Status::Decided);
+    assert_eq!(extractor.feed(&first).expect("valid"), Status::Found);
     assert!(!extractor.needs_scanning());
     let model = extractor.finish().expect("decided").model().cloned();
     assert_eq!(model.as_ref().map(|m| m.as_str()), Some(MODEL));
@@ -247,7 +247,7 @@ fn model_after_the_limit_is_too_large() {
     for chunk in ChatStream::new(100 * MIB, Position::Last) {
         match extractor.feed(&chunk) {
             Ok(Status::Pending) => assert!(chunk.is_unique()),
-            Ok(Status::Decided) => panic!("decided before the model"),
+            Ok(Status::Found) => panic!("decided before the model"),
             Err(e) => {
                 error = Some(e);
                 break;

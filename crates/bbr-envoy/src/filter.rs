@@ -67,10 +67,10 @@ impl LocalReply {
     /// The error contract's answer: the status, body and content type of
     /// the table in `bbr-core`, as every adapter answers.
     pub(crate) fn error(e: &Error) -> LocalReply {
-        let mut headers = vec![("content-type", Error::CONTENT_TYPE.to_owned())];
-        if let Some(seconds) = e.kind().retry_after() {
-            headers.push(("retry-after", seconds.to_string()));
-        }
+        let headers = e
+            .response_headers()
+            .map(|(name, value)| (name, String::from_utf8_lossy(value.as_bytes()).into_owned()))
+            .collect();
         LocalReply {
             status: e.status(),
             headers,

@@ -154,17 +154,10 @@ pub(crate) fn immediate(error: &Error) -> ProcessingResponse {
             code: i32::from(error.status()),
         }),
         headers: Some(HeaderMutation {
-            set_headers: std::iter::once(header_option(
-                "content-type",
-                Error::CONTENT_TYPE.as_bytes(),
-            ))
-            .chain(
-                error
-                    .kind()
-                    .retry_after()
-                    .map(|seconds| header_option("retry-after", seconds.to_string().as_bytes())),
-            )
-            .collect(),
+            set_headers: error
+                .response_headers()
+                .map(|(name, value)| header_option(name, value.as_bytes()))
+                .collect(),
             remove_headers: Vec::new(),
         }),
         body: error.to_json().into(),

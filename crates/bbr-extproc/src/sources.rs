@@ -314,7 +314,7 @@ mod tests {
         s.reload_rules_text(&path, &std::fs::read_to_string(&path).unwrap())
             .unwrap();
         let table = s.rules().load();
-        let decision = table.decide("sql", None).unwrap().unwrap();
+        let decision = table.route("sql", None).unwrap().unwrap();
         assert_eq!(decision.pool(), Some("two"));
         assert_eq!(decision.base_model(), Some("llama-3"));
         // A broken file is refused; the table in force stays.

@@ -34,7 +34,7 @@ use std::{
 
 use bbr_core::{
     Error,
-    rules::{Criticality, RouteDecision},
+    rules::{Criticality, RouteMatch},
 };
 use tokio::sync::oneshot;
 
@@ -116,7 +116,7 @@ pub enum Class {
 
 impl Class {
     /// The class and the queue priority of a request routed by `route`.
-    pub(crate) fn of(route: Option<&RouteDecision>) -> (Class, i32) {
+    pub(crate) fn of(route: Option<&RouteMatch>) -> (Class, i32) {
         let priority = match route {
             Some(r) => match (r.priority(), r.criticality()) {
                 (Some(p), _) => p,
@@ -429,7 +429,7 @@ impl Entry {
     pub(crate) fn new(
         gate: &Arc<Gate>,
         pool: &str,
-        route: Option<&RouteDecision>,
+        route: Option<&RouteMatch>,
     ) -> Result<Entry, Error> {
         let (class, priority) = Class::of(route);
         match gate.admit(class, priority) {
@@ -606,7 +606,7 @@ mod tests {
              - { name: d, match: { model: { exact: d } } }\n",
         )
         .unwrap();
-        let class = |m: &str| Class::of(table.decide(m, None).unwrap().as_ref());
+        let class = |m: &str| Class::of(table.route(m, None).unwrap().as_ref());
         assert_eq!(class("c"), (Class::Critical, 1));
         assert_eq!(class("s"), (Class::Sheddable, -1));
         assert_eq!(class("p"), (Class::Critical, 7));

@@ -22,7 +22,7 @@ use pin_project_lite::pin_project;
 use crate::{
     BoxError,
     budget::{HoldBudget, Reservation},
-    layer::Config,
+    config::Config,
 };
 
 /// Chunks smaller than this are copied together while they are held, from

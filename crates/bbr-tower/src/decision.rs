@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use bbr_core::decision::PassReason;
-use bbr_core::rules::RouteDecision;
+use bbr_core::rules::RouteMatch;
 use bbr_core::{Error, Extraction, FieldValue, Verdict};
 
 /// Where the model of a request came from.
@@ -48,7 +48,7 @@ pub(crate) struct DecisionData {
     /// the extraction (no copy).
     pub(crate) path_model: Option<Box<str>>,
     pub(crate) source: ModelSource,
-    pub(crate) route: Option<RouteDecision>,
+    pub(crate) route: Option<RouteMatch>,
     pub(crate) extraction: Option<Extraction>,
     pub(crate) held_bytes: u64,
     pub(crate) failed_open: Option<Error>,
@@ -109,13 +109,13 @@ impl Decision {
 
     /// The rule table's decision, when a rule (or a default pool) matched.
     /// `None` when the request is forwarded without routing headers.
-    pub fn route(&self) -> Option<&RouteDecision> {
+    pub fn route(&self) -> Option<&RouteMatch> {
         self.data.route.as_ref()
     }
 
     /// The pool the request is routed to, if any.
     pub fn pool(&self) -> Option<&str> {
-        self.data.route.as_ref().and_then(RouteDecision::pool)
+        self.data.route.as_ref().and_then(RouteMatch::pool)
     }
 
     /// The model sent upstream: the rewritten model when the rule rewrites

@@ -22,8 +22,8 @@ use tower_service::Service;
 use crate::{
     BoxError, Decision, ModelSource, ResponseBody, RoutedBody,
     body::{BodyReader, Read},
+    config::Config,
     decision::DecisionData,
-    layer::Config,
     response::{error_response, json_ok},
 };
 

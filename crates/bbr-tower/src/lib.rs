@@ -76,6 +76,7 @@
 mod admission;
 mod body;
 mod budget;
+mod config;
 mod decision;
 mod future;
 mod layer;
@@ -95,9 +96,10 @@ pub mod watch;
 pub use admission::{Admission, AdmissionStats, Class};
 pub use body::RoutedBody;
 pub use budget::{DEFAULT_HOLD_BUDGET, HoldBudget};
+pub use config::DEFAULT_HOLD_IDLE_TIMEOUT;
 pub use decision::{Decision, ModelSource};
 pub use future::ResponseFuture;
-pub use layer::{DEFAULT_HOLD_IDLE_TIMEOUT, ModelRouting, ModelRoutingLayer};
+pub use layer::{ModelRouting, ModelRoutingLayer};
 pub use response::{ResponseBody, error_response};
 pub use router::{PoolRouter, RouterFuture};
 

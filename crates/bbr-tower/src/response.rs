@@ -122,12 +122,15 @@ where
 /// ```
 pub fn error_response<B>(error: &bbr_core::Error) -> Response<ResponseBody<B>> {
     let status = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::BAD_REQUEST);
-    let mut response = json(status, error.to_json());
-    if let Some(seconds) = error.kind().retry_after() {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    let body = error.to_json();
+    let len = body.len();
+    let mut response = Response::new(ResponseBody::full(Bytes::from(body)));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    for (name, value) in error.response_headers() {
+        headers.insert(name, value);
     }
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     response.extensions_mut().insert(error.clone());
     response
 }
@@ -148,19 +151,6 @@ pub(crate) fn json_ok<B>(body: Bytes) -> Response<ResponseBody<B>> {
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
-    );
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    response
-}
-
-fn json<B>(status: StatusCode, body: String) -> Response<ResponseBody<B>> {
-    let len = body.len();
-    let mut response = Response::new(ResponseBody::full(Bytes::from(body)));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(bbr_core::Error::CONTENT_TYPE),
     );
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     response

@@ -379,7 +379,7 @@ fn strict_validates_after_the_model_and_fast_does_not() {
     let mut x = ModelExtractor::new(fast);
     assert_eq!(
         x.feed(&Bytes::from_static(br#"{"model":"a","#)).unwrap(),
-        Status::Decided
+        Status::Found
     );
     assert!(!x.needs_scanning());
     // Fast stops right after the model.
@@ -472,7 +472,7 @@ fn the_decision_waits_for_requested_fields() {
     );
     assert_eq!(
         x.feed(&Bytes::from_static(br#""stream":false}"#)).unwrap(),
-        Status::Decided
+        Status::Found
     );
     assert_eq!(
         x.extraction().unwrap().field("stream"),
@@ -485,7 +485,7 @@ fn the_decision_waits_for_requested_fields() {
             .unwrap(),
         Status::Pending
     );
-    assert_eq!(x.feed(&Bytes::from_static(b"}")).unwrap(), Status::Decided);
+    assert_eq!(x.feed(&Bytes::from_static(b"}")).unwrap(), Status::Found);
     assert_eq!(x.extraction().unwrap().field("stream"), None);
     assert_eq!(x.extraction().unwrap().model().unwrap().as_str(), "a");
 }

@@ -25,7 +25,7 @@
 //! default: { action: reject }
 //! "#).unwrap();
 //!
-//! let decision = table.decide("chatbot", None).unwrap().unwrap();
+//! let decision = table.route("chatbot", None).unwrap().unwrap();
 //! assert_eq!(decision.pool(), Some("gemma3"));
 //! assert_eq!(decision.criticality(), Some(Criticality::Critical));
 //! let headers: Vec<(&str, &str)> = decision
@@ -34,8 +34,8 @@
 //!     .collect();
 //! assert_eq!(headers, [("x-gateway-model-name", "chatbot"), ("x-gateway-inference-pool", "gemma3")]);
 //!
-//! assert_eq!(table.decide("llama-3-8b", None).unwrap().unwrap().rule(), Some("llamas"));
-//! let err = table.decide("gpt-4", None).unwrap_err();
+//! assert_eq!(table.route("llama-3-8b", None).unwrap().unwrap().rule(), Some("llamas"));
+//! let err = table.route("gpt-4", None).unwrap_err();
 //! assert_eq!(err.kind(), bbr_core::ErrorKind::ModelNotFound);
 //! ```
 
@@ -113,9 +113,9 @@ impl fmt::Display for Criticality {
     }
 }
 
-/// Where a request goes: the outcome of [`RuleTable::decide`].
+/// Where a request goes: the outcome of [`RuleTable::route`].
 #[derive(Clone, Debug)]
-pub struct RouteDecision {
+pub struct RouteMatch {
     route: Arc<Route>,
     /// The rewrite target, when it differs from the original.
     target: Option<Arc<str>>,
@@ -130,7 +130,7 @@ static MODEL_HEADER_NAME: HeaderName = HeaderName::from_static(MODEL_NAME_HEADER
 static BASE_HEADER_NAME: HeaderName = HeaderName::from_static(BASE_MODEL_HEADER);
 static POOL_HEADER_NAME: HeaderName = HeaderName::from_static(POOL_HEADER);
 
-impl RouteDecision {
+impl RouteMatch {
     /// The name of the rule that matched; `None` when the table's default
     /// (or the no-rules behaviour) decided.
     pub fn rule(&self) -> Option<&str> {
@@ -202,11 +202,11 @@ impl RouteDecision {
     }
 }
 
-/// The headers a [`RouteDecision`] sets, in order: see
-/// [`RouteDecision::headers`].
+/// The headers a [`RouteMatch`] sets, in order: see
+/// [`RouteMatch::headers`].
 #[derive(Clone, Debug)]
 pub struct RouteHeaders<'a> {
-    decision: &'a RouteDecision,
+    decision: &'a RouteMatch,
     next: Next,
     set: std::slice::Iter<'a, (HeaderName, HeaderValue)>,
 }
@@ -276,7 +276,7 @@ pub struct RuleTable {
     fallback: Fallback,
     managed: Box<[HeaderName]>,
     /// The first bytes of `managed`.
-    managed_first: crate::decision::FirstBytes,
+    managed_first: crate::first_bytes::FirstBytes,
     rng: Rng,
     /// Some route picks among weighted targets.
     weighted: bool,
@@ -293,7 +293,7 @@ impl RuleTable {
     ) -> RuleTable {
         let weighted = routes.iter().any(|r| r.targets.is_some())
             || matches!(&fallback, Fallback::Route(r) if r.targets.is_some());
-        let managed_first = crate::decision::FirstBytes::of(managed.iter().map(|m| m.as_str()));
+        let managed_first = crate::first_bytes::FirstBytes::of(managed.iter().map(|m| m.as_str()));
         RuleTable {
             routes,
             matcher,
@@ -313,7 +313,7 @@ impl RuleTable {
     /// ```
     /// use bbr_core::rules::RuleTable;
     ///
-    /// let decision = RuleTable::empty().decide("any-model", None).unwrap().unwrap();
+    /// let decision = RuleTable::empty().route("any-model", None).unwrap().unwrap();
     /// assert_eq!(decision.pool(), None);
     /// assert_eq!(decision.headers().next().unwrap().1, "any-model");
     /// ```
@@ -344,7 +344,7 @@ impl RuleTable {
     /// use bbr_core::rules::RuleTable;
     ///
     /// let table = RuleTable::from_path(Path::new("../../examples/config/gateway.yaml")).unwrap();
-    /// let decision = table.decide("recommender", None).unwrap().unwrap();
+    /// let decision = table.route("recommender", None).unwrap().unwrap();
     /// assert_eq!(decision.pool(), Some("deepseek-r1"));
     ///
     /// let err = RuleTable::from_path(Path::new("no-such-file.yaml")).unwrap_err();
@@ -370,10 +370,10 @@ impl RuleTable {
     ///   "base_models": [{"base_model": "qwen", "adapters": ["sql-lora"]}],
     ///   "default": {"action": "pass"}
     /// }"#).unwrap();
-    /// let decision = table.decide("sql", Some(b"request-id-1")).unwrap().unwrap();
+    /// let decision = table.route("sql", Some(b"request-id-1")).unwrap().unwrap();
     /// assert!(decision.is_rewrite());
     /// assert_eq!((decision.model(), decision.base_model()), ("sql-lora", Some("qwen")));
-    /// assert!(table.decide("other", None).unwrap().is_none());
+    /// assert!(table.route("other", None).unwrap().is_none());
     /// ```
     pub fn from_json(text: &str) -> Result<RuleTable, ConfigError> {
         RuleTableBuilder::new().rules_json(text).build()
@@ -399,25 +399,25 @@ impl RuleTable {
     /// - `Err(e)`: [`ErrorKind::ModelNotFound`] when no rule matched and the
     ///   default rejects; [`ErrorKind::InvalidModel`] when `model` is empty
     ///   or holds a control character (it could not be sent in a header).
-    pub fn decide(
+    pub fn route(
         &self,
         model: &str,
         request_key: Option<&[u8]>,
-    ) -> Result<Option<RouteDecision>, Error> {
+    ) -> Result<Option<RouteMatch>, Error> {
         crate::progress::check_model_name(model)?;
         let model_value =
             HeaderValue::from_str(model).map_err(|_| not_a_header_value(model.as_bytes()))?;
         self.decide_with(model, model_value, request_key)
     }
 
-    /// [`decide`](Self::decide) for a model an extractor found: the
+    /// [`route`](Self::route) for a model an extractor found: the
     /// `X-Gateway-Model-Name` value shares the model's bytes (a slice of
     /// the body) instead of copying them.
-    pub fn decide_model(
+    pub fn route_model(
         &self,
         model: &Model,
         request_key: Option<&[u8]>,
-    ) -> Result<Option<RouteDecision>, Error> {
+    ) -> Result<Option<RouteMatch>, Error> {
         // The extractor that found the model checked it already, by the
         // same rules as `decide`. Checked again cheaply all the same: the
         // header value refuses C0 and DEL, and a non-ASCII model goes
@@ -436,7 +436,7 @@ impl RuleTable {
         model: &str,
         model_value: HeaderValue,
         request_key: Option<&[u8]>,
-    ) -> Result<Option<RouteDecision>, Error> {
+    ) -> Result<Option<RouteMatch>, Error> {
         let route = match self.matcher.find(model) {
             Some((rule, _)) => match self.routes.get(rule as usize) {
                 Some(route) => route,
@@ -466,7 +466,7 @@ impl RuleTable {
             }
             None => (None, self.base_of(model)),
         };
-        Ok(Some(RouteDecision {
+        Ok(Some(RouteMatch {
             route: Arc::clone(route),
             target,
             base,
@@ -489,7 +489,7 @@ impl RuleTable {
     }
 
     #[inline]
-    pub(crate) fn managed_first_bytes(&self) -> crate::decision::FirstBytes {
+    pub(crate) fn managed_first_bytes(&self) -> crate::first_bytes::FirstBytes {
         self.managed_first
     }
 

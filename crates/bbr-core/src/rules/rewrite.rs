@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 
-use super::RouteDecision;
+use super::RouteMatch;
 use crate::{
     Model,
     rewrite::{json_string, splice},
@@ -61,7 +61,7 @@ impl RewrittenBody {
 /// `chunks` are the body chunks held so far, starting at byte 0 of the
 /// body; `model` is what the extractor found in them (its span locates the
 /// value token). The new value is JSON-escaped. Returns `None` when the
-/// decision keeps the model ([`RouteDecision::is_rewrite`] is false) or when
+/// decision keeps the model ([`RouteMatch::is_rewrite`] is false) or when
 /// the model's span does not lie within `chunks`.
 ///
 /// JSON bodies only: for a `multipart/form-data` body the span is the
@@ -78,7 +78,7 @@ impl RewrittenBody {
 /// let mut extractor = BodyExtractor::new(Some("application/json"), ExtractorConfig::new()).unwrap();
 /// extractor.feed(&chunks[0]).unwrap();
 /// let model = extractor.finish().unwrap().model().unwrap().clone();
-/// let decision = table.decide(model.as_str(), None).unwrap().unwrap();
+/// let decision = table.route(model.as_str(), None).unwrap().unwrap();
 /// let out = rewrite_body(&chunks, &model, &decision).unwrap();
 /// assert_eq!(out.chunks.concat(), br#"{"model":"gemma-3","n":1}"#);
 /// assert_eq!(out.content_length(b"22"), bbr_core::rules::ContentLength::Set(25));
@@ -86,7 +86,7 @@ impl RewrittenBody {
 pub fn rewrite_body(
     chunks: &[Bytes],
     model: &Model,
-    decision: &RouteDecision,
+    decision: &RouteMatch,
 ) -> Option<RewrittenBody> {
     if !decision.is_rewrite() {
         return None;

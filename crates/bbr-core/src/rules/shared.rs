@@ -22,7 +22,7 @@ use super::{ConfigError, RuleTable, RuleTableBuilder};
 /// shared.replace(RuleTable::from_yaml(
 ///     "rules: [{name: a, match: {model: {exact: a}}, pool: two}]",
 /// ).unwrap());
-/// let decision = reader.load().decide("a", None).unwrap().unwrap();
+/// let decision = reader.load().route("a", None).unwrap().unwrap();
 /// assert_eq!(decision.pool(), Some("two"));
 /// ```
 #[derive(Clone, Debug)]

@@ -22,22 +22,22 @@ fn table(yaml: &str) -> RuleTable {
     }
 }
 
-fn decide(table: &RuleTable, model: &str) -> RouteDecision {
+fn decide(table: &RuleTable, model: &str) -> RouteMatch {
     table
-        .decide(model, None)
+        .route(model, None)
         .expect("a decision")
         .expect("a route")
 }
 
 fn rule_of(table: &RuleTable, model: &str) -> Option<String> {
-    match table.decide(model, None) {
+    match table.route(model, None) {
         Ok(Some(d)) => d.rule().map(str::to_owned),
         Ok(None) => Some("<pass>".to_owned()),
         Err(e) => Some(format!("<{}>", e.kind())),
     }
 }
 
-fn headers(decision: &RouteDecision) -> Vec<(String, String)> {
+fn headers(decision: &RouteMatch) -> Vec<(String, String)> {
     // The iterator knows its length at every step.
     let mut iter = decision.headers();
     let mut left = iter.len();
@@ -154,14 +154,14 @@ fn regexes_go_in_file_order_and_match_the_whole_model() {
 #[test]
 fn no_match_falls_to_the_default() {
     let t = table(PRECEDENCE);
-    let err = t.decide("gpt-4", None).unwrap_err();
+    let err = t.route("gpt-4", None).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::ModelNotFound);
     assert_eq!(err.status(), 404);
     assert!(err.to_json().contains("model_not_found"));
 
     let pass =
         table("rules: [{name: a, match: {model: {exact: a}}, pool: p}]\ndefault: {action: pass}");
-    assert!(pass.decide("b", None).unwrap().is_none());
+    assert!(pass.route("b", None).unwrap().is_none());
     assert_eq!(decide(&pass, "a").pool(), Some("p"));
 
     let pool = table(
@@ -195,7 +195,7 @@ fn no_match_falls_to_the_default() {
 fn a_rules_file_without_default_rejects() {
     let t = table("rules: [{name: a, match: {model: {exact: a}}, pool: p}]");
     assert_eq!(
-        t.decide("b", None).unwrap_err().kind(),
+        t.route("b", None).unwrap_err().kind(),
         ErrorKind::ModelNotFound
     );
 }
@@ -283,20 +283,20 @@ base_models:
 fn models_that_cannot_be_headers_are_refused() {
     let t = RuleTable::empty();
     assert_eq!(
-        t.decide("", None).unwrap_err().kind(),
+        t.route("", None).unwrap_err().kind(),
         ErrorKind::InvalidModel
     );
-    let err = t.decide("a\r\nx-evil: 1", None).unwrap_err();
+    let err = t.route("a\r\nx-evil: 1", None).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidModel);
     assert!(!err.message().contains('\n'));
 }
 
 #[test]
-fn decide_model_shares_the_body_bytes_and_agrees_with_decide() {
+fn route_model_shares_the_body_bytes_and_agrees_with_route() {
     let t = table(PRECEDENCE);
     let body = Bytes::from_static(br#"{"model":"llama-3-8b","x":1}"#);
     let model = Model::new(body.slice(10..20), 9..21, true);
-    let by_model = t.decide_model(&model, None).unwrap().unwrap();
+    let by_model = t.route_model(&model, None).unwrap().unwrap();
     let by_str = decide(&t, "llama-3-8b");
     assert_eq!(headers(&by_model), headers(&by_str));
     assert_eq!(by_model.rule(), by_str.rule());
@@ -307,7 +307,7 @@ fn decide_model_shares_the_body_bytes_and_agrees_with_decide() {
     let text = "a\u{85}b";
     let bad = Model::new(Bytes::from(text), 0..1, false);
     assert_eq!(
-        t.decide_model(&bad, None).unwrap_err().kind(),
+        t.route_model(&bad, None).unwrap_err().kind(),
         ErrorKind::InvalidModel
     );
 }
@@ -617,7 +617,7 @@ fn the_seed_config_loads_and_routes() {
     assert_eq!(rec.pool(), Some("deepseek-r1"));
     assert_eq!(rec.criticality(), Some(Criticality::Standard));
     assert_eq!(
-        t.decide("gpt-4", None).unwrap_err().kind(),
+        t.route("gpt-4", None).unwrap_err().kind(),
         ErrorKind::ModelNotFound
     );
 }
@@ -644,7 +644,7 @@ fn files_are_named_in_errors_and_json_files_load() {
     );
     let t = RuleTable::from_path(&json).unwrap();
     assert_eq!(decide(&t, "x").pool(), Some("p"));
-    assert!(t.decide("y", None).unwrap().is_none());
+    assert!(t.route("y", None).unwrap().is_none());
 }
 
 #[test]
@@ -750,7 +750,7 @@ fn shares(
     for i in 0..n {
         let k = key(i);
         let d = t
-            .decide(model, k.as_deref().map(str::as_bytes))
+            .route(model, k.as_deref().map(str::as_bytes))
             .unwrap()
             .unwrap();
         *counts.entry(d.model().to_owned()).or_default() += 1;
@@ -809,9 +809,9 @@ fn request_keys_hash_stably_and_follow_the_weights() {
     let b = table(WEIGHTED).with_seed(2);
     for i in 0..200 {
         let key = format!("req-{i}");
-        let first = a.decide("chatbot", Some(key.as_bytes())).unwrap().unwrap();
-        let again = a.decide("chatbot", Some(key.as_bytes())).unwrap().unwrap();
-        let other = b.decide("chatbot", Some(key.as_bytes())).unwrap().unwrap();
+        let first = a.route("chatbot", Some(key.as_bytes())).unwrap().unwrap();
+        let again = a.route("chatbot", Some(key.as_bytes())).unwrap().unwrap();
+        let other = b.route("chatbot", Some(key.as_bytes())).unwrap().unwrap();
         assert_eq!(first.model(), again.model(), "{key}");
         assert_eq!(first.model(), other.model(), "{key}");
     }
@@ -828,7 +828,7 @@ fn the_hash_is_pinned() {
     let picks: Vec<String> = ["a", "b", "c", "d", "e", "f", "g", "h"]
         .iter()
         .map(|k| {
-            t.decide("three", Some(k.as_bytes()))
+            t.route("three", Some(k.as_bytes()))
                 .unwrap()
                 .unwrap()
                 .model()
@@ -858,8 +858,8 @@ fn a_target_equal_to_the_model_is_no_rewrite() {
     assert_eq!(headers(&d)[0].1, "three");
 }
 
-fn decide_key(t: &RuleTable, model: &str, key: &str) -> RouteDecision {
-    t.decide(model, Some(key.as_bytes())).unwrap().unwrap()
+fn decide_key(t: &RuleTable, model: &str, key: &str) -> RouteMatch {
+    t.route(model, Some(key.as_bytes())).unwrap().unwrap()
 }
 
 // ---- rewrite ---------------------------------------------------------------
@@ -947,7 +947,7 @@ fn reload_under_concurrent_readers() {
                 let mut seen = std::collections::BTreeSet::new();
                 while !stop.load(Ordering::Relaxed) || seen.is_empty() {
                     let rules = shared.load();
-                    let d = rules.decide("a", None).unwrap().unwrap();
+                    let d = rules.route("a", None).unwrap().unwrap();
                     // Every decision comes from one whole table, never a mix.
                     let pool = d.pool().unwrap().to_owned();
                     let version = headers(&d)[2].1.clone();
@@ -968,7 +968,7 @@ fn reload_under_concurrent_readers() {
                     .is_err()
             );
             assert_eq!(
-                shared.load().decide("a", None).unwrap().unwrap().pool(),
+                shared.load().route("a", None).unwrap().unwrap().pool(),
                 Some("pool-100")
             );
         }
@@ -979,7 +979,7 @@ fn reload_under_concurrent_readers() {
         assert!(seen.iter().all(|v| *v <= 200));
     }
     assert_eq!(
-        shared.load().decide("a", None).unwrap().unwrap().pool(),
+        shared.load().route("a", None).unwrap().unwrap().pool(),
         Some("pool-200")
     );
 }
@@ -1007,7 +1007,7 @@ fn tables_are_send_and_sync() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<RuleTable>();
     assert_send_sync::<SharedRules>();
-    assert_send_sync::<RouteDecision>();
+    assert_send_sync::<RouteMatch>();
 }
 
 #[test]
@@ -1043,13 +1043,13 @@ fn the_documented_examples_compile_and_route() {
         .seed(3)
         .build()
         .unwrap();
-    let d = t.decide("chatbot", Some(b"req-42")).unwrap().unwrap();
+    let d = t.route("chatbot", Some(b"req-42")).unwrap().unwrap();
     assert_eq!(d.pool(), Some("gemma3"));
     assert!(["google/gemma-3-27b-it", "gemma-3-canary"].contains(&d.model()));
     assert_eq!(decide(&t, "recommender").pool(), Some("deepseek-r1"));
     assert_eq!(t.base_model("sql-lora-sheddable"), Some("qwen"));
     assert_eq!(
-        t.decide("unknown", None).unwrap_err().kind(),
+        t.route("unknown", None).unwrap_err().kind(),
         ErrorKind::ModelNotFound
     );
 }
@@ -1071,7 +1071,7 @@ fn a_model_is_refused_exactly_when_it_holds_a_control_character() {
     );
     for text in texts {
         let refused = text.is_empty() || text.chars().any(char::is_control);
-        match t.decide(&text, None) {
+        match t.route(&text, None) {
             Ok(_) => assert!(!refused, "{text:?} accepted"),
             Err(e) => {
                 assert!(refused, "{text:?} refused: {e}");
@@ -1157,7 +1157,7 @@ fn a_file_read_by_the_caller_is_named_in_errors() {
         )
         .unwrap();
     assert_eq!(
-        shared.load().decide("a", None).unwrap().unwrap().pool(),
+        shared.load().route("a", None).unwrap().unwrap().pool(),
         Some("p")
     );
 }
