@@ -11,7 +11,8 @@ use std::{
 };
 
 use bbr_core::{
-    Error,
+    Error, Verdict,
+    rules::ContentLength,
     session::{Session, Step},
 };
 use bytes::{Bytes, BytesMut};
@@ -77,12 +78,12 @@ pin_project! {
     pub(crate) struct BodyReader<B> {
         #[pin]
         body: B,
-        pub(crate) session: Session,
-        pub(crate) config: Arc<Config>,
-        pub(crate) held: Held,
+        session: Session,
+        config: Arc<Config>,
+        held: Held,
         // What the held bytes take from the layer's budget, until they are
         // handed on (replayed) or dropped.
-        pub(crate) reservation: Option<Reservation>,
+        reservation: Option<Reservation>,
         // The body-idle timeout while reading, armed at the first wait.
         #[pin]
         idle: Idle,
@@ -98,7 +99,7 @@ pin_project! {
 pub(crate) struct Check {
     /// Where a violation is reported to the response future, which then
     /// answers with the error contract if the inner service has not.
-    pub(crate) violation: Arc<OnceLock<Error>>,
+    violation: Arc<OnceLock<Error>>,
 }
 
 /// The chunks held before the decision, in order.
@@ -347,19 +348,53 @@ where
         }
     }
 
-    /// Whether the body has yielded its last frame.
-    pub(crate) fn ended(&self) -> bool {
-        self.ended || self.body.is_end_stream()
+    /// The request's session.
+    pub(crate) fn session(&self) -> &Session {
+        &self.session
     }
 
-    /// Checks the chunks still to come with the session, reporting a
-    /// violation to the returned cell.
-    pub(crate) fn check_rest(self: Pin<&mut Self>) -> Arc<OnceLock<Error>> {
-        let violation = Arc::new(OnceLock::new());
-        *self.project().check = Some(Check {
-            violation: Arc::clone(&violation),
+    /// The layer's configuration.
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Settles the body after a verdict that forwards the request: the
+    /// held chunks changed as the session says (a rule's other model), the
+    /// held bytes kept in the budget until the inner service takes them,
+    /// and the rest of the body checked while the session checks. Returns
+    /// the bytes held, what becomes of `Content-Length`, and the cell a
+    /// violation is reported to.
+    pub(crate) fn settle(
+        self: Pin<&mut Self>,
+        verdict: &Verdict,
+    ) -> (u64, Option<ContentLength>, Option<Arc<OnceLock<Error>>>) {
+        let this = self.project();
+        let mut content_length = None;
+        if let Verdict::Route(routing) = verdict
+            && routing.rewrite().is_some()
+        {
+            let chunks = this.held.take();
+            match this.session.change_body(verdict, &chunks) {
+                Some(change) => {
+                    content_length = change.content_length;
+                    this.held.replace(change.chunks);
+                }
+                None => this.held.replace(chunks),
+            }
+        }
+        let held = this.held.len();
+        if let Some(reservation) = this.reservation.as_mut() {
+            reservation.keep(held);
+        }
+        let ended = *this.ended || this.body.is_end_stream();
+        let violation = (!ended && this.session.is_checking()).then(|| {
+            let violation = Arc::new(OnceLock::new());
+            *this.check = Some(Check {
+                violation: Arc::clone(&violation),
+            });
+            violation
         });
-        violation
+        (held, content_length, violation)
     }
 
     /// Ends the body with `error` (a violation found after the verdict).

@@ -380,8 +380,7 @@ where
     /// Carries the verdict out: the headers set, the held chunks
     /// rewritten, the rest of the body checked.
     fn carry_out(mut self, step: Step) -> ResponseFuture<S, B> {
-        let stream = self.stream.as_mut().project();
-        let (session, config) = (&*stream.session, &**stream.config);
+        let (session, config) = (self.stream.session(), self.stream.config());
         config.tally(session, &step);
         #[cfg(feature = "metrics")]
         if session.decided_on_body() {
@@ -394,38 +393,19 @@ where
         if let Err(error) = apply(&verdict, &mut self.parts.headers) {
             return answer(error);
         }
-        if let Verdict::Route(routing) = &verdict
-            && routing.rewrite().is_some()
-        {
-            let chunks = stream.held.take();
-            match session.change_body(&verdict, &chunks) {
-                Some(change) => {
-                    fix_content_length(&mut self.parts.headers, change.content_length);
-                    stream.held.replace(change.chunks);
-                }
-                None => stream.held.replace(chunks),
-            }
-        }
-        // Decided: what is held stays in the budget until the inner service
-        // takes it from the body, chunk by chunk.
-        let held = stream.held.len();
-        if let Some(reservation) = stream.reservation.as_mut() {
-            reservation.keep(held);
-        }
         let extraction = session
             .extractor()
             .and_then(|x| x.extraction())
             .filter(|_| session.decided_on_body())
             .cloned();
+        let (held, content_length, violation) = self.stream.as_mut().settle(&verdict);
+        fix_content_length(&mut self.parts.headers, content_length);
         let source = match extraction.as_ref().and_then(|x| x.model()) {
             Some(_) => ModelSource::Body,
             None => ModelSource::None,
         };
         let mut decision = DecisionData::unrouted(source);
         decision.held_bytes = held;
-        let checking = session.is_checking();
-        let violation =
-            (!self.stream.ended() && checking).then(|| self.stream.as_mut().check_rest());
         decision.take_verdict(verdict);
         decision.extraction = extraction;
         let body = RoutedBody::replay(self.stream);
