@@ -1,7 +1,7 @@
 //! Loading, validating and compiling a rules configuration.
 
 use std::{
-    collections::{HashMap, hash_map::Entry},
+    collections::{BTreeMap, HashMap, hash_map::Entry},
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -11,7 +11,9 @@ use serde::Deserialize as _;
 
 use super::{
     BASE_MODEL_HEADER, ConfigError, Criticality, MODEL_NAME_HEADER, MODEL_REWRITE_HEADER, ModelMap,
-    POOL_HEADER, RuleTable, glob,
+    POOL_HEADER, RuleTable,
+    discovery::ServedModel,
+    glob,
     matcher::{Matcher, PatternSet, PrefixIndex},
     pick::{Rng, Weights},
     schema::{
@@ -127,6 +129,8 @@ enum Source {
 pub struct RuleTableBuilder {
     rules: Option<Source>,
     base_models: Vec<Source>,
+    /// The models each pool serves, by pool name.
+    discovered: BTreeMap<String, Vec<ServedModel>>,
     seed: Option<u64>,
 }
 
@@ -193,6 +197,28 @@ impl RuleTableBuilder {
         self
     }
 
+    /// Adds the models `pool`'s servers list on `GET /v1/models` (see
+    /// [`discovery`](super::discovery)): each adapter with a `parent` maps
+    /// to its base model unless an explicit source says otherwise, and the
+    /// table's [model list](super::RuleTable::models_json) names them.
+    /// Replaces what was given for `pool` before.
+    ///
+    /// ```
+    /// use bbr_core::rules::{RuleTableBuilder, discovery::ServedModel};
+    ///
+    /// let served = vec![
+    ///     ServedModel { id: "qwen".into(), parent: None },
+    ///     ServedModel { id: "sql-lora".into(), parent: Some("qwen".into()) },
+    /// ];
+    /// let table = RuleTableBuilder::new().discovered_models("qwen-pool", served).build().unwrap();
+    /// assert_eq!(table.base_model("sql-lora"), Some("qwen"));
+    /// ```
+    #[must_use]
+    pub fn discovered_models(mut self, pool: impl Into<String>, models: Vec<ServedModel>) -> Self {
+        self.discovered.insert(pool.into(), models);
+        self
+    }
+
     /// Seeds the random choice among weighted targets (requests without a
     /// request key), for reproducible tests.
     #[must_use]
@@ -235,14 +261,17 @@ impl RuleTableBuilder {
                 }
             }
         }
+        let (specs, discovered) = super::discovery::merge(&file.base_models, &self.discovered);
+        file.base_models.extend(specs);
         let rng = match self.seed {
             Some(seed) => Rng::seeded(seed),
             None => Rng::from_entropy(),
         };
-        compile(file, has_rules_file, rng).map_err(|e| match path {
+        let table = compile(file, has_rules_file, rng).map_err(|e| match path {
             Some(path) => e.in_file(path),
             None => e,
-        })
+        })?;
+        Ok(table.with_discovered(discovered))
     }
 }
 

@@ -40,6 +40,7 @@
 //! ```
 
 mod compile;
+pub mod discovery;
 mod error;
 mod glob;
 mod matcher;
@@ -280,6 +281,8 @@ pub struct RuleTable {
     rng: Rng,
     /// Some route picks among weighted targets.
     weighted: bool,
+    /// The models the pools said they serve.
+    discovered: Vec<discovery::DiscoveredModel>,
 }
 
 impl RuleTable {
@@ -303,7 +306,13 @@ impl RuleTable {
             managed_first,
             rng,
             weighted,
+            discovered: Vec::new(),
         }
+    }
+
+    pub(crate) fn with_discovered(mut self, discovered: Vec<discovery::DiscoveredModel>) -> Self {
+        self.discovered = discovered;
+        self
     }
 
     /// A table with no rules, behaving as the Go body-based router: every
@@ -536,7 +545,10 @@ impl RuleTable {
 
     /// `GET /v1/models` answered from the table: the OpenAI list format,
     /// one entry per [exact model](Self::exact_models), `owned_by` its pool
-    /// (or `bbr`).
+    /// (or `bbr`), then each model the pools said they serve
+    /// ([`RuleTableBuilder::discovered_models`]) that the table routes
+    /// (once, `owned_by` the pool it routes to, else the pool that serves
+    /// it; an adapter with its `parent`).
     ///
     /// ```
     /// use bbr_core::rules::RuleTable;
@@ -550,16 +562,34 @@ impl RuleTable {
     /// assert_eq!(list["data"][0]["owned_by"], "gemma3");
     /// ```
     pub fn models_json(&self) -> String {
-        let mut out = String::from("{\"object\":\"list\",\"data\":[");
-        for (i, (model, pool)) in self.exact_models().into_iter().enumerate() {
-            if i > 0 {
+        fn entry(out: &mut String, id: &str, owner: &str, parent: Option<&str>) {
+            if !out.ends_with('[') {
                 out.push(',');
             }
             out.push_str("{\"id\":");
-            crate::error::push_json_string(&mut out, model);
+            crate::error::push_json_string(out, id);
             out.push_str(",\"object\":\"model\",\"created\":0,\"owned_by\":");
-            crate::error::push_json_string(&mut out, pool.unwrap_or("bbr"));
+            crate::error::push_json_string(out, owner);
+            if let Some(parent) = parent {
+                out.push_str(",\"parent\":");
+                crate::error::push_json_string(out, parent);
+            }
             out.push('}');
+        }
+        let mut out = String::from("{\"object\":\"list\",\"data\":[");
+        let exact = self.exact_models();
+        let mut listed: std::collections::HashSet<&str> = exact.iter().map(|(m, _)| *m).collect();
+        for (model, pool) in &exact {
+            entry(&mut out, model, pool.unwrap_or("bbr"), None);
+        }
+        for model in &self.discovered {
+            if !listed.insert(&model.id) {
+                continue;
+            }
+            if let Ok(Some(route)) = self.route(&model.id, None) {
+                let owner = route.pool().unwrap_or(&model.pool);
+                entry(&mut out, &model.id, owner, model.parent.as_deref());
+            }
         }
         out.push_str("]}");
         out
