@@ -1,0 +1,162 @@
+//! The poller against a real HTTP server on loopback whose model list
+//! changes while it runs: adapters loaded and unloaded, the server gone.
+
+use std::{
+    convert::Infallible,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use bbr_core::rules::RuleTableBuilder;
+use bbr_discovery::{Lists, ModelDiscovery, Options, Pool};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Response, server::conn::http1, service::service_fn};
+use hyper_util::rt::TokioIo;
+use tokio::{net::TcpListener, sync::mpsc, task::JoinHandle};
+
+/// A server answering `/v1/models` with whatever `list` holds.
+async fn server(list: Arc<Mutex<String>>) -> (String, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        // The connections die with the server's task (aborting it drops
+        // the set).
+        let mut connections = tokio::task::JoinSet::new();
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let list = Arc::clone(&list);
+            connections.spawn(async move {
+                let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                    let body = match request.uri().path() {
+                        "/v1/models" => list.lock().unwrap().clone(),
+                        _ => String::new(),
+                    };
+                    async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body)))) }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (url, task)
+}
+
+fn list(models: &[(&str, Option<&str>)]) -> String {
+    let data: Vec<serde_json::Value> = models
+        .iter()
+        .map(|(id, parent)| {
+            serde_json::json!({"id": id, "object": "model", "owned_by": "vllm", "parent": parent})
+        })
+        .collect();
+    serde_json::json!({"object": "list", "data": data}).to_string()
+}
+
+/// The next lists the poller hands over that satisfy `want`.
+async fn until(rx: &mut mpsc::UnboundedReceiver<Lists>, want: impl Fn(&Lists) -> bool) -> Lists {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let lists = rx.recv().await.expect("the poller stopped");
+            if want(&lists) {
+                return lists;
+            }
+        }
+    })
+    .await
+    .expect("the lists did not come within 10 s")
+}
+
+fn ids(lists: &Lists, pool: &str) -> Vec<String> {
+    lists
+        .get(pool)
+        .map(|m| m.iter().map(|m| m.id.clone()).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn adapters_loaded_and_unloaded_reach_the_table_and_a_silent_server_drops_out() {
+    let served = Arc::new(Mutex::new(list(&[("qwen", None)])));
+    let (url, task) = server(Arc::clone(&served)).await;
+    let pools = vec![Pool::new("qwen-pool", [url.parse().unwrap()])];
+    let options = Options::default()
+        .period(Duration::from_millis(50))
+        .timeout(Duration::from_secs(1))
+        .grace(Duration::from_millis(300));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let poller = ModelDiscovery::new(pools, options).spawn(move |lists: &Lists| {
+        let _ = tx.send(lists.clone());
+    });
+
+    let lists = until(&mut rx, |l| l.contains_key("qwen-pool")).await;
+    assert_eq!(ids(&lists, "qwen-pool"), ["qwen"]);
+
+    // An adapter loaded: mapped to its base model in the table built from
+    // the lists, and listed with its parent.
+    *served.lock().unwrap() = list(&[("qwen", None), ("sql-lora", Some("qwen"))]);
+    let lists = until(&mut rx, |l| ids(l, "qwen-pool").len() == 2).await;
+    let table = lists
+        .iter()
+        .fold(RuleTableBuilder::new(), |b, (pool, models)| {
+            b.discovered_models(pool, models.clone())
+        })
+        .build()
+        .unwrap();
+    assert_eq!(table.base_model("sql-lora"), Some("qwen"));
+    let route = table.route("sql-lora", None).unwrap().unwrap();
+    assert_eq!(route.base_model(), Some("qwen"));
+    let models: serde_json::Value = serde_json::from_str(&table.models_json()).unwrap();
+    let adapter = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == "sql-lora")
+        .unwrap();
+    assert_eq!(adapter["parent"], "qwen");
+    assert_eq!(adapter["owned_by"], "qwen-pool");
+
+    // Unloaded: gone from the next lists.
+    *served.lock().unwrap() = list(&[("qwen", None)]);
+    let lists = until(&mut rx, |l| ids(l, "qwen-pool").len() == 1).await;
+    assert_eq!(ids(&lists, "qwen-pool"), ["qwen"]);
+
+    // The server gone: the pool drops out once the grace period passes.
+    task.abort();
+    let lists = until(&mut rx, |l| !l.contains_key("qwen-pool")).await;
+    assert!(lists.is_empty());
+    poller.abort();
+}
+
+#[tokio::test]
+async fn an_answer_past_the_size_bound_or_not_a_list_is_not_taken() {
+    let big = list(&[("a-model-with-a-long-name", None), ("another-one", None)]);
+    let (big_url, big_task) = server(Arc::new(Mutex::new(big))).await;
+    let (bad_url, bad_task) = server(Arc::new(Mutex::new("<html>".to_owned()))).await;
+    let (good_url, good_task) = server(Arc::new(Mutex::new(list(&[("m", None)])))).await;
+    let pools = vec![
+        Pool::new("big", [big_url.parse().unwrap()]),
+        Pool::new("bad", [bad_url.parse().unwrap()]),
+        // One endpoint answering is enough for a pool.
+        Pool::new(
+            "mixed",
+            [bad_url.parse().unwrap(), good_url.parse().unwrap()],
+        ),
+    ];
+    let options = Options::default()
+        .period(Duration::from_millis(50))
+        .max_body(96);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let poller = ModelDiscovery::new(pools, options).spawn(move |lists: &Lists| {
+        let _ = tx.send(lists.clone());
+    });
+    // The first round's lists: only the pool with an endpoint that answered.
+    let lists = until(&mut rx, |_| true).await;
+    assert_eq!(lists.keys().collect::<Vec<_>>(), ["mixed"]);
+    assert_eq!(ids(&lists, "mixed"), ["m"]);
+    poller.abort();
+    for task in [big_task, bad_task, good_task] {
+        task.abort();
+    }
+}
