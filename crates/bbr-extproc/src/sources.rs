@@ -16,7 +16,9 @@ use std::{
     sync::{Arc, Mutex, MutexGuard},
 };
 
-use bbr_core::rules::{ConfigError, RuleTable, RuleTableBuilder, SharedRules};
+use bbr_core::rules::{
+    ConfigError, RuleTable, RuleTableBuilder, SharedRules, discovery::ServedModel,
+};
 
 /// The sources of the served rule table; cheap to clone (clones share the
 /// sources and the table).
@@ -47,6 +49,8 @@ struct State {
     /// Accepted base-model ConfigMap data (YAML or JSON text), by
     /// `namespace/name`. Ordered, so that a rebuild is deterministic.
     base_models: BTreeMap<String, String>,
+    /// The models each pool's servers list (`/v1/models`), by pool.
+    discovered: BTreeMap<String, Vec<ServedModel>>,
 }
 
 impl State {
@@ -55,9 +59,13 @@ impl State {
             Some(path) => RuleTableBuilder::new().rules_file_text(path, self.rules_text.as_str()),
             None => RuleTableBuilder::new(),
         };
-        self.base_models
+        let builder = self
+            .base_models
             .values()
-            .fold(builder, |b, text| b.base_models_yaml(text.as_str()))
+            .fold(builder, |b, text| b.base_models_yaml(text.as_str()));
+        self.discovered.iter().fold(builder, |b, (pool, models)| {
+            b.discovered_models(pool.as_str(), models.clone())
+        })
     }
 
     fn build(&self) -> Result<RuleTable, ConfigError> {
@@ -77,6 +85,7 @@ impl TableSources {
             rules_path,
             rules_text,
             base_models: BTreeMap::new(),
+            discovered: BTreeMap::new(),
         };
         let table = state.build()?;
         Ok(TableSources {
@@ -141,6 +150,28 @@ impl TableSources {
                     Some(text) => state.base_models.insert(key.to_owned(), text),
                     None => state.base_models.remove(key),
                 };
+                Err(e)
+            }
+        }
+    }
+
+    /// Replaces the models discovered from the pools (every pool's list, as
+    /// `bbr_discovery::ModelDiscovery` hands them over): adapters mapped to
+    /// their parents below the rules file and the ConfigMaps, and listed on
+    /// `/v1/models`. On error the previous lists stay in force.
+    pub fn apply_discovered(
+        &self,
+        lists: &BTreeMap<String, Vec<ServedModel>>,
+    ) -> Result<(), ConfigError> {
+        let mut state = self.lock();
+        let previous = std::mem::replace(&mut state.discovered, lists.clone());
+        match state.build() {
+            Ok(table) => {
+                self.rules.replace(table);
+                Ok(())
+            }
+            Err(e) => {
+                state.discovered = previous;
                 Err(e)
             }
         }
@@ -229,6 +260,39 @@ impl TableSources {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn discovered_adapters_sit_below_the_configmaps() {
+        use bbr_core::rules::discovery::ServedModel;
+        let sources = TableSources::new(None).unwrap();
+        sources
+            .apply_base_models("ns/llama", "baseModel: llama-3\nadapters: \"- sql\\n\"")
+            .unwrap();
+        let served = |id: &str, parent: Option<&str>| ServedModel {
+            id: id.to_owned(),
+            parent: parent.map(str::to_owned),
+        };
+        let lists = BTreeMap::from([(
+            "qwen-pool".to_owned(),
+            vec![
+                served("qwen", None),
+                served("sql", Some("qwen")),
+                served("chat", Some("qwen")),
+            ],
+        )]);
+        sources.apply_discovered(&lists).unwrap();
+        let table = sources.rules().load();
+        // The ConfigMap's mapping stands; the rest comes from the pool.
+        assert_eq!(table.base_model("sql"), Some("llama-3"));
+        assert_eq!(table.base_model("chat"), Some("qwen"));
+        // A ConfigMap event keeps the discovered lists.
+        sources.remove_base_models("ns/llama");
+        assert_eq!(sources.rules().load().base_model("chat"), Some("qwen"));
+        assert_eq!(sources.rules().load().base_model("sql"), Some("qwen"));
+        sources.apply_discovered(&BTreeMap::new()).unwrap();
+        assert_eq!(sources.rules().load().base_model("chat"), None);
+    }
+
     use super::*;
 
     fn cm(base: &str, adapters: &[&str]) -> String {
