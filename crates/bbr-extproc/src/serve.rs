@@ -2,14 +2,25 @@
 //! the Prometheus endpoint, hot reload of the rules file and shutdown signals.
 //! The `bbr-extproc` binary is built from these pieces.
 
-use std::{convert::Infallible, future::Future, io, path::Path, pin::Pin, sync::Arc};
+use std::{
+    convert::Infallible,
+    future::Future,
+    io,
+    path::{Path, PathBuf},
+    pin::Pin,
+    sync::Arc,
+    time::Duration,
+};
 
+use bbr_core::watch::FileWatch;
 use bbr_listen::{Listener, http::HttpOptions};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode, body::Incoming};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tonic::transport::Identity;
+
+use crate::sources::TableSources;
 
 /// A TLS identity with a freshly generated self-signed certificate for
 /// `localhost` (what `--secure-serving` uses when no certificate is given;
@@ -74,7 +85,7 @@ pub async fn serve_metrics_gated(
     });
     let options = HttpOptions {
         // Scrapes are short; what is open at shutdown is not waited for.
-        drain_timeout: std::time::Duration::ZERO,
+        drain_timeout: Duration::ZERO,
         ..HttpOptions::default()
     };
     bbr_listen::http::serve(listener, service, options, shutdown).await;
@@ -111,9 +122,30 @@ fn metrics_response<B>(req: &Request<B>, handle: &PrometheusHandle) -> Response<
     response
 }
 
-/// Hot reload of the rules file: shared with the tower layer's servers
-/// (see [`bbr_tower::watch`]).
-pub use bbr_tower::watch::watch_file;
+/// Reloads the rules file at `path` into `sources` whenever it changes,
+/// checking every `interval`, until the returned watch is dropped.
+///
+/// The watch is [`FileWatch`]'s: a file caught half-written is not loaded
+/// (two reads must agree), and the new table is compiled on the watch's
+/// own thread, off the runtime, then swapped in for the next request. Each
+/// reload is logged, and counted in `bbr_rules_reloads_total` or
+/// `bbr_rules_reload_failures_total`; a file that does not compile leaves
+/// the table in force.
+pub fn watch_rules(
+    path: PathBuf,
+    interval: Duration,
+    sources: TableSources,
+) -> io::Result<FileWatch> {
+    FileWatch::start(path, interval, move |path, text| {
+        let result = sources.reload_rules_text(path, text);
+        match &result {
+            Ok(()) => tracing::info!(path = %path.display(), "rules reloaded"),
+            Err(e) => tracing::error!(error = %e,
+                "rules not reloaded; the previous table stays in force"),
+        }
+        result
+    })
+}
 
 /// Completes on SIGTERM or SIGINT (ctrl-c).
 ///
