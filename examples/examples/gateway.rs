@@ -20,7 +20,7 @@ use bbr_examples::{
     log::{BatchWriter, LineFormat},
     pool::SimulatedPool,
 };
-use bbr_listen::limits;
+use bbr_listen::{limits, shutdown_signal};
 use bbr_tower::{Admission, HoldBudget};
 use clap::Parser;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -369,25 +369,4 @@ fn install_metrics() -> Result<PrometheusHandle, Box<dyn std::error::Error>> {
         }
     });
     Ok(handle)
-}
-
-/// SIGINT (ctrl-c) or SIGTERM. The handlers are installed at once, so that
-/// a signal right after start-up drains rather than kills.
-fn shutdown_signal() -> impl std::future::Future<Output = ()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let term = signal(SignalKind::terminate());
-    let int = signal(SignalKind::interrupt());
-    async move {
-        match (term, int) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
-                }
-            }
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
 }

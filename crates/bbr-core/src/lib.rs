@@ -19,6 +19,8 @@
 //! - [`rules`]: the compiled rule table (model → pool, criticality,
 //!   weighted rewrite, LoRA base models) and its atomic reload.
 //! - [`Error`], [`ErrorKind`]: the error taxonomy and its HTTP answers.
+//! - [`watch`]: hot reload of the rules file, polled on a thread of its
+//!   own, a file caught half-written left alone.
 //! - `metrics` (feature `metrics`): the metric names both adapters record
 //!   and what each verdict counts, through the `metrics` facade.
 //! - `document` (feature `document`): the whole body parsed with
@@ -50,6 +52,7 @@ pub mod session;
 // The one module with `unsafe`: the SIMD scanner, each block with a SAFETY note.
 #[allow(unsafe_code)]
 mod scan;
+pub mod watch;
 
 pub use body::BodyExtractor;
 pub use body_field::{BodyFieldHeader, BodyFieldHeaderError};

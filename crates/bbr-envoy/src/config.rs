@@ -6,16 +6,12 @@
 //! The options are those of `bbr-extproc`'s flags, spelled in snake case;
 //! the rule table has the schema of `--rules` (YAML or JSON).
 
-use std::{
-    path::{Path, PathBuf},
-    sync::mpsc,
-    thread,
-    time::{Duration, SystemTime},
-};
+use std::{path::PathBuf, time::Duration};
 
 use bbr_core::{
     BodyFieldHeader, Decider, ErrorKind, ExtractorConfig, FailureAction, FailurePolicy, Policy,
     rules::{RuleTable, SharedRules},
+    watch::FileWatch,
 };
 use serde::Deserialize;
 
@@ -197,18 +193,12 @@ impl Settings {
 }
 
 /// Polls a rules file and swaps the table in when it changes, on a thread
-/// of its own; stops (and the thread ends) when dropped.
+/// of its own ([`FileWatch`]: a file caught half-written is not loaded);
+/// stops (and the thread ends) when dropped.
 #[derive(Debug)]
 pub struct RulesWatch {
-    stop: Option<mpsc::Sender<()>>,
-    thread: Option<thread::JoinHandle<()>>,
-}
-
-/// The modification time and length of a file: a change in either is a
-/// change of the file.
-fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
-    let meta = std::fs::metadata(path).ok()?;
-    Some((meta.modified().ok()?, meta.len()))
+    /// Held only: dropping it stops the watch.
+    _watch: FileWatch,
 }
 
 impl RulesWatch {
@@ -220,41 +210,19 @@ impl RulesWatch {
         rules: SharedRules,
         report: impl Fn(Result<(), String>) + Send + 'static,
     ) -> std::io::Result<RulesWatch> {
-        let (stop, stopped) = mpsc::channel::<()>();
-        let mut last = stamp(&path);
-        let thread = thread::Builder::new()
-            .name("bbr-rules-watch".to_owned())
-            .spawn(move || {
-                // Ends when the sender is dropped (or sends).
-                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(poll) {
-                    let now = stamp(&path);
-                    if now == last || now.is_none() {
-                        continue;
-                    }
-                    last = now;
-                    report(rules.reload_from(&path).map_err(|e| e.to_string()));
-                }
-            })?;
-        Ok(RulesWatch {
-            stop: Some(stop),
-            thread: Some(thread),
+        FileWatch::start(path, poll, move |path, text| {
+            let result = rules.reload_text(path, text).map_err(|e| e.to_string());
+            report(result.clone());
+            result
         })
-    }
-}
-
-impl Drop for RulesWatch {
-    fn drop(&mut self) {
-        drop(self.stop.take());
-        if let Some(thread) = self.thread.take() {
-            // The thread wakes at once on the closed channel; it must be
-            // gone before Envoy may unload the module's code.
-            let _ = thread.join();
-        }
+        .map(|watch| RulesWatch { _watch: watch })
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::mpsc;
+
     use super::*;
 
     #[test]
@@ -358,6 +326,48 @@ mod tests {
         let reloaded = rx.recv_timeout(Duration::from_secs(20)).unwrap();
         assert_eq!(reloaded, Ok(()));
         assert_eq!(settings.rules.load().len(), 2);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_rules_file_caught_half_written_is_not_loaded() {
+        use std::io::Write;
+
+        let dir = std::env::temp_dir().join(format!("bbr-envoy-half-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("rules.yaml");
+        // Written in one go, between two tries: three rules.
+        let other = "rules: [{name: x, match: {model: {exact: x}}, pool: x}, {name: y, match: {model: {exact: y}}, pool: y}, {name: z, match: {model: {exact: z}}, pool: z}]\n";
+        std::fs::write(&path, other).unwrap();
+        // Cut after the first rule, the file is valid and names one rule.
+        let whole = "rules:\n  - {name: a, match: {model: {exact: a}}, pool: p}\n  - {name: b, match: {model: {exact: b}}, pool: q}\n";
+        let cut = whole.find("  - {name: b").unwrap();
+        let rules = SharedRules::new(RuleTable::from_path(&path).unwrap());
+        let (tx, rx) = mpsc::channel();
+        let table = rules.clone();
+        // Polled every 10 ms, the file left cut for 10 ms is seen by a poll
+        // in nearly every round (a watch without stable reads loads it);
+        // the two reads that must agree lie 50 ms apart.
+        let watch = RulesWatch::start(path.clone(), Duration::from_millis(10), rules, move |r| {
+            let _ = tx.send(r.map(|()| table.load().len()));
+        })
+        .unwrap();
+        let timeout = Duration::from_secs(20);
+        for _ in 0..4 {
+            std::fs::write(&path, &whole[..cut]).unwrap();
+            std::thread::sleep(Duration::from_millis(10));
+            let mut file = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .unwrap();
+            file.write_all(&whole.as_bytes()[cut..]).unwrap();
+            drop(file);
+            let loaded = rx.recv_timeout(timeout).unwrap();
+            assert_eq!(loaded, Ok(2), "rules loaded from the file cut in two");
+            std::fs::write(&path, other).unwrap();
+            assert_eq!(rx.recv_timeout(timeout).unwrap(), Ok(3));
+        }
+        drop(watch);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -101,8 +101,23 @@
 //! ```
 //!
 //! The `bbr-extproc` binary adds TLS, health, metrics and hot reload of the
-//! rules file ([`serve`], [`tls`]); see `docs/extproc.md` for its flags and for Envoy
-//! configurations.
+//! rules file (`serve`, `tls`); see `docs/extproc.md` for its flags and for
+//! Envoy configurations.
+//!
+//! # Features
+//!
+//! - `server` (default): the binary and the modules only it needs, `serve`
+//!   and `tls` (flags, logs, TLS, the Prometheus endpoint, signals); turns
+//!   on `otel`. Without the default features the crate is the service
+//!   alone, over tonic: `bbr-extproc = { version = "0.1",
+//!   default-features = false }`.
+//! - `otel` (with `server`): a span per request, exported over OTLP
+//!   (`otel`, `ProcessorBuilder::tracer`).
+//! - `kubernetes` (default): base models from ConfigMaps (`kubernetes`);
+//!   with `server`, `/metrics` behind token reviews (`metrics_auth`).
+//! - `decompress` (default): compressed request bodies decoded for the
+//!   scan; without it they are refused with 415.
+//! - `vendored-openssl`: the binary with OpenSSL built from source.
 
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -112,15 +127,24 @@ mod exchange;
 #[cfg_attr(docsrs, doc(cfg(feature = "kubernetes")))]
 pub mod kubernetes;
 pub mod metrics;
-#[cfg(feature = "kubernetes")]
-#[cfg_attr(docsrs, doc(cfg(feature = "kubernetes")))]
+#[cfg(all(feature = "kubernetes", feature = "server"))]
+#[cfg_attr(docsrs, doc(cfg(all(feature = "kubernetes", feature = "server"))))]
 pub mod metrics_auth;
+#[cfg(feature = "otel")]
+#[cfg_attr(docsrs, doc(cfg(feature = "otel")))]
 pub mod otel;
+#[cfg(not(feature = "otel"))]
+#[path = "otel_off.rs"]
+mod otel;
 pub mod pb;
 mod reply;
+#[cfg(feature = "server")]
+#[cfg_attr(docsrs, doc(cfg(feature = "server")))]
 pub mod serve;
 mod service;
 pub mod sources;
+#[cfg(feature = "server")]
+#[cfg_attr(docsrs, doc(cfg(feature = "server")))]
 pub mod tls;
 pub mod wire;
 

@@ -643,13 +643,14 @@ async fn run(args: Args) -> Result<(), BoxError> {
             prometheus.run_upkeep();
         }
     });
-    let watcher = args.rules.clone().map(|path| {
-        serve::watch_file(
+    let watcher = match args.rules.clone() {
+        Some(path) => Some(serve::watch_rules(
             path,
-            Duration::from_millis(args.rules_poll_ms.max(10)),
-            move |p, text| sources.reload_rules_text(p, text),
-        )
-    });
+            Duration::from_millis(args.rules_poll_ms),
+            sources,
+        )?),
+        None => None,
+    };
 
     if args.enable_pprof {
         tracing::warn!(
@@ -679,9 +680,8 @@ async fn run(args: Args) -> Result<(), BoxError> {
         .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
         .await;
     let _ = stop_tx.send(true);
-    if let Some(w) = watcher {
-        w.abort();
-    }
+    // Stops the watch (its thread wakes at once and is joined).
+    drop(watcher);
     upkeep.abort();
     let drained = tokio::time::timeout(Duration::from_secs(args.drain_timeout_secs), async {
         tokio::join!(main_task, health_task, metrics_task)

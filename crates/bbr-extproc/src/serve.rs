@@ -2,14 +2,25 @@
 //! the Prometheus endpoint, hot reload of the rules file and shutdown signals.
 //! The `bbr-extproc` binary is built from these pieces.
 
-use std::{convert::Infallible, future::Future, io, path::Path, pin::Pin, sync::Arc};
+use std::{
+    convert::Infallible,
+    future::Future,
+    io,
+    path::{Path, PathBuf},
+    pin::Pin,
+    sync::Arc,
+    time::Duration,
+};
 
+use bbr_core::watch::FileWatch;
 use bbr_listen::{Listener, http::HttpOptions};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode, body::Incoming};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tonic::transport::Identity;
+
+use crate::sources::TableSources;
 
 /// A TLS identity with a freshly generated self-signed certificate for
 /// `localhost` (what `--secure-serving` uses when no certificate is given;
@@ -74,7 +85,7 @@ pub async fn serve_metrics_gated(
     });
     let options = HttpOptions {
         // Scrapes are short; what is open at shutdown is not waited for.
-        drain_timeout: std::time::Duration::ZERO,
+        drain_timeout: Duration::ZERO,
         ..HttpOptions::default()
     };
     bbr_listen::http::serve(listener, service, options, shutdown).await;
@@ -111,40 +122,31 @@ fn metrics_response<B>(req: &Request<B>, handle: &PrometheusHandle) -> Response<
     response
 }
 
-/// Hot reload of the rules file: shared with the tower layer's servers
-/// (see [`bbr_tower::watch`]).
-pub use bbr_tower::watch::watch_file;
-
-/// Completes on SIGTERM or SIGINT (ctrl-c).
+/// Reloads the rules file at `path` into `sources` whenever it changes,
+/// checking every `interval`, until the returned watch is dropped.
 ///
-/// The handlers are installed when this function is called, not when the
-/// future is first polled, so that a signal arriving right after start-up
-/// is not met by the default action (immediate exit). Call it inside a
-/// tokio runtime, before announcing readiness.
-pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let term = signal(SignalKind::terminate());
-        let int = signal(SignalKind::interrupt());
-        async move {
-            match (term, int) {
-                (Ok(mut term), Ok(mut int)) => {
-                    tokio::select! {
-                        _ = term.recv() => {}
-                        _ = int.recv() => {}
-                    }
-                }
-                _ => {
-                    let _ = tokio::signal::ctrl_c().await;
-                }
-            }
+/// The watch is [`FileWatch`]'s: a file caught half-written is not loaded
+/// (two reads must agree), and the new table is compiled on the watch's
+/// own thread, off the runtime, then swapped in for the next request. Each
+/// reload is logged, and counted in `bbr_rules_reloads_total` or
+/// `bbr_rules_reload_failures_total`; a file that does not compile leaves
+/// the table in force.
+pub fn watch_rules(
+    path: PathBuf,
+    interval: Duration,
+    sources: TableSources,
+) -> io::Result<FileWatch> {
+    FileWatch::start(path, interval, move |path, text| {
+        let result = sources.reload_rules_text(path, text);
+        match &result {
+            Ok(()) => tracing::info!(path = %path.display(), "rules reloaded"),
+            Err(e) => tracing::error!(error = %e,
+                "rules not reloaded; the previous table stays in force"),
         }
-    }
-    #[cfg(not(unix))]
-    {
-        async {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
+        result
+    })
 }
+
+/// Completes on SIGTERM or SIGINT (ctrl-c); the handlers are installed at
+/// the call (see [`bbr_listen::shutdown_signal`]).
+pub use bbr_listen::shutdown_signal;

@@ -233,6 +233,8 @@ impl ProcessorBuilder {
 
     /// Starts a `gateway.request` span for each request with `tracer`
     /// (see [`otel`](crate::otel)). Off by default.
+    #[cfg(feature = "otel")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "otel")))]
     #[must_use]
     pub fn tracer(mut self, tracer: crate::otel::RequestTracer) -> Self {
         self.tracer = Some(tracer);

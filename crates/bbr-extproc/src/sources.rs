@@ -111,7 +111,7 @@ impl TableSources {
     }
 
     /// Rebuilds with `text`, the rules file's new contents as the watcher
-    /// read them (see [`serve::watch_file`](crate::serve::watch_file));
+    /// read them (see [`FileWatch`](bbr_core::watch::FileWatch));
     /// `path` names it in errors. On error the table and the text in force
     /// stay.
     pub fn reload_rules_text(&self, path: &Path, text: &str) -> Result<(), ConfigError> {

@@ -17,7 +17,8 @@
 //!   **never spins**.
 //!
 //! After the first head, HTTP/1 keep-alive idle time and HTTP/2 pings are
-//! [`http::serve`]'s (or tonic's) to time.
+//! [`http::serve`]'s (or tonic's) to time. [`shutdown_signal`] says when
+//! to stop accepting and drain.
 //!
 //! Metrics, labelled `listener`: [`CONNECTIONS_ACCEPTED`],
 //! [`CONNECTIONS_OPEN`], [`CONNECTIONS_TIMED_OUT`], [`ACCEPT_ERRORS`].
@@ -46,11 +47,13 @@ pub mod http;
 pub mod limits;
 mod listener;
 pub mod probe;
+mod signal;
 #[cfg(feature = "tonic")]
 mod tonic;
 
 pub use guard::Guarded;
 pub use listener::{Listener, ListenerOptions};
+pub use signal::shutdown_signal;
 
 /// Counter: connections accepted.
 pub const CONNECTIONS_ACCEPTED: &str = "bbr_connections_accepted_total";

@@ -1,6 +1,8 @@
 //! Shared helpers of the integration tests.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+// The `bbr-extproc` binary, built with the `server` feature.
+#[cfg(feature = "server")]
 pub mod binary;
 pub mod envoy;
 pub mod http;
