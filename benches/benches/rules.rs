@@ -86,7 +86,7 @@ fn decide(c: &mut Criterion) {
         });
         for (kind, model) in &cases {
             // Make sure each case exercises the path it is named after.
-            let decision = table.decide(model, None).expect("no error");
+            let decision = table.route(model, None).expect("no error");
             match *kind {
                 "miss" => assert!(decision.is_none()),
                 _ => assert!(
@@ -96,7 +96,7 @@ fn decide(c: &mut Criterion) {
                 ),
             }
             group.bench_with_input(BenchmarkId::new(*kind, exact), model, |b, model| {
-                b.iter(|| table.decide(black_box(model), None))
+                b.iter(|| table.route(black_box(model), None))
             });
         }
     }
@@ -145,10 +145,10 @@ fn weighted(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(2))
         .sample_size(30);
     group.bench_function("random", |b| {
-        b.iter(|| table.decide(black_box("chatbot"), None))
+        b.iter(|| table.route(black_box("chatbot"), None))
     });
     group.bench_function("request_key", |b| {
-        b.iter(|| table.decide(black_box("chatbot"), Some(b"3f2a9c1e-request-id")))
+        b.iter(|| table.route(black_box("chatbot"), Some(b"3f2a9c1e-request-id")))
     });
     group.finish();
 }

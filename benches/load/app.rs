@@ -292,7 +292,7 @@ async fn handwritten_proxy(
     let Some(model) = value.get("model").and_then(Value::as_str) else {
         return refuse(StatusCode::BAD_REQUEST);
     };
-    let Ok(Some(route)) = rules.decide(model, None) else {
+    let Ok(Some(route)) = rules.route(model, None) else {
         return refuse(StatusCode::NOT_FOUND);
     };
     for (name, value) in route.headers() {

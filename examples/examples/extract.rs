@@ -121,7 +121,7 @@ fn outcome(args: &Args, rules: Option<&RuleTable>, body: Bytes) -> String {
     out.string("outcome", "found");
     out.string("model", &model);
     if let Some(table) = rules {
-        match table.decide(&model, None) {
+        match table.route(&model, None) {
             Ok(Some(decision)) => out.raw("decision", &decision_json(&decision)),
             Ok(None) => {}
             Err(err) => return error_json(&err),
