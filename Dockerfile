@@ -7,7 +7,10 @@
 # BASE_IMAGE may be any image that can run a static binary: the default
 # distroless static (nonroot), or scratch. scripts/build-image.sh builds the
 # same final image without a registry (binary built on the host, then
-# `buildah from scratch`).
+# `buildah from scratch`). This file builds for the platform it runs on;
+# scripts/build-release.sh builds linux/amd64 and linux/arm64 (cross-
+# compiled, no emulation) under one manifest list, and is the supported
+# way to do so (`docker buildx --platform` over this file is untried).
 
 ARG RUST_IMAGE=docker.io/library/rust:1-bookworm
 ARG BASE_IMAGE=gcr.io/distroless/static-debian12:nonroot

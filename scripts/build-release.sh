@@ -11,12 +11,23 @@
 # shell), made from scratch with buildah: copying a cross-built binary into
 # an arm64 image runs nothing, so no emulation is needed to build it. Each
 # binary is run before it goes into an image (the aarch64 one under
-# qemu-user): `--version`, then the server must come up on loopback. Push the list with
-# `buildah manifest push --all IMAGE docker://REGISTRY/bbr-extproc:TAG`:
+# qemu-user): `--version`, then bbr-extproc's black-box tests run against
+# it on loopback (scripts/test-extproc-binary.sh: ext_proc exchanges over
+# gRPC, TLS with any server name). Each image's binary is taken out of
+# the committed image, compared with the artefact and run again. Push the
+# list with `buildah manifest push --all IMAGE docker://REGISTRY/bbr-extproc:TAG`:
 # each node then pulls the image of its own architecture.
 #
-# Tools installed when missing (as root, Debian): buildah, the aarch64
-# cross linker and qemu-user (scripts/test-aarch64.sh installs the same).
+# OpenSSL is linked statically: the build machine's libssl (libssl-dev)
+# for its own architecture, and for the other one OpenSSL built from
+# source by the openssl crate (feature `vendored-openssl`), with the cross
+# C compiler and Perl (OpenSSL's Configure) and make.
+#
+# Tools installed when missing (as root, Debian; the versions below when
+# the archive still has them, the current ones otherwise): buildah, the
+# aarch64 cross compiler and qemu-user (scripts/test-aarch64.sh installs
+# the same), perl and make. perl is not pinned: it must match the
+# perl-base the system already has.
 # Usage: scripts/build-release.sh [IMAGE]   (default bbr-extproc:release)
 # Environment: BBR_RELEASE_ARCHS ("amd64 arm64"), BBR_RELEASE_NO_IMAGES=1.
 set -euo pipefail
@@ -24,26 +35,56 @@ cd "$(dirname "$0")/.."
 
 image="${1:-bbr-extproc:release}"
 archs="${BBR_RELEASE_ARCHS:-amd64 arm64}"
+gcc_version="4:12.2.0-3"
+qemu_version="1:7.2+dfsg-7+deb12u18+b3"
+buildah_version="1.28.2+ds1-3+deb12u1+b3"
+make_version="4.3-4.1"
 log() { echo "build-release: $*" >&2; }
 need_root() {
   [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null ||
     { log "$1 is missing and cannot be installed here (needs root and apt-get)"; exit 1; }
 }
+# `NAME=VERSION` when apt has that version, else `NAME`.
+pinned() {
+  if apt-cache madison "$1" 2>/dev/null | awk '{print $3}' | grep -qxF "$2"; then
+    echo "$1=$2"
+  else
+    log "$1 $2 is no longer in the archive: installing the current one"
+    echo "$1"
+  fi
+}
+apt_install() {
+  log "installing $* (Debian packages)"
+  apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >&2
+}
 
 case " $archs " in
   *" arm64 "*)
     if ! command -v aarch64-linux-gnu-gcc >/dev/null || ! command -v qemu-aarch64 >/dev/null; then
-      need_root "the aarch64 cross linker or qemu-user"
-      log "installing gcc-aarch64-linux-gnu and qemu-user (Debian packages)"
-      apt-get update -qq >&2
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc-aarch64-linux-gnu qemu-user >&2
+      need_root "the aarch64 cross compiler or qemu-user"
+      apt_install "$(pinned gcc-aarch64-linux-gnu "$gcc_version")" "$(pinned qemu-user "$qemu_version")"
     fi
     rustup target list --installed | grep -qx aarch64-unknown-linux-gnu ||
       rustup target add aarch64-unknown-linux-gnu >&2
     ;;
 esac
+cross=0
+for arch in $archs; do
+  case "$arch/$(uname -m)" in
+    amd64/x86_64 | arm64/aarch64) ;;
+    *) cross=1 ;;
+  esac
+done
+# OpenSSL's build from source: Configure is Perl and needs modules that
+# perl-base lacks (IPC::Cmd among them); then make.
+if [ "$cross" = 1 ] && { ! perl -MIPC::Cmd -MPod::Usage -e 1 2>/dev/null || ! command -v make >/dev/null; }; then
+  need_root "perl (with its core modules) or make"
+  apt_install perl "$(pinned make "$make_version")"
+fi
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
 export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc
+export AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar
 
 commit="$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)"
 version="$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)"
@@ -88,11 +129,12 @@ for arch in $archs; do
     RUSTFLAGS="-C target-feature=+crt-static" \
     "${openssl[@]}" nice -n 10 cargo build --release --locked -p bbr-extproc --target "$t" "${features[@]}" >&2
   cp "$target_dir/$t/release/bbr-extproc" "$out/bbr-extproc"
+  server_time=$((SECONDS - start))
   # The module: a shared library against the system's glibc, as Envoy's.
   CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_PROFILE_RELEASE_STRIP=symbols \
     nice -n 10 cargo build --release --locked -p bbr-envoy --target "$t" >&2
   cp "$target_dir/$t/release/libbbr_envoy.so" "$out/libbbr_envoy.so"
-  log "linux/$arch built in $((SECONDS - start)) s"
+  log "linux/$arch built in $((SECONDS - start)) s (bbr-extproc $server_time s, then libbbr_envoy.so)"
 
   if readelf -d "$out/bbr-extproc" | grep -q NEEDED; then
     log "$out/bbr-extproc needs shared libraries; it is not static"
@@ -103,34 +145,20 @@ for arch in $archs; do
     *"$version"*"commit $commit"*) ;;
     *) log "linux/$arch bbr-extproc --version printed '$printed'"; exit 1 ;;
   esac
-  # The server comes up (on loopback, ports of the kernel's choosing).
-  run_as "$arch" "$out/bbr-extproc" --address 127.0.0.1 --grpc-port 0 --grpc-health-port 0 \
-    --metrics-port 0 >"$out/start.log" 2>&1 &
-  server=$!
-  for _ in $(seq 1 300); do
-    grep -q 'bbr-extproc listening' "$out/start.log" && break
-    kill -0 "$server" 2>/dev/null || break
-    sleep 0.1
-  done
-  kill "$server" 2>/dev/null || true
-  wait "$server" 2>/dev/null || true
-  grep -q 'bbr-extproc listening' "$out/start.log" ||
-    { cat "$out/start.log" >&2; log "linux/$arch bbr-extproc did not start"; exit 1; }
-  rm -f "$out/start.log"
+  # The server serves: ext_proc exchanges and TLS, on loopback.
+  scripts/test-extproc-binary.sh "$out/bbr-extproc"
   glibc="$(objdump -T "$out/libbbr_envoy.so" | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -n 1)"
   for f in bbr-extproc libbbr_envoy.so; do
     log "$(stat -c %s "$out/$f") bytes  $(file -b "$out/$f" | cut -d, -f1-2)  $out/$f"
   done
-  log "linux/$arch: bbr-extproc starts ($printed); libbbr_envoy.so needs glibc up to $glibc"
+  log "linux/$arch: bbr-extproc serves ($printed); libbbr_envoy.so needs glibc up to $glibc"
 done
 
 [ "${BBR_RELEASE_NO_IMAGES:-0}" = 1 ] && exit 0
 
 if ! command -v buildah >/dev/null; then
   need_root buildah
-  log "installing buildah (Debian package)"
-  apt-get update -qq >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq buildah >&2
+  apt_install "$(pinned buildah "$buildah_version")"
 fi
 # As scripts/build-image.sh: no daemon, no user namespaces.
 export BUILDAH_ISOLATION=chroot STORAGE_DRIVER="${STORAGE_DRIVER:-vfs}"
@@ -158,6 +186,18 @@ for arch in $archs; do
   got="$(buildah inspect --type image --format '{{.OCIv1.OS}}/{{.OCIv1.Architecture}} {{.OCIv1.Config.User}}' "$image-$arch")"
   log "image $image-$arch: $got, $(buildah images --format '{{.Size}}' "$image-$arch" | head -n 1)"
   [ "$got" = "linux/$arch 65532:65532" ] || { log "image $image-$arch is $got"; exit 1; }
+  # The binary as the committed image holds it, read through a mount (an
+  # arm64 image's binary cannot run inside it here: no binfmt_misc for
+  # `buildah run`), then run as the artefact was (under qemu-user for arm64).
+  ctr="$(buildah from "$id")"
+  root="$(buildah mount "$ctr")"
+  in_image="$(sha256sum <"$root/bbr-extproc" | cut -d' ' -f1)"
+  printed="$(run_as "$arch" "$root/bbr-extproc" --version)"
+  buildah umount "$ctr" >/dev/null
+  buildah rm "$ctr" >/dev/null
+  [ "$in_image" = "$(sha256sum <"$dist/linux-$arch/bbr-extproc" | cut -d' ' -f1)" ] ||
+    { log "image $image-$arch: /bbr-extproc is not $dist/linux-$arch/bbr-extproc"; exit 1; }
+  log "image $image-$arch: /bbr-extproc is the artefact (sha256 ${in_image:0:16}…), taken out and run: $printed"
 done
 platforms="$(buildah manifest inspect "$image" |
   python3 -c 'import json, sys

@@ -4,7 +4,12 @@
 # reference among them), the property and differential tests (bodies split
 # at every boundary, compared with serde_json), the memory tests and the
 # replay of the checked-in fuzz corpus. Fails unless the NEON path is the
-# one the scan took.
+# one the scan took. Then, when an aarch64 bbr-extproc is at hand (the
+# static server scripts/build-release.sh builds, or the one
+# BBR_EXTPROC_AARCH64 names), bbr-extproc's cli and tls tests run against
+# it under qemu-user (scripts/test-extproc-binary.sh). The server is not
+# built here: its cross build (OpenSSL from source among it) takes about
+# twenty minutes on two cores.
 #
 # Tools, installed when missing (as root, Debian): the Rust target
 # (rustup), Debian's cross linker gcc-aarch64-linux-gnu (also the C
@@ -89,3 +94,10 @@ binary="$(ls -t "${CARGO_TARGET_DIR:-target}/$target/debug/deps"/bbr_core-* | gr
 log "$(file -b "$binary" | cut -d, -f1-2)"
 log "the NEON path was taken; $neon NEON-against-scalar tests passed"
 log "built in $built s, ran under qemu in $ran s"
+
+server="${BBR_EXTPROC_AARCH64:-${CARGO_TARGET_DIR:-target}/dist/linux-arm64/bbr-extproc}"
+if [ -n "${BBR_EXTPROC_AARCH64:-}" ] || [ -x "$server" ]; then
+  scripts/test-extproc-binary.sh "$server"
+else
+  log "skipped: the aarch64 server's tests under qemu (no $server; scripts/build-release.sh builds it)"
+fi

@@ -25,7 +25,7 @@ fn start(args: &[&str]) -> (ServerProcess, SocketAddr, SocketAddr) {
 /// Runs the binary with `args` and expects a usage error (exit status 2,
 /// nothing bound); returns its standard error.
 fn usage_error(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_bbr-extproc"))
+    let out = Command::new(support::binary::path())
         .args(FREE_PORTS)
         .args(args)
         .stdin(Stdio::null())
@@ -42,7 +42,7 @@ fn usage_error(args: &[&str]) -> String {
 fn start_on_a_taken_port(args: &[&str]) -> (std::process::ExitStatus, String, u16) {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port().to_string();
-    let out = Command::new(env!("CARGO_BIN_EXE_bbr-extproc"))
+    let out = Command::new(support::binary::path())
         .args(["--address", "127.0.0.1", "--grpc-port", &port])
         .args(["--grpc-health-port", "0", "--metrics-port", "0"])
         .arg("--secure-serving=false")

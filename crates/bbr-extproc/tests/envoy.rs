@@ -626,7 +626,7 @@ async fn binary_serves_a_given_certificate() {
     let _ = std::fs::remove_dir_all(&dir);
 
     // A missing certificate is a start-up error, not a silent fallback.
-    let out = Command::new(env!("CARGO_BIN_EXE_bbr-extproc"))
+    let out = Command::new(support::binary::path())
         .args(FREE_PORTS)
         .args(["--cert-path", "/nonexistent-bbr-certs"])
         .stdin(Stdio::null())

@@ -312,7 +312,7 @@ fn an_unknown_otlp_protocol_or_exporter_is_an_error_that_names_it() {
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
         ("OTEL_TRACES_EXPORTER", "zipkin"),
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_bbr-extproc"))
+        let out = Command::new(support::binary::path())
             .args(support::binary::FREE_PORTS)
             .args(["--secure-serving=false", "--tracing"])
             .env(name, value)

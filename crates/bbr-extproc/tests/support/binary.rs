@@ -1,4 +1,10 @@
 //! The `bbr-extproc` binary, run as a child process on free ports.
+//!
+//! The binary is the one cargo built for these tests, or the program that
+//! `BBR_EXTPROC_BIN` names: a release artefact, or a script that runs one
+//! for another architecture under emulation (`exec qemu-aarch64 BINARY
+//! "$@"`: the child is then the emulator, and killing it stops the
+//! server).
 
 use std::{
     io::{BufRead, BufReader},
@@ -19,6 +25,14 @@ pub const FREE_PORTS: [&str; 8] = [
     "--metrics-port",
     "0",
 ];
+
+/// The program the tests run as `bbr-extproc`: `BBR_EXTPROC_BIN` when set
+/// and not empty, else the binary cargo built.
+pub fn path() -> PathBuf {
+    std::env::var_os("BBR_EXTPROC_BIN")
+        .filter(|p| !p.is_empty())
+        .map_or_else(|| env!("CARGO_BIN_EXE_bbr-extproc").into(), PathBuf::from)
+}
 
 /// A running `bbr-extproc`, killed when dropped. Its log (stderr) goes to
 /// a file, shown only when the test fails: some tests provoke the errors it
@@ -80,7 +94,7 @@ fn start(
         SEQ.fetch_add(1, Ordering::Relaxed)
     ));
     let log = std::fs::File::create(&log_path).expect("cannot create the log file");
-    let binary = env!("CARGO_BIN_EXE_bbr-extproc");
+    let binary = path();
     let mut command = match nofile {
         Some(n) => {
             let mut c = Command::new("prlimit");
