@@ -58,6 +58,20 @@ pub const ENDPOINTS_UP: &str = "bbr_discovery_endpoints_up";
 /// Models a pool serves, as discovered (label `pool`).
 pub const DISCOVERED_MODELS: &str = "bbr_discovered_models";
 
+/// Registers the help text of the metrics above with the installed
+/// recorder.
+pub fn describe() {
+    metrics::describe_counter!(
+        POLLS_TOTAL,
+        "Polls of a pool endpoint's /v1/models, by pool and outcome."
+    );
+    metrics::describe_gauge!(
+        ENDPOINTS_UP,
+        "Endpoints of a pool whose model list is in force."
+    );
+    metrics::describe_gauge!(DISCOVERED_MODELS, "Models a pool serves, as discovered.");
+}
+
 /// A pool and the base URLs of its servers (`http://host:port`; the list
 /// is read from `/v1/models` under each).
 #[derive(Clone, Debug)]

@@ -128,6 +128,20 @@ struct Args {
     /// picker's client headers too).
     #[arg(long, value_name = "PREFIX")]
     strip_header_prefix: Vec<String>,
+    /// Learn what a pool's servers serve from their `/v1/models`
+    /// (POOL=URL, repeatable, e.g. `qwen=http://10.0.0.11:8000`): a LoRA
+    /// adapter listed with a `parent` is routed as that base model unless
+    /// the rules file or a ConfigMap maps it, and `--serve-models` lists
+    /// the models found that the rules route.
+    #[arg(long, value_name = "POOL=URL", value_parser = parse_discovered_pool)]
+    discover_models: Vec<(String, http::Uri)>,
+    /// How often each `--discover-models` URL is read, in seconds.
+    #[arg(long, default_value_t = 30)]
+    discovery_period_secs: u64,
+    /// How long the list of a `--discover-models` URL that stops answering
+    /// stays in force, in seconds; then its models drop out.
+    #[arg(long, default_value_t = 90)]
+    discovery_grace_secs: u64,
     /// Answer `GET /v1/models` from the rule table (an ImmediateResponse
     /// with the OpenAI model list) instead of letting it through.
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
@@ -523,6 +537,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
     }
     let sources = TableSources::new(args.rules.clone())?;
     let processor = args.processor(sources.rules(), traces.as_ref());
+    let _discovery = start_discovery(&args, &sources);
     let base_models = start_base_model_watch(&args, &sources).await?;
 
     let descriptors = limits::raise_descriptor_limit();
@@ -736,6 +751,56 @@ async fn metrics_gate(
     _args: &Args,
 ) -> Result<Option<std::sync::Arc<dyn serve::MetricsGate>>, BoxError> {
     Ok(None)
+}
+
+/// Starts polling the `--discover-models` URLs, if any; the task ends with
+/// the process.
+fn start_discovery(args: &Args, sources: &TableSources) -> Option<tokio::task::JoinHandle<()>> {
+    use bbr_discovery::{ModelDiscovery, Options, Pool};
+    if args.discover_models.is_empty() {
+        return None;
+    }
+    let mut pools: Vec<Pool> = Vec::new();
+    let mut names: Vec<&str> = Vec::new();
+    for (name, _) in &args.discover_models {
+        if !names.contains(&name.as_str()) {
+            names.push(name);
+        }
+    }
+    for name in names {
+        let urls = args
+            .discover_models
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, url)| url.clone());
+        pools.push(Pool::new(name, urls));
+    }
+    bbr_discovery::describe();
+    let options = Options::default()
+        .period(Duration::from_secs(args.discovery_period_secs.max(1)))
+        .grace(Duration::from_secs(args.discovery_grace_secs));
+    let sources = sources.clone();
+    Some(ModelDiscovery::new(pools, options).spawn(move |lists| {
+        let models: usize = lists.values().map(Vec::len).sum();
+        match sources.apply_discovered(lists) {
+            Ok(()) => tracing::info!(pools = lists.len(), models, "discovered models in force"),
+            Err(e) => {
+                tracing::warn!(error = %e, "discovered models refused; the previous lists stay")
+            }
+        }
+    }))
+}
+
+/// `POOL=URL` of `--discover-models`.
+fn parse_discovered_pool(text: &str) -> Result<(String, http::Uri), String> {
+    let (pool, url) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not POOL=URL"))?;
+    let uri: http::Uri = url.parse().map_err(|e| format!("{url:?}: {e}"))?;
+    if pool.is_empty() || uri.scheme_str() != Some("http") || uri.authority().is_none() {
+        return Err(format!("{text:?}: give POOL=http://HOST:PORT"));
+    }
+    Ok((pool.to_owned(), uri))
 }
 
 /// Starts the base-model ConfigMap watch when `--base-model-configmaps` is

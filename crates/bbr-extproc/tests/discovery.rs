@@ -1,0 +1,170 @@
+//! `--discover-models`: the binary polls a pool server's `/v1/models`
+//! while it runs; an adapter loaded there becomes routable to its base
+//! model and listed, unloaded it goes away.
+
+mod support;
+
+use std::{
+    convert::Infallible,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use bbr_extproc::pb::{BodySendMode, external_processor_client::ExternalProcessorClient};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Response, server::conn::http1, service::service_fn};
+use hyper_util::rt::TokioIo;
+use support::{binary::start_binary, *};
+use tokio::net::TcpListener;
+
+/// A pool server answering `/v1/models` with what `list` holds (vLLM's
+/// shape: adapters with their `parent`).
+async fn pool_server(list: Arc<Mutex<Vec<(&'static str, Option<&'static str>)>>>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut connections = tokio::task::JoinSet::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            let list = Arc::clone(&list);
+            connections.spawn(async move {
+                let service = service_fn(move |_: hyper::Request<hyper::body::Incoming>| {
+                    let data: Vec<serde_json::Value> = list
+                        .lock()
+                        .unwrap()
+                        .iter()
+                        .map(|(id, parent)| serde_json::json!({"id": id, "object": "model", "owned_by": "vllm", "parent": parent}))
+                        .collect();
+                    let body = serde_json::json!({"object": "list", "data": data}).to_string();
+                    async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body)))) }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    url
+}
+
+/// The model list bbr-extproc answers on `GET /v1/models`.
+async fn listed(c: &mut ExternalProcessorClient<tonic::transport::Channel>) -> serde_json::Value {
+    let mut s = Stream::open(
+        c,
+        Some(protocol(
+            BodySendMode::FullDuplexStreamed,
+            BodySendMode::None,
+        )),
+    )
+    .await;
+    s.headers(&[(":method", "GET"), (":path", "/v1/models")], true)
+        .await;
+    let (status, list, _) = immediate(&s.recv().await);
+    assert_eq!(status, 200);
+    list
+}
+
+/// Waits (at most 20 s) until the model list satisfies `want`.
+async fn until(
+    c: &mut ExternalProcessorClient<tonic::transport::Channel>,
+    want: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let start = Instant::now();
+    loop {
+        let list = listed(c).await;
+        if want(&list) {
+            return list;
+        }
+        assert!(start.elapsed() < WAIT, "not listed in time: {list}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn has(list: &serde_json::Value, id: &str) -> bool {
+    list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["id"] == id)
+}
+
+#[tokio::test]
+async fn an_adapter_loaded_on_a_pool_becomes_routable_to_its_base_model() {
+    let served = Arc::new(Mutex::new(vec![("qwen", None)]));
+    let url = pool_server(Arc::clone(&served)).await;
+    let pool = format!("qwen-pool={url}");
+    let (_process, grpc, _, _) = start_binary(&[
+        "--secure-serving=false",
+        "--serve-models",
+        "--discover-models",
+        &pool,
+        "--discovery-period-secs",
+        "1",
+        "-v",
+        "0",
+    ]);
+    let mut c = ExternalProcessorClient::connect(format!("http://{grpc}"))
+        .await
+        .unwrap();
+    until(&mut c, |l| has(l, "qwen")).await;
+
+    // Loaded on the pool: listed with its parent, and routed as it.
+    served.lock().unwrap().push(("sql-lora", Some("qwen")));
+    let list = until(&mut c, |l| has(l, "sql-lora")).await;
+    let adapter = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == "sql-lora")
+        .unwrap();
+    assert_eq!(adapter["parent"], "qwen");
+    assert_eq!(adapter["owned_by"], "qwen-pool");
+    let mut s = Stream::open(
+        &mut c,
+        Some(protocol(
+            BodySendMode::FullDuplexStreamed,
+            BodySendMode::None,
+        )),
+    )
+    .await;
+    s.headers(&[JSON], false).await;
+    s.body(br#"{"model":"sql-lora","prompt":"x"}"#, true).await;
+    let set = set_headers(&common(&s.recv().await));
+    assert!(
+        set.contains(&("x-gateway-base-model-name".to_owned(), "qwen".to_owned())),
+        "{set:?}"
+    );
+
+    // Unloaded: gone from the list, and no longer mapped.
+    served.lock().unwrap().retain(|(id, _)| *id != "sql-lora");
+    until(&mut c, |l| !has(l, "sql-lora")).await;
+    let mut s = Stream::open(
+        &mut c,
+        Some(protocol(
+            BodySendMode::FullDuplexStreamed,
+            BodySendMode::None,
+        )),
+    )
+    .await;
+    s.headers(&[JSON], false).await;
+    s.body(br#"{"model":"sql-lora","prompt":"x"}"#, true).await;
+    let set = set_headers(&common(&s.recv().await));
+    assert!(
+        set.iter().all(|(k, _)| k != "x-gateway-base-model-name"),
+        "{set:?}"
+    );
+}
+
+#[test]
+fn a_discovered_pool_must_be_named_with_an_http_url() {
+    for bad in ["qwen", "=http://h:1", "qwen=https://h:1", "qwen=h:1"] {
+        let out = std::process::Command::new(support::binary::path())
+            .args(support::binary::FREE_PORTS)
+            .args(["--discover-models", bad])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("--discover-models"), "{bad}: {stderr}");
+    }
+}
