@@ -18,9 +18,12 @@ use hyper_util::rt::TokioIo;
 use support::{binary::start_binary, *};
 use tokio::net::TcpListener;
 
+/// The models a pool server lists: id and parent.
+type Served = Arc<Mutex<Vec<(&'static str, Option<&'static str>)>>>;
+
 /// A pool server answering `/v1/models` with what `list` holds (vLLM's
 /// shape: adapters with their `parent`).
-async fn pool_server(list: Arc<Mutex<Vec<(&'static str, Option<&'static str>)>>>) -> String {
+async fn pool_server(list: Served) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move {
