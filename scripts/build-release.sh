@@ -44,15 +44,7 @@ need_root() {
   [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null ||
     { log "$1 is missing and cannot be installed here (needs root and apt-get)"; exit 1; }
 }
-# `NAME=VERSION` when apt has that version, else `NAME`.
-pinned() {
-  if apt-cache madison "$1" 2>/dev/null | awk '{print $3}' | grep -qxF "$2"; then
-    echo "$1=$2"
-  else
-    log "$1 $2 is no longer in the archive: installing the current one"
-    echo "$1"
-  fi
-}
+. scripts/apt-pinned.sh
 apt_install() {
   log "installing $* (Debian packages)"
   apt-get update -qq >&2

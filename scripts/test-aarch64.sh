@@ -26,15 +26,7 @@ gcc_version="4:12.2.0-3"
 qemu_version="1:7.2+dfsg-7+deb12u18+b3"
 log() { echo "test-aarch64: $*" >&2; }
 
-# `NAME=VERSION` when apt has that version, else `NAME`.
-pinned() {
-  if apt-cache madison "$1" 2>/dev/null | awk '{print $3}' | grep -qxF "$2"; then
-    echo "$1=$2"
-  else
-    log "$1 $2 is no longer in the archive: installing the current one"
-    echo "$1"
-  fi
-}
+. scripts/apt-pinned.sh
 
 if ! command -v aarch64-linux-gnu-gcc >/dev/null || ! command -v qemu-aarch64 >/dev/null; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

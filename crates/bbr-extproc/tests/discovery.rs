@@ -83,6 +83,19 @@ async fn until(
     }
 }
 
+/// The headers a request for `model` is routed with.
+async fn routing_headers(
+    c: &mut ExternalProcessorClient<tonic::transport::Channel>,
+    model: &str,
+) -> Vec<(String, String)> {
+    let mode = protocol(BodySendMode::FullDuplexStreamed, BodySendMode::None);
+    let mut s = Stream::open(c, Some(mode)).await;
+    s.headers(&[JSON], false).await;
+    let body = serde_json::json!({"model": model, "prompt": "x"}).to_string();
+    s.body(body.as_bytes(), true).await;
+    set_headers(&common(&s.recv().await))
+}
+
 fn has(list: &serde_json::Value, id: &str) -> bool {
     list["data"]
         .as_array()
@@ -122,17 +135,7 @@ async fn an_adapter_loaded_on_a_pool_becomes_routable_to_its_base_model() {
         .unwrap();
     assert_eq!(adapter["parent"], "qwen");
     assert_eq!(adapter["owned_by"], "qwen-pool");
-    let mut s = Stream::open(
-        &mut c,
-        Some(protocol(
-            BodySendMode::FullDuplexStreamed,
-            BodySendMode::None,
-        )),
-    )
-    .await;
-    s.headers(&[JSON], false).await;
-    s.body(br#"{"model":"sql-lora","prompt":"x"}"#, true).await;
-    let set = set_headers(&common(&s.recv().await));
+    let set = routing_headers(&mut c, "sql-lora").await;
     assert!(
         set.contains(&("x-gateway-base-model-name".to_owned(), "qwen".to_owned())),
         "{set:?}"
@@ -141,17 +144,7 @@ async fn an_adapter_loaded_on_a_pool_becomes_routable_to_its_base_model() {
     // Unloaded: gone from the list, and no longer mapped.
     served.lock().unwrap().retain(|(id, _)| *id != "sql-lora");
     until(&mut c, |l| !has(l, "sql-lora")).await;
-    let mut s = Stream::open(
-        &mut c,
-        Some(protocol(
-            BodySendMode::FullDuplexStreamed,
-            BodySendMode::None,
-        )),
-    )
-    .await;
-    s.headers(&[JSON], false).await;
-    s.body(br#"{"model":"sql-lora","prompt":"x"}"#, true).await;
-    let set = set_headers(&common(&s.recv().await));
+    let set = routing_headers(&mut c, "sql-lora").await;
     assert!(
         set.iter().all(|(k, _)| k != "x-gateway-base-model-name"),
         "{set:?}"
