@@ -1,109 +1,113 @@
-//! The multi-model gateway demo: routes OpenAI-style requests on the
-//! `model` in their body to model pools — simulated ones by default, real
-//! OpenAI-compatible servers with `--pool NAME=URL`.
+//! The `bbr-gateway` binary as a function: its flags ([`Flags`]) and
+//! [`run`], which starts the pools (simulated ones unless `--pool NAME=URL`
+//! names servers), the listeners and the rules reload, then serves until
+//! SIGINT or SIGTERM and drains.
 //!
-//! ```sh
-//! cargo run --release -p bbr-examples --example gateway
-//! curl -X POST -i localhost:8080/v1/chat/completions -H "Content-Type: application/json" \
-//!   -d '{"model":"chatbot","messages":[{"role":"user","content":"What is the color of the sky?"}],"max_tokens":100,"temperature":0}'
+//! ```no_run
+//! use clap::Parser;
+//!
+//! # async fn start() -> std::process::ExitCode {
+//! let flags = bbr_gateway::cli::Flags::parse_from(["bbr-gateway", "--listen", "127.0.0.1:8080"]);
+//! bbr_gateway::cli::run(flags).await
+//! # }
 //! ```
-//!
-//! Run with `--help` for the options; `docs/gateway.md` describes them,
-//! the endpoints, the log line, the metrics and the rules reload.
 
 use std::{io::IsTerminal, net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use bbr_core::rules::{RuleTable, SharedRules};
 use bbr_core::{Decider, Policy};
-use bbr_examples::{
-    gateway::{self, Admin, Endpoint, Front, Readiness, Upstream, UpstreamOptions},
-    log::{BatchWriter, LineFormat},
-    pool::SimulatedPool,
-};
 use bbr_listen::limits;
 use bbr_tower::{Admission, HoldBudget};
 use clap::Parser;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 
+use crate::{
+    Admin, Endpoint, Front, Readiness, ServeOptions, Upstream, UpstreamOptions,
+    log::{BatchWriter, LineFormat},
+    simulated::SimulatedPool,
+};
+
 /// Routes OpenAI-style requests on the `model` in their body to model pools.
-#[derive(Debug, Parser)]
-#[command(name = "gateway")]
-struct Args {
+///
+/// Without `--rules`, the demo's table built in; without `--pool NAME=URL`,
+/// simulated pools in the same process.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "bbr-gateway", version)]
+pub struct Flags {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8080")]
-    listen: SocketAddr,
+    pub listen: SocketAddr,
     /// The rule table (YAML or JSON), reloaded when the file changes.
-    /// Default: `examples/config/gateway.yaml` under the current directory
-    /// when there is one (a checkout of the sources), else the same demo
-    /// table built into the binary (not reloaded).
+    /// Default: the demo's table, built into the binary (`chatbot` -> pool
+    /// gemma3, `recommender` -> pool deepseek-r1, any other model refused).
     #[arg(long)]
-    rules: Option<PathBuf>,
+    pub rules: Option<PathBuf>,
     /// How often the rules file is checked for changes, in milliseconds
     /// (0: never).
     #[arg(long, default_value_t = 1000)]
-    rules_poll_ms: u64,
+    pub rules_poll_ms: u64,
     /// A pool (repeatable): NAME for a simulated pool, NAME=URL for a real
     /// OpenAI-compatible server (http://host:port); several URLs for one
     /// name are balanced.
     #[arg(long = "pool", value_parser = parse_pool, default_values = ["gemma3", "deepseek-r1"])]
-    pools: Vec<(String, Option<Endpoint>)>,
+    pub pools: Vec<(String, Option<Endpoint>)>,
     /// How long a connection to a pool's server may take, in milliseconds.
     #[arg(long, default_value_t = 5000)]
-    upstream_connect_timeout_ms: u64,
+    pub upstream_connect_timeout_ms: u64,
     /// How long a pool's server may take to begin its answer, in seconds.
     #[arg(long, default_value_t = 300)]
-    upstream_response_header_timeout_secs: u64,
+    pub upstream_response_header_timeout_secs: u64,
     /// Extraction policy: strict (scan the whole body) or fast.
     #[arg(long, default_value = "strict")]
-    policy: Policy,
+    pub policy: Policy,
     /// Body bytes all requests may hold, together, while they wait for
     /// their routing decision, in MiB; past it a request gets 503.
     #[arg(long, default_value_t = 256)]
-    hold_budget_mib: u64,
+    pub hold_budget_mib: u64,
     /// How long a body may send nothing before its decision, in
     /// milliseconds; past it the request gets 408.
     #[arg(long, default_value_t = 30_000)]
-    body_idle_timeout_ms: u64,
+    pub body_idle_timeout_ms: u64,
     /// Pause between two streamed tokens of a simulated pool, in milliseconds.
     #[arg(long, default_value_t = 20)]
-    token_delay_ms: u64,
+    pub token_delay_ms: u64,
     /// The most client connections served at once. Default: what the
     /// descriptor limit (raised to its hard limit at start) leaves, two
     /// descriptors a connection (the client's and one to a pool).
     #[arg(long)]
-    max_connections: Option<usize>,
+    pub max_connections: Option<usize>,
     /// How long a client may take, from the moment its connection is
     /// accepted, to send a complete request head (or the HTTP/2 preface),
     /// in seconds; past it the connection is closed.
     #[arg(long, default_value_t = 10)]
-    header_read_timeout_secs: u64,
+    pub header_read_timeout_secs: u64,
     /// How long an HTTP/1.1 keep-alive connection may wait for its next
     /// request's complete head after an answer, in seconds (nginx's
     /// `keepalive_timeout`, 75 s, is the default).
     #[arg(long, default_value_t = 75)]
-    idle_timeout_secs: u64,
+    pub idle_timeout_secs: u64,
     /// Remove every client header whose name starts with PREFIX, besides
     /// the headers the gateway itself sets (always removed). Repeatable.
     #[arg(long, value_name = "PREFIX")]
-    strip_header_prefix: Vec<String>,
+    pub strip_header_prefix: Vec<String>,
     /// On SIGINT or SIGTERM, how long open requests (token streams) may
     /// take to finish, in seconds.
     #[arg(long, default_value_t = 30)]
-    drain_timeout_secs: u64,
+    pub drain_timeout_secs: u64,
     /// The most requests in flight a pool (0: no limit). At the limit,
     /// Sheddable requests get 429, Standard ones wait (see
     /// --pool-queue-timeout-ms), Critical ones go up to 1.5 times the limit.
     #[arg(long, default_value_t = 0)]
-    pool_limit: usize,
+    pub pool_limit: usize,
     /// How long a Standard request waits for a slot in a saturated pool,
     /// in milliseconds, before it gets 429.
     #[arg(long, default_value_t = 30_000)]
-    pool_queue_timeout_ms: u64,
+    pub pool_queue_timeout_ms: u64,
     /// Serve /healthz, /readyz and /metrics on this address instead of the
     /// main one (it keeps answering, /readyz with 503, while draining).
     #[arg(long)]
-    admin_listen: Option<SocketAddr>,
+    pub admin_listen: Option<SocketAddr>,
 }
 
 /// A `--pool`: `NAME` (simulated) or `NAME=URL`.
@@ -118,9 +122,13 @@ fn parse_pool(text: &str) -> Result<(String, Option<Endpoint>), String> {
     Ok((name.to_owned(), url))
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    let args = Args::parse();
+/// Runs the gateway with `args` until SIGINT or SIGTERM, then drains: what
+/// the `bbr-gateway` binary does. It installs the global `tracing`
+/// subscriber (the log lines of [`LineFormat`] on stderr, batched) and the
+/// global metrics recorder, so it runs once per process; it prints where it
+/// listens on stdout. The exit code is 2 for bad flags or rules, 1 when
+/// something cannot start.
+pub async fn run(args: Flags) -> ExitCode {
     // Log lines (one per request) are formatted on the request's thread and
     // written in batches by a thread of their own (every 100 ms or 64 KiB):
     // no `write` and no wake-up per request. Nothing is dropped when the
@@ -165,7 +173,7 @@ async fn main() -> ExitCode {
     // connections each listener may hold.
     let descriptors = limits::raise_descriptor_limit();
     let admin_connections = ADMIN_CONNECTIONS;
-    let reserved = gateway::RESERVED_DESCRIPTORS + admin_connections as u64;
+    let reserved = crate::RESERVED_DESCRIPTORS + admin_connections as u64;
     let max_connections = args
         .max_connections
         .unwrap_or_else(|| limits::connection_budget(descriptors.soft, reserved, 2));
@@ -250,14 +258,14 @@ async fn main() -> ExitCode {
                 // Outlives the drain: /readyz answers 503 meanwhile. Its
                 // own connection limit: a flood of the main listener
                 // leaves it answering.
-                let options = gateway::ServeOptions {
+                let options = ServeOptions {
                     name: "admin",
                     header_read_timeout,
                     idle_timeout,
                     max_connections: admin_connections,
-                    ..gateway::ServeOptions::default()
+                    ..ServeOptions::default()
                 };
-                tokio::spawn(gateway::serve_with(
+                tokio::spawn(crate::serve_with(
                     listener,
                     admin,
                     options,
@@ -293,13 +301,13 @@ async fn main() -> ExitCode {
         Admission::new(args.pool_limit)
             .queue_timeout(Duration::from_millis(args.pool_queue_timeout_ms))
     });
-    let service = Front::new(gateway::gateway_with(layer, pools, admission), admin);
+    let service = Front::new(crate::gateway_with(layer, pools, admission), admin);
     let bound = listener.local_addr().unwrap_or(args.listen);
     println!("gateway listening on http://{bound} (rules: {rules_source})");
     println!(
         "try: curl -X POST -i {bound}/v1/chat/completions -H 'Content-Type: application/json' -d '{{\"model\":\"chatbot\",\"messages\":[{{\"role\":\"user\",\"content\":\"What is the color of the sky?\"}}]}}'"
     );
-    let options = gateway::ServeOptions {
+    let options = ServeOptions {
         name: "http",
         header_read_timeout,
         idle_timeout,
@@ -314,7 +322,7 @@ async fn main() -> ExitCode {
         draining.set(false);
         println!("gateway: draining open requests");
     };
-    gateway::serve_with(listener, service, options, shutdown).await;
+    crate::serve_with(listener, service, options, shutdown).await;
     if let Some(watcher) = watcher {
         watcher.abort();
     }
@@ -325,26 +333,14 @@ async fn main() -> ExitCode {
 /// The connections the admin listener (`--admin-listen`) may hold.
 const ADMIN_CONNECTIONS: usize = 64;
 
-/// Where the demo table lies in a checkout of the sources, relative to
-/// its root.
-const DEMO_RULES_PATH: &str = "examples/config/gateway.yaml";
-
 /// The rule table, and the file it came from (to watch): `--rules`, else
-/// the demo table's file under the current directory, else the demo table
-/// built in.
+/// the demo table built in (no file: nothing to watch).
 fn load_rules(
     given: Option<&std::path::Path>,
 ) -> Result<(RuleTable, Option<PathBuf>), bbr_core::rules::ConfigError> {
-    let file = given.map(PathBuf::from).or_else(|| {
-        let local = PathBuf::from(DEMO_RULES_PATH);
-        local.is_file().then_some(local)
-    });
-    match file {
-        Some(path) => Ok((RuleTable::from_path(&path)?, Some(path))),
-        None => Ok((
-            RuleTable::from_yaml(include_str!("../config/gateway.yaml"))?,
-            None,
-        )),
+    match given {
+        Some(path) => Ok((RuleTable::from_path(path)?, Some(path.to_owned()))),
+        None => Ok((crate::demo_rules()?, None)),
     }
 }
 

@@ -168,18 +168,14 @@ async fn a_changed_rules_file_takes_effect_and_a_broken_one_is_refused() {
         let dir = std::env::temp_dir().join(format!("bbr-gateway-reload-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let rules = dir.join("rules.yaml");
-        let demo = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/config/gateway.yaml"
-        ))
-        .unwrap();
+        let demo = bbr_gateway::DEMO_RULES;
         // Files are replaced whole (a new file renamed over the old one).
         let replace = |text: &str| {
             let next = dir.join("rules.yaml.next");
             std::fs::write(&next, text).unwrap();
             std::fs::rename(&next, &rules).unwrap();
         };
-        replace(&demo);
+        replace(demo);
         let gw = GatewayProcess::start(&[
             "--rules",
             rules.to_str().unwrap(),
