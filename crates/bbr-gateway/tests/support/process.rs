@@ -38,6 +38,15 @@ impl GatewayProcess {
     /// [`start`](Self::start), under a descriptor limit (soft and hard)
     /// of `nofile` when given (`prlimit`, as a container runtime would).
     pub fn start_with_descriptors(nofile: Option<u64>, args: &[&str]) -> GatewayProcess {
+        GatewayProcess::spawn(nofile, None, args)
+    }
+
+    /// [`start`](Self::start), in the working directory `dir`.
+    pub fn start_in(dir: &std::path::Path, args: &[&str]) -> GatewayProcess {
+        GatewayProcess::spawn(None, Some(dir), args)
+    }
+
+    fn spawn(nofile: Option<u64>, dir: Option<&std::path::Path>, args: &[&str]) -> GatewayProcess {
         let mut command = match nofile {
             Some(n) => {
                 let mut c = Command::new("prlimit");
@@ -46,6 +55,9 @@ impl GatewayProcess {
             }
             None => Command::new(gateway_binary()),
         };
+        if let Some(dir) = dir {
+            command.current_dir(dir);
+        }
         let mut child = command
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
