@@ -73,7 +73,7 @@ readme=README.md
 commands="$(sh_commands "$readme")"
 
 # 1. The gateway demo.
-first="cargo run --release -p bbr-examples --example gateway"
+first="cargo run --release -p bbr-gateway"
 grep -qxF -- "$first" <<<"$commands" || fail "the README no longer runs: $first"
 port=8080
 if port_taken "$port"; then
@@ -81,11 +81,11 @@ if port_taken "$port"; then
   step "port 8080 is taken on this machine; the gateway and the README's requests use $port"
 fi
 step "\$ $first   (waiting up to ${BUILD_TIMEOUT}s for the build)"
-# The crates the first command needs (an example is built with its
-# crate's dev-dependencies too), and how many this run compiled (all
-# of them from an empty target directory; CARGO_TARGET_DIR=$(mktemp -d)
-# measures that) in how long: the README's figure comes from here.
-crates="$(cargo tree -q -p bbr-examples -e normal,build,dev --prefix none 2>/dev/null |
+# The crates the first command needs (the binary's normal and build
+# dependencies), and how many this run compiled (all of them from an
+# empty target directory; CARGO_TARGET_DIR=$(mktemp -d) measures that) in
+# how long: the README's figure comes from here.
+crates="$(cargo tree -q -p bbr-gateway -e normal,build --prefix none 2>/dev/null |
   sed 's/ (\*)$//; s/ (proc-macro)$//' | awk '{print $1, $2}' | sort -u | wc -l)"
 started=$SECONDS
 $first -- --listen "127.0.0.1:$port" >"$work/gateway.log" 2>&1 &
