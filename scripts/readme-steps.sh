@@ -6,6 +6,8 @@
 #   1. the first command (the gateway demo) starts, and the README's curl
 #      requests get their pools (chatbot -> gemma3, recommender -> deepseek-r1)
 #      and an unknown model the JSON 404 `model_not_found`;
+#      `cargo install --path crates/bbr-gateway` installs a binary that
+#      starts the same demo from another directory;
 #   2. `cargo install --path crates/bbr-extproc` comes before the first use
 #      of `bbr-extproc`, which then starts with the README's flags, logs
 #      without colour codes into a file and names a taken port;
@@ -124,6 +126,24 @@ while IFS= read -r cmd; do
   models+=("$model")
 done <<<"$curls"
 step "the gateway answered the README's ${#models[@]} requests (${models[*]}) as the README says"
+kill "$gateway"
+wait "$gateway" 2>/dev/null || true
+
+# The installed gateway, started outside the checkout: the same demo.
+install="$(grep -m1 'cargo install .*--path crates/bbr-gateway' <<<"$commands")" ||
+  fail "the README does not say how to install bbr-gateway"
+step "\$ $install   (into a scratch root, not ~/.cargo)"
+timeout "$BUILD_TIMEOUT" $install --root "$work/cargo-root" --quiet >"$work/install-gateway.log" 2>&1 ||
+  fail "$install failed"
+(cd "$work" && exec "$work/cargo-root/bin/bbr-gateway" --listen "127.0.0.1:$port") >"$work/installed.log" 2>&1 &
+gateway=$!
+pids+=("$gateway")
+wait_for_line "$work/installed.log" "gateway listening on http://127.0.0.1:$port (rules: the demo table built in)" 30 "$gateway" ||
+  fail "the installed gateway did not start with the demo table built in"
+out="$(curl -sS -i --max-time 10 -X POST "localhost:$port/v1/chat/completions" -H 'Content-Type: application/json' \
+  -d '{"model":"chatbot","messages":[]}' | tr -d '\r')" || fail "request to the installed gateway failed"
+check_answer "$out" chatbot
+step "the installed bbr-gateway, started in $work, routed chatbot to gemma3"
 kill "$gateway"
 wait "$gateway" 2>/dev/null || true
 
