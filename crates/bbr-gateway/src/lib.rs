@@ -102,7 +102,7 @@ pub fn gateway_with(
     layer.layer(router)
 }
 
-/// The layer of the demo for `rules`, with the default (strict) policy,
+/// The gateway's layer for `rules`, with the default (strict) policy,
 /// answering `GET /v1/models` from the table.
 pub fn layer(rules: RuleTable) -> ModelRoutingLayer {
     ModelRoutingLayer::new().rules(rules).serve_models(true)
