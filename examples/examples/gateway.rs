@@ -9,7 +9,7 @@
 //!   -d '{"model":"chatbot","messages":[{"role":"user","content":"Hello"}]}'
 //! ```
 
-use std::{error::Error, net::SocketAddr};
+use std::{error::Error, io::IsTerminal, net::SocketAddr};
 
 use bbr_core::{Policy, rules::RuleTable};
 use bbr_gateway::{Admin, Front, Readiness, ServeOptions, Upstream, simulated::SimulatedPool};
@@ -17,9 +17,12 @@ use tokio::net::TcpListener;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn Error>> {
-    // The access log (target `gateway::access`) in the gateway's format.
+    // The access log (target `gateway::access`) in the gateway's format,
+    // on stderr, coloured on a terminal only.
     tracing_subscriber::fmt()
+        .with_ansi(std::io::stderr().is_terminal())
         .event_format(bbr_gateway::log::LineFormat)
+        .with_writer(std::io::stderr)
         .init();
     let rules = RuleTable::from_yaml(bbr_gateway::DEMO_RULES)?;
 
