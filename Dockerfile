@@ -1,8 +1,10 @@
-# bbr-extproc as a container image: a static binary on a minimal base, run
-# as user 65532, no shell.
+# bbr-extproc (the default target) and bbr-gateway (`--target bbr-gateway`)
+# as container images: a static binary on a minimal base, run as user
+# 65532, no shell.
 #
 #   buildah bud --build-arg BBR_GIT_COMMIT=$(git rev-parse --short=12 HEAD) -t bbr-extproc .
 #   docker build --build-arg BBR_GIT_COMMIT=$(git rev-parse --short=12 HEAD) -t bbr-extproc .
+#   docker build --target bbr-gateway -t bbr-gateway .
 #
 # BASE_IMAGE may be any image that can run a static binary: the default
 # distroless static (nonroot), or scratch. scripts/build-image.sh builds the
@@ -32,7 +34,34 @@ RUN target="$(uname -m)-unknown-linux-gnu" \
     cargo build --release --locked -p bbr-extproc --target "$target" \
  && cp "target/$target/release/bbr-extproc" /bbr-extproc
 
-FROM ${BASE_IMAGE}
+# bbr-gateway links no OpenSSL: glibc alone, statically.
+FROM ${RUST_IMAGE} AS build-gateway
+ENV CARGO_PROFILE_RELEASE_DEBUG=0 \
+    CARGO_PROFILE_RELEASE_STRIP=symbols
+WORKDIR /src
+COPY . .
+RUN target="$(uname -m)-unknown-linux-gnu" \
+ && RUSTFLAGS="-C target-feature=+crt-static" \
+    cargo build --release --locked -p bbr-gateway --target "$target" \
+ && cp "target/$target/release/bbr-gateway" /bbr-gateway
+
+FROM ${BASE_IMAGE} AS bbr-gateway
+ARG BBR_GIT_COMMIT=unknown
+LABEL org.opencontainers.image.title="bbr-gateway" \
+      org.opencontainers.image.description="HTTP gateway routing LLM inference requests to model pools on the model named in the body" \
+      org.opencontainers.image.source="https://github.com/bbr-rs/bbr" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.revision="${BBR_GIT_COMMIT}"
+COPY --from=build-gateway --chown=65532:65532 /bbr-gateway /bbr-gateway
+USER 65532:65532
+# Clients, and /healthz, /readyz and /metrics unless --admin-listen moves them.
+EXPOSE 8080
+ENTRYPOINT ["/bbr-gateway"]
+# Arguments given to the container replace these: repeat --listen.
+CMD ["--listen", "0.0.0.0:8080"]
+
+# The last stage: what a build without --target makes.
+FROM ${BASE_IMAGE} AS bbr-extproc
 ARG BBR_GIT_COMMIT=unknown
 LABEL org.opencontainers.image.title="bbr-extproc" \
       org.opencontainers.image.description="Envoy ext_proc server routing LLM inference requests on the model named in the body" \

@@ -1,23 +1,48 @@
 #!/usr/bin/env bash
-# Builds the bbr-extproc container image with buildah and proves that it
-# starts: `--version` prints the version and the commit, and the server
-# inside the image comes up and prints its listening line.
+# Builds the bbr-extproc container image (or bbr-gateway's) with buildah
+# and proves that it starts: `--version` prints the version (and, for
+# bbr-extproc, the commit), and the server inside the image comes up and
+# prints its listening line; the gateway also answers the demo's chat
+# request from its simulated pool.
 #
-# Two ways to build, one final image (a static bbr-extproc at /bbr-extproc,
-# user 65532, entrypoint /bbr-extproc, nothing else):
+# Two ways to build, one final image (a static binary at /BINARY, user
+# 65532, entrypoint /BINARY, nothing else):
 #   offline (default): the static binary is built on this machine
 #     (crt-static), then `buildah from scratch` + copy + config. Needs no
 #     container registry, only crates.io.
-#   BBR_IMAGE_FROM_DOCKERFILE=1: `buildah bud` on the Dockerfile, which pulls
-#     a Rust image and the distroless base from their registries.
+#   BBR_IMAGE_FROM_DOCKERFILE=1: `buildah bud` on the Dockerfile (its stage
+#     named after the binary), which pulls a Rust image and the distroless
+#     base from their registries.
 #
 # buildah comes from Debian's package (installed when missing, as root).
-# Usage: scripts/build-image.sh [IMAGE_NAME]   (default bbr-extproc:dev)
+# Usage: scripts/build-image.sh [bbr-extproc|bbr-gateway] [IMAGE_NAME]
+#   (default: bbr-extproc, image BINARY:dev)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-image="${1:-bbr-extproc:dev}"
+binary=bbr-extproc
+case "${1:-}" in
+  bbr-extproc | bbr-gateway) binary="$1"; shift ;;
+esac
+image="${1:-$binary:dev}"
 log() { echo "build-image: $*" >&2; }
+# What differs between the two images: the ports, the default arguments,
+# and how the server says it listens when started on loopback.
+case "$binary" in
+  bbr-extproc)
+    ports=(--port 9004 --port 9005 --port 9090)
+    cmd=''
+    loopback=(--address 127.0.0.1 --grpc-port 0 --grpc-health-port 0 --metrics-port 0)
+    listening='bbr-extproc listening'
+    ;;
+  bbr-gateway)
+    ports=(--port 8080)
+    # In a container it listens on every address (loopback by default).
+    cmd='["--listen","0.0.0.0:8080"]'
+    loopback=(--listen 127.0.0.1:0 --token-delay-ms 0)
+    listening='gateway listening on http://'
+    ;;
+esac
 
 if ! command -v buildah >/dev/null; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
@@ -38,29 +63,29 @@ version="$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)"
 
 if [ "${BBR_IMAGE_FROM_DOCKERFILE:-0}" = 1 ]; then
   log "building $image from the Dockerfile (needs access to container registries)"
-  buildah bud --layers --build-arg "BBR_GIT_COMMIT=$commit" -t "$image" . >&2
+  buildah bud --layers --target "$binary" --build-arg "BBR_GIT_COMMIT=$commit" -t "$image" . >&2
 else
   target="$(uname -m)-unknown-linux-gnu"
-  log "building a static bbr-extproc for $target on this machine"
+  log "building a static $binary for $target on this machine"
   start=$SECONDS
   BBR_GIT_COMMIT="$commit" CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_PROFILE_RELEASE_STRIP=symbols \
     RUSTFLAGS="-C target-feature=+crt-static" OPENSSL_STATIC=1 \
-    nice -n 10 cargo build --release --locked -p bbr-extproc --target "$target" >&2
+    nice -n 10 cargo build --release --locked -p "$binary" --target "$target" >&2
   log "binary built in $((SECONDS - start)) s"
-  binary="${CARGO_TARGET_DIR:-target}/$target/release/bbr-extproc"
-  if readelf -d "$binary" | grep -q NEEDED; then
-    log "$binary needs shared libraries; the image would not run"
+  built="${CARGO_TARGET_DIR:-target}/$target/release/$binary"
+  if readelf -d "$built" | grep -q NEEDED; then
+    log "$built needs shared libraries; the image would not run"
     exit 1
   fi
   ctr="$(buildah from scratch)"
   trap 'buildah rm "$ctr" >/dev/null 2>&1 || true' EXIT
-  buildah copy --chown 65532:65532 "$ctr" "$binary" /bbr-extproc >/dev/null
+  buildah copy --chown 65532:65532 "$ctr" "$built" "/$binary" >/dev/null
   buildah config \
     --user 65532:65532 \
-    --entrypoint '["/bbr-extproc"]' \
-    --cmd '' \
-    --port 9004 --port 9005 --port 9090 \
-    --label org.opencontainers.image.title=bbr-extproc \
+    --entrypoint "[\"/$binary\"]" \
+    --cmd "$cmd" \
+    "${ports[@]}" \
+    --label "org.opencontainers.image.title=$binary" \
     --label org.opencontainers.image.source=https://github.com/bbr-rs/bbr \
     --label org.opencontainers.image.licenses=Apache-2.0 \
     --label "org.opencontainers.image.revision=$commit" \
@@ -84,32 +109,43 @@ cleanup() {
   rm -f "${out:-}"
 }
 trap cleanup EXIT
-printed="$(timeout 60 buildah run --isolation chroot "$run_ctr" -- /bbr-extproc --version)"
+printed="$(timeout 60 buildah run --isolation chroot "$run_ctr" -- "/$binary" --version)"
 log "in the image: $printed"
+expected="$version"
+[ "$binary" = bbr-extproc ] && expected="$version (commit $commit)"
 case "$printed" in
-  *"$version"*"commit $commit"*) ;;
-  *) log "--version printed '$printed', expected $version and commit $commit"; exit 1 ;;
+  *"$expected"*) ;;
+  *) log "--version printed '$printed', expected $expected"; exit 1 ;;
 esac
 
 out="$(mktemp)"
-timeout 60 buildah run --isolation chroot --network host "$run_ctr" -- /bbr-extproc \
-  --address 127.0.0.1 --grpc-port 0 --grpc-health-port 0 --metrics-port 0 >"$out" 2>&1 &
+timeout 60 buildah run --isolation chroot --network host "$run_ctr" -- "/$binary" \
+  "${loopback[@]}" >"$out" 2>&1 &
 server_pid=$!
 for _ in $(seq 1 100); do
-  grep -q 'bbr-extproc listening' "$out" && break
+  grep -q "$listening" "$out" && break
   kill -0 "$server_pid" 2>/dev/null || break
   sleep 0.1
 done
-if ! grep -q 'bbr-extproc listening' "$out"; then
+if ! grep -q "$listening" "$out"; then
   log "the server in the image did not start:"
   cat "$out" >&2
   exit 1
 fi
-log "the server in the image started: $(grep 'bbr-extproc listening' "$out")"
+log "the server in the image started: $(grep "$listening" "$out")"
+if [ "$binary" = bbr-gateway ]; then
+  # The demo's first request, answered by the simulated pool in the image.
+  addr="$(sed -n 's|^gateway listening on http://\([0-9.:]*\).*|\1|p' "$out")"
+  answer="$(curl -sS -i --max-time 10 -X POST "http://$addr/v1/chat/completions" \
+    -H 'Content-Type: application/json' -d '{"model":"chatbot","messages":[]}' | tr -d '\r')"
+  grep -qi '^x-inference-pool: gemma3$' <<<"$answer" ||
+    { log "the gateway in the image did not route the demo's request:"; echo "$answer" >&2; exit 1; }
+  log "the gateway in the image routed chatbot to pool gemma3"
+fi
 # Stop it: SIGTERM to the server process inside (a descendant of buildah run).
 descendants() { local c; for c in $(ps -o pid= --ppid "$1"); do echo "$c"; descendants "$c"; done; }
 for pid in $(descendants "$server_pid"); do
-  [ "$(ps -o comm= -p "$pid")" = bbr-extproc ] && kill -TERM "$pid"
+  [ "$(ps -o comm= -p "$pid")" = "$binary" ] && kill -TERM "$pid"
 done
 wait "$server_pid" 2>/dev/null || true
 server_pid=

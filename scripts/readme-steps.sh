@@ -6,6 +6,8 @@
 #   1. the first command (the gateway demo) starts, and the README's curl
 #      requests get their pools (chatbot -> gemma3, recommender -> deepseek-r1)
 #      and an unknown model the JSON 404 `model_not_found`;
+#      `cargo install --path crates/bbr-gateway` installs a binary that
+#      starts the same demo from another directory;
 #   2. `cargo install --path crates/bbr-extproc` comes before the first use
 #      of `bbr-extproc`, which then starts with the README's flags, logs
 #      without colour codes into a file and names a taken port;
@@ -73,7 +75,7 @@ readme=README.md
 commands="$(sh_commands "$readme")"
 
 # 1. The gateway demo.
-first="cargo run --release -p bbr-examples --example gateway"
+first="cargo run --release -p bbr-gateway"
 grep -qxF -- "$first" <<<"$commands" || fail "the README no longer runs: $first"
 port=8080
 if port_taken "$port"; then
@@ -81,11 +83,11 @@ if port_taken "$port"; then
   step "port 8080 is taken on this machine; the gateway and the README's requests use $port"
 fi
 step "\$ $first   (waiting up to ${BUILD_TIMEOUT}s for the build)"
-# The crates the first command needs (an example is built with its
-# crate's dev-dependencies too), and how many this run compiled (all
-# of them from an empty target directory; CARGO_TARGET_DIR=$(mktemp -d)
-# measures that) in how long: the README's figure comes from here.
-crates="$(cargo tree -q -p bbr-examples -e normal,build,dev --prefix none 2>/dev/null |
+# The crates the first command needs (the binary's normal and build
+# dependencies), and how many this run compiled (all of them from an
+# empty target directory; CARGO_TARGET_DIR=$(mktemp -d) measures that) in
+# how long: the README's figure comes from here.
+crates="$(cargo tree -q -p bbr-gateway -e normal,build --prefix none 2>/dev/null |
   sed 's/ (\*)$//; s/ (proc-macro)$//' | awk '{print $1, $2}' | sort -u | wc -l)"
 started=$SECONDS
 $first -- --listen "127.0.0.1:$port" >"$work/gateway.log" 2>&1 &
@@ -124,6 +126,24 @@ while IFS= read -r cmd; do
   models+=("$model")
 done <<<"$curls"
 step "the gateway answered the README's ${#models[@]} requests (${models[*]}) as the README says"
+kill "$gateway"
+wait "$gateway" 2>/dev/null || true
+
+# The installed gateway, started outside the checkout: the same demo.
+install="$(grep -m1 'cargo install .*--path crates/bbr-gateway' <<<"$commands")" ||
+  fail "the README does not say how to install bbr-gateway"
+step "\$ $install   (into a scratch root, not ~/.cargo)"
+timeout "$BUILD_TIMEOUT" $install --root "$work/cargo-root" --quiet >"$work/install-gateway.log" 2>&1 ||
+  fail "$install failed"
+(cd "$work" && exec "$work/cargo-root/bin/bbr-gateway" --listen "127.0.0.1:$port") >"$work/installed.log" 2>&1 &
+gateway=$!
+pids+=("$gateway")
+wait_for_line "$work/installed.log" "gateway listening on http://127.0.0.1:$port (rules: the demo table built in)" 30 "$gateway" ||
+  fail "the installed gateway did not start with the demo table built in"
+out="$(curl -sS -i --max-time 10 -X POST "localhost:$port/v1/chat/completions" -H 'Content-Type: application/json' \
+  -d '{"model":"chatbot","messages":[]}' | tr -d '\r')" || fail "request to the installed gateway failed"
+check_answer "$out" chatbot
+step "the installed bbr-gateway, started in $work, routed chatbot to gemma3"
 kill "$gateway"
 wait "$gateway" 2>/dev/null || true
 

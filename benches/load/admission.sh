@@ -25,7 +25,7 @@ DURATION=${DURATION:-10s}
 
 benches/load/install-wrk.sh
 
-cargo build --release -q -p bbr-examples --example gateway
+cargo build --release -q -p bbr-gateway
 target="${CARGO_TARGET_DIR:-target}/release"
 
 work="$(mktemp -d)"
@@ -40,7 +40,7 @@ rules:
 default: { action: reject }
 EOF
 
-"$target/examples/gateway" --listen 127.0.0.1:0 --rules "$work/rules.yaml" --pool gemma3 \
+"$target/bbr-gateway" --listen 127.0.0.1:0 --rules "$work/rules.yaml" --pool gemma3 \
   --pool-limit "$LIMIT" --pool-queue-timeout-ms "$QUEUE_TIMEOUT_MS" \
   --token-delay-ms "$TOKEN_DELAY_MS" >"$work/gateway.log" 2>"$work/gateway.err" &
 pids+=($!)

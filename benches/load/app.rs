@@ -9,7 +9,7 @@
 //!   the whole body, parses it into a `serde_json::Value`, reads `model`,
 //!   sets `X-Gateway-Model-Name` and rebuilds the request.
 //!
-//! `tower-load gateway` serves the demo gateway (`bbr_examples::gateway`) in
+//! `tower-load gateway` serves the demo gateway (the `bbr_gateway` library) in
 //! front of simulated pools, the same three ways: `bare` forwards every
 //! request to the first pool without routing; `layer` is the demo itself
 //! (the layer, then one upstream per pool); `handwritten` collects the body,
@@ -38,7 +38,7 @@ use axum::{
     routing::post,
 };
 use bbr_core::rules::RuleTable;
-use bbr_examples::pool::parse_pool;
+use bbr_gateway::simulated::parse_pool;
 use bbr_tower::{Decision, ModelRoutingLayer};
 use clap::{Parser, Subcommand, ValueEnum};
 use http_body_util::{BodyExt, Full};
@@ -240,7 +240,7 @@ async fn gateway(
     rules: RuleTable,
     pools: Vec<(String, SocketAddr)>,
 ) -> std::io::Result<()> {
-    use bbr_examples::gateway::{self as demo, Upstream};
+    use bbr_gateway::{self as demo, Upstream};
     let listener = TcpListener::bind(listen).await?;
     println!("listening on {}", listener.local_addr()?);
     match mode {
@@ -272,9 +272,9 @@ async fn gateway(
 /// The usual hand-written routing proxy: collect, parse, decide, forward.
 async fn handwritten_proxy(
     rules: &RuleTable,
-    upstreams: &HashMap<String, bbr_examples::gateway::Upstream<Full<Bytes>>>,
+    upstreams: &HashMap<String, bbr_gateway::Upstream<Full<Bytes>>>,
     request: Request<Incoming>,
-) -> http::Response<bbr_examples::gateway::UpstreamBody> {
+) -> http::Response<bbr_gateway::UpstreamBody> {
     let refuse = |status: StatusCode| {
         let mut response = http::Response::new(bbr_tower::ResponseBody::full(Bytes::new()));
         *response.status_mut() = status;

@@ -6,8 +6,11 @@
 # one keep-alive connection; the figure is the app's total instructions
 # over the measured requests, start-up and warm-up subtracted.
 #
-# With APP=gateway the arguments are builds of the gateway example's binary
-# (say the current one and one built at an older commit), each serving the
+# With APP=gateway the arguments are builds of the bbr-gateway binary
+# (`cargo build --release -p bbr-gateway`: target/release/bbr-gateway; a
+# build from before the crate is the gateway example's binary,
+# target/release/examples/gateway), say the current one and one built at
+# an older commit, each serving the
 # requests with its own simulated pools (`--token-delay-ms 0`), this
 # checkout's rules file and its access log on: the figure is then the
 # whole process's instructions a request, and the builds are compared

@@ -24,8 +24,8 @@
 # (examples/examples/pools.rs) running beside it; the CPU column is then the
 # gateway process's own.
 #
-# With APP=versions the two are the gateway example's binary as built from
-# this checkout (current) and another build of it (baseline: the binary
+# With APP=versions the two are the bbr-gateway binary as built from this
+# checkout (current) and another build of it (baseline: the binary
 # named by BASELINE, say one built from the main branch), each running its
 # simulated pools itself; the CPU column is then the whole process's. The
 # ratios are also given round by round (the two builds measured back to
@@ -62,7 +62,7 @@ if [ "$APP" = app ]; then MODES+=" plumbing"; fi
 if [ "$APP" = versions ]; then
     MODES="baseline current"
     if [ ! -x "${BASELINE:-}" ]; then
-        echo "APP=versions needs BASELINE=<a gateway example binary>" >&2
+        echo "APP=versions needs BASELINE=<a bbr-gateway binary (or an older build's gateway example)>" >&2
         exit 2
     fi
 fi
@@ -76,7 +76,7 @@ if [ "$APP" = gateway ]; then
     cargo build --release -q -p bbr-examples --example pools
 fi
 if [ "$APP" = versions ]; then
-    cargo build --release -q -p bbr-examples --example gateway
+    cargo build --release -q -p bbr-gateway
 fi
 
 WORK=$(mktemp -d)
@@ -110,7 +110,7 @@ for mode in $MODES; do
         # name the port it was given as 0).
         port=$(python3 -c 'import socket
 s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-        exe="${CARGO_TARGET_DIR:-target}/release/examples/gateway"
+        exe="${CARGO_TARGET_DIR:-target}/release/bbr-gateway"
         if [ "$mode" = baseline ]; then exe="$BASELINE"; fi
         # The rules of this checkout: an older build names its own checkout's.
         "${ON_APP_CPUS[@]}" "$exe" --listen "127.0.0.1:$port" --token-delay-ms 0 --rules "$PWD/examples/config/gateway.yaml" \

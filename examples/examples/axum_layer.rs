@@ -2,7 +2,7 @@
 //! handlers that take the routing [`Decision`] as an extractor.
 //!
 //! ```sh
-//! cargo run -p bbr-examples --features axum --example axum_layer   # listens on 127.0.0.1:3000
+//! cargo run -p bbr-examples --example axum_layer   # listens on 127.0.0.1:3000
 //! curl -s localhost:3000/v1/chat/completions -H 'content-type: application/json' \
 //!   -d '{"messages":[{"role":"user","content":"hi"}],"model":"chatbot"}'
 //! ```

@@ -11,7 +11,7 @@
 
 use std::{net::SocketAddr, process::ExitCode, time::Duration};
 
-use bbr_examples::pool::{SimulatedPool, parse_pool};
+use bbr_gateway::simulated::{SimulatedPool, parse_pool};
 use clap::Parser;
 
 /// Runs simulated model pools.

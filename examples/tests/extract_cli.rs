@@ -9,13 +9,13 @@ use std::{
 
 use serde_json::Value;
 
-#[allow(dead_code, unreachable_pub)]
-#[path = "support/process.rs"]
-mod process;
+#[allow(unreachable_pub)]
+#[path = "support/example.rs"]
+mod example;
 
 /// The `extract` example's binary.
 fn binary() -> PathBuf {
-    process::example_binary("extract")
+    example::example_binary("extract")
 }
 
 fn seed_rules() -> PathBuf {

@@ -5,7 +5,7 @@ mod support;
 
 use std::{sync::Arc, time::Duration};
 
-use bbr_examples::pool::SimulatedPool;
+use bbr_gateway::simulated::SimulatedPool;
 use bbr_tower::ModelSource;
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -129,7 +129,7 @@ fn large_body(size: usize, model_first: bool) -> (Bytes, usize) {
 async fn a_50_mib_body_is_forwarded_intact_and_held_only_up_to_the_model() {
     bounded(async {
         let gw = TestGateway::start(
-            bbr_examples::gateway::layer(demo_rules()).max_body(64 << 20),
+            bbr_gateway::layer(demo_rules()).max_body(64 << 20),
             default_pools(),
         )
         .await;
@@ -198,7 +198,7 @@ async fn a_spoofed_model_header_is_replaced() {
 async fn refused_requests_get_the_error_contract() {
     bounded(async {
         let gw = TestGateway::start(
-            bbr_examples::gateway::layer(demo_rules()).max_body(4096),
+            bbr_gateway::layer(demo_rules()).max_body(4096),
             default_pools(),
         )
         .await;
@@ -308,7 +308,7 @@ async fn server_sent_events_stream_through_token_by_token() {
                 .token_gate(gate.clone()),
             SimulatedPool::new("deepseek-r1").token_delay(Duration::ZERO),
         ];
-        let gw = TestGateway::start(bbr_examples::gateway::layer(demo_rules()), pools).await;
+        let gw = TestGateway::start(bbr_gateway::layer(demo_rules()), pools).await;
         let body = CHAT.replace("\"temperature\":0", "\"temperature\":0,\"stream\":true");
         let response = post_json(&http1(), gw.url("/v1/chat/completions"), body).await;
         assert_eq!(response.status(), 200);

@@ -3,7 +3,7 @@
 //! from the tower layer's own test support.
 #![allow(dead_code, unreachable_pub)]
 
-#[path = "../../../crates/bbr-tower/tests/support/mod.rs"]
+#[path = "../../../bbr-tower/tests/support/mod.rs"]
 mod clients;
 pub use clients::*;
 
@@ -16,20 +16,16 @@ use std::{
 };
 
 use bbr_core::rules::RuleTable;
-use bbr_examples::{
-    gateway::{self, Upstream},
-    pool::SimulatedPool,
-};
+use bbr_gateway::{Upstream, simulated::SimulatedPool};
 use bbr_tower::{Decision, ModelRoutingLayer, PoolRouter, RoutedBody};
 use http::Request;
 use hyper::body::Incoming;
 use tokio::{net::TcpListener, sync::Notify, task::JoinHandle};
 use tower::{Layer, Service};
 
-/// The demo's rule table, as the demo gateway loads it.
+/// The demo's rule table, as the gateway builds it in.
 pub fn demo_rules() -> RuleTable {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/gateway.yaml");
-    RuleTable::from_path(std::path::Path::new(path)).expect("the demo rule table loads")
+    bbr_gateway::demo_rules().expect("the demo rule table loads")
 }
 
 /// What the layer handed on: one decision per request that reached the pools.
@@ -103,12 +99,12 @@ impl Drop for TestGateway {
 impl TestGateway {
     /// The demo gateway: the demo rules, pools `gemma3` and `deepseek-r1`.
     pub async fn demo() -> TestGateway {
-        TestGateway::start(gateway::layer(demo_rules()), default_pools()).await
+        TestGateway::start(bbr_gateway::layer(demo_rules()), default_pools()).await
     }
 
     /// A gateway with `layer` in front of `pools`.
     pub async fn start(layer: ModelRoutingLayer, pools: Vec<SimulatedPool>) -> TestGateway {
-        let options = gateway::ServeOptions::default();
+        let options = bbr_gateway::ServeOptions::default();
         TestGateway::start_with(layer, pools, options, std::future::pending()).await
     }
 
@@ -116,7 +112,7 @@ impl TestGateway {
     pub async fn start_with(
         layer: ModelRoutingLayer,
         pools: Vec<SimulatedPool>,
-        options: gateway::ServeOptions,
+        options: bbr_gateway::ServeOptions,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> TestGateway {
         let mut tasks = Vec::new();
@@ -133,7 +129,7 @@ impl TestGateway {
         });
         let listener = TcpListener::bind(loopback()).await.expect("gateway binds");
         let addr = listener.local_addr().unwrap();
-        tasks.push(tokio::spawn(gateway::serve_with(
+        tasks.push(tokio::spawn(bbr_gateway::serve_with(
             listener, service, options, shutdown,
         )));
         TestGateway {

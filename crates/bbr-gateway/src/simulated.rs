@@ -1,4 +1,8 @@
-//! A simulated OpenAI-compatible model pool, for the demos and the tests.
+//! The demo's simulated pools: an OpenAI-compatible model server in
+//! process, which `bbr-gateway` runs for each pool given no server
+//! (`--pool NAME`, and the two pools of the demo), and which the tests, the
+//! examples and the load benchmarks route to. Not a model: every answer is
+//! the same few tokens.
 //!
 //! Each pool answers `POST /v1/chat/completions`, `/v1/completions`,
 //! `/v1/embeddings` and `/v1/responses` in OpenAI format with the model the

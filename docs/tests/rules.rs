@@ -1,6 +1,6 @@
 //! The rule tables written in the README and in `docs/rules.md` load as
-//! they are shown, and the README's copy of the demo's table is the file
-//! the demo loads.
+//! they are shown, and the README's copy of the demo's table is the table
+//! the gateway builds in, as is `examples/config/gateway.yaml`.
 
 use std::path::Path;
 
@@ -38,8 +38,7 @@ fn rule_tables(markdown: &str) -> Vec<String> {
 fn the_readme_shows_the_demo_table() {
     let tables = rule_tables(&read("README.md"));
     assert_eq!(tables.len(), 1, "one rule table in the README");
-    let file = read("examples/config/gateway.yaml");
-    let without_comments: String = file
+    let without_comments: String = bbr_gateway::DEMO_RULES
         .lines()
         .filter(|l| !l.starts_with('#'))
         .map(|l| format!("{l}\n"))
@@ -56,4 +55,16 @@ fn the_documented_tables_load() {
             panic!("{e}\n{table}");
         }
     }
+}
+
+/// The examples and the Envoy demo load `examples/config/gateway.yaml`; the
+/// gateway builds in its own copy (a crate packs only its own files).
+#[test]
+fn the_examples_table_is_the_one_the_gateway_builds_in() {
+    assert_eq!(
+        read("examples/config/gateway.yaml"),
+        bbr_gateway::DEMO_RULES,
+        "examples/config/gateway.yaml and crates/bbr-gateway/config/demo.yaml differ"
+    );
+    bbr_gateway::demo_rules().expect("the built-in table loads");
 }

@@ -1,5 +1,5 @@
-//! The gateway example as a process of its own: built once, started with
-//! flags on loopback ports, its output collected, its memory read from
+//! The `bbr-gateway` binary as a process of its own: started with flags on
+//! loopback ports, its output collected, its memory read from
 //! `/proc`, killed when dropped.
 
 use std::{
@@ -11,44 +11,10 @@ use std::{
     time::Duration,
 };
 
-/// The gateway example's binary (see [`example_binary`]).
+/// The `bbr-gateway` binary of this build (cargo builds a crate's
+/// binaries before its integration tests).
 pub fn gateway_binary() -> PathBuf {
-    example_binary("gateway")
-}
-
-/// The binary of example `name`, built on first use in the profile of this
-/// test binary (a no-op when it is up to date): `cargo test` builds the
-/// examples, but not when one test is selected (`--test NAME`). It is built
-/// with the whole workspace's features, as `cargo test --workspace` builds
-/// the crates it depends on: `-p bbr-examples` alone would turn off
-/// features other members turn on, and build those crates again.
-pub fn example_binary(name: &'static str) -> PathBuf {
-    static BUILT: Mutex<Vec<(&str, PathBuf)>> = Mutex::new(Vec::new());
-    let mut built = BUILT
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Some((_, path)) = built.iter().find(|(n, _)| *n == name) {
-        return path.clone();
-    }
-    let exe = std::env::current_exe().expect("the test binary's path");
-    // target/<profile>/deps/<test>-<hash> -> target/<profile>/examples/<name>
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("a target directory");
-    let mut build = Command::new(env!("CARGO"));
-    build.args(["build", "-q", "--workspace", "--example", name]);
-    if dir.file_name().is_some_and(|p| p == "release") {
-        build.arg("--release");
-    }
-    let status = build.status().expect("cargo runs");
-    assert!(status.success(), "the {name} example does not build");
-    let path = dir
-        .join("examples")
-        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-    assert!(path.exists(), "{} is not built", path.display());
-    built.push((name, path.clone()));
-    path
+    PathBuf::from(env!("CARGO_BIN_EXE_bbr-gateway"))
 }
 
 /// A running gateway process.
@@ -72,6 +38,15 @@ impl GatewayProcess {
     /// [`start`](Self::start), under a descriptor limit (soft and hard)
     /// of `nofile` when given (`prlimit`, as a container runtime would).
     pub fn start_with_descriptors(nofile: Option<u64>, args: &[&str]) -> GatewayProcess {
+        GatewayProcess::spawn(nofile, None, args)
+    }
+
+    /// [`start`](Self::start), in the working directory `dir`.
+    pub fn start_in(dir: &std::path::Path, args: &[&str]) -> GatewayProcess {
+        GatewayProcess::spawn(None, Some(dir), args)
+    }
+
+    fn spawn(nofile: Option<u64>, dir: Option<&std::path::Path>, args: &[&str]) -> GatewayProcess {
         let mut command = match nofile {
             Some(n) => {
                 let mut c = Command::new("prlimit");
@@ -80,6 +55,9 @@ impl GatewayProcess {
             }
             None => Command::new(gateway_binary()),
         };
+        if let Some(dir) = dir {
+            command.current_dir(dir);
+        }
         let mut child = command
             .args(["--listen", "127.0.0.1:0"])
             .args(args)

@@ -10,7 +10,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use bbr_examples::gateway::{self, Endpoint, Upstream, UpstreamOptions};
+use bbr_gateway::{Endpoint, Upstream, UpstreamOptions};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
@@ -210,13 +210,13 @@ async fn an_unreachable_server_is_answered_from_the_error_contract() {
         let closed = TcpListener::bind(loopback()).await.unwrap();
         let addr = closed.local_addr().unwrap();
         drop(closed);
-        let service = gateway::gateway(
-            gateway::layer(demo_rules()),
+        let service = bbr_gateway::gateway(
+            bbr_gateway::layer(demo_rules()),
             [("gemma3".to_owned(), Upstream::new(addr))],
         );
         let listener = TcpListener::bind(loopback()).await.unwrap();
         let gw = listener.local_addr().unwrap();
-        let task = tokio::spawn(gateway::serve(listener, service));
+        let task = tokio::spawn(bbr_gateway::serve(listener, service));
         let response = post_json(&http1(), format!("http://{gw}/v1/chat/completions"), CHAT).await;
         assert_eq!(
             error_code(response).await,
@@ -244,13 +244,13 @@ async fn a_server_that_never_answers_is_answered_504() {
             ..UpstreamOptions::default()
         };
         let upstream = Upstream::with_server(Endpoint::from(addr), &options);
-        let service = gateway::gateway(
-            gateway::layer(demo_rules()),
+        let service = bbr_gateway::gateway(
+            bbr_gateway::layer(demo_rules()),
             [("gemma3".to_owned(), upstream)],
         );
         let listener = TcpListener::bind(loopback()).await.unwrap();
         let gw = listener.local_addr().unwrap();
-        let task = tokio::spawn(gateway::serve(listener, service));
+        let task = tokio::spawn(bbr_gateway::serve(listener, service));
         let response = post_json(&http1(), format!("http://{gw}/v1/chat/completions"), CHAT).await;
         assert_eq!(
             error_code(response).await,

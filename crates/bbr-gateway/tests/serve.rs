@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use bbr_examples::{gateway, pool::SimulatedPool};
+use bbr_gateway::simulated::SimulatedPool;
 use futures_util::StreamExt;
 use support::*;
 
@@ -17,15 +17,19 @@ async fn shutdown_lets_an_open_token_stream_finish_and_refuses_new_connections()
             SimulatedPool::new("gemma3").token_delay(Duration::from_millis(100)),
             SimulatedPool::new("deepseek-r1"),
         ];
-        let options = gateway::ServeOptions {
+        let options = bbr_gateway::ServeOptions {
             drain_timeout: Duration::from_secs(20),
             ..Default::default()
         };
-        let gw =
-            TestGateway::start_with(gateway::layer(demo_rules()), pools, options, async move {
+        let gw = TestGateway::start_with(
+            bbr_gateway::layer(demo_rules()),
+            pools,
+            options,
+            async move {
                 let _ = stopped.await;
-            })
-            .await;
+            },
+        )
+        .await;
         let body =
             r#"{"model":"chatbot","messages":[{"role":"user","content":"hi"}],"stream":true}"#;
         let response = http1()

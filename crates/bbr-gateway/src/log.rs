@@ -42,7 +42,7 @@ use tracing_subscriber::registry::LookupSpan;
 /// when the subscriber's writer says it takes ANSI escapes.
 ///
 /// ```
-/// use bbr_examples::log::LineFormat;
+/// use bbr_gateway::log::LineFormat;
 ///
 /// let subscriber = tracing_subscriber::fmt()
 ///     .event_format(LineFormat::default())
@@ -250,7 +250,7 @@ impl Visit for Fields<'_, '_> {
 /// process aborts, may be lost.
 ///
 /// ```
-/// use bbr_examples::log::{BatchWriter, LineFormat};
+/// use bbr_gateway::log::{BatchWriter, LineFormat};
 ///
 /// let (writer, guard) = BatchWriter::new(std::io::stderr()).expect("a thread");
 /// let subscriber = tracing_subscriber::fmt()

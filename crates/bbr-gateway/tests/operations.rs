@@ -162,24 +162,43 @@ async fn metrics_carry_the_ext_proc_servers_names() {
     .await;
 }
 
+/// Without `--rules` the gateway routes with the table built into it,
+/// wherever it starts: a rules file under its working directory, even at
+/// the path of the examples' copy, is not read.
+#[tokio::test]
+async fn without_rules_the_built_in_table_routes_wherever_it_starts() {
+    bounded(async {
+        let dir = std::env::temp_dir().join(format!("bbr-gateway-cwd-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("examples/config")).unwrap();
+        // A table that would send `chatbot` to the other pool.
+        let elsewhere = bbr_gateway::DEMO_RULES.replace("pool: gemma3", "pool: deepseek-r1");
+        std::fs::write(dir.join("examples/config/gateway.yaml"), elsewhere).unwrap();
+        let gw = GatewayProcess::start_in(&dir, &[]);
+        let said = gw.stdout().join("\n");
+        assert!(said.contains("(rules: the demo table built in)"), "{said}");
+        let response = post_json(&http1(), gw.url("/v1/chat/completions"), CHAT).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["x-inference-pool"], "gemma3");
+        drop(gw);
+        std::fs::remove_dir_all(&dir).unwrap();
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_changed_rules_file_takes_effect_and_a_broken_one_is_refused() {
     bounded(async {
         let dir = std::env::temp_dir().join(format!("bbr-gateway-reload-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let rules = dir.join("rules.yaml");
-        let demo = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/config/gateway.yaml"
-        ))
-        .unwrap();
+        let demo = bbr_gateway::DEMO_RULES;
         // Files are replaced whole (a new file renamed over the old one).
         let replace = |text: &str| {
             let next = dir.join("rules.yaml.next");
             std::fs::write(&next, text).unwrap();
             std::fs::rename(&next, &rules).unwrap();
         };
-        replace(&demo);
+        replace(demo);
         let gw = GatewayProcess::start(&[
             "--rules",
             rules.to_str().unwrap(),
