@@ -72,9 +72,11 @@ pub struct Head<'a> {
     /// The `Content-Encoding`, its lines joined by commas (one list, RFC
     /// 9110 §5.3).
     pub content_encoding: Option<&'a str>,
-    /// The raw `Content-Length`, fixed after a rewrite (see
-    /// [`Session::change_body`]).
-    pub content_length: Option<&'a [u8]>,
+    /// The `Content-Length`, fixed after a rewrite (see
+    /// [`Session::change_body`]): `None` when the request has none,
+    /// `Some(None)` when its value is not a length (see
+    /// [`parse_content_length`]).
+    pub content_length: Option<Option<u64>>,
     /// The value that keeps a weighted choice stable (for example the
     /// `x-request-id` header); kept only when the rule table can use it.
     pub request_key: Option<&'a [u8]>,
@@ -240,9 +242,7 @@ impl Session {
         if self.phase != Phase::Start {
             return Step::Drop;
         }
-        self.content_length = head
-            .content_length
-            .map(|v| std::str::from_utf8(v).ok()?.trim().parse::<u64>().ok());
+        self.content_length = head.content_length;
         if self.table.uses_request_key() {
             self.request_key = head.request_key.map(Bytes::copy_from_slice);
         }
@@ -273,6 +273,7 @@ impl Session {
 
     /// A body chunk; `end` when it is the body's last (or, ext_proc's
     /// `BUFFERED`, the whole body).
+    #[inline]
     pub fn chunk(&mut self, decider: &Decider, chunk: &Bytes, end: bool) -> Step {
         match self.phase {
             Phase::Start | Phase::Passing => Step::Release,
@@ -300,6 +301,7 @@ impl Session {
     /// before the verdict, it is decided on what was read; after it, the
     /// strict policy checks the body is complete. [`Step::Release`] means
     /// the request goes on.
+    #[inline]
     pub fn end(&mut self, decider: &Decider) -> Step {
         match self.phase {
             Phase::Reading => self.read_done(decider, true),
@@ -319,6 +321,7 @@ impl Session {
     }
 
     /// The body was read up to the extractor's decision or its end.
+    #[inline]
     fn read_done(&mut self, decider: &Decider, end: bool) -> Step {
         if end && self.held == 0 {
             // An empty body (in any framing): nothing to route on.
@@ -342,6 +345,7 @@ impl Session {
     }
 
     /// Decides on `input`, which needs no extraction.
+    #[inline]
     fn decide(&mut self, decider: &Decider, input: Input<'_>) -> Step {
         let key = match input {
             Input::Path(_) => self.request_key.as_deref(),
@@ -352,6 +356,7 @@ impl Session {
     }
 
     /// Moves on after the verdict: checking, passing, or done.
+    #[inline]
     fn after(&mut self, verdict: Verdict) -> Step {
         self.phase = match &verdict {
             Verdict::Reject(_) => Phase::Done,
@@ -547,6 +552,28 @@ pub fn verdict_tallies(verdict: &Verdict, mut f: impl FnMut(Tally<'_>)) {
     }
 }
 
+/// A `Content-Length` value: decimal digits, optionally surrounded by
+/// spaces or tabs; `None` for anything else or a length past `u64`.
+///
+/// ```
+/// use bbr_core::session::parse_content_length;
+///
+/// assert_eq!(parse_content_length(b" 41 "), Some(41));
+/// assert_eq!(parse_content_length(b"4x"), None);
+/// assert_eq!(parse_content_length(b""), None);
+/// ```
+#[inline]
+pub fn parse_content_length(raw: &[u8]) -> Option<u64> {
+    let is_space = |b: &u8| *b == b' ' || *b == b'\t';
+    let start = raw.iter().position(|b| !is_space(b))?;
+    let end = raw.iter().rposition(|b| !is_space(b))? + 1;
+    raw[start..end].iter().try_fold(0u64, |n, &b| {
+        let digit = b.wrapping_sub(b'0');
+        (digit < 10).then_some(())?;
+        n.checked_mul(10)?.checked_add(u64::from(digit))
+    })
+}
+
 /// The body change of a routing verdict: see [`Session::change_body`].
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -706,7 +733,7 @@ impl<'k> HeadScan<'k> {
                 .as_deref()
                 .and_then(|v| std::str::from_utf8(v).ok()),
             content_encoding: self.content_encoding.as_deref(),
-            content_length: self.content_length.as_deref(),
+            content_length: self.content_length.as_deref().map(parse_content_length),
             request_key: self.request_key.as_deref(),
         }
     }

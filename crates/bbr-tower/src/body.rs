@@ -13,7 +13,7 @@ use std::{
 use bbr_core::{
     Error, Verdict,
     rules::ContentLength,
-    session::{Session, Step},
+    session::{Head, Session, Step},
 };
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
@@ -346,6 +346,18 @@ where
                 return Poll::Ready(Read::Step(step));
             }
         }
+    }
+
+    /// Starts the session on the request's head.
+    pub(crate) fn start(self: Pin<&mut Self>, head: &Head<'_>) -> Step {
+        let this = self.project();
+        let (decider, extractor) = (&this.config.decider, &this.config.extractor);
+        this.session.start(decider, extractor, head, true)
+    }
+
+    /// The layer's configuration, shared.
+    pub(crate) fn config_arc(&self) -> &Arc<Config> {
+        &self.config
     }
 
     /// The request's session.

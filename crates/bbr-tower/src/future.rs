@@ -11,7 +11,7 @@ use std::{
 };
 
 use bbr_core::rules::{ContentLength, RuleTable};
-use bbr_core::session::{Head, Session, Step};
+use bbr_core::session::{Head, Session, Step, parse_content_length};
 use bbr_core::{Error, Verdict};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, header, request::Parts};
@@ -95,9 +95,12 @@ where
     pub(crate) fn new(service: S, config: Arc<Config>, request: Request<B>) -> Self {
         let (mut parts, body) = request.into_parts();
         let table = config.rules.load();
-        let seen = Seen::of(&config, &table, &parts.headers);
+        let mut seen = Seen::of(&config, &table, &parts.headers);
         if seen.strip {
+            // Rare: the headers are looked at again after the strip, so
+            // that what is read of them is borrowed, not cloned.
             strip_client_headers(&config, &table, &mut parts);
+            seen = Seen::of(&config, &table, &parts.headers);
         }
         if config.serve_models
             && parts.method == http::Method::GET
@@ -109,55 +112,75 @@ where
                 },
             };
         }
-
         let key = match table.uses_request_key() {
             true => parts.headers.get(&REQUEST_ID).map(HeaderValue::as_bytes),
             false => None,
         };
-        let content_type = seen.content_type.as_ref().map(|v| v.to_str().unwrap_or(""));
         let content_encoding = if seen.encoded {
             content_encoding(&parts.headers)
         } else {
             None
         };
         let head = Head {
-            content_type,
+            content_type: seen.content_type.map(|v| v.to_str().unwrap_or("")),
             content_encoding: content_encoding.as_deref(),
-            content_length: seen.content_length.as_ref().map(HeaderValue::as_bytes),
+            content_length: seen.content_length,
             request_key: key,
         };
-        let mut session = Session::new(table);
         if !config.paths.is_empty() {
             let path = parts.uri.path();
             if let Some(model) = config.paths.iter().find_map(|t| t.model(path)) {
                 let model = model.to_owned();
+                let mut session = Session::new(table);
                 let step = session.start_with_model(&config.decider, &head, &model);
                 let mut decision = DecisionData::unrouted(ModelSource::Path);
                 decision.path_model = Some(model.into());
+                drop(content_encoding);
                 return forward(service, &config, &session, parts, body, step, decision);
             }
         }
-        let has_body = !body.is_end_stream();
-        match session.start(&config.decider, &config.extractor, &head, has_body) {
-            Step::Read => {
-                drop(content_encoding);
-                let stream = BodyReader::new(body, session, config);
-                ResponseFuture {
-                    state: State::Reading {
-                        reading: Some(Reading {
-                            service,
-                            parts,
-                            stream: Box::pin(stream),
-                            #[cfg(feature = "metrics")]
-                            started: std::time::Instant::now(),
-                        }),
-                    },
-                }
-            }
+        if body.is_end_stream() {
+            let mut session = Session::new(table);
+            let step = session.start(&config.decider, &config.extractor, &head, false);
+            let decision = DecisionData::unrouted(ModelSource::None);
+            drop(content_encoding);
+            return forward(service, &config, &session, parts, body, step, decision);
+        }
+        // The session starts where it lives for the rest of the request:
+        // its extractor is not moved after it is built.
+        let mut stream = Box::pin(BodyReader::new(body, Session::new(table), config));
+        let step = stream.as_mut().start(&head);
+        drop(content_encoding);
+        match step {
+            Step::Read => ResponseFuture {
+                state: State::Reading {
+                    reading: Some(Reading {
+                        service,
+                        parts,
+                        stream,
+                        #[cfg(feature = "metrics")]
+                        started: std::time::Instant::now(),
+                    }),
+                },
+            },
+            // Refused before a byte is read (a content type bbr does not
+            // read), or passed by the failure policy: the body goes on as
+            // it is.
             step => {
-                drop(content_encoding);
+                let config = Arc::clone(stream.config_arc());
                 let decision = DecisionData::unrouted(ModelSource::None);
-                forward(service, &config, &session, parts, body, step, decision)
+                let session = stream.session();
+                config.tally(session, &step);
+                let Step::Verdict(verdict) = step else {
+                    return answer(Error::body_read());
+                };
+                let mut parts = parts;
+                if let Err(error) = apply(&verdict, &mut parts.headers) {
+                    return answer(error);
+                }
+                let mut decision = decision;
+                decision.take_verdict(verdict);
+                call(service, parts, RoutedBody::replay(stream), decision, None)
             }
         }
     }
@@ -166,19 +189,19 @@ where
 /// What one pass over the request's headers finds: whether any must be
 /// stripped, and the two the extractor is built from (two lookups by name
 /// would hash each name again).
-struct Seen {
+struct Seen<'a> {
     /// A header the client may not send is present.
     strip: bool,
     /// The first `Content-Type`.
-    content_type: Option<HeaderValue>,
+    content_type: Option<&'a HeaderValue>,
     /// A `Content-Encoding` is present.
     encoded: bool,
-    /// The first `Content-Length`.
-    content_length: Option<HeaderValue>,
+    /// The first `Content-Length`, parsed (`Some(None)`: not a length).
+    content_length: Option<Option<u64>>,
 }
 
-impl Seen {
-    fn of(config: &Config, table: &RuleTable, headers: &HeaderMap) -> Seen {
+impl<'a> Seen<'a> {
+    fn of(config: &Config, table: &RuleTable, headers: &'a HeaderMap) -> Seen<'a> {
         let mut seen = Seen {
             strip: false,
             content_type: None,
@@ -188,11 +211,11 @@ impl Seen {
         for (name, value) in headers {
             if *name == header::CONTENT_TYPE {
                 if seen.content_type.is_none() {
-                    seen.content_type = Some(value.clone());
+                    seen.content_type = Some(value);
                 }
             } else if *name == header::CONTENT_LENGTH {
                 if seen.content_length.is_none() {
-                    seen.content_length = Some(value.clone());
+                    seen.content_length = Some(parse_content_length(value.as_bytes()));
                 }
             } else if *name == header::CONTENT_ENCODING {
                 seen.encoded = true;
