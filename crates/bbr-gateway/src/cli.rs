@@ -108,6 +108,55 @@ pub struct Flags {
     /// main one (it keeps answering, /readyz with 503, while draining).
     #[arg(long)]
     pub admin_listen: Option<SocketAddr>,
+    /// Read what each pool's servers serve from their `/v1/models`: a LoRA
+    /// adapter listed with a `parent` is routed as that base model unless
+    /// the rules map it, and `/v1/models` lists the models found that the
+    /// rules route.
+    #[arg(long)]
+    pub discover_models: bool,
+    /// How often each pool server's `/v1/models` is read, in seconds.
+    #[arg(long, default_value_t = 30)]
+    pub discovery_period_secs: u64,
+    /// How long the list of a server that stops answering stays in force,
+    /// in seconds; then its models drop out.
+    #[arg(long, default_value_t = 90)]
+    pub discovery_grace_secs: u64,
+}
+
+/// What the served table is built from: the rules (a file's text, or the
+/// demo's) and the models the pools said they serve. Either changes on its
+/// own; the table is rebuilt from both and swapped in at once.
+#[derive(Clone)]
+struct TableSources {
+    state: std::sync::Arc<std::sync::Mutex<(RulesText, bbr_discovery::Lists)>>,
+    rules: SharedRules,
+}
+
+/// The rules' text, and the file it came from (none: the demo's).
+type RulesText = (Option<PathBuf>, String);
+
+impl TableSources {
+    fn rebuild(
+        &self,
+        change: impl FnOnce(&mut (RulesText, bbr_discovery::Lists)),
+    ) -> Result<(), bbr_core::rules::ConfigError> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next = (state.0.clone(), state.1.clone());
+        change(&mut next);
+        let ((path, text), lists) = &next;
+        let builder = match path {
+            Some(path) => {
+                bbr_core::rules::RuleTableBuilder::new().rules_file_text(path, text.as_str())
+            }
+            None => bbr_core::rules::RuleTableBuilder::new().rules_yaml(text.as_str()),
+        };
+        let builder = lists.iter().fold(builder, |b, (pool, models)| {
+            b.discovered_models(pool.as_str(), models.clone())
+        });
+        self.rules.replace(builder.build()?);
+        *state = next;
+        Ok(())
+    }
 }
 
 /// A `--pool`: `NAME` (simulated) or `NAME=URL`.
@@ -164,6 +213,23 @@ pub async fn run(args: Flags) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let rules_text = match &rules_file {
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) => {
+                eprintln!("gateway: {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        },
+        None => crate::DEMO_RULES.to_owned(),
+    };
+    let sources = TableSources {
+        state: std::sync::Arc::new(std::sync::Mutex::new((
+            (rules_file.clone(), rules_text),
+            bbr_discovery::Lists::new(),
+        ))),
+        rules: rules.clone(),
+    };
     let rules_source = match &rules_file {
         Some(path) => path.display().to_string(),
         None => "the demo table built in".to_owned(),
@@ -215,6 +281,7 @@ pub async fn run(args: Flags) -> ExitCode {
         response_header_timeout: Duration::from_secs(args.upstream_response_header_timeout_secs),
     };
     let mut pools = Vec::new();
+    let mut discovered = Vec::new();
     for (name, mut servers) in by_name {
         if servers.is_empty() {
             let pool =
@@ -233,6 +300,10 @@ pub async fn run(args: Flags) -> ExitCode {
             let list: Vec<String> = servers.iter().map(ToString::to_string).collect();
             println!("pool {name:<12} at {}", list.join(", "));
         }
+        discovered.push(bbr_discovery::Pool::new(
+            name,
+            servers.iter().filter_map(|s| s.to_string().parse().ok()),
+        ));
         match Upstream::balanced(servers, &options) {
             Some(upstream) => pools.push((name.to_owned(), upstream)),
             None => unreachable!("a pool without a server gets a simulated one"),
@@ -282,12 +353,30 @@ pub async fn run(args: Flags) -> ExitCode {
     };
 
     let watcher = rules_file.filter(|_| args.rules_poll_ms > 0).map(|path| {
-        let rules = rules.clone();
+        let sources = sources.clone();
         bbr_tower::watch::watch_file(
             path,
             Duration::from_millis(args.rules_poll_ms),
-            move |path, text| rules.reload_text(path, text),
+            move |path, text| {
+                sources.rebuild(|(rules, _)| *rules = (Some(path.to_owned()), text.to_owned()))
+            },
         )
+    });
+    let _discovery = args.discover_models.then(|| {
+        bbr_discovery::describe();
+        let options = bbr_discovery::Options::default()
+            .period(Duration::from_secs(args.discovery_period_secs.max(1)))
+            .grace(Duration::from_secs(args.discovery_grace_secs));
+        let sources = sources.clone();
+        bbr_discovery::ModelDiscovery::new(discovered, options).spawn(move |lists| {
+            let models: usize = lists.values().map(Vec::len).sum();
+            match sources.rebuild(|(_, known)| *known = lists.clone()) {
+                Ok(()) => tracing::info!(pools = lists.len(), models, "discovered models in force"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "discovered models refused; the previous lists stay")
+                }
+            }
+        })
     });
     let idle = Duration::from_millis(args.body_idle_timeout_ms);
     let layer = bbr_tower::ModelRoutingLayer::new()
