@@ -160,3 +160,98 @@ async fn an_answer_past_the_size_bound_or_not_a_list_is_not_taken() {
         task.abort();
     }
 }
+
+/// Adapters loaded and unloaded on two pools while requests are routed
+/// the whole time: every request for an adapter goes to its own base
+/// model or, while it is not loaded, to none; never to the other pool's.
+#[tokio::test]
+async fn adapters_come_and_go_under_traffic_and_nothing_is_misrouted() {
+    use bbr_core::rules::{RuleTable, SharedRules};
+    let qwen = Arc::new(Mutex::new(list(&[("qwen", None)])));
+    let llama = Arc::new(Mutex::new(list(&[("llama", None)])));
+    let (qwen_url, qwen_task) = server(Arc::clone(&qwen)).await;
+    let (llama_url, llama_task) = server(Arc::clone(&llama)).await;
+    let pools = vec![
+        Pool::new("qwen-pool", [qwen_url.parse().unwrap()]),
+        Pool::new("llama-pool", [llama_url.parse().unwrap()]),
+    ];
+    let rules = SharedRules::new(RuleTable::empty());
+    let served = rules.clone();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let poller = ModelDiscovery::new(pools, Options::default().period(Duration::from_millis(20)))
+        .spawn(move |lists: &Lists| {
+            let table = lists
+                .iter()
+                .fold(RuleTableBuilder::new(), |b, (pool, models)| {
+                    b.discovered_models(pool, models.clone())
+                })
+                .build()
+                .unwrap();
+            served.replace(table);
+            let _ = tx.send(lists.clone());
+        });
+    until(&mut rx, |l| l.len() == 2).await;
+
+    // Requests the whole time, counted: routed to the right base, to
+    // none, to the wrong one.
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+    let counts = Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = {
+        let (rules, stop, counts) = (rules.clone(), Arc::clone(&stop), Arc::clone(&counts));
+        tokio::task::spawn_blocking(move || {
+            while !stop.load(Relaxed) {
+                let table = rules.load();
+                for (adapter, base) in [("sql-lora", "qwen"), ("chat-lora", "llama")] {
+                    let route = table.route(adapter, None).unwrap().unwrap();
+                    let at = match route.base_model() {
+                        Some(b) if b == base => 0,
+                        None => 1,
+                        Some(_) => 2,
+                    };
+                    counts[at].fetch_add(1, Relaxed);
+                }
+            }
+        })
+    };
+    // Each state is held until the traffic has been routed in it.
+    let seen_in = |at: usize| {
+        let counts = Arc::clone(&counts);
+        async move {
+            let before = counts[at].load(Relaxed);
+            tokio::time::timeout(Duration::from_secs(10), async {
+                while counts[at].load(Relaxed) == before {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            })
+            .await
+            .expect("no request routed in this state within 10 s");
+        }
+    };
+    for _ in 0..3 {
+        *qwen.lock().unwrap() = list(&[("qwen", None), ("sql-lora", Some("qwen"))]);
+        *llama.lock().unwrap() = list(&[("llama", None), ("chat-lora", Some("llama"))]);
+        until(&mut rx, |l| {
+            ids(l, "qwen-pool").len() == 2 && ids(l, "llama-pool").len() == 2
+        })
+        .await;
+        seen_in(0).await;
+        *qwen.lock().unwrap() = list(&[("qwen", None)]);
+        *llama.lock().unwrap() = list(&[("llama", None)]);
+        until(&mut rx, |l| {
+            ids(l, "qwen-pool").len() == 1 && ids(l, "llama-pool").len() == 1
+        })
+        .await;
+        seen_in(1).await;
+    }
+    stop.store(true, Relaxed);
+    traffic.await.unwrap();
+    let [right, unmapped, wrong] = [0, 1, 2].map(|i| counts[i].load(Relaxed));
+    assert_eq!(
+        wrong, 0,
+        "misrouted: {wrong} (right {right}, unmapped {unmapped})"
+    );
+    poller.abort();
+    qwen_task.abort();
+    llama_task.abort();
+}
