@@ -10,6 +10,11 @@
 //! once. An endpoint that stops answering keeps its last list for a grace
 //! period, then drops out (a log line and the metrics say so).
 //!
+//! The pools are fixed ([`ModelDiscovery::new`]) or change while the poller
+//! runs ([`ModelDiscovery::watching`]: a `tokio::sync::watch` channel fed,
+//! say, with the endpoints of Kubernetes InferencePools): a new endpoint
+//! is read at once, one that leaves its pool takes its list with it.
+//!
 //! ```no_run
 //! use std::time::Duration;
 //! use bbr_core::rules::{RuleTableBuilder, SharedRules, RuleTable};
@@ -38,7 +43,11 @@
 //!
 //! [`RuleTableBuilder::discovered_models`]: bbr_core::rules::RuleTableBuilder::discovered_models
 
-use std::{collections::BTreeMap, fmt, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt,
+    time::Duration,
+};
 
 use bbr_core::rules::discovery::{ServedModel, parse_model_list};
 use bytes::Bytes;
@@ -48,7 +57,7 @@ use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::TokioExecutor,
 };
-use tokio::time::Instant;
+use tokio::{sync::watch, time::Instant};
 
 /// Polls of a pool endpoint's model list (labels `pool`, `outcome`).
 pub const POLLS_TOTAL: &str = "bbr_discovery_polls_total";
@@ -155,9 +164,20 @@ struct Endpoint {
     answered: Option<Instant>,
 }
 
+/// Where the pools come from: fixed at start, or a channel whose value
+/// changes (endpoints read from the Kubernetes API, say).
+#[derive(Debug)]
+enum Pools {
+    Fixed(Vec<Pool>),
+    Watched(watch::Receiver<Vec<Pool>>),
+}
+
+/// An endpoint of a pool, the key of what is known of it.
+type EndpointKey = (String, Uri);
+
 /// The poller: see the [crate docs](crate).
 pub struct ModelDiscovery {
-    pools: Vec<Pool>,
+    pools: Pools,
     options: Options,
     client: Client<HttpConnector, Empty<Bytes>>,
 }
@@ -176,8 +196,22 @@ impl fmt::Debug for ModelDiscovery {
 pub type Lists = BTreeMap<String, Vec<ServedModel>>;
 
 impl ModelDiscovery {
-    /// A poller of `pools`.
+    /// A poller of `pools`, fixed for its lifetime.
     pub fn new(pools: Vec<Pool>, options: Options) -> ModelDiscovery {
+        ModelDiscovery::with(Pools::Fixed(pools), options)
+    }
+
+    /// A poller of the pools `pools` holds, which may change while it
+    /// runs: a new endpoint is read at once (not at the next period), an
+    /// endpoint no longer listed is forgotten at once (its list leaves
+    /// with it: whoever publishes the pools knows it is gone, so there is
+    /// no grace period), a pool no longer listed leaves the lists. When
+    /// the sender is dropped the last pools stay.
+    pub fn watching(pools: watch::Receiver<Vec<Pool>>, options: Options) -> ModelDiscovery {
+        ModelDiscovery::with(Pools::Watched(pools), options)
+    }
+
+    fn with(pools: Pools, options: Options) -> ModelDiscovery {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(options.timeout));
         connector.set_nodelay(true);
@@ -202,23 +236,38 @@ impl ModelDiscovery {
 
     /// Polls every endpoint each period, forever, and calls `apply` with
     /// every pool's list after the first round and whenever a list
-    /// changes (an endpoint answered differently, or dropped out).
-    pub async fn run<F>(self, mut apply: F)
+    /// changes (an endpoint answered differently, dropped out, or left
+    /// its pool).
+    pub async fn run<F>(mut self, mut apply: F)
     where
         F: FnMut(&Lists),
     {
-        let mut known: Vec<Vec<Endpoint>> = self
-            .pools
-            .iter()
-            .map(|p| p.endpoints.iter().map(|_| Endpoint::default()).collect())
-            .collect();
+        let mut known: HashMap<EndpointKey, Endpoint> = HashMap::new();
         let mut last: Option<Lists> = None;
         let mut tick = tokio::time::interval(self.options.period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
-            self.round(&mut known).await;
-            let lists = self.lists(&mut known);
+            self.next_round(&mut tick).await;
+            let pools = match &mut self.pools {
+                Pools::Fixed(pools) => pools.clone(),
+                Pools::Watched(rx) => rx.borrow_and_update().clone(),
+            };
+            known.retain(|(pool, uri), _| {
+                pools
+                    .iter()
+                    .any(|p| p.name == *pool && p.endpoints.contains(uri))
+            });
+            self.round(&pools, &mut known).await;
+            let lists = self.lists(&pools, &mut known);
+            if let Some(previous) = &last {
+                for gone in previous
+                    .keys()
+                    .filter(|p| !pools.iter().any(|q| q.name == **p))
+                {
+                    metrics::gauge!(ENDPOINTS_UP, "pool" => gone.clone()).set(0.0);
+                    metrics::gauge!(DISCOVERED_MODELS, "pool" => gone.clone()).set(0.0);
+                }
+            }
             if last.as_ref() != Some(&lists) {
                 apply(&lists);
                 last = Some(lists);
@@ -226,41 +275,60 @@ impl ModelDiscovery {
         }
     }
 
+    /// Waits for the next period, or for the pools to change.
+    async fn next_round(&mut self, tick: &mut tokio::time::Interval) {
+        match &mut self.pools {
+            Pools::Fixed(_) => {
+                tick.tick().await;
+            }
+            Pools::Watched(rx) => {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    changed = rx.changed() => {
+                        if changed.is_err() {
+                            // The sender is gone: the last pools stay, fixed.
+                            let last = rx.borrow().clone();
+                            self.pools = Pools::Fixed(last);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Polls every endpoint once, at the same time.
-    async fn round(&self, known: &mut [Vec<Endpoint>]) {
+    async fn round(&self, pools: &[Pool], known: &mut HashMap<EndpointKey, Endpoint>) {
         let mut polls = tokio::task::JoinSet::new();
-        for (p, pool) in self.pools.iter().enumerate() {
-            for (e, uri) in pool.endpoints.iter().enumerate() {
+        for pool in pools {
+            for uri in &pool.endpoints {
                 let (client, options) = (self.client.clone(), self.options);
+                let key = (pool.name.clone(), uri.clone());
                 let uri = models_uri(uri);
-                polls.spawn(async move { (p, e, fetch(&client, uri, options).await) });
+                polls.spawn(async move { (key, fetch(&client, uri, options).await) });
             }
         }
         while let Some(joined) = polls.join_next().await {
-            let Ok((p, e, result)) = joined else {
+            let Ok(((pool, uri), result)) = joined else {
                 continue;
             };
-            let pool = &self.pools[p];
-            let endpoint = &mut known[p][e];
             match result {
                 Ok(models) => {
-                    metrics::counter!(POLLS_TOTAL, "pool" => pool.name.clone(), "outcome" => "ok")
+                    metrics::counter!(POLLS_TOTAL, "pool" => pool.clone(), "outcome" => "ok")
                         .increment(1);
-                    if endpoint.answered.is_none() {
-                        tracing::info!(
-                            pool = %pool.name,
-                            endpoint = %pool.endpoints[e],
-                            models = models.len(),
-                            "model list read"
-                        );
+                    let first = known
+                        .get(&(pool.clone(), uri.clone()))
+                        .is_none_or(|e| e.answered.is_none());
+                    if first {
+                        tracing::info!(%pool, endpoint = %uri, models = models.len(), "model list read");
                     }
+                    let endpoint = known.entry((pool, uri)).or_default();
                     endpoint.models = models;
                     endpoint.answered = Some(Instant::now());
                 }
                 Err(error) => {
-                    metrics::counter!(POLLS_TOTAL, "pool" => pool.name.clone(), "outcome" => "error")
+                    metrics::counter!(POLLS_TOTAL, "pool" => pool.clone(), "outcome" => "error")
                         .increment(1);
-                    tracing::debug!(pool = %pool.name, endpoint = %pool.endpoints[e], %error, "model list not read");
+                    tracing::debug!(%pool, endpoint = %uri, %error, "model list not read");
                 }
             }
         }
@@ -268,13 +336,16 @@ impl ModelDiscovery {
 
     /// Every pool's list from what its endpoints answered within the grace
     /// period; an endpoint past it drops out (logged once).
-    fn lists(&self, known: &mut [Vec<Endpoint>]) -> Lists {
+    fn lists(&self, pools: &[Pool], known: &mut HashMap<EndpointKey, Endpoint>) -> Lists {
         let now = Instant::now();
         let mut lists = Lists::new();
-        for (pool, endpoints) in self.pools.iter().zip(known.iter_mut()) {
+        for pool in pools {
             let mut models: Vec<ServedModel> = Vec::new();
             let mut up = 0;
-            for (uri, endpoint) in pool.endpoints.iter().zip(endpoints.iter_mut()) {
+            for uri in &pool.endpoints {
+                let Some(endpoint) = known.get_mut(&(pool.name.clone(), uri.clone())) else {
+                    continue;
+                };
                 let Some(answered) = endpoint.answered else {
                     continue;
                 };

@@ -255,3 +255,64 @@ async fn adapters_come_and_go_under_traffic_and_nothing_is_misrouted() {
     qwen_task.abort();
     llama_task.abort();
 }
+
+#[tokio::test]
+async fn pools_that_change_while_the_poller_runs_are_read_at_once_and_forgotten_at_once() {
+    let (qwen_url, qwen_task) = server(Arc::new(Mutex::new(list(&[
+        ("qwen", None),
+        ("sql-lora", Some("qwen")),
+    ]))))
+    .await;
+    let (llama_url, llama_task) = server(Arc::new(Mutex::new(list(&[("llama", None)])))).await;
+    // A long period and grace: whatever happens below happens because the
+    // pools changed, not because a period or the grace passed.
+    let options = Options::default()
+        .period(Duration::from_secs(3600))
+        .timeout(Duration::from_secs(1))
+        .grace(Duration::from_secs(3600));
+    let (pools_tx, pools_rx) =
+        tokio::sync::watch::channel(vec![Pool::new("qwen-pool", [qwen_url.parse().unwrap()])]);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let poller = ModelDiscovery::watching(pools_rx, options).spawn(move |lists: &Lists| {
+        let _ = tx.send(lists.clone());
+    });
+    let lists = until(&mut rx, |l| l.contains_key("qwen-pool")).await;
+    assert_eq!(ids(&lists, "qwen-pool"), ["qwen", "sql-lora"]);
+
+    // A second pool appears: read without waiting for the period.
+    pools_tx.send_replace(vec![
+        Pool::new("qwen-pool", [qwen_url.parse().unwrap()]),
+        Pool::new("llama-pool", [llama_url.parse().unwrap()]),
+    ]);
+    let lists = until(&mut rx, |l| l.contains_key("llama-pool")).await;
+    assert_eq!(ids(&lists, "llama-pool"), ["llama"]);
+    assert_eq!(ids(&lists, "qwen-pool"), ["qwen", "sql-lora"]);
+
+    // qwen's endpoint moves to the llama server (the pod replaced): its
+    // old list leaves at once, with no grace period.
+    pools_tx.send_replace(vec![
+        Pool::new("qwen-pool", [llama_url.parse().unwrap()]),
+        Pool::new("llama-pool", [llama_url.parse().unwrap()]),
+    ]);
+    let lists = until(&mut rx, |l| ids(l, "qwen-pool") == ["llama"]).await;
+    assert_eq!(ids(&lists, "llama-pool"), ["llama"]);
+
+    // A pool with no endpoints, then none at all: gone from the lists.
+    pools_tx.send_replace(vec![
+        Pool::new("qwen-pool", []),
+        Pool::new("llama-pool", [llama_url.parse().unwrap()]),
+    ]);
+    let lists = until(&mut rx, |l| !l.contains_key("qwen-pool")).await;
+    assert_eq!(lists.keys().collect::<Vec<_>>(), ["llama-pool"]);
+    pools_tx.send_replace(Vec::new());
+    let lists = until(&mut rx, Lists::is_empty).await;
+    assert!(lists.is_empty());
+
+    // The publisher gone: the poller keeps the last pools and runs on.
+    drop(pools_tx);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!poller.is_finished());
+    poller.abort();
+    qwen_task.abort();
+    llama_task.abort();
+}
