@@ -16,8 +16,10 @@
 #   - the tracing and metrics-auth values: --tracing and the OTEL_*
 #     environment, the token-review RBAC and the /metrics reader role;
 #   - cargo test --test kubernetes: bbr-extproc follows base-model
-#     ConfigMaps through the API server, and serves /metrics only to a
-#     token the API server reviews and allows.
+#     ConfigMaps through the API server, serves /metrics only to a token
+#     the API server reviews and allows, and learns LoRA adapters from the
+#     model servers of InferencePools (llm-d-inference-sim processes on
+#     loopback, loaded and unloaded while requests are routed).
 #
 # Tools: scripts/install-k8s-tools.sh (kube-apiserver, kubectl, etcd, helm,
 # built from their Go modules and cached under .tools/). CRDs: downloaded
@@ -577,9 +579,14 @@ rules_load() {
 }
 check "the rule table rendered from values loads in bbr-extproc" rules_load
 
-# bbr-extproc follows base-model ConfigMaps through this API server.
+# bbr-extproc follows base-model ConfigMaps through this API server, and
+# learns adapters from the servers of InferencePools (the model server
+# simulator, built from its Go module by scripts/install-control-planes.sh
+# and cached outside the clone).
+eval "$(scripts/install-control-planes.sh sim)"
+export BBR_MODEL_SIM
 export BBR_KUBECONFIG="$KUBECONFIG" BBR_KUBECTL="$kubectl" BBR_REQUIRE_KUBERNETES=1
-check "cargo test --test kubernetes (ConfigMaps created, changed, deleted, malformed; /metrics tokens)" \
+check "cargo test --test kubernetes (ConfigMaps created, changed, deleted, malformed; /metrics tokens; InferencePools' servers)" \
   nice -n 10 cargo test -q --workspace --test kubernetes -- --test-threads 1
 
 log "done in $((SECONDS - started)) s"

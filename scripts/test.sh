@@ -73,12 +73,14 @@ step scripts/check-snippets.sh
 # watch against a real API server on loopback (tools built from their Go
 # modules on first use), then the container image, built with buildah and run.
 step k8s_tools_ready
+# test-kubernetes.sh also runs the model server simulator (model
+# discovery from InferencePools' servers).
+step cp_tools_ready
 # The bbr-extproc the tests above built (for its integration tests), not a
 # second build with other features.
 BBR_EXTPROC="${CARGO_TARGET_DIR:-target}/debug/bbr-extproc" step scripts/test-kubernetes.sh
 # The demo through istiod and Envoy Gateway programming a real Envoy from
 # the chart's objects (network namespaces: root only).
-step cp_tools_ready
 if [ "$(id -u)" = 0 ]; then
   BBR_EXTPROC="${CARGO_TARGET_DIR:-target}/debug/bbr-extproc" step scripts/test-control-planes.sh
 else

@@ -126,6 +126,9 @@ mod exchange;
 #[cfg(feature = "kubernetes")]
 #[cfg_attr(docsrs, doc(cfg(feature = "kubernetes")))]
 pub mod kubernetes;
+#[cfg(feature = "kubernetes")]
+#[cfg_attr(docsrs, doc(cfg(feature = "kubernetes")))]
+pub mod inference_pools;
 pub mod metrics;
 #[cfg(all(feature = "kubernetes", feature = "server"))]
 #[cfg_attr(docsrs, doc(cfg(all(feature = "kubernetes", feature = "server"))))]

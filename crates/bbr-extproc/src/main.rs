@@ -135,11 +135,19 @@ struct Args {
     /// the models found that the rules route.
     #[arg(long, value_name = "POOL=URL", value_parser = parse_discovered_pool)]
     discover_models: Vec<(String, http::Uri)>,
-    /// How often each `--discover-models` URL is read, in seconds.
+    /// Also learn from the model servers of every InferencePool
+    /// (`inference.networking.k8s.io/v1`) in the `NAMESPACE` namespace (all
+    /// namespaces when unset): their pods, read through the Kubernetes API
+    /// each period, are polled as `--discover-models` URLs are.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          default_value_t = false, action = ArgAction::Set)]
+    discover_inference_pools: bool,
+    /// How often each `--discover-models` URL (and the InferencePools) is
+    /// read, in seconds.
     #[arg(long, default_value_t = 30)]
     discovery_period_secs: u64,
-    /// How long the list of a `--discover-models` URL that stops answering
-    /// stays in force, in seconds; then its models drop out.
+    /// How long the list of a server that stops answering stays in force,
+    /// in seconds; then its models drop out.
     #[arg(long, default_value_t = 90)]
     discovery_grace_secs: u64,
     /// Answer `GET /v1/models` from the rule table (an ImmediateResponse
@@ -295,6 +303,11 @@ impl Args {
         let refuse = |message: &str| {
             Err(Args::command().error(clap::error::ErrorKind::ValueValidation, message))
         };
+        if self.discover_inference_pools && !cfg!(feature = "kubernetes") {
+            return refuse(
+                "--discover-inference-pools: this build has no Kubernetes support (feature kubernetes)",
+            );
+        }
         if self.metrics_endpoint_auth && !cfg!(feature = "kubernetes") {
             return refuse(
                 "--metrics-endpoint-auth: this build has no Kubernetes support (feature kubernetes)",
@@ -537,7 +550,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
     }
     let sources = TableSources::new(args.rules.clone())?;
     let processor = args.processor(sources.rules(), traces.as_ref());
-    let _discovery = start_discovery(&args, &sources);
+    let _discovery = start_discovery(&args, &sources).await?;
     let base_models = start_base_model_watch(&args, &sources).await?;
 
     let descriptors = limits::raise_descriptor_limit();
@@ -753,12 +766,16 @@ async fn metrics_gate(
     Ok(None)
 }
 
-/// Starts polling the `--discover-models` URLs, if any; the task ends with
-/// the process.
-fn start_discovery(args: &Args, sources: &TableSources) -> Option<tokio::task::JoinHandle<()>> {
+/// Starts polling the `--discover-models` URLs and, with
+/// `--discover-inference-pools`, the InferencePools' servers; the task ends
+/// with the process.
+async fn start_discovery(
+    args: &Args,
+    sources: &TableSources,
+) -> Result<Option<tokio::task::JoinHandle<()>>, BoxError> {
     use bbr_discovery::{ModelDiscovery, Options, Pool};
-    if args.discover_models.is_empty() {
-        return None;
+    if args.discover_models.is_empty() && !args.discover_inference_pools {
+        return Ok(None);
     }
     let mut pools: Vec<Pool> = Vec::new();
     let mut names: Vec<&str> = Vec::new();
@@ -776,11 +793,16 @@ fn start_discovery(args: &Args, sources: &TableSources) -> Option<tokio::task::J
         pools.push(Pool::new(name, urls));
     }
     bbr_discovery::describe();
+    let period = Duration::from_secs(args.discovery_period_secs.max(1));
     let options = Options::default()
-        .period(Duration::from_secs(args.discovery_period_secs.max(1)))
+        .period(period)
         .grace(Duration::from_secs(args.discovery_grace_secs));
+    let discovery = match args.discover_inference_pools {
+        false => ModelDiscovery::new(pools, options),
+        true => ModelDiscovery::watching(inference_pools(pools, period).await?, options),
+    };
     let sources = sources.clone();
-    Some(ModelDiscovery::new(pools, options).spawn(move |lists| {
+    Ok(Some(discovery.spawn(move |lists| {
         let models: usize = lists.values().map(Vec::len).sum();
         match sources.apply_discovered(lists) {
             Ok(()) => tracing::info!(pools = lists.len(), models, "discovered models in force"),
@@ -788,7 +810,41 @@ fn start_discovery(args: &Args, sources: &TableSources) -> Option<tokio::task::J
                 tracing::warn!(error = %e, "discovered models refused; the previous lists stay")
             }
         }
-    }))
+    })))
+}
+
+/// The `--discover-models` pools followed by the InferencePools' as they
+/// change.
+#[cfg(feature = "kubernetes")]
+async fn inference_pools(
+    fixed: Vec<bbr_discovery::Pool>,
+    period: Duration,
+) -> Result<watch::Receiver<Vec<bbr_discovery::Pool>>, BoxError> {
+    use bbr_extproc::{inference_pools::watch_inference_pools, kubernetes::Scope};
+    let client = ::kube::Client::try_default().await?;
+    let (_task, mut found) = watch_inference_pools(client, Scope::from_env(), period);
+    let (tx, rx) = watch::channel(fixed.clone());
+    tokio::spawn(async move {
+        while found.changed().await.is_ok() {
+            let mut pools = fixed.clone();
+            for pool in found.borrow_and_update().iter() {
+                let urls = pool.endpoints.iter().filter_map(|u| u.parse().ok());
+                pools.push(bbr_discovery::Pool::new(pool.name.clone(), urls));
+            }
+            if tx.send(pools).is_err() {
+                return;
+            }
+        }
+    });
+    Ok(rx)
+}
+
+#[cfg(not(feature = "kubernetes"))]
+async fn inference_pools(
+    _fixed: Vec<bbr_discovery::Pool>,
+    _period: Duration,
+) -> Result<watch::Receiver<Vec<bbr_discovery::Pool>>, BoxError> {
+    Err("--discover-inference-pools needs bbr-extproc built with the `kubernetes` feature".into())
 }
 
 /// `POOL=URL` of `--discover-models`.

@@ -7,15 +7,17 @@ mod support;
 use std::{
     convert::Infallible,
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
 };
 
-use bbr_extproc::pb::{BodySendMode, external_processor_client::ExternalProcessorClient};
+use bbr_extproc::pb::external_processor_client::ExternalProcessorClient;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Response, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
-use support::{binary::start_binary, *};
+use support::{
+    binary::start_binary,
+    models::{entry, has, routing_headers, until},
+};
 use tokio::net::TcpListener;
 
 /// The models a pool server lists: id and parent.
@@ -50,60 +52,6 @@ async fn pool_server(list: Served) -> String {
     url
 }
 
-/// The model list bbr-extproc answers on `GET /v1/models`.
-async fn listed(c: &mut ExternalProcessorClient<tonic::transport::Channel>) -> serde_json::Value {
-    let mut s = Stream::open(
-        c,
-        Some(protocol(
-            BodySendMode::FullDuplexStreamed,
-            BodySendMode::None,
-        )),
-    )
-    .await;
-    s.headers(&[(":method", "GET"), (":path", "/v1/models")], true)
-        .await;
-    let (status, list, _) = immediate(&s.recv().await);
-    assert_eq!(status, 200);
-    list
-}
-
-/// Waits (at most 20 s) until the model list satisfies `want`.
-async fn until(
-    c: &mut ExternalProcessorClient<tonic::transport::Channel>,
-    want: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    let start = Instant::now();
-    loop {
-        let list = listed(c).await;
-        if want(&list) {
-            return list;
-        }
-        assert!(start.elapsed() < WAIT, "not listed in time: {list}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// The headers a request for `model` is routed with.
-async fn routing_headers(
-    c: &mut ExternalProcessorClient<tonic::transport::Channel>,
-    model: &str,
-) -> Vec<(String, String)> {
-    let mode = protocol(BodySendMode::FullDuplexStreamed, BodySendMode::None);
-    let mut s = Stream::open(c, Some(mode)).await;
-    s.headers(&[JSON], false).await;
-    let body = serde_json::json!({"model": model, "prompt": "x"}).to_string();
-    s.body(body.as_bytes(), true).await;
-    set_headers(&common(&s.recv().await))
-}
-
-fn has(list: &serde_json::Value, id: &str) -> bool {
-    list["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|m| m["id"] == id)
-}
-
 #[tokio::test]
 async fn an_adapter_loaded_on_a_pool_becomes_routable_to_its_base_model() {
     let served = Arc::new(Mutex::new(vec![("qwen", None)]));
@@ -127,12 +75,7 @@ async fn an_adapter_loaded_on_a_pool_becomes_routable_to_its_base_model() {
     // Loaded on the pool: listed with its parent, and routed as it.
     served.lock().unwrap().push(("sql-lora", Some("qwen")));
     let list = until(&mut c, |l| has(l, "sql-lora")).await;
-    let adapter = list["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["id"] == "sql-lora")
-        .unwrap();
+    let adapter = entry(&list, "sql-lora").unwrap();
     assert_eq!(adapter["parent"], "qwen");
     assert_eq!(adapter["owned_by"], "qwen-pool");
     let set = routing_headers(&mut c, "sql-lora").await;

@@ -460,6 +460,195 @@ async fn base_models_follow_configmaps_through_the_api_server() {
         .status();
 }
 
+/// The model server simulator (`BBR_MODEL_SIM`, llm-d-inference-sim as
+/// `scripts/install-control-planes.sh` builds it), required with the API
+/// server.
+fn simulator() -> String {
+    std::env::var("BBR_MODEL_SIM")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .expect("BBR_MODEL_SIM (the llm-d-inference-sim binary) is not set; scripts/test-kubernetes.sh sets it")
+}
+
+/// A simulator serving `model` (with `lora`, the adapters loaded at start)
+/// on a free loopback port; killed on drop.
+struct Simulator {
+    child: std::process::Child,
+    addr: SocketAddr,
+}
+
+impl Simulator {
+    fn start(bin: &str, model: &str, lora: &[&str]) -> Simulator {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut cmd = Command::new("timeout");
+        cmd.args(["300", bin, "--model", model, "--port", &port.to_string()])
+            .args(["--max-loras", "4", "--max-cpu-loras", "4"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if !lora.is_empty() {
+            cmd.arg("--lora-modules");
+            for name in lora {
+                cmd.arg(format!(
+                    r#"{{"name":"{name}","path":"/adapters/{name}","base_model_name":"{model}"}}"#
+                ));
+            }
+        }
+        let child = cmd.spawn().expect("cannot start the simulator");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "the simulator did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Simulator { child, addr }
+    }
+
+    /// `POST /v1/load_lora_adapter` or `/v1/unload_lora_adapter`.
+    async fn lora(&self, action: &str, name: &str) {
+        let body = format!(r#"{{"lora_name":"{name}","lora_path":"/adapters/{name}"}}"#);
+        let reply =
+            support::http::post(self.addr, &format!("/v1/{action}_lora_adapter"), &[], body).await;
+        assert_eq!(reply.status, 200, "{action} {name}");
+    }
+}
+
+impl Drop for Simulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An InferencePool selecting `app: NAME` pods on `port`, and one such pod
+/// at 127.0.0.1 (the API server takes a pod's status from whoever writes
+/// it: here, this test, in the kubelet's place).
+fn pool_and_pod(k: &Kubectl, name: &str, port: u16) {
+    k.apply(&format!(
+        "apiVersion: inference.networking.k8s.io/v1\nkind: InferencePool\nmetadata:\n  name: {name}\nspec:\n  selector:\n    matchLabels: {{app: {name}}}\n  targetPorts: [{{number: {port}}}]\n  endpointPickerRef: {{name: {name}-epp, port: {{number: 9002}}}}\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}-0\n  labels: {{app: {name}}}\nspec:\n  automountServiceAccountToken: false\n  containers: [{{name: vllm, image: vllm}}]\n"
+    ));
+    k.run(
+        &[
+            "patch",
+            "pod",
+            &format!("{name}-0"),
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"phase":"Running","podIP":"127.0.0.1","podIPs":[{"ip":"127.0.0.1"}]}}"#,
+        ],
+        None,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adapters_loaded_on_an_inference_pools_servers_route_to_their_base_model() {
+    use support::models::{entry, has, routing_headers, until};
+    let Some((kubeconfig, kubectl)) = cluster() else {
+        return;
+    };
+    let sim = simulator();
+    let k = Kubectl {
+        bin: kubectl,
+        kubeconfig: kubeconfig.clone(),
+        namespace: format!("bbr-pools-{}", std::process::id()),
+    };
+    k.run(&["create", "namespace", &k.namespace], None);
+    // No controller manager runs: the namespace's default ServiceAccount,
+    // which admission wants for a pod, is made here.
+    k.run(&["create", "serviceaccount", "default"], None);
+    let qwen = Simulator::start(&sim, "qwen", &["sql-lora"]);
+    let llama = Simulator::start(&sim, "llama", &[]);
+    pool_and_pod(&k, "qwen-pool", qwen.addr.port());
+    pool_and_pod(&k, "llama-pool", llama.addr.port());
+
+    let (_server, grpc, _, _) = start_binary_with_env(
+        &[
+            "--secure-serving=false",
+            "--serve-models",
+            "--discover-inference-pools",
+            "--discovery-period-secs",
+            "1",
+        ],
+        &[
+            ("KUBECONFIG", kubeconfig.as_str()),
+            ("NAMESPACE", k.namespace.as_str()),
+        ],
+    );
+    let mut c = bbr_extproc::pb::external_processor_client::ExternalProcessorClient::connect(
+        format!("http://{grpc}"),
+    )
+    .await
+    .unwrap();
+    // Both pools' servers read: the adapter loaded at start is listed with
+    // its parent and its pool, and routed as its base model.
+    let list = until(&mut c, |l| has(l, "sql-lora") && has(l, "llama")).await;
+    let adapter = entry(&list, "sql-lora").unwrap();
+    assert_eq!(adapter["parent"], "qwen", "{list}");
+    assert_eq!(adapter["owned_by"], "qwen-pool", "{list}");
+    assert_eq!(
+        header(&routing_headers(&mut c, "sql-lora").await, BASE).as_deref(),
+        Some("qwen")
+    );
+
+    // Traffic runs while adapters are loaded and unloaded: an adapter is
+    // routed as qwen or not mapped yet (or any more), never as llama.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = {
+        let stop = stop.clone();
+        let mut c = c.clone();
+        tokio::spawn(async move {
+            let (mut routed, mut misrouted) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && routed < 5_000 {
+                for model in ["sql-lora", "chat-lora", "llama", "qwen"] {
+                    let base = header(&routing_headers(&mut c, model).await, BASE);
+                    let want = match model {
+                        "llama" => Some("llama"),
+                        _ => Some("qwen"),
+                    };
+                    if base.is_some() && base.as_deref() != want {
+                        misrouted.push((model, base));
+                    }
+                    routed += 1;
+                }
+            }
+            (routed, misrouted)
+        })
+    };
+    qwen.lora("load", "chat-lora").await;
+    let loaded = Instant::now();
+    until(&mut c, |l| entry(l, "chat-lora").is_some_and(|m| m["parent"] == "qwen")).await;
+    eprintln!(
+        "chat-lora listed {} ms after it was loaded (period 1 s)",
+        loaded.elapsed().as_millis()
+    );
+    assert_eq!(
+        header(&routing_headers(&mut c, "chat-lora").await, BASE).as_deref(),
+        Some("qwen")
+    );
+    qwen.lora("unload", "sql-lora").await;
+    until(&mut c, |l| !has(l, "sql-lora")).await;
+    assert_eq!(header(&routing_headers(&mut c, "sql-lora").await, BASE), None);
+
+    // The pod deleted: its server's models leave with it, at once (no
+    // grace period: the API server says it is gone).
+    k.run(
+        &["delete", "pod", "qwen-pool-0", "--grace-period=0", "--force"],
+        None,
+    );
+    until(&mut c, |l| !has(l, "chat-lora") && has(l, "llama")).await;
+    assert_eq!(header(&routing_headers(&mut c, "chat-lora").await, BASE), None);
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (routed, misrouted) = traffic.await.unwrap();
+    assert!(misrouted.is_empty(), "misrouted: {misrouted:?}");
+    eprintln!("{routed} requests routed during the changes, none misrouted");
+    assert!(routed > 0);
+}
+
 /// `GET /metrics` at `metrics` with `authorization` (if any): the status.
 async fn scrape(metrics: SocketAddr, authorization: Option<&str>) -> (u16, String) {
     let mut req = hyper::Request::get("/metrics").header("host", "localhost");

@@ -6,6 +6,7 @@
 pub mod binary;
 pub mod envoy;
 pub mod http;
+pub mod models;
 pub mod otlp;
 pub mod upstream;
 
