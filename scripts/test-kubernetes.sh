@@ -11,7 +11,7 @@
 #   - known-bad values files and a broken HTTPRoute are refused;
 #   - kubectl auth can-i: the chart's RBAC allows what bbr-extproc needs
 #     (configmaps get/list/watch; token and access reviews with metrics
-#     auth) and nothing more;
+#     auth; list inferencepools and pods with discovery) and nothing more;
 #   - the chart's Deployment args start the real bbr-extproc;
 #   - the tracing and metrics-auth values: --tracing and the OTEL_*
 #     environment, the token-review RBAC and the /metrics reader role;
@@ -355,7 +355,13 @@ provider:
   supportedEvents: {responseHeaders: true, requestTrailers: false}
 EOF
 
-for v in none gke istio envoy-gateway go-v0.5.1 go-v1.5.0 everything observability payload-processor payload-processor-config; do
+# Models learned from the InferencePools' servers.
+cat >"$values/discovery.yaml" <<'EOF'
+bbr:
+  discovery: {inferencePools: true, periodSeconds: 1, graceSeconds: 30, serveModels: true}
+EOF
+
+for v in none gke istio envoy-gateway go-v0.5.1 go-v1.5.0 everything observability payload-processor payload-processor-config discovery; do
   check "helm lint --strict ($v)" "$helm" lint --strict "$chart" -f "$values/$v.yaml"
   check "helm template ($v)" sh -c "'$helm' template body-based-router '$chart' -n bbr-${v//./-} -f '$values/$v.yaml' >'$work/$v.yaml'"
 done
@@ -440,6 +446,10 @@ check "apply: the payload processor's customConfig, models and env" apply_ns bbr
   "$work/payload-processor-config.yaml"
 check "apply: everything on (TLS secret, HPA, ServiceMonitor, rules, multiNamespace)" apply_ns bbr-everything "$work/everything.yaml"
 check "apply: tracing and metrics auth (ClusterRoles, bindings, ServiceMonitor with a bearer token)" apply_ns bbr-observability "$work/observability.yaml"
+check "discovery renders its flags and a Role to list inferencepools and pods" sh -c \
+  "grep -q -- '--discover-inference-pools' '$work/discovery.yaml' && grep -q -- '--discovery-period-secs=1' '$work/discovery.yaml' && grep -q -- '--discovery-grace-secs=30' '$work/discovery.yaml' && grep -q -- '--serve-models' '$work/discovery.yaml' && grep -q 'pool-reader' '$work/discovery.yaml' && ! grep -q -- '--discover-inference-pools' '$work/none.yaml'"
+check "apply: discovery (the pool reader Role) and the demo's InferencePools" apply_ns bbr-discovery \
+  "$work/discovery.yaml" "$examples/inferencepools.yaml"
 check "the rules ConfigMap holds the rule table" sh -c \
   "'$kubectl' -n bbr-everything get configmap body-based-router-rules -o jsonpath='{.data.rules\\.yaml}' | grep -q 'pool: gemma3'"
 
@@ -464,6 +474,12 @@ for what in "create configmaps" "update configmaps" "patch configmaps" "delete c
   check "RBAC: the ServiceAccount may not $what" cannot bbr-none $what -n bbr-none
 done
 check "RBAC: the ServiceAccount may not list configmaps in another namespace" cannot bbr-none list configmaps -n bbr-istio
+check "RBAC (discovery): may list inferencepools" can bbr-discovery list inferencepools.inference.networking.k8s.io -n bbr-discovery
+check "RBAC (discovery): may list pods" can bbr-discovery list pods -n bbr-discovery
+for what in "watch pods" "get secrets" "list pods -n bbr-none" "create inferencepools.inference.networking.k8s.io"; do
+  # shellcheck disable=SC2086
+  check "RBAC (discovery): may not $what" cannot bbr-discovery $what
+done
 check "RBAC (multiNamespace): may list configmaps in every namespace" can bbr-everything list configmaps --all-namespaces
 check "RBAC (multiNamespace): may not get secrets" cannot bbr-everything get secrets -n bbr-none
 check "RBAC (metrics auth): may create tokenreviews" can bbr-observability create tokenreviews.authentication.k8s.io
@@ -516,6 +532,27 @@ start_with_chart_args() {
   grep -q 'bbr-extproc listening' "$out" && [ "$listed" = 0 ] || { cat "$out"; return 1; }
 }
 check "the chart's Deployment args start bbr-extproc, which lists the ConfigMaps" start_with_chart_args
+
+# The discovery values' args: bbr-extproc reads the namespace's
+# InferencePools (the demo's two, no pods yet).
+discovery_args_read_pools() {
+  local out="$work/discovery-args.log" args
+  args="$("$kubectl" -n bbr-discovery get deployment body-based-router \
+    -o jsonpath='{range .spec.template.spec.containers[0].args[*]}{@}{"\n"}{end}')" || return 1
+  local -a argv
+  mapfile -t argv < <(local_argv "$args")
+  echo "args: ${argv[*]}"
+  NAMESPACE=bbr-discovery timeout 60 "$binary" "${argv[@]}" >"$out" 2>&1 &
+  local pid=$!
+  for _ in $(seq 1 200); do
+    grep -q 'InferencePool endpoints changed' "$out" && break
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
+  grep 'InferencePool endpoints changed' "$out" | grep -q 'gemma3' || { cat "$out"; return 1; }
+}
+check "the discovery values' args start bbr-extproc, which reads the InferencePools" discovery_args_read_pools
 
 # The customConfig rendered into its ConfigMap starts bbr-extproc with the
 # chart's args (--config-file pointed at a copy), and its

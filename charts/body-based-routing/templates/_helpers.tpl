@@ -90,10 +90,16 @@ app: {{ .Values.bbr.name }}
 {{ or (.Values.bbr.metricsEndpointAuth | default dict).enabled (index $flags "metrics-endpoint-auth" | default false) }}
 {{- end -}}
 
-{{/* Whether the pod talks to the API server: the ConfigMap watch or the
-     token reviews of /metrics. */}}
+{{/* Whether the InferencePools' model servers are polled for their
+     models (--discover-inference-pools). */}}
+{{- define "bbr.discoverPools" -}}
+{{ (.Values.bbr.discovery | default dict).inferencePools | default false }}
+{{- end -}}
+
+{{/* Whether the pod talks to the API server: the ConfigMap watch, the
+     InferencePools read for discovery, or the token reviews of /metrics. */}}
 {{- define "bbr.apiAccess" -}}
-{{ or (eq (include "bbr.baseModels" .) "true") (eq (include "bbr.metricsAuth" .) "true") }}
+{{ or (eq (include "bbr.baseModels" .) "true") (eq (include "bbr.metricsAuth" .) "true") (eq (include "bbr.discoverPools" .) "true") }}
 {{- end -}}
 
 

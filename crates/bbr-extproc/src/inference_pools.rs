@@ -130,8 +130,7 @@ fn endpoints(pods: &[Pod], ports: &[u16]) -> Vec<String> {
 
 /// One round: every InferencePool in `scope` and its serving pods.
 async fn read(client: &Client, scope: &Scope) -> Result<Vec<PoolEndpoints>, kube::Error> {
-    let resource =
-        ApiResource::from_gvk(&GroupVersionKind::gvk(GROUP, VERSION, "InferencePool"));
+    let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(GROUP, VERSION, "InferencePool"));
     let pools: Api<DynamicObject> = match scope {
         Scope::Namespace(ns) => Api::namespaced_with(client.clone(), ns, &resource),
         Scope::AllNamespaces => Api::all_with(client.clone(), &resource),
@@ -237,14 +236,15 @@ mod tests {
         // v1alpha2's shape (a flat selector, targetPortNumber) is not v1's.
         let alpha = json!({"selector": {"app": "vllm"}, "targetPortNumber": 8000});
         assert!(selection(&alpha).is_err());
-        let bad_port = json!({"selector": {"matchLabels": {"a": "b"}}, "targetPorts": [{"number": 70000}]});
+        let bad_port =
+            json!({"selector": {"matchLabels": {"a": "b"}}, "targetPorts": [{"number": 70000}]});
         assert_eq!(selection(&bad_port), Err("no spec.targetPorts"));
     }
 
     fn pod(ip: Option<&str>, phase: &str, deleting: bool) -> Pod {
         Pod {
             metadata: ObjectMeta {
-                deletion_timestamp: deleting.then(|| Time(Timestamp::UNIX_EPOCH)),
+                deletion_timestamp: deleting.then_some(Time(Timestamp::UNIX_EPOCH)),
                 ..Default::default()
             },
             status: Some(PodStatus {

@@ -125,10 +125,10 @@
 mod exchange;
 #[cfg(feature = "kubernetes")]
 #[cfg_attr(docsrs, doc(cfg(feature = "kubernetes")))]
-pub mod kubernetes;
+pub mod inference_pools;
 #[cfg(feature = "kubernetes")]
 #[cfg_attr(docsrs, doc(cfg(feature = "kubernetes")))]
-pub mod inference_pools;
+pub mod kubernetes;
 pub mod metrics;
 #[cfg(all(feature = "kubernetes", feature = "server"))]
 #[cfg_attr(docsrs, doc(cfg(all(feature = "kubernetes", feature = "server"))))]

@@ -902,6 +902,21 @@ mod tests {
     }
 
     #[test]
+    fn discovery_flags_as_the_chart_renders_them() {
+        let mut a = parse(&[
+            "--discover-inference-pools",
+            "--discovery-period-secs=1",
+            "--discovery-grace-secs=30",
+            "--serve-models",
+        ]);
+        assert!(a.discover_inference_pools && a.serve_models);
+        assert_eq!((a.discovery_period_secs, a.discovery_grace_secs), (1, 30));
+        assert_eq!(a.check().is_ok(), cfg!(feature = "kubernetes"));
+        assert!(!parse(&[]).discover_inference_pools);
+        assert!(!parse(&["--discover-inference-pools=false"]).discover_inference_pools);
+    }
+
+    #[test]
     fn defaults_are_the_go_routers() {
         let a = parse(&[]);
         assert_eq!(

@@ -620,7 +620,10 @@ async fn adapters_loaded_on_an_inference_pools_servers_route_to_their_base_model
     };
     qwen.lora("load", "chat-lora").await;
     let loaded = Instant::now();
-    until(&mut c, |l| entry(l, "chat-lora").is_some_and(|m| m["parent"] == "qwen")).await;
+    until(&mut c, |l| {
+        entry(l, "chat-lora").is_some_and(|m| m["parent"] == "qwen")
+    })
+    .await;
     eprintln!(
         "chat-lora listed {} ms after it was loaded (period 1 s)",
         loaded.elapsed().as_millis()
@@ -631,16 +634,28 @@ async fn adapters_loaded_on_an_inference_pools_servers_route_to_their_base_model
     );
     qwen.lora("unload", "sql-lora").await;
     until(&mut c, |l| !has(l, "sql-lora")).await;
-    assert_eq!(header(&routing_headers(&mut c, "sql-lora").await, BASE), None);
+    assert_eq!(
+        header(&routing_headers(&mut c, "sql-lora").await, BASE),
+        None
+    );
 
     // The pod deleted: its server's models leave with it, at once (no
     // grace period: the API server says it is gone).
     k.run(
-        &["delete", "pod", "qwen-pool-0", "--grace-period=0", "--force"],
+        &[
+            "delete",
+            "pod",
+            "qwen-pool-0",
+            "--grace-period=0",
+            "--force",
+        ],
         None,
     );
     until(&mut c, |l| !has(l, "chat-lora") && has(l, "llama")).await;
-    assert_eq!(header(&routing_headers(&mut c, "chat-lora").await, BASE), None);
+    assert_eq!(
+        header(&routing_headers(&mut c, "chat-lora").await, BASE),
+        None
+    );
 
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (routed, misrouted) = traffic.await.unwrap();
