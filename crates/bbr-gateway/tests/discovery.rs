@@ -103,7 +103,13 @@ async fn an_adapter_loaded_on_a_pool_is_listed_and_routed_as_its_base_model() {
         let url = pool_server(Arc::clone(&state)).await;
         let rules =
             std::env::temp_dir().join(format!("bbr-gateway-discovery-{}.yaml", std::process::id()));
-        std::fs::write(&rules, "default: {pool: qwen}\n").unwrap();
+        // Only the base model has a rule: the adapter reaches its pool
+        // through it, and no further once unloaded.
+        std::fs::write(
+            &rules,
+            "rules: [{name: qwen, match: {model: {exact: qwen}}, pool: qwen}]\ndefault: {action: reject}\n",
+        )
+        .unwrap();
         let pool = format!("qwen={url}");
         let gw = GatewayProcess::start(&[
             "--rules",
@@ -138,7 +144,9 @@ async fn an_adapter_loaded_on_a_pool_is_listed_and_routed_as_its_base_model() {
             .models
             .retain(|(id, _)| *id != "sql-lora");
         until(&client, &gw, |l| entry(l, "sql-lora").is_none()).await;
+        state.lock().unwrap().base_model = None;
         let response = post_json(&client, gw.url("/v1/chat/completions"), chat).await;
+        assert_eq!(response.status(), 404);
         let _ = response.bytes().await.unwrap();
         assert_eq!(state.lock().unwrap().base_model, None);
         let _ = std::fs::remove_file(&rules);

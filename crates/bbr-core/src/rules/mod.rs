@@ -446,18 +446,24 @@ impl RuleTable {
         model_value: HeaderValue,
         request_key: Option<&[u8]>,
     ) -> Result<Option<RouteMatch>, Error> {
-        let route = match self.matcher.find(model) {
+        let (route, by_base) = match self.matcher.find(model) {
             Some((rule, _)) => match self.routes.get(rule as usize) {
-                Some(route) => route,
+                Some(route) => (route, false),
                 None => return Err(not_found(model)),
             },
-            None => match &self.fallback {
-                Fallback::Reject => return Err(not_found(model)),
-                Fallback::Pass => return Ok(None),
-                Fallback::Route(route) => route,
+            None => match self.base_route(model) {
+                Some(route) => (route, true),
+                None => match &self.fallback {
+                    Fallback::Reject => return Err(not_found(model)),
+                    Fallback::Pass => return Ok(None),
+                    Fallback::Route(route) => (route, false),
+                },
             },
         };
         let (target, base) = match &route.targets {
+            // An adapter routed by its base model's rule keeps its name:
+            // the rule's targets rewrite the base model, not its adapters.
+            _ if by_base => (None, self.base_of(model)),
             Some(targets) => {
                 let draw = match request_key {
                     Some(key) => stable_hash(key),
@@ -486,6 +492,16 @@ impl RuleTable {
     /// The base model entry of `model`.
     fn base_of(&self, model: &str) -> Option<Arc<BaseModel>> {
         self.base_models.get(model).cloned()
+    }
+
+    /// The rule of `model`'s base model, for an adapter no rule matches.
+    fn base_route(&self, model: &str) -> Option<&Arc<Route>> {
+        let base = self.base_models.get(model)?;
+        if *base.name == *model {
+            return None;
+        }
+        let (rule, _) = self.matcher.find(&base.name)?;
+        self.routes.get(rule as usize)
     }
 
     /// Every header name a decision of this table can set, sorted: the

@@ -227,6 +227,75 @@ fn empty_table_behaves_as_the_go_router() {
 }
 
 #[test]
+fn an_adapter_no_rule_matches_goes_where_its_base_model_goes() {
+    let t = table(
+        r#"
+rules:
+  - name: qwen
+    match: { model: { exact: qwen } }
+    pool: qwen-pool
+    criticality: Critical
+    targets: [{ model: qwen, weight: 1 }, { model: qwen-canary, weight: 1 }]
+  - name: loras
+    match: { model: { glob: "*-by-glob" } }
+    pool: lora-pool
+  - name: own
+    match: { model: { exact: own-lora } }
+    pool: own-pool
+base_models:
+  - base_model: qwen
+    adapters: [sql-lora, own-lora, x-by-glob]
+  - base_model: llama
+    adapters: [llama-lora]
+default: { action: reject }
+"#,
+    );
+    // No rule matches the adapter: its base model's rule routes it, under
+    // its own name (the rule's targets rewrite the base model only).
+    for _ in 0..8 {
+        let d = decide(&t, "sql-lora");
+        assert_eq!((d.rule(), d.pool()), (Some("qwen"), Some("qwen-pool")));
+        assert_eq!(d.criticality(), Some(Criticality::Critical));
+        assert_eq!((d.model(), d.is_rewrite()), ("sql-lora", false));
+        assert_eq!(d.base_model(), Some("qwen"));
+    }
+    // A rule that matches the adapter's own name wins, exact or not.
+    assert_eq!(decide(&t, "own-lora").pool(), Some("own-pool"));
+    assert_eq!(decide(&t, "x-by-glob").pool(), Some("lora-pool"));
+    // A base model no rule routes: the default applies to its adapters.
+    assert!(t.route("llama-lora", None).is_err());
+    // The same for an adapter discovered on a pool.
+    let discovered = RuleTableBuilder::new()
+        .rules_yaml(
+            "rules: [{name: qwen, match: {model: {exact: qwen}}, pool: qwen-pool}]
+default: {action: reject}
+",
+        )
+        .discovered_models(
+            "qwen-pool",
+            crate::rules::discovery::parse_model_list(
+                br#"{"object":"list","data":[{"id":"qwen"},{"id":"chat-lora","parent":"qwen"}]}"#,
+            )
+            .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let d = discovered.route("chat-lora", None).unwrap().unwrap();
+    assert_eq!(
+        (d.pool(), d.base_model()),
+        (Some("qwen-pool"), Some("qwen"))
+    );
+    let listed: serde_json::Value = serde_json::from_str(&discovered.models_json()).unwrap();
+    assert!(
+        listed["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"] == "chat-lora")
+    );
+}
+
+#[test]
 fn a_decision_carries_everything() {
     let t = table(
         r#"
