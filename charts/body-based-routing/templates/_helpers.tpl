@@ -108,3 +108,27 @@ app: {{ .Values.bbr.name }}
 {{ hasPrefix "request" .name }}
 {{- end -}}
 {{- end -}}
+
+{{/* Whether bbr runs inside the gateway's Envoy (bbr.mode module: the
+     dynamic module libbbr_envoy.so) instead of as the bbr-extproc
+     Deployment (ext_proc, the default). */}}
+{{- define "bbr.module" -}}
+{{ eq (.Values.bbr.mode | default "ext_proc") "module" }}
+{{- end -}}
+
+{{/* The rules file as the gateway's Envoy sees it in module mode: the
+     rules ConfigMap mounted at the same place as in bbr-extproc's pod. */}}
+{{- define "bbr.moduleRulesDir" -}}
+/etc/bbr/rules
+{{- end -}}
+
+{{/* The module's filter configuration (docs/envoy-module.md), as JSON
+     text: bbr.module.config, and the rules file when there are rules. */}}
+{{- define "bbr.moduleConfig" -}}
+{{- $module := .Values.bbr.module | default dict -}}
+{{- $config := deepCopy ($module.config | default dict) -}}
+{{- if .Values.bbr.rules -}}
+{{- $_ := set $config "rules_file" (printf "%s/rules.yaml" (include "bbr.moduleRulesDir" .)) -}}
+{{- end -}}
+{{ toJson $config }}
+{{- end -}}
