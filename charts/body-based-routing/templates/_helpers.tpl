@@ -132,3 +132,45 @@ app: {{ .Values.bbr.name }}
 {{- end -}}
 {{ toJson $config }}
 {{- end -}}
+
+{{/* The spec of the Gateway's EnvoyProxy in module mode, before
+     provider.envoyGateway.envoyProxy is merged over it. */}}
+{{- define "bbr.envoyProxySpec" -}}
+{{- $module := .Values.bbr.module | default dict }}
+{{- $dir := $module.directory | default "/var/lib/bbr-module" }}
+{{- $imageVolume := eq ($module.source | default "imageVolume") "imageVolume" }}
+mergeType: StrategicMerge
+dynamicModules:
+- name: bbr
+  source:
+    type: Local
+    local:
+      path: {{ printf "%s/libbbr_envoy.so" $dir }}
+{{- if $imageVolume }}
+provider:
+  type: Kubernetes
+  kubernetes:
+    envoyDeployment:
+      container:
+        volumeMounts:
+        - name: bbr-module
+          mountPath: {{ $dir }}
+          readOnly: true
+        {{- if .Values.bbr.rules }}
+        - name: bbr-rules
+          mountPath: {{ include "bbr.moduleRulesDir" . }}
+          readOnly: true
+        {{- end }}
+      pod:
+        volumes:
+        - name: bbr-module
+          image:
+            reference: {{ include "bbr.image" . | quote }}
+            pullPolicy: {{ .Values.bbr.image.pullPolicy | default "IfNotPresent" }}
+        {{- if .Values.bbr.rules }}
+        - name: bbr-rules
+          configMap:
+            name: {{ .Values.bbr.name }}-rules
+        {{- end }}
+{{- end }}
+{{- end -}}
