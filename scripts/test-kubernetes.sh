@@ -481,12 +481,21 @@ module_envoy_gateway_renders() {
   local f="$work/module-envoy-gateway.yaml"
   grep -q 'kind: EnvoyProxy' "$f" && grep -q 'mergeType: StrategicMerge' "$f" &&
     grep -q 'path: /var/lib/bbr-module/libbbr_envoy.so' "$f" &&
-    grep -q 'reference: "ghcr.io/bbr-rs/bbr-extproc:' "$f" && grep -q 'dynamicModule:' "$f" &&
+    grep -q 'reference: ghcr.io/bbr-rs/bbr-extproc:' "$f" && grep -q 'dynamicModule:' "$f" &&
     grep -qF 'config: {"rules_file":"/etc/bbr/rules/rules.yaml"}' "$f" &&
     grep -q 'name: body-based-router-catch-all' "$f" && no_extproc_objects "$f"
 }
 check "module (envoy-gateway): the EnvoyProxy registering the module (image volume, rules), the policy's dynamicModule, the catch-all route, nothing of bbr-extproc" \
   module_envoy_gateway_renders
+envoy_proxy_merged() { # provider.envoyGateway.envoyProxy over the chart's EnvoyProxy spec
+  "$helm" template body-based-router "$chart" -f "$values/envoy-gateway.yaml" -f "$examples/values-module.yaml" \
+    --set-json 'provider.envoyGateway.envoyProxy={"provider": {"kubernetes": {"envoyDeployment": {"replicas": 3}}}, "concurrency": 2}' \
+    --show-only templates/envoy-gateway.yaml >"$work/module-envoy-proxy.yaml" || return 1
+  grep -q 'replicas: 3' "$work/module-envoy-proxy.yaml" && grep -q 'concurrency: 2' "$work/module-envoy-proxy.yaml" &&
+    grep -q 'reference: ghcr.io/bbr-rs/bbr-extproc:' "$work/module-envoy-proxy.yaml" &&
+    grep -q 'path: /var/lib/bbr-module/libbbr_envoy.so' "$work/module-envoy-proxy.yaml"
+}
+check "module (envoy-gateway): provider.envoyGateway.envoyProxy is merged over the chart's EnvoyProxy spec" envoy_proxy_merged
 
 # Server-side apply, each rendering in its own namespace.
 apply_ns() { # apply_ns NS FILE...
