@@ -7,7 +7,8 @@
 # istio-module envoy-gateway-module"), with the chart installed from
 # examples/kubernetes/values-<provider>.yaml (and, for the -module runs,
 # values-module.yaml: bbr as a dynamic module inside the gateway's Envoy, no
-# bbr-extproc) and nothing patched by hand:
+# bbr-extproc) and nothing patched by hand (the Envoy Gateway module run sets
+# two values for its Host provider, below):
 #
 #   - chatbot reaches the gemma3 pod, recommender the deepseek-r1 pod (the
 #     model server's own answer, which names its pod);
@@ -44,8 +45,10 @@
 # that Deployment's environment, and the rules where it mounts the rules
 # ConfigMap (checked to be so first); on Envoy Gateway, whose Host provider
 # runs Envoy without a pod (so the chart is told bbr.module.source=none: no
-# pod patch), at the path the chart's EnvoyProxy registers and where its
-# filter configuration reads the rules. Those paths exist only in a private
+# pod patch; and provider.envoyGateway.envoyProxy restates the Host
+# provider, which Envoy Gateway would replace by the Kubernetes one), at the
+# path the chart's EnvoyProxy registers and where its filter configuration
+# reads the rules. Those paths exist only in a private
 # mount namespace of the Envoy process. The API server, etcd, the control plane
 # and the gateway's Envoy run in one more network namespace (the "node",
 # 10.77.0.1 on the bridge). All of it is created by this script and removed
