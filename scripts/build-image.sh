@@ -86,7 +86,7 @@ else
     BBR_GIT_COMMIT="$commit" CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_PROFILE_RELEASE_STRIP=symbols \
       nice -n 10 cargo build --release --locked -p bbr-envoy --target "$target" >&2
     module="${CARGO_TARGET_DIR:-target}/$target/release/libbbr_envoy.so"
-    readelf --dyn-syms "$module" | grep -q envoy_dynamic_module_on_program_init ||
+    readelf -W --dyn-syms "$module" | grep -q envoy_dynamic_module_on_program_init ||
       { log "$module does not export the dynamic module's entry points"; exit 1; }
   fi
   ctr="$(buildah from scratch)"
@@ -127,7 +127,7 @@ trap cleanup EXIT
 if [ "$binary" = bbr-extproc ]; then
   # The module, where the chart's image volume expects it.
   mnt="$(buildah mount "$run_ctr")"
-  readelf --dyn-syms "$mnt/libbbr_envoy.so" 2>/dev/null | grep -q envoy_dynamic_module_on_program_init ||
+  readelf -W --dyn-syms "$mnt/libbbr_envoy.so" 2>/dev/null | grep -q envoy_dynamic_module_on_program_init ||
     { log "the image holds no /libbbr_envoy.so exporting the module's entry points"; exit 1; }
   log "in the image: /libbbr_envoy.so, $(du -h "$mnt/libbbr_envoy.so" | cut -f1)"
   buildah umount "$run_ctr" >/dev/null
