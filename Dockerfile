@@ -1,6 +1,8 @@
 # bbr-extproc (the default target) and bbr-gateway (`--target bbr-gateway`)
 # as container images: a static binary on a minimal base, run as user
-# 65532, no shell.
+# 65532, no shell. The bbr-extproc image also carries the Envoy dynamic
+# module, /libbbr_envoy.so (the chart's bbr.mode module mounts the image
+# into the gateway's Envoy).
 #
 #   buildah bud --build-arg BBR_GIT_COMMIT=$(git rev-parse --short=12 HEAD) -t bbr-extproc .
 #   docker build --build-arg BBR_GIT_COMMIT=$(git rev-parse --short=12 HEAD) -t bbr-extproc .
@@ -33,6 +35,13 @@ RUN target="$(uname -m)-unknown-linux-gnu" \
  && RUSTFLAGS="-C target-feature=+crt-static" OPENSSL_STATIC=1 \
     cargo build --release --locked -p bbr-extproc --target "$target" \
  && cp "target/$target/release/bbr-extproc" /bbr-extproc
+# The dynamic module (a shared library: glibc linked dynamically, as Envoy
+# loads it), carried by the image for the chart's module mode, which mounts
+# the image into the gateway's Envoy (bbr.mode module). Built against this
+# image's glibc (2.36): Envoys with that or a newer one load it.
+RUN target="$(uname -m)-unknown-linux-gnu" \
+ && cargo build --release --locked -p bbr-envoy --target "$target" \
+ && cp "target/$target/release/libbbr_envoy.so" /libbbr_envoy.so
 
 # bbr-gateway links no OpenSSL: glibc alone, statically.
 FROM ${RUST_IMAGE} AS build-gateway
@@ -69,6 +78,7 @@ LABEL org.opencontainers.image.title="bbr-extproc" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.revision="${BBR_GIT_COMMIT}"
 COPY --from=build --chown=65532:65532 /bbr-extproc /bbr-extproc
+COPY --from=build --chown=65532:65532 /libbbr_envoy.so /libbbr_envoy.so
 USER 65532:65532
 # ext_proc gRPC, grpc.health.v1 (plaintext), Prometheus /metrics.
 EXPOSE 9004 9005 9090

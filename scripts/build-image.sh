@@ -6,7 +6,8 @@
 # request from its simulated pool.
 #
 # Two ways to build, one final image (a static binary at /BINARY, user
-# 65532, entrypoint /BINARY, nothing else):
+# 65532, entrypoint /BINARY; bbr-extproc's also holds the Envoy dynamic
+# module at /libbbr_envoy.so, for the chart's module mode):
 #   offline (default): the static binary is built on this machine
 #     (crt-static), then `buildah from scratch` + copy + config. Needs no
 #     container registry, only crates.io.
@@ -77,9 +78,23 @@ else
     log "$built needs shared libraries; the image would not run"
     exit 1
   fi
+  module=""
+  if [ "$binary" = bbr-extproc ]; then
+    # The Envoy dynamic module rides along (the chart's bbr.mode module
+    # mounts the image into the gateway's Envoy): a shared library, glibc
+    # linked dynamically, as Envoy loads it.
+    BBR_GIT_COMMIT="$commit" CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_PROFILE_RELEASE_STRIP=symbols \
+      nice -n 10 cargo build --release --locked -p bbr-envoy --target "$target" >&2
+    module="${CARGO_TARGET_DIR:-target}/$target/release/libbbr_envoy.so"
+    readelf -W --dyn-syms "$module" | grep -q envoy_dynamic_module_on_program_init ||
+      { log "$module does not export the dynamic module's entry points"; exit 1; }
+  fi
   ctr="$(buildah from scratch)"
   trap 'buildah rm "$ctr" >/dev/null 2>&1 || true' EXIT
   buildah copy --chown 65532:65532 "$ctr" "$built" "/$binary" >/dev/null
+  if [ -n "$module" ]; then
+    buildah copy --chown 65532:65532 "$ctr" "$module" /libbbr_envoy.so >/dev/null
+  fi
   buildah config \
     --user 65532:65532 \
     --entrypoint "[\"/$binary\"]" \
@@ -109,6 +124,14 @@ cleanup() {
   rm -f "${out:-}"
 }
 trap cleanup EXIT
+if [ "$binary" = bbr-extproc ]; then
+  # The module, where the chart's image volume expects it.
+  mnt="$(buildah mount "$run_ctr")"
+  readelf -W --dyn-syms "$mnt/libbbr_envoy.so" 2>/dev/null | grep -q envoy_dynamic_module_on_program_init ||
+    { log "the image holds no /libbbr_envoy.so exporting the module's entry points"; exit 1; }
+  log "in the image: /libbbr_envoy.so, $(du -h "$mnt/libbbr_envoy.so" | cut -f1)"
+  buildah umount "$run_ctr" >/dev/null
+fi
 printed="$(timeout 60 buildah run --isolation chroot "$run_ctr" -- "/$binary" --version)"
 log "in the image: $printed"
 expected="$version"

@@ -3,20 +3,27 @@
 # Gateway read the chart's objects from a real API server and program a real
 # Envoy, and requests go through it, bbr-extproc and the model servers.
 #
-# For each control plane (BBR_CONTROL_PLANES, default "istio envoy-gateway"),
-# with the chart installed from examples/kubernetes/values-<provider>.yaml and
-# nothing patched by hand:
+# For each control plane (BBR_CONTROL_PLANES, default "istio envoy-gateway
+# istio-module envoy-gateway-module"), with the chart installed from
+# examples/kubernetes/values-<provider>.yaml (and, for the -module runs,
+# values-module.yaml: bbr as a dynamic module inside the gateway's Envoy, no
+# bbr-extproc) and nothing patched by hand (the Envoy Gateway module run sets
+# two values for its Host provider, below):
 #
 #   - chatbot reaches the gemma3 pod, recommender the deepseek-r1 pod (the
 #     model server's own answer, which names its pod);
 #   - an unknown model gets bbr's JSON 404;
 #   - a client-sent X-Gateway-Model-Name does not steer;
 #   - a LoRA adapter reaches its base model's pool once a labelled base-model
-#     ConfigMap lists it;
+#     ConfigMap lists it (module: the module reads no ConfigMaps; the adapter
+#     reaches it through the rule table's base_models, and the ConfigMap
+#     check is said and skipped);
 #   - a rule changed through the chart's rules ConfigMap (helm upgrade) takes
 #     effect without a restart;
 #   - bbr-extproc killed: the chart's failure mode (closed: 5xx); routing back
-#     once it runs again;
+#     once it runs again (module: there is no bbr-extproc; instead, the chart
+#     rendered none, and the module's counters in the gateway Envoy's stats
+#     count the requests);
 #   - one pool's endpoint picker killed: that pool fails, the other serves
 #     (Istio only: on Envoy Gateway, InferencePool backends need Envoy AI
 #     Gateway, so there the routes name Services; said and skipped).
@@ -31,7 +38,18 @@
 # with a selector (EndpointSlices refuse loopback addresses, hence the
 # namespaces). bbr-extproc runs with the arguments of the chart's rendered
 # Deployment; the rules ConfigMap is copied to the file the Deployment
-# mounts it at, as the kubelet does. The API server, etcd, the control plane
+# mounts it at, as the kubelet does. In the module runs the gateway's Envoy
+# loads libbbr_envoy.so, and the script puts it where the pod's volumes
+# would: on Istio, where the Deployment istiod made from the chart's Gateway
+# parameters mounts bbr's image (the image volume), with the search path of
+# that Deployment's environment, and the rules where it mounts the rules
+# ConfigMap (checked to be so first); on Envoy Gateway, whose Host provider
+# runs Envoy without a pod (so the chart is told bbr.module.source=none: no
+# pod patch; and provider.envoyGateway.envoyProxy restates the Host
+# provider, which Envoy Gateway would replace by the Kubernetes one), at the
+# path the chart's EnvoyProxy registers and where its filter configuration
+# reads the rules. Those paths exist only in a private
+# mount namespace of the Envoy process. The API server, etcd, the control plane
 # and the gateway's Envoy run in one more network namespace (the "node",
 # 10.77.0.1 on the bridge). All of it is created by this script and removed
 # on exit; nothing listens outside those namespaces. Every process is bounded
@@ -41,8 +59,10 @@
 # scripts/install-control-planes.sh (istiod, the endpoint picker, the model
 # server simulator, Envoy Gateway), scripts/install-envoy.sh (Envoy).
 # BBR_EXTPROC: the bbr-extproc binary (default: target/debug/bbr-extproc,
-# built if missing). The container image is not used: binaries run on the
-# host. Needs root (network namespaces).
+# built if missing); BBR_ENVOY_MODULE: libbbr_envoy.so (default:
+# target/debug/libbbr_envoy.so, built if missing: a debug build serves these
+# few requests). The container image is not used: binaries run on the host.
+# Needs root (network namespaces and mount namespaces).
 set -euo pipefail
 [ "${BBR_TRACE:-0}" = 1 ] && set -x
 cd "$(dirname "$0")/.."
@@ -53,6 +73,7 @@ INFERENCE_EXTENSION_VERSION=v1.5.0
 ENVOY_GATEWAY_VERSION=v1.9.0
 ENVOY_VERSION=1.40.0
 LIFETIME=1800 # seconds any process of this script may live
+control_planes="istio envoy-gateway istio-module envoy-gateway-module"
 
 log() { echo "test-control-planes: $*" >&2; }
 started=$SECONDS
@@ -68,7 +89,12 @@ if [ "${1:-}" != --inside ]; then
     cargo build -p bbr-extproc >&2
   fi
   BBR_EXTPROC="$(cd "$(dirname "$BBR_EXTPROC")" && pwd)/$(basename "$BBR_EXTPROC")"
-  export BBR_ENVOY BBR_EXTPROC BBR_KUBE_APISERVER BBR_ETCD BBR_KUBECTL BBR_HELM \
+  BBR_ENVOY_MODULE="${BBR_ENVOY_MODULE:-${CARGO_TARGET_DIR:-target}/debug/libbbr_envoy.so}"
+  if [[ " ${BBR_CONTROL_PLANES:-$control_planes} " == *-module* ]] && [ ! -f "$BBR_ENVOY_MODULE" ]; then
+    cargo build -p bbr-envoy >&2
+  fi
+  BBR_ENVOY_MODULE="$(cd "$(dirname "$BBR_ENVOY_MODULE")" && pwd)/$(basename "$BBR_ENVOY_MODULE")"
+  export BBR_ENVOY BBR_EXTPROC BBR_ENVOY_MODULE BBR_KUBE_APISERVER BBR_ETCD BBR_KUBECTL BBR_HELM \
     BBR_ISTIOD BBR_ISTIO_CHARTS BBR_EPP BBR_MODEL_SIM BBR_ENVOY_GATEWAY
   # The CRDs, from their Go modules (the namespaces below reach no network).
   module_dir() {
@@ -368,10 +394,59 @@ common_objects() {
 common_objects_no_route() {
   pod gemma3-0 "${pod_ip[gemma3]}" app=gemma3
   pod deepseek-r1-0 "${pod_ip[deepseek-r1]}" app=deepseek-r1
-  pod body-based-router-0 "${pod_ip[bbr]}" app=body-based-router
+  # Module mode has no bbr-extproc pod.
+  [ "$mode" = module ] || pod body-based-router-0 "${pod_ip[bbr]}" app=body-based-router
 }
 
 # --- the checks, the same on every provider ------------------------------------------
+# bbr-extproc killed and started again.
+extproc_down_checks() {
+  kill "$bbr_pid"; wait "$bbr_pid" 2>/dev/null || true
+  request chatbot
+  if [[ "$code" == 5?? ]] && [ -z "$served_by" ]; then
+    ok "bbr-extproc down: requests fail closed (HTTP $code), as the chart's default"
+  else
+    fail "bbr-extproc down: requests fail closed: $(describe)"
+  fi
+  start_bbr
+  if until_ok 60 routes_to chatbot gemma3-0; then
+    ok "bbr-extproc back: chatbot reaches the gemma3 pod again"
+  else
+    fail "bbr-extproc back: chatbot reaches the gemma3 pod again: $(describe)"
+  fi
+}
+
+# The gateway's Envoy: the process listening on the gateway's port.
+listener_pid() {
+  ss -Hltnp "sport = :${gateway##*:}" 2>/dev/null | sed -n 's/.*pid=\([0-9]*\).*/\1/p' | head -n 1
+}
+# Module mode: no bbr-extproc anywhere, and the routing done inside the
+# gateway's Envoy: the module's counters in its stats count the requests.
+module_checks() {
+  local left
+  left="$("$kubectl" get deployments,services,serviceaccounts -l app.kubernetes.io/instance=body-based-router \
+    -o name 2>&1)"
+  if [ -z "$left" ]; then
+    ok "module mode: the chart renders no bbr-extproc Deployment, Service or ServiceAccount"
+  else
+    fail "module mode: the chart renders no bbr-extproc Deployment, Service or ServiceAccount: $left"
+  fi
+  # The admin interface: Envoy's listening loopback ports other than the
+  # gateway's (Envoy Gateway's Host provider picks it at random).
+  local pid port stats="" routed
+  pid="$(listener_pid)"
+  for port in $(ss -Hltnp 2>/dev/null | grep "pid=$pid," | awk '{print $4}' | sed -n 's/^127\.0\.0\.1:\([0-9]*\)$/\1/p'); do
+    stats="$(curl -s -m 5 "http://127.0.0.1:$port/stats/prometheus" 2>/dev/null | grep _bbr_ || true)"
+    [ -n "$stats" ] && break
+  done
+  routed="$(sed -n 's/^envoy_dynamicmodulescustom_bbr_routed_total{} \([0-9]*\)$/\1/p' <<<"$stats")"
+  if [ "${routed:-0}" -ge 5 ] && grep -q '_bbr_rejected_total{reason="model_not_found"} [1-9]' <<<"$stats"; then
+    ok "the module routes inside the gateway's Envoy: bbr_routed_total $routed, bbr_rejected_total{model_not_found} counted"
+  else
+    fail "the module routes inside the gateway's Envoy (Envoy pid ${pid:-none}): $(tr '\n' ' ' <<<"$stats" | head -c 600)"
+  fi
+}
+
 run_checks() {
   if until_ok 120 routes_to chatbot gemma3-0; then
     ok "chatbot reaches the gemma3 pod"
@@ -399,20 +474,34 @@ run_checks() {
 
   # The adapter is a model the rule table knows; its base model comes from
   # the ConfigMap, and only the base model's route reaches the pool.
-  request sql-lora
-  local before="$code"
-  apply -f examples/kubernetes/base-models.yaml
-  if [ "$before" != 200 ] && until_ok 20 routes_to sql-lora gemma3-0; then
-    ok "a LoRA adapter reaches its base model's pool once its ConfigMap is applied (before: HTTP $before)"
+  local before
+  if [ "$mode" = module ]; then
+    # The module reads no ConfigMaps: values-module.yaml gives the rule
+    # table the adapter's base model.
+    if routes_to sql-lora gemma3-0; then
+      ok "a LoRA adapter reaches its base model's pool through the rule table's base_models"
+    else
+      fail "a LoRA adapter reaches its base model's pool through the rule table's base_models: $(describe)"
+    fi
+    skip "a LoRA adapter through a labelled base-model ConfigMap: the module reads no ConfigMaps"
   else
-    fail "a LoRA adapter reaches its base model's pool once its ConfigMap is applied (before: HTTP $before): $(describe)"
+    request sql-lora
+    before="$code"
+    apply -f examples/kubernetes/base-models.yaml
+    if [ "$before" != 200 ] && until_ok 20 routes_to sql-lora gemma3-0; then
+      ok "a LoRA adapter reaches its base model's pool once its ConfigMap is applied (before: HTTP $before)"
+    else
+      fail "a LoRA adapter reaches its base model's pool once its ConfigMap is applied (before: HTTP $before): $(describe)"
+    fi
   fi
 
   # A rule added through the chart's values: helm upgrade changes the rules
-  # ConfigMap; bbr-extproc reloads the mounted file, no restart. The model
-  # is gemma3's base model, which the ConfigMap above gave the header its
-  # route matches; the table refused it until now.
-  local pid_before="$bbr_pid" base=google/gemma-3-27b-it
+  # ConfigMap; bbr-extproc (or the module in the gateway's Envoy) reloads
+  # the mounted file, no restart. The model is gemma3's base model, which
+  # the ConfigMap above (or the rule table's base_models) gave the header
+  # its route matches; the table refused it until now.
+  local pid_before="${bbr_pid:-}" base=google/gemma-3-27b-it
+  [ "$mode" = module ] && pid_before="$(listener_pid)"
   request "$base"
   before="$code"
   grep -q '"code":"model_not_found"' <<<"$body" || before="$code without bbr's JSON"
@@ -427,29 +516,22 @@ rule = ("    - name: gemma3-base\n"
 print(text.replace(marker, marker + rule, 1), end="")
 EOF
   "$helm" upgrade body-based-router charts/body-based-routing -n default \
-    -f "$work/$provider/values-changed.yaml" >/dev/null
-  if [ "$before" = 404 ] && until_ok 30 routes_to "$base" gemma3-0 && kill -0 "$pid_before"; then
+    -f "$work/$provider/values-changed.yaml" "${values_more[@]}" >/dev/null
+  if [ "$before" = 404 ] && until_ok 30 routes_to "$base" gemma3-0 && kill -0 "$pid_before" &&
+    { [ "$mode" != module ] || [ "$(listener_pid)" = "$pid_before" ]; }; then
     ok "a rule added through the chart's rules ConfigMap takes effect without a restart (before: HTTP $before)"
   else
     fail "a rule added through the chart's rules ConfigMap takes effect without a restart (before: HTTP $before): $(describe)"
   fi
-  "$helm" upgrade body-based-router charts/body-based-routing -n default -f "$values" >/dev/null
+  "$helm" upgrade body-based-router charts/body-based-routing -n default -f "$values" "${values_more[@]}" >/dev/null
 
-  kill "$bbr_pid"; wait "$bbr_pid" 2>/dev/null || true
-  request chatbot
-  if [[ "$code" == 5?? ]] && [ -z "$served_by" ]; then
-    ok "bbr-extproc down: requests fail closed (HTTP $code), as the chart's default"
+  if [ "$mode" = module ]; then
+    module_checks
   else
-    fail "bbr-extproc down: requests fail closed: $(describe)"
-  fi
-  start_bbr
-  if until_ok 60 routes_to chatbot gemma3-0; then
-    ok "bbr-extproc back: chatbot reaches the gemma3 pod again"
-  else
-    fail "bbr-extproc back: chatbot reaches the gemma3 pod again: $(describe)"
+    extproc_down_checks
   fi
 
-  if [ "$provider" = envoy-gateway ]; then
+  if [ "$cp" = envoy-gateway ]; then
     skip "one endpoint picker down: Envoy Gateway has no InferencePool backend of its own (Envoy AI Gateway adds it)"
     return
   fi
@@ -469,7 +551,67 @@ EOF
   fi
 }
 
+# "${with_mounts[@]}" ROOT CWD "SRC=DST ..." COMMAND...: runs COMMAND in CWD
+# with each directory SRC at the path DST, in a private mount namespace
+# whose root is a tmpfs at ROOT holding bind mounts of the machine's
+# entries (so every other path is the machine's): the directories on the
+# way to each DST are tmpfs directories holding bind mounts of the
+# machine's entries in turn, so that nothing is created on the machine's
+# own filesystem. Envoy Gateway reads its xDS server certificate at /certs
+# whatever its provider; the module runs find libbbr_envoy.so and the rules
+# where the pod's volumes would put them.
+with_mounts=(unshare -m --propagation private bash -c '
+  set -e
+  root=$1 cwd=$2 mounts=$3; shift 3
+  targets=()
+  for m in $mounts; do targets+=("${m#*=}"); done
+  mkdir -p "$root"
+  mount -t tmpfs bbr-root "$root"
+  graft() { # graft DIR: the machine'\''s DIR rebuilt under root ("" for /)
+    local entry t descend
+    for entry in "$1"/* "$1"/.[!.]*; do
+      [ -e "$entry" ] || [ -L "$entry" ] || continue
+      descend=0
+      for t in "${targets[@]}"; do
+        case "$t/" in "$entry"/*) descend=1 ;; esac
+      done
+      if [ -L "$entry" ]; then ln -s "$(readlink "$entry")" "$root$entry"
+      elif [ -d "$entry" ] && [ "$descend" = 1 ]; then mkdir "$root$entry"; graft "$entry"
+      elif [ -d "$entry" ]; then mkdir "$root$entry"; mount --rbind "$entry" "$root$entry"
+      elif [ -e "$entry" ]; then touch "$root$entry"; mount --bind "$entry" "$root$entry"
+      fi
+    done
+  }
+  graft ""
+  for m in $mounts; do
+    mkdir -p "$root${m#*=}"
+    mount --bind "${m%%=*}" "$root${m#*=}"
+  done
+  exec chroot "$root" env -C "$cwd" "$@"
+' with-mounts)
+
 # --- Istio ----------------------------------------------------------------------------
+# The istio-proxy container of istiod's Deployment for the Gateway, as the
+# chart's parameters (module mode) make it: prints the search path, the
+# directory bbr's image is mounted at, the rules' directory and the image;
+# fails unless all four are there.
+module_pod_mounts() {
+  "$kubectl" get deployment inference-gateway-istio -o json | python3 -c '
+import json, sys
+spec = json.load(sys.stdin)["spec"]["template"]["spec"]
+volumes = {v["name"]: v for v in spec.get("volumes", [])}
+proxy = next(c for c in spec["containers"] if c["name"] == "istio-proxy")
+env = {e["name"]: e.get("value") for e in proxy.get("env", [])}
+mounts = {m["name"]: m["mountPath"] for m in proxy.get("volumeMounts", [])}
+image = volumes.get("bbr-module", {}).get("image", {}).get("reference")
+rules = volumes.get("bbr-rules", {}).get("configMap", {}).get("name")
+search = env.get("ENVOY_DYNAMIC_MODULES_SEARCH_PATH")
+if not (image and rules == "body-based-router-rules" and search and search == mounts.get("bbr-module")
+        and mounts.get("bbr-rules")):
+    sys.exit(f"image {image}, rules {rules}, search path {search}, mounts {mounts}")
+print(search, mounts["bbr-module"], mounts["bbr-rules"], image)'
+}
+
 run_istio() {
   local dir="$work/$provider"
   apply -f "$BBR_GATEWAY_API_ISTIO/config/crd/standard"
@@ -494,7 +636,16 @@ run_istio() {
     "$BBR_ISTIOD" discovery --kubeconfig "$KUBECONFIG" \
     --log_output_level default:info >"$dir/istiod.log" 2>&1
 
-  apply -f examples/kubernetes/gateway-istio.yaml
+  values="$repo/examples/kubernetes/values-istio.yaml"
+  if [ "$mode" = module ]; then
+    # The chart first: the Gateway names the ConfigMap it renders, and
+    # istiod makes the Gateway's Deployment from it.
+    values_more=(-f "$repo/examples/kubernetes/values-module.yaml")
+    "$helm" install body-based-router charts/body-based-routing -n default -f "$values" "${values_more[@]}" >/dev/null
+    apply -f examples/kubernetes/gateway-istio-module.yaml
+  else
+    apply -f examples/kubernetes/gateway-istio.yaml
+  fi
   apply -f examples/kubernetes/inferencepools.yaml
   # The endpoint pickers as the Inference Extension's inferencepool chart
   # deploys them for Istio: a Service, and TLS to it without verification.
@@ -526,9 +677,10 @@ EOF
   done
   common_objects
 
-  values="$repo/examples/kubernetes/values-istio.yaml"
-  "$helm" install body-based-router charts/body-based-routing -n default -f "$values" >/dev/null
-  start_bbr
+  if [ "$mode" != module ]; then
+    "$helm" install body-based-router charts/body-based-routing -n default -f "$values" >/dev/null
+    start_bbr
+  fi
 
   # The gateway's Envoy: istiod made its Deployment; a Pod of it, at the
   # node's address, and Envoy with a bootstrap that points at istiod.
@@ -579,33 +731,33 @@ static_resources:
       - lb_endpoints:
         - endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: 15010 } } }
 EOF
-  bounded "$BBR_ENVOY" -c "$dir/envoy.yaml" --concurrency 1 --log-level warn >"$dir/envoy.log" 2>&1
+  if [ "$mode" = module ]; then
+    # What the kubelet would do with istiod's Deployment: its volumes
+    # (bbr's image, holding libbbr_envoy.so at its root; the rules
+    # ConfigMap) where its proxy container mounts them, and its environment.
+    local mounts
+    if ! until_ok 30 eval 'mounts="$(module_pod_mounts)"'; then
+      fail "istiod's Deployment for the Gateway takes the chart's parameters (bbr's image and the rules mounted, the search path set): $(module_pod_mounts 2>&1 | tail -n 3)"
+      return
+    fi
+    ok "istiod's Deployment for the Gateway takes the chart's parameters: $mounts"
+    local search module_dir rules_dir
+    read -r search module_dir rules_dir _ <<<"$mounts"
+    mkdir -p "$dir/image"
+    cp "$BBR_ENVOY_MODULE" "$dir/image/libbbr_envoy.so"
+    # The kubelet starts the container once its volumes are there.
+    until_ok 30 test -s "$work/$provider/rules/rules.yaml" || log "the rules ConfigMap was not copied"
+    bounded "${with_mounts[@]}" "$dir/root" "$PWD" "$dir/image=$module_dir $work/$provider/rules=$rules_dir" \
+      env "ENVOY_DYNAMIC_MODULES_SEARCH_PATH=$search" \
+      "$BBR_ENVOY" -c "$dir/envoy.yaml" --concurrency 1 --log-level warn >"$dir/envoy.log" 2>&1
+  else
+    bounded "$BBR_ENVOY" -c "$dir/envoy.yaml" --concurrency 1 --log-level warn >"$dir/envoy.log" 2>&1
+  fi
   gateway="127.0.0.1:80"
   run_checks
 }
 
 # --- Envoy Gateway -----------------------------------------------------------------------
-# "${with_certs[@]}" DIR ROOT CWD COMMAND...: runs COMMAND in CWD with DIR at /certs, where Envoy
-# Gateway reads its xDS server certificate whatever its provider: in a
-# private mount namespace whose root is a tmpfs holding a bind mount of
-# every top-level entry of / (so every other path is the machine's) and
-# /certs; nothing is created on the machine's own root.
-with_certs=(unshare -m --propagation private bash -c '
-  set -e
-  certs=$1 root=$2 cwd=$3; shift 3
-  mkdir -p "$root"
-  mount -t tmpfs bbr-root "$root"
-  for entry in /* /.[!.]*; do
-    name=${entry#/}
-    if [ -L "$entry" ]; then ln -s "$(readlink "$entry")" "$root/$name"
-    elif [ -d "$entry" ]; then mkdir "$root/$name"; mount --rbind "$entry" "$root/$name"
-    elif [ -e "$entry" ]; then touch "$root/$name"; mount --bind "$entry" "$root/$name"
-    fi
-  done
-  mkdir "$root/certs"
-  mount --bind "$certs" "$root/certs"
-  exec chroot "$root" env -C "$cwd" "$@"
-' with-certs)
 
 run_envoy_gateway() {
   local dir="$work/$provider" eg="$work/$provider/eg"
@@ -656,12 +808,38 @@ provider:
         stateHome: $eg/state
         runtimeDir: $eg/run
 EOF
-  bounded "${with_certs[@]}" "$eg/config/certs/envoy-gateway" "$eg/root" "$PWD" \
+  local mounts="$eg/config/certs/envoy-gateway=/certs"
+  values="$repo/examples/kubernetes/values-envoy-gateway.yaml"
+  if [ "$mode" = module ]; then
+    # The Host provider runs Envoy without a pod: the chart patches none
+    # (bbr.module.source none), and the script puts libbbr_envoy.so where
+    # the chart's EnvoyProxy registers it, and the rules where the module's
+    # configuration reads them, in the mount namespace Envoy Gateway starts
+    # Envoy in. The chart's EnvoyProxy restates the GatewayClass's Host
+    # provider (Envoy Gateway would give it the Kubernetes one, which would
+    # win the merge). The chart goes in first, for those two paths.
+    values_more=(-f "$repo/examples/kubernetes/values-module.yaml" --set bbr.module.source=none
+      --set-json "provider.envoyGateway.envoyProxy={\"provider\": {\"type\": \"Host\", \"host\": {\"envoyVersion\": \"$ENVOY_VERSION\"}}}")
+    "$helm" install body-based-router charts/body-based-routing -n default -f "$values" "${values_more[@]}" >/dev/null
+    local module_path rules_file
+    module_path="$("$kubectl" get envoyproxy body-based-router -o jsonpath='{.spec.dynamicModules[0].source.local.path}')"
+    rules_file="$("$kubectl" get envoyextensionpolicy body-based-router -o jsonpath='{.spec.dynamicModule[0].config.rules_file}')"
+    mkdir -p "$dir/image"
+    cp "$BBR_ENVOY_MODULE" "$dir/image/$(basename "$module_path")"
+    until_ok 30 test -s "$work/$provider/rules/rules.yaml" || log "the rules ConfigMap was not copied"
+    mounts+=" $dir/image=$(dirname "$module_path") $work/$provider/rules=$(dirname "$rules_file")"
+  fi
+  bounded "${with_mounts[@]}" "$eg/root" "$PWD" "$mounts" \
     env ENVOY_GATEWAY_NAMESPACE=envoy-gateway-system \
     "$BBR_ENVOY_GATEWAY" server --config-path "$eg/envoy-gateway.yaml" >"$dir/envoy-gateway.log" 2>&1
 
-  # The demo's Gateway, its GatewayClass naming the Envoy to run.
-  apply -f examples/kubernetes/gateway-envoy-gateway.yaml
+  # The demo's Gateway, its GatewayClass naming the Envoy to run (module
+  # mode: the Gateway names the chart's EnvoyProxy, merged into that one).
+  # The GatewayClass and its EnvoyProxy first: a Gateway seen before them
+  # gets an Envoy of no version, which func-e would download.
+  local gateway_file=examples/kubernetes/gateway-envoy-gateway.yaml
+  [ "$mode" = module ] && gateway_file=examples/kubernetes/gateway-envoy-gateway-module.yaml
+  awk 'BEGIN { RS = "\n---\n" } NR == 1' "$gateway_file" | apply -f -
   "$kubectl" apply -f - >/dev/null <<EOF
 apiVersion: gateway.envoyproxy.io/v1alpha1
 kind: EnvoyProxy
@@ -676,6 +854,7 @@ spec:
 EOF
   "$kubectl" patch gatewayclass envoy-gateway --type=merge -p '{"spec": {"parametersRef":
     {"group": "gateway.envoyproxy.io", "kind": "EnvoyProxy", "name": "host", "namespace": "envoy-gateway-system"}}}' >/dev/null
+  apply -f "$gateway_file"
 
   # Envoy Gateway has no InferencePool backend of its own (Envoy AI Gateway
   # adds it): the demo's routes, with each pool's Service instead.
@@ -698,9 +877,10 @@ EOF
   apply -f "$dir/httproute.yaml"
   common_objects_no_route
 
-  values="$repo/examples/kubernetes/values-envoy-gateway.yaml"
-  "$helm" install body-based-router charts/body-based-routing -n default -f "$values" >/dev/null
-  start_bbr
+  if [ "$mode" != module ]; then
+    "$helm" install body-based-router charts/body-based-routing -n default -f "$values" >/dev/null
+    start_bbr
+  fi
 
   # The listener's port as Envoy Gateway maps it on a host (80 → 10080).
   local port
@@ -718,14 +898,19 @@ EOF
 }
 
 sync_pid=""
-for provider in ${BBR_CONTROL_PLANES:-istio envoy-gateway}; do
+values_more=()
+for provider in ${BBR_CONTROL_PLANES:-$control_planes}; do
+  # mode: ext_proc (bbr-extproc) or module (the -module runs); cp: the
+  # control plane.
+  mode=ext_proc; cp="$provider"; values_more=()
+  case "$provider" in *-module) mode=module; cp="${provider%-module}" ;; esac
   log "$provider: starting"
   mkdir -p "$work/$provider/rules"
   start_cluster
   start_models
   sync_cluster &
   sync_pid=$!; pids+=("$sync_pid")
-  case "$provider" in
+  case "$cp" in
     istio) run_istio ;;
     envoy-gateway) run_envoy_gateway ;;
     *) log "unknown control plane: $provider"; exit 2 ;;

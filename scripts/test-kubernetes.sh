@@ -2,13 +2,19 @@
 # The deployment checks, against a real Kubernetes API server on loopback:
 #
 #   - helm lint --strict and helm template for every provider, for the
-#     Go chart's own v0.5.1 and v1.5.0 default values, and for the payload
-#     processor chart's values (its defaults, and a customConfig);
+#     Go chart's own v0.5.1 and v1.5.0 default values, for the payload
+#     processor chart's values (its defaults, and a customConfig), and for
+#     the module mode (bbr.mode module: the dynamic module inside the
+#     gateway's Envoy) on Istio and Envoy Gateway;
 #   - server-side apply of the rendered chart and of examples/kubernetes/
 #     (the CRDs' schemas and CEL rules run in the API server), for every
 #     provider whose CRDs are published as Go modules (GKE's are not: said
 #     and skipped);
 #   - known-bad values files and a broken HTTPRoute are refused;
+#   - the module mode: the EnvoyFilter, the Gateway's parameters (a
+#     Deployment overlay, checked as a pod template by the API server, image
+#     volume included) and Envoy Gateway's EnvoyProxy and policy are accepted
+#     with the Gateways that name them; no bbr-extproc object is rendered;
 #   - kubectl auth can-i: the chart's RBAC allows what bbr-extproc needs
 #     (configmaps get/list/watch; token and access reviews with metrics
 #     auth; list inferencepools and pods with discovery) and nothing more;
@@ -36,7 +42,7 @@ GATEWAY_API_VERSION=v1.4.1
 INFERENCE_EXTENSION_VERSION=v1.5.0     # InferencePool, inference.networking.k8s.io/v1
 INFERENCE_EXTENSION_V0_VERSION=v0.5.1  # InferencePool, inference.networking.x-k8s.io/v1alpha2
 ISTIO_API_VERSION=v1.28.0
-ENVOY_GATEWAY_VERSION=v1.7.0
+ENVOY_GATEWAY_VERSION=v1.9.0 # the first with EnvoyExtensionPolicy dynamicModule
 PROMETHEUS_OPERATOR_VERSION=v0.85.0
 
 started=$SECONDS
@@ -159,8 +165,9 @@ crds=(
   "$gie/config/crd/bases/inference.networking.k8s.io_inferencepools.yaml"
   "$gie0/config/crd/bases/inference.networking.x-k8s.io_inferencepools.yaml"
   "$istio/kubernetes/customresourcedefinitions.gen.yaml"
-  "$eg/charts/gateway-helm/crds/generated/gateway.envoyproxy.io_envoyextensionpolicies.yaml"
-  "$eg/charts/gateway-helm/crds/generated/gateway.envoyproxy.io_httproutefilters.yaml"
+  "$eg/charts/gateway-helm/charts/crds/crds/generated/gateway.envoyproxy.io_envoyextensionpolicies.yaml"
+  "$eg/charts/gateway-helm/charts/crds/crds/generated/gateway.envoyproxy.io_httproutefilters.yaml"
+  "$eg/charts/gateway-helm/charts/crds/crds/generated/gateway.envoyproxy.io_envoyproxies.yaml"
   "$prom/example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml"
 )
 for crd in "${crds[@]}"; do
@@ -255,6 +262,18 @@ printf 'provider:\n  name: none\n' >"$values/none.yaml"
 cp "$examples/values-gke.yaml" "$values/gke.yaml"
 cp "$examples/values-istio.yaml" "$values/istio.yaml"
 cp "$examples/values-envoy-gateway.yaml" "$values/envoy-gateway.yaml"
+# The module mode: the examples' provider values with values-module.yaml
+# (below); and every other module value: the module already in the proxy,
+# an anchor, the module's options, no rules.
+cat >"$values/module-options.yaml" <<'EOF'
+provider: {name: istio, istio: {envoyFilter: {operation: INSERT_BEFORE, anchorSubFilter: envoy.filters.http.router}}}
+bbr:
+  mode: module
+  module:
+    source: none
+    directory: /opt/bbr
+    config: {policy: fast, max_body: 33554432, fail_open: [model_not_found], body_fields: [user=x-llm-user], serve_models: true}
+EOF
 cat >"$values/everything.yaml" <<'EOF'
 provider: {name: istio, istio: {envoyFilter: {operation: INSERT_BEFORE, anchorSubFilter: envoy.filters.http.router}}}
 bbr:
@@ -365,6 +384,20 @@ for v in none gke istio envoy-gateway go-v0.5.1 go-v1.5.0 everything observabili
   check "helm lint --strict ($v)" "$helm" lint --strict "$chart" -f "$values/$v.yaml"
   check "helm template ($v)" sh -c "'$helm' template body-based-router '$chart' -n bbr-${v//./-} -f '$values/$v.yaml' >'$work/$v.yaml'"
 done
+for v in istio envoy-gateway; do
+  check "helm lint --strict (module-$v)" "$helm" lint --strict "$chart" -f "$values/$v.yaml" -f "$examples/values-module.yaml"
+  check "helm template (module-$v)" sh -c "'$helm' template body-based-router '$chart' -n bbr-module-$v -f '$values/$v.yaml' -f '$examples/values-module.yaml' >'$work/module-$v.yaml'"
+done
+check "helm lint --strict (module-options)" "$helm" lint --strict "$chart" -f "$values/module-options.yaml"
+check "helm template (module-options)" sh -c "'$helm' template body-based-router '$chart' -n bbr-module-options -f '$values/module-options.yaml' >'$work/module-options.yaml'"
+same_as_default() { # the renderings of bbr.mode ext_proc are those of the defaults
+  local v
+  for v in none gke istio envoy-gateway everything observability payload-processor-config; do
+    "$helm" template body-based-router "$chart" -n "bbr-$v" -f "$values/$v.yaml" --set bbr.mode=ext_proc |
+      cmp -s - "$work/$v.yaml" || { echo "$v differs"; return 1; }
+  done
+}
+check "bbr.mode ext_proc (the default, set) renders the same objects for every provider" same_as_default
 
 # The known-bad values: refused by the schema, saying where.
 printf 'bbr:\n  metricsEndpointAuth:\n    enabled: true\n    readers: [{name: prometheus}]\n' >"$values/bad-reader.yaml"
@@ -386,6 +419,16 @@ refused "a Go logging flag bbr cannot honour is refused" "zap-devel" \
   "$helm" template x "$chart" --set bbr.flags.zap-devel=true
 refused "INSERT_BEFORE without an anchor is refused" "anchorSubFilter" \
   "$helm" template x "$chart" --set provider.name=istio --set provider.istio.envoyFilter.operation=INSERT_BEFORE
+refused "the module mode on GKE is refused (its gateway loads no module)" "/provider/name" \
+  "$helm" template x "$chart" --set provider.name=gke --set bbr.mode=module
+refused "the module mode without a provider is refused" "/provider/name" \
+  "$helm" template x "$chart" --set bbr.mode=module
+refused "a module option the module does not have is refused" "/bbr/module/config" \
+  "$helm" template x "$chart" --set provider.name=istio --set bbr.mode=module --set bbr.module.config.grpc_port=1
+refused "a module directory that is not absolute is refused" "/bbr/module/directory" \
+  "$helm" template x "$chart" --set provider.name=istio --set bbr.mode=module --set bbr.module.directory=lib
+refused "model discovery in module mode is refused (it runs in bbr-extproc)" "/bbr/discovery/inferencePools" \
+  "$helm" template x "$chart" --set provider.name=istio --set bbr.mode=module --set bbr.discovery.inferencePools=true
 
 # What each provider renders.
 has() { grep -q -- "$2" "$work/$1.yaml"; }
@@ -417,6 +460,52 @@ check "customConfig renders the PayloadProcessorConfig, --config-file, models.js
   "grep -q 'kind: PayloadProcessorConfig' '$work/payload-processor-config.yaml' && grep -q -- '--config-file=/config/config.yaml' '$work/payload-processor-config.yaml' && ! grep -q -- '--plugin' '$work/payload-processor-config.yaml' && grep -q 'models.json' '$work/payload-processor-config.yaml' && grep -q 'name: GATEWAY_NAME' '$work/payload-processor-config.yaml' && grep -q 'kind: Role\$' '$work/payload-processor-config.yaml' && grep -q 'response_header_mode: \"SEND\"' '$work/payload-processor-config.yaml' && grep -q 'request_trailer_mode: \"SKIP\"' '$work/payload-processor-config.yaml'"
 check "v0.5.1 image spelling (hub/name:tag) is honoured" \
   grep -q 'image: "registry.k8s.io/gateway-api-inference-extension/bbr:v0.5.1"' "$work/go-v0.5.1.yaml"
+
+# The module mode: what each provider renders.
+no_extproc_objects() { # nothing of bbr-extproc: no Deployment, Service, RBAC, ext_proc filter
+  ! grep -qE 'kind: (Deployment|Service|ServiceAccount|Role|ClusterRole|RoleBinding|ClusterRoleBinding|DestinationRule|PodDisruptionBudget|HorizontalPodAutoscaler)$|ExternalProcessor|extProc:' "$1"
+}
+module_istio_renders() {
+  local f="$work/module-istio.yaml"
+  grep -q 'type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter' "$f" &&
+    grep -q 'operation: INSERT_FIRST' "$f" && grep -q 'name: bbr_envoy' "$f" &&
+    grep -qF 'value: "{\"rules_file\":\"/etc/bbr/rules/rules.yaml\"}"' "$f" &&
+    grep -q 'name: body-based-router-gateway' "$f" &&
+    grep -A1 'name: ENVOY_DYNAMIC_MODULES_SEARCH_PATH' "$f" | grep -q '"/var/lib/bbr-module"' &&
+    grep -q 'reference: "ghcr.io/bbr-rs/bbr-extproc:' "$f" &&
+    grep -q 'name: body-based-router-rules' "$f" && grep -q 'base_model: google/gemma-3-27b-it' "$f" &&
+    no_extproc_objects "$f"
+}
+check "module (istio): the module's EnvoyFilter where ext_proc's goes, its rules file, the Gateway's parameters (image volume, rules, search path), nothing of bbr-extproc" \
+  module_istio_renders
+module_options_render() {
+  local f="$work/module-options.yaml"
+  grep -q 'operation: INSERT_BEFORE' "$f" && grep -A1 'subFilter:' "$f" | grep -q 'envoy.filters.http.router' &&
+    grep -qF '\"policy\":\"fast\"' "$f" && grep -qF '\"body_fields\":[\"user=x-llm-user\"]' "$f" &&
+    grep -qF '\"max_body\":33554432' "$f" && ! grep -q 'rules_file' "$f" &&
+    ! grep -q 'kind: ConfigMap' "$f" && no_extproc_objects "$f"
+}
+check "module (options): the anchor, the module's options as its JSON, no rules, no parameters with source none" \
+  module_options_render
+module_envoy_gateway_renders() {
+  local f="$work/module-envoy-gateway.yaml"
+  grep -q 'kind: EnvoyProxy' "$f" && grep -q 'mergeType: StrategicMerge' "$f" &&
+    grep -q 'path: /var/lib/bbr-module/libbbr_envoy.so' "$f" &&
+    grep -q 'reference: ghcr.io/bbr-rs/bbr-extproc:' "$f" && grep -q 'dynamicModule:' "$f" &&
+    grep -qF 'config: {"rules_file":"/etc/bbr/rules/rules.yaml"}' "$f" &&
+    grep -q 'name: body-based-router-catch-all' "$f" && no_extproc_objects "$f"
+}
+check "module (envoy-gateway): the EnvoyProxy registering the module (image volume, rules), the policy's dynamicModule, the catch-all route, nothing of bbr-extproc" \
+  module_envoy_gateway_renders
+envoy_proxy_merged() { # provider.envoyGateway.envoyProxy over the chart's EnvoyProxy spec
+  "$helm" template body-based-router "$chart" -f "$values/envoy-gateway.yaml" -f "$examples/values-module.yaml" \
+    --set-json 'provider.envoyGateway.envoyProxy={"provider": {"kubernetes": {"envoyDeployment": {"replicas": 3}}}, "concurrency": 2}' \
+    --show-only templates/envoy-gateway.yaml >"$work/module-envoy-proxy.yaml" || return 1
+  grep -q 'replicas: 3' "$work/module-envoy-proxy.yaml" && grep -q 'concurrency: 2' "$work/module-envoy-proxy.yaml" &&
+    grep -q 'reference: ghcr.io/bbr-rs/bbr-extproc:' "$work/module-envoy-proxy.yaml" &&
+    grep -q 'path: /var/lib/bbr-module/libbbr_envoy.so' "$work/module-envoy-proxy.yaml"
+}
+check "module (envoy-gateway): provider.envoyGateway.envoyProxy is merged over the chart's EnvoyProxy spec" envoy_proxy_merged
 
 # Server-side apply, each rendering in its own namespace.
 apply_ns() { # apply_ns NS FILE...
@@ -450,6 +539,38 @@ check "discovery renders its flags and a Role to list inferencepools and pods" s
   "grep -q -- '--discover-inference-pools' '$work/discovery.yaml' && grep -q -- '--discovery-period-secs=1' '$work/discovery.yaml' && grep -q -- '--discovery-grace-secs=30' '$work/discovery.yaml' && grep -q -- '--serve-models' '$work/discovery.yaml' && grep -q 'pool-reader' '$work/discovery.yaml' && ! grep -q -- '--discover-inference-pools' '$work/none.yaml'"
 check "apply: discovery (the pool reader Role) and the demo's InferencePools" apply_ns bbr-discovery \
   "$work/discovery.yaml" "$examples/inferencepools.yaml"
+check "apply: module mode (istio) and the Gateway naming its parameters" apply_ns bbr-module-istio \
+  "$work/module-istio.yaml" "$examples/gateway-istio-module.yaml" "$examples/inferencepools.yaml" "$examples/httproute.yaml"
+check "apply: module mode (envoy-gateway): EnvoyProxy with its image volume, the policy's dynamicModule, the Gateway naming the EnvoyProxy" \
+  apply_ns bbr-module-envoy-gateway "$work/module-envoy-gateway.yaml" "$examples/gateway-envoy-gateway-module.yaml" \
+  "$examples/inferencepools.yaml" "$examples/httproute.yaml"
+check "apply: module mode with its options (source none)" apply_ns bbr-module-options "$work/module-options.yaml"
+# The Gateway's parameters as istiod uses them: a strategic merge patch of
+# the Deployment it makes for the Gateway. Patched into a Deployment of the
+# same shape (kubectl's strategic merge, as istiod's), the API server takes
+# the pod template: the image volume, the mounts, the environment.
+parameters_overlay_valid() {
+  local overlay
+  overlay="$("$kubectl" -n bbr-module-istio get configmap body-based-router-gateway -o jsonpath='{.data.deployment}')" ||
+    return 1
+  cat >"$work/gateway-deployment.json" <<'EOF'
+{"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "inference-gateway-istio"},
+ "spec": {"selector": {"matchLabels": {"app": "inference-gateway"}},
+  "template": {"metadata": {"labels": {"app": "inference-gateway"}},
+   "spec": {"containers": [{"name": "istio-proxy", "image": "docker.io/istio/proxyv2:1.29.0",
+     "volumeMounts": [{"name": "istio-data", "mountPath": "/var/lib/istio/data"}]}],
+    "volumes": [{"name": "istio-data", "emptyDir": {}}]}}}}
+EOF
+  "$kubectl" patch --local -f "$work/gateway-deployment.json" --type strategic -p "$overlay" -o json \
+    >"$work/gateway-deployment-patched.json" || return 1
+  grep -q '"reference": "ghcr.io/bbr-rs/bbr-extproc:' "$work/gateway-deployment-patched.json" &&
+    grep -q '"mountPath": "/var/lib/istio/data"' "$work/gateway-deployment-patched.json" &&
+    grep -q '"mountPath": "/etc/bbr/rules"' "$work/gateway-deployment-patched.json" ||
+    { cat "$work/gateway-deployment-patched.json"; return 1; }
+  "$kubectl" apply --server-side --dry-run=server -n bbr-module-istio -f "$work/gateway-deployment-patched.json"
+}
+check "module (istio): the Gateway's parameters merge into a gateway Deployment the API server accepts (image volume, mounts, search path)" \
+  parameters_overlay_valid
 check "the rules ConfigMap holds the rule table" sh -c \
   "'$kubectl' -n bbr-everything get configmap body-based-router-rules -o jsonpath='{.data.rules\\.yaml}' | grep -q 'pool: gemma3'"
 

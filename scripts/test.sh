@@ -80,9 +80,13 @@ step cp_tools_ready
 # second build with other features.
 BBR_EXTPROC="${CARGO_TARGET_DIR:-target}/debug/bbr-extproc" step scripts/test-kubernetes.sh
 # The demo through istiod and Envoy Gateway programming a real Envoy from
-# the chart's objects (network namespaces: root only).
+# the chart's objects (network namespaces: root only), with bbr-extproc and
+# with the module (the libbbr_envoy.so bbr-envoy's tests built beside them).
 if [ "$(id -u)" = 0 ]; then
-  BBR_EXTPROC="${CARGO_TARGET_DIR:-target}/debug/bbr-extproc" step scripts/test-control-planes.sh
+  module="${CARGO_TARGET_DIR:-target}/debug/libbbr_envoy.so"
+  [ -f "$module" ] || module="${CARGO_TARGET_DIR:-target}/debug/deps/libbbr_envoy.so"
+  BBR_EXTPROC="${CARGO_TARGET_DIR:-target}/debug/bbr-extproc" BBR_ENVOY_MODULE="$module" \
+    step scripts/test-control-planes.sh
 else
   echo "skipped: the control planes (network namespaces need root)"
 fi

@@ -114,3 +114,69 @@ app: {{ .Values.bbr.name }}
 {{ hasPrefix "request" .name }}
 {{- end -}}
 {{- end -}}
+
+{{/* Whether bbr runs inside the gateway's Envoy (bbr.mode module: the
+     dynamic module libbbr_envoy.so) instead of as the bbr-extproc
+     Deployment (ext_proc, the default). */}}
+{{- define "bbr.module" -}}
+{{ eq (.Values.bbr.mode | default "ext_proc") "module" }}
+{{- end -}}
+
+{{/* The rules file as the gateway's Envoy sees it in module mode: the
+     rules ConfigMap mounted at the same place as in bbr-extproc's pod. */}}
+{{- define "bbr.moduleRulesDir" -}}
+/etc/bbr/rules
+{{- end -}}
+
+{{/* The module's filter configuration (docs/envoy-module.md), as JSON
+     text: bbr.module.config, and the rules file when there are rules. */}}
+{{- define "bbr.moduleConfig" -}}
+{{- $module := .Values.bbr.module | default dict -}}
+{{- $config := deepCopy ($module.config | default dict) -}}
+{{- if .Values.bbr.rules -}}
+{{- $_ := set $config "rules_file" (printf "%s/rules.yaml" (include "bbr.moduleRulesDir" .)) -}}
+{{- end -}}
+{{ toJson $config }}
+{{- end -}}
+
+{{/* The spec of the Gateway's EnvoyProxy in module mode, before
+     provider.envoyGateway.envoyProxy is merged over it. */}}
+{{- define "bbr.envoyProxySpec" -}}
+{{- $module := .Values.bbr.module | default dict }}
+{{- $dir := $module.directory | default "/var/lib/bbr-module" }}
+{{- $imageVolume := eq ($module.source | default "imageVolume") "imageVolume" }}
+mergeType: StrategicMerge
+dynamicModules:
+- name: bbr
+  source:
+    type: Local
+    local:
+      path: {{ printf "%s/libbbr_envoy.so" $dir }}
+{{- if $imageVolume }}
+provider:
+  type: Kubernetes
+  kubernetes:
+    envoyDeployment:
+      container:
+        volumeMounts:
+        - name: bbr-module
+          mountPath: {{ $dir }}
+          readOnly: true
+        {{- if .Values.bbr.rules }}
+        - name: bbr-rules
+          mountPath: {{ include "bbr.moduleRulesDir" . }}
+          readOnly: true
+        {{- end }}
+      pod:
+        volumes:
+        - name: bbr-module
+          image:
+            reference: {{ include "bbr.image" . | quote }}
+            pullPolicy: {{ .Values.bbr.image.pullPolicy | default "IfNotPresent" }}
+        {{- if .Values.bbr.rules }}
+        - name: bbr-rules
+          configMap:
+            name: {{ .Values.bbr.name }}-rules
+        {{- end }}
+{{- end }}
+{{- end -}}
