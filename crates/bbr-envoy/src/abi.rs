@@ -35,7 +35,7 @@ use std::{
     sync::{Arc, OnceLock},
 };
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use crate::{
     config::{RulesWatch, Settings},
@@ -492,11 +492,7 @@ extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
     end_of_stream: bool,
 ) -> CEnum {
     with_filter(envoy, filter, CONTINUE, |f, s| {
-        let chunk = match f.wants_body() {
-            true => s.received_body(),
-            false => Bytes::new(),
-        };
-        match f.on_request_body(s, &chunk, end_of_stream) {
+        match f.on_request_body(s, end_of_stream) {
             BodyStatus::Continue => CONTINUE,
             BodyStatus::Buffer => STOP_ITERATION_AND_BUFFER,
             BodyStatus::Drop => STOP_ITERATION_NO_BUFFER,
@@ -659,39 +655,62 @@ struct EnvoyStream {
     counters: Option<Counters>,
 }
 
-impl EnvoyStream {
-    /// The body chunk of this `on_request_body`, copied out of Envoy (its
-    /// slices live only for the hook; the extractor may keep the model's).
-    fn received_body(&mut self) -> Bytes {
-        self.body(RECEIVED_REQUEST_BODY)
-    }
+/// How many body slices are looked up without a heap allocation: Envoy
+/// hands a body event's chunk in one slice or a few.
+const INLINE_SLICES: usize = 8;
 
-    /// The request body of `kind` (received or buffered), copied.
-    fn body(&mut self, kind: CEnum) -> Bytes {
+impl EnvoyStream {
+    /// Calls `f` with the slices of the request body of `kind` (received
+    /// or buffered) where Envoy holds them, in order; none when Envoy has
+    /// no such body. They are valid while `f` runs: nothing changes the
+    /// body in between, and `f` cannot reach the stream.
+    fn with_body<R>(&mut self, kind: CEnum, f: impl FnOnce(&[&[u8]]) -> R) -> R {
         // SAFETY: `envoy` is the live stream of the current hook.
         let n = unsafe { (self.cb.get_body_chunks_size)(self.envoy, kind) };
         if n == 0 {
-            return Bytes::new();
+            return f(&[]);
         }
-        let mut slices = vec![EnvoyBuffer::EMPTY; n];
-        // SAFETY: `slices` has room for the `n` buffers Envoy reported for
-        // this body, in this hook, with no body change in between.
-        let ok = unsafe { (self.cb.get_body_chunks)(self.envoy, kind, slices.as_mut_ptr()) };
-        if !ok {
-            return Bytes::new();
-        }
-        let total = slices
-            .iter()
-            .map(|s| s.length)
-            .fold(0usize, usize::saturating_add);
-        let mut body = BytesMut::with_capacity(total);
-        for slice in slices {
-            // SAFETY: Envoy's body slices stay valid until the hook returns.
-            if let Some(bytes) = unsafe { slice.as_slice() } {
-                body.extend_from_slice(bytes);
+        let mut inline = [EnvoyBuffer::EMPTY; INLINE_SLICES];
+        let mut heap = Vec::new();
+        let buffers: &mut [EnvoyBuffer] = match n <= INLINE_SLICES {
+            true => &mut inline[..n],
+            false => {
+                heap.resize(n, EnvoyBuffer::EMPTY);
+                &mut heap
             }
+        };
+        // SAFETY: `buffers` has room for the `n` buffers Envoy reported for
+        // this body, in this hook, with no body change in between.
+        let ok = unsafe { (self.cb.get_body_chunks)(self.envoy, kind, buffers.as_mut_ptr()) };
+        if !ok {
+            return f(&[]);
         }
-        body.freeze()
+        let mut inline_parts: [&[u8]; INLINE_SLICES] = [&[]; INLINE_SLICES];
+        let mut heap_parts = Vec::new();
+        let parts: &mut [&[u8]] = match n <= INLINE_SLICES {
+            true => &mut inline_parts[..n],
+            false => {
+                heap_parts.resize(n, &[][..]);
+                &mut heap_parts
+            }
+        };
+        for (part, buffer) in parts.iter_mut().zip(buffers.iter()) {
+            // SAFETY: Envoy's body slices stay valid until the hook returns
+            // or the body changes; `parts` does not outlive this call, in
+            // which nothing changes the body.
+            *part = unsafe { buffer.as_slice() }.unwrap_or_default();
+        }
+        f(parts)
+    }
+
+    /// The request body of `kind` (received or buffered), copied: what a
+    /// rewrite splices, before the body is replaced.
+    fn copied_body(&mut self, kind: CEnum) -> Bytes {
+        self.with_body(kind, |parts| match parts {
+            [] => Bytes::new(),
+            [one] => Bytes::copy_from_slice(one),
+            parts => Bytes::from(parts.concat()),
+        })
     }
 }
 
@@ -777,10 +796,14 @@ impl Stream for EnvoyStream {
         }
     }
 
+    fn read_received_body(&mut self, f: &mut dyn FnMut(&[&[u8]])) {
+        self.with_body(RECEIVED_REQUEST_BODY, f);
+    }
+
     fn held_request_body(&mut self, with_received: bool) -> Vec<Bytes> {
-        let mut held = vec![self.body(BUFFERED_REQUEST_BODY)];
+        let mut held = vec![self.copied_body(BUFFERED_REQUEST_BODY)];
         if with_received {
-            held.push(self.received_body());
+            held.push(self.copied_body(RECEIVED_REQUEST_BODY));
         }
         held
     }
@@ -857,6 +880,68 @@ impl Stream for EnvoyStream {
                 ModuleBuffer::of(reply.details.as_bytes()),
             );
         }
+    }
+}
+
+/// The bytes the unit tests allocate, thread by thread: how a test shows
+/// what the filter copies of a request (a copy of body bytes needs room
+/// to go to).
+#[cfg(test)]
+pub(crate) mod allocations {
+    use std::{
+        alloc::{GlobalAlloc, Layout, System},
+        cell::Cell,
+    };
+
+    thread_local! {
+        static ALLOCATED: Cell<u64> = const { Cell::new(0) };
+    }
+
+    fn add(bytes: usize) {
+        // A constant thread-local without a destructor: no allocation, and
+        // none after the thread's end (`try_with`).
+        let _ = ALLOCATED.try_with(|n| n.set(n.get() + bytes as u64));
+    }
+
+    /// The system allocator, counting the room it hands out.
+    struct Counting;
+
+    // SAFETY: every call is passed to the system allocator with the
+    // caller's arguments; counting touches no allocated memory.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            add(layout.size());
+            // SAFETY: the caller keeps `GlobalAlloc::alloc`'s contract.
+            unsafe { System.alloc(layout) }
+        }
+
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            add(layout.size());
+            // SAFETY: as for `alloc`.
+            unsafe { System.alloc_zeroed(layout) }
+        }
+
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            add(new_size.saturating_sub(layout.size()));
+            // SAFETY: the caller keeps `GlobalAlloc::realloc`'s contract.
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // SAFETY: the caller keeps `GlobalAlloc::dealloc`'s contract.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+    }
+
+    #[global_allocator]
+    static COUNTING: Counting = Counting;
+
+    /// Runs `f`; returns what it returned and the bytes it allocated on
+    /// this thread.
+    pub(crate) fn during<R>(f: impl FnOnce() -> R) -> (R, u64) {
+        let before = ALLOCATED.with(Cell::get);
+        let r = f();
+        (r, ALLOCATED.with(Cell::get) - before)
     }
 }
 
