@@ -9,7 +9,7 @@
 //!   here under their ABI names (`envoy_dynamic_module_on_*`); those bbr
 //!   has no use for (callouts, scheduling, watermarks, response events)
 //!   answer at once;
-//! - fourteen callbacks, looked up in the Envoy process with `dlsym` when
+//! - sixteen callbacks, looked up in the Envoy process with `dlsym` when
 //!   the module is loaded rather than linked against: a callback missing
 //!   from the Envoy it runs in refuses the module at load time, with the
 //!   callback's name, instead of failing at its first call.
@@ -33,6 +33,7 @@ use std::{
     ffi::{CStr, c_char, c_void},
     panic::{AssertUnwindSafe, catch_unwind},
     sync::{Arc, OnceLock},
+    time::Duration,
 };
 
 use bytes::Bytes;
@@ -218,10 +219,23 @@ callbacks! {
     set_buffer_limit: c"envoy_dynamic_module_callback_http_set_buffer_limit"
         => unsafe extern "C" fn(*mut c_void, u64),
     define_counter: c"envoy_dynamic_module_callback_http_filter_config_define_counter"
-        => unsafe extern "C" fn(*mut c_void, ModuleBuffer, *mut ModuleBuffer, usize, *mut usize) -> CEnum,
+        => DefineMetric,
     increment_counter: c"envoy_dynamic_module_callback_http_filter_increment_counter"
-        => unsafe extern "C" fn(*mut c_void, usize, *mut ModuleBuffer, usize, u64) -> CEnum,
+        => RecordMetric,
+    define_histogram: c"envoy_dynamic_module_callback_http_filter_config_define_histogram"
+        => DefineMetric,
+    record_histogram: c"envoy_dynamic_module_callback_http_filter_record_histogram_value"
+        => RecordMetric,
 }
+
+/// `…_config_define_{counter,histogram}`: the configuration, the name, the
+/// label names and their count, where the id goes; a metrics result.
+type DefineMetric =
+    unsafe extern "C" fn(*mut c_void, ModuleBuffer, *mut ModuleBuffer, usize, *mut usize) -> CEnum;
+/// `…_increment_counter`, `…_record_histogram_value`: the stream, the id,
+/// the label values and their count, the value; a metrics result.
+type RecordMetric =
+    unsafe extern "C" fn(*mut c_void, usize, *mut ModuleBuffer, usize, u64) -> CEnum;
 
 /// Logs through Envoy (the `dynamic_modules` logger), once it is bound.
 fn log(level: CEnum, message: &str) {
@@ -262,15 +276,15 @@ extern "C" fn envoy_dynamic_module_on_program_init() -> *const c_char {
 /// The in-module filter configuration.
 struct FilterConfig {
     settings: Arc<Settings>,
-    counters: Option<Counters>,
+    stats: Option<Stats>,
     _watch: Option<RulesWatch>,
 }
 
-/// The ids of the counters defined in Envoy's stats for a configuration:
-/// the ext_proc server's metric names, under the module's
+/// The ids of the counters and histograms defined in Envoy's stats for a
+/// configuration: the ext_proc server's metric names, under the module's
 /// `metrics_namespace`.
 #[derive(Clone, Copy, Debug)]
-struct Counters {
+struct Stats {
     success: usize,
     routed: usize,
     model_not_in_body: usize,
@@ -278,51 +292,71 @@ struct Counters {
     rejected: usize,
     fail_open: usize,
     route_matches: usize,
+    decision_microseconds: usize,
+    bytes_before_decision: usize,
 }
+
+/// The decision-latency histogram: the ext_proc server's
+/// `bbr_decision_duration_seconds` in microseconds, as Envoy's histograms
+/// take whole numbers.
+const DECISION_MICROSECONDS: &str = "bbr_decision_duration_microseconds";
 
 /// `envoy_dynamic_module_type_metrics_result_Success`.
 const METRICS_SUCCESS: CEnum = 0;
 
-impl Counters {
-    /// Defines the counters on the Envoy configuration `envoy`; `None` (and
+impl Stats {
+    /// Defines the stats on the Envoy configuration `envoy`; `None` (and
     /// no counting) when Envoy refuses one.
-    fn define(cb: &Callbacks, envoy: *mut c_void) -> Option<Counters> {
-        let define = |name: &str, labels: &[&str]| {
-            let mut labels: Vec<ModuleBuffer> = labels
-                .iter()
-                .map(|l| ModuleBuffer::of(l.as_bytes()))
-                .collect();
-            let mut id = 0usize;
-            // SAFETY: `envoy` is the configuration of this config_new call;
-            // the name and labels outlive the call (Envoy copies them) and
-            // `id` is a valid place for the result.
-            let result = unsafe {
-                (cb.define_counter)(
-                    envoy,
-                    ModuleBuffer::of(name.as_bytes()),
-                    labels.as_mut_ptr(),
-                    labels.len(),
-                    &mut id,
-                )
-            };
-            (result == METRICS_SUCCESS).then_some(id)
-        };
-        Some(Counters {
-            success: define("bbr_success_total", &[])?,
-            routed: define("bbr_routed_total", &[])?,
-            model_not_in_body: define("bbr_model_not_in_body_total", &[])?,
-            model_not_parsed: define("bbr_model_not_parsed_total", &[])?,
-            rejected: define("bbr_rejected_total", &["reason"])?,
-            fail_open: define("bbr_fail_open_total", &["reason"])?,
-            route_matches: define("bbr_route_matches_total", &["rule", "pool"])?,
+    fn define(cb: &Callbacks, envoy: *mut c_void) -> Option<Stats> {
+        let counter =
+            |name: &str, labels: &[&str]| Self::define_one(cb.define_counter, envoy, name, labels);
+        let histogram = |name: &str| Self::define_one(cb.define_histogram, envoy, name, &[]);
+        Some(Stats {
+            success: counter("bbr_success_total", &[])?,
+            routed: counter("bbr_routed_total", &[])?,
+            model_not_in_body: counter("bbr_model_not_in_body_total", &[])?,
+            model_not_parsed: counter("bbr_model_not_parsed_total", &[])?,
+            rejected: counter("bbr_rejected_total", &["reason"])?,
+            fail_open: counter("bbr_fail_open_total", &["reason"])?,
+            route_matches: counter("bbr_route_matches_total", &["rule", "pool"])?,
+            decision_microseconds: histogram(DECISION_MICROSECONDS)?,
+            bytes_before_decision: histogram("bbr_bytes_before_decision")?,
         })
+    }
+
+    /// Defines one counter or histogram (`define`, Envoy's callback for
+    /// it) with `labels`; its id, or `None` when Envoy refuses it.
+    fn define_one(
+        define: DefineMetric,
+        envoy: *mut c_void,
+        name: &str,
+        labels: &[&str],
+    ) -> Option<usize> {
+        let mut labels: Vec<ModuleBuffer> = labels
+            .iter()
+            .map(|l| ModuleBuffer::of(l.as_bytes()))
+            .collect();
+        let mut id = 0usize;
+        // SAFETY: `envoy` is the configuration of this config_new call;
+        // the name and labels outlive the call (Envoy copies them) and
+        // `id` is a valid place for the result.
+        let result = unsafe {
+            define(
+                envoy,
+                ModuleBuffer::of(name.as_bytes()),
+                labels.as_mut_ptr(),
+                labels.len(),
+                &mut id,
+            )
+        };
+        (result == METRICS_SUCCESS).then_some(id)
     }
 }
 
 /// The in-module filter of one HTTP stream.
 struct ModuleFilter {
     filter: RequestFilter,
-    counters: Option<Counters>,
+    stats: Option<Stats>,
 }
 
 /// A new filter configuration from `config` (JSON); null refuses it, with
@@ -362,16 +396,16 @@ extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
             }
             None => None,
         };
-        let counters = match (CALLBACKS.get(), filter_config_envoy_ptr.is_null()) {
-            (Some(cb), false) => Counters::define(cb, filter_config_envoy_ptr),
+        let stats = match (CALLBACKS.get(), filter_config_envoy_ptr.is_null()) {
+            (Some(cb), false) => Stats::define(cb, filter_config_envoy_ptr),
             _ => None,
         };
-        if counters.is_none() && CALLBACKS.get().is_some() {
-            log(LOG_ERROR, "bbr: Envoy refused the counters; none are kept");
+        if stats.is_none() && CALLBACKS.get().is_some() {
+            log(LOG_ERROR, "bbr: Envoy refused the metrics; none are kept");
         }
         Ok(Box::new(FilterConfig {
             settings,
-            counters,
+            stats,
             _watch: watch,
         }))
     });
@@ -415,7 +449,7 @@ extern "C" fn envoy_dynamic_module_on_http_filter_new(
         let config = unsafe { &*config.cast::<FilterConfig>() };
         let filter = Box::new(ModuleFilter {
             filter: RequestFilter::new(Arc::clone(&config.settings)),
-            counters: config.counters,
+            stats: config.stats,
         });
         Box::into_raw(filter).cast_const().cast::<c_void>()
     })
@@ -457,7 +491,7 @@ fn with_filter<R>(
     let mut stream = EnvoyStream {
         envoy,
         cb,
-        counters: filter.counters,
+        stats: filter.stats,
     };
     let filter = &mut filter.filter;
     match catch_unwind(AssertUnwindSafe(|| hook(filter, &mut stream))) {
@@ -652,7 +686,7 @@ extern "C" fn envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_
 struct EnvoyStream {
     envoy: *mut c_void,
     cb: &'static Callbacks,
-    counters: Option<Counters>,
+    stats: Option<Stats>,
 }
 
 /// How many body slices are looked up without a heap allocation: Envoy
@@ -831,7 +865,7 @@ impl Stream for EnvoyStream {
     }
 
     fn count(&mut self, tally: Tally<'_>) {
-        let Some(c) = self.counters else {
+        let Some(c) = self.stats else {
             return;
         };
         let (id, labels): (usize, &[&str]) = match tally {
@@ -842,7 +876,7 @@ impl Stream for EnvoyStream {
             Tally::Rejected(kind) => (c.rejected, &[kind.as_str()]),
             Tally::FailOpen(kind) => (c.fail_open, &[kind.as_str()]),
             Tally::RouteMatch { rule, pool } => (c.route_matches, &[rule, pool]),
-            // The module defines no body-field counters.
+            // The module defines no body-field stats.
             _ => return,
         };
         let mut labels: Vec<ModuleBuffer> = labels
@@ -855,6 +889,21 @@ impl Stream for EnvoyStream {
         unsafe {
             (self.cb.increment_counter)(self.envoy, id, labels.as_mut_ptr(), labels.len(), 1)
         };
+    }
+
+    fn decided(&mut self, elapsed: Duration, bytes: u64) {
+        let Some(stats) = self.stats else {
+            return;
+        };
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        for (id, value) in [
+            (stats.decision_microseconds, micros),
+            (stats.bytes_before_decision, bytes),
+        ] {
+            // SAFETY: `envoy` is the live stream of the current hook, `id`
+            // a histogram of its configuration, without labels.
+            unsafe { (self.cb.record_histogram)(self.envoy, id, std::ptr::null_mut(), 0, value) };
+        }
     }
 
     fn send_local_reply(&mut self, reply: &LocalReply) {

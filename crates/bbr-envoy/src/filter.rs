@@ -15,7 +15,10 @@
 //! it passes; a violation ends the request with the error contract's local
 //! reply.
 
-use std::sync::Arc;
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 pub(crate) use bbr_core::session::Tally;
 use bbr_core::{
@@ -56,6 +59,9 @@ pub(crate) trait Stream {
     fn replace_held_request_body(&mut self, body: &[Bytes], with_received: bool) -> bool;
     /// Counts one event in Envoy's stats.
     fn count(&mut self, tally: Tally<'_>);
+    /// Records a decision made on the body: `elapsed` since the request
+    /// headers, and the body `bytes` read up to it.
+    fn decided(&mut self, elapsed: Duration, bytes: u64);
 }
 
 /// A reply the filter sends in place of the upstream's.
@@ -129,6 +135,9 @@ pub(crate) struct RequestFilter {
     settings: Arc<Settings>,
     /// The request's routing, from its headers on.
     session: Option<Session>,
+    /// When the body's reading started (the request headers came): the
+    /// decision latency is measured from there.
+    started: Option<Instant>,
     /// The model list went out as a local reply.
     answered: bool,
     /// The client's headers were stripped (the route cache must be cleared
@@ -141,6 +150,7 @@ impl RequestFilter {
         RequestFilter {
             settings,
             session: None,
+            started: None,
             answered: false,
             stripped: false,
         }
@@ -189,6 +199,7 @@ impl RequestFilter {
         );
         self.session = Some(session);
         if let Step::Read = step {
+            self.started = Some(Instant::now());
             // The chunks up to the model wait in Envoy's buffer.
             stream.reserve_request_buffer(settings.extractor.max_body());
             return HeadersStatus::Stop;
@@ -254,6 +265,13 @@ impl RequestFilter {
         };
         let settings = &self.settings;
         session.tally(&settings.decider, &step, |t| stream.count(t));
+        // A decision on the body, as the ext_proc server records it.
+        if let Step::Verdict(_) = step
+            && session.decided_on_body()
+            && let Some(started) = self.started
+        {
+            stream.decided(started.elapsed(), session.decided_at());
+        }
         match step {
             Step::Verdict(Verdict::Reject(e)) | Step::Reject(e) => {
                 stream.send_local_reply(&LocalReply::error(&e));
@@ -320,6 +338,8 @@ mod tests {
         received: Option<Bytes>,
         forwarded: Vec<Bytes>,
         counted: Vec<String>,
+        /// The body bytes read at each decision recorded.
+        decided: Vec<u64>,
     }
 
     impl Stream for Recorder {
@@ -363,6 +383,9 @@ mod tests {
         }
         fn count(&mut self, tally: Tally<'_>) {
             self.counted.push(format!("{tally:?}"));
+        }
+        fn decided(&mut self, _: Duration, bytes: u64) {
+            self.decided.push(bytes);
         }
         fn replace_held_request_body(&mut self, body: &[Bytes], with_received: bool) -> bool {
             self.buffered.clear();
@@ -444,6 +467,8 @@ mod tests {
             ]
         );
         assert_eq!(s.route_cache_cleared, 1);
+        // Recorded once, at the byte after the model's value.
+        assert_eq!(s.decided, [32]);
         // Checked as it passes.
         assert!(f.wants_body());
         assert_eq!(s.body(&mut f, "}", true), BodyStatus::Continue);
@@ -540,6 +565,7 @@ mod tests {
         assert_eq!(f.on_request_headers(&mut s, true), HeadersStatus::Continue);
         assert_eq!(s.removed, ["x-gateway-model-name"]);
         assert!(s.set.is_empty());
+        assert!(s.decided.is_empty(), "not decided on a body");
         assert_eq!(
             s.route_cache_cleared, 1,
             "the route is picked again without the spoof"
@@ -741,6 +767,7 @@ mod tests {
             unreachable!("no rewrite in these rules")
         }
         fn count(&mut self, _: Tally<'_>) {}
+        fn decided(&mut self, _: Duration, _: u64) {}
     }
 
     /// The bytes the filter allocates for one request of `size` bytes
