@@ -9,7 +9,7 @@
 //!   here under their ABI names (`envoy_dynamic_module_on_*`); those bbr
 //!   has no use for (callouts, scheduling, watermarks, response events)
 //!   answer at once;
-//! - sixteen callbacks, looked up in the Envoy process with `dlsym` when
+//! - seventeen callbacks, looked up in the Envoy process with `dlsym` when
 //!   the module is loaded rather than linked against: a callback missing
 //!   from the Envoy it runs in refuses the module at load time, with the
 //!   callback's name, instead of failing at its first call.
@@ -194,6 +194,8 @@ macro_rules! callbacks {
 callbacks! {
     log: c"envoy_dynamic_module_callback_log"
         => unsafe extern "C" fn(CEnum, ModuleBuffer),
+    log_enabled: c"envoy_dynamic_module_callback_log_enabled"
+        => unsafe extern "C" fn(CEnum) -> bool,
     get_headers_size: c"envoy_dynamic_module_callback_http_get_headers_size"
         => unsafe extern "C" fn(*mut c_void, CEnum) -> usize,
     get_headers: c"envoy_dynamic_module_callback_http_get_headers"
@@ -242,6 +244,19 @@ fn log(level: CEnum, message: &str) {
     if let Some(cb) = CALLBACKS.get() {
         // SAFETY: the message outlives the call; Envoy copies it.
         unsafe { (cb.log)(level, ModuleBuffer::of(message.as_bytes())) }
+    }
+}
+
+/// Logs the message `make` makes through Envoy, only when Envoy's
+/// `dynamic_modules` logger is at `level` or below (so a debug line costs
+/// a request nothing when debug logs are off).
+fn log_lazily(level: CEnum, make: impl FnOnce() -> String) {
+    let Some(cb) = CALLBACKS.get() else {
+        return;
+    };
+    // SAFETY: a plain query of Envoy's logger.
+    if unsafe { (cb.log_enabled)(level) } {
+        log(level, &make());
     }
 }
 
@@ -692,6 +707,8 @@ struct EnvoyStream {
 /// How many body slices are looked up without a heap allocation: Envoy
 /// hands a body event's chunk in one slice or a few.
 const INLINE_SLICES: usize = 8;
+/// How many request headers are looked up without a heap allocation.
+const INLINE_HEADERS: usize = 32;
 
 impl EnvoyStream {
     /// Calls `f` with the slices of the request body of `kind` (received
@@ -761,14 +778,22 @@ impl Stream for EnvoyStream {
             value_ptr: std::ptr::null(),
             value_length: 0,
         };
-        let mut headers = vec![empty; n];
+        let mut inline = [empty; INLINE_HEADERS];
+        let mut heap = Vec::new();
+        let headers: &mut [EnvoyHttpHeader] = match n <= INLINE_HEADERS {
+            true => &mut inline[..n],
+            false => {
+                heap.resize(n, empty);
+                &mut heap
+            }
+        };
         // SAFETY: `headers` has room for the `n` headers Envoy reported, in
         // this hook, with no header change in between.
         let ok = unsafe { (self.cb.get_headers)(self.envoy, REQUEST_HEADER, headers.as_mut_ptr()) };
         if !ok {
             return;
         }
-        for h in headers {
+        for h in headers.iter() {
             let key = EnvoyBuffer {
                 ptr: h.key_ptr,
                 length: h.key_length,
@@ -823,10 +848,9 @@ impl Stream for EnvoyStream {
         if limit != 0 && limit < bytes {
             // SAFETY: as above.
             unsafe { (self.cb.set_buffer_limit)(self.envoy, bytes) }
-            log(
-                LOG_DEBUG,
-                &format!("bbr: request buffer limit raised from {limit} to {bytes}"),
-            );
+            log_lazily(LOG_DEBUG, || {
+                format!("bbr: request buffer limit raised from {limit} to {bytes}")
+            });
         }
     }
 
@@ -879,15 +903,16 @@ impl Stream for EnvoyStream {
             // The module defines no body-field stats.
             _ => return,
         };
-        let mut labels: Vec<ModuleBuffer> = labels
-            .iter()
-            .map(|l| ModuleBuffer::of(l.as_bytes()))
-            .collect();
+        // Two labels at most: no allocation.
+        let mut buffers = [ModuleBuffer::NULL; 2];
+        for (buffer, label) in buffers.iter_mut().zip(labels) {
+            *buffer = ModuleBuffer::of(label.as_bytes());
+        }
         // SAFETY: `envoy` is the live stream of the current hook, `id` a
         // counter of its configuration with as many labels as given; the
         // label values outlive the call.
         unsafe {
-            (self.cb.increment_counter)(self.envoy, id, labels.as_mut_ptr(), labels.len(), 1)
+            (self.cb.increment_counter)(self.envoy, id, buffers.as_mut_ptr(), labels.len(), 1)
         };
     }
 
