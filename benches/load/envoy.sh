@@ -28,7 +28,10 @@
 #   ipp                      the llm-d Inference Payload Processor v0.1.0
 #                            (full duplex only),
 #   base, base-buffered      another bbr-extproc build, $BBR_BASE_EXTPROC
-#                            (not in the default MODES): before and after.
+#                            (not in the default MODES): before and after,
+#   module-base              Envoy with another build of the module: the
+#                            libbbr_envoy.so in the directory
+#                            $BBR_BASE_MODULE (not in the default MODES).
 #
 # Every ext_proc server is behind the same Envoy configuration
 # (examples/envoy/), TLS to the server by default (the Go v0.5.1 router
@@ -70,7 +73,7 @@ benches/load/install-wrk.sh
 # The ext_proc server and body mode of a mode.
 server_of() {
   case "$1" in
-    header|json-meta|module) echo none ;;
+    header|json-meta|module|module-base) echo none ;;
     full-duplex|buffered|headers-only) echo bbr ;;
     base|base-buffered) echo bbr-base ;;
     *-buffered) echo "${1%-buffered}" ;;
@@ -79,7 +82,7 @@ server_of() {
 }
 body_of() {
   case "$1" in
-    header|json-meta|module) echo none ;;
+    header|json-meta|module|module-base) echo none ;;
     buffered|*-buffered) echo buffered ;;
     *) echo full-duplex ;;
   esac
@@ -100,6 +103,11 @@ for mode in $MODES; do
     header) start_envoy benches/load/envoy-header.yaml "" "$BBR_TLS" "$mode" ;;
     json-meta) start_envoy benches/load/envoy-json-to-metadata.yaml "" "$BBR_TLS" "$mode" ;;
     module) start_envoy examples/envoy/module.yaml "" "$BBR_TLS" "$mode" ;;
+    module-base)
+      [ -f "${BBR_BASE_MODULE:-}/libbbr_envoy.so" ] ||
+        { echo "module-base: BBR_BASE_MODULE must be a directory holding libbbr_envoy.so" >&2; exit 1; }
+      MODULE_DIR=$BBR_BASE_MODULE start_envoy examples/envoy/module.yaml "" "$BBR_TLS" "$mode"
+      ;;
     *)
       start_server "$server" "$body" "$mode"
       SERVER[$mode]=$SERVER_PID

@@ -167,8 +167,9 @@ start_envoy() { # template server-port tls name
   if [ "$3" = false ]; then
     sed -i '/transport_socket:/,/sni: localhost/d' "$config"
   fi
-  # Where the module mode's libbbr_envoy.so is (unused by the others).
-  ENVOY_DYNAMIC_MODULES_SEARCH_PATH="$(cd "${CARGO_TARGET_DIR:-target}/release" && pwd)" \
+  # Where the module mode's libbbr_envoy.so is (unused by the others):
+  # this tree's release build unless MODULE_DIR says otherwise.
+  ENVOY_DYNAMIC_MODULES_SEARCH_PATH="${MODULE_DIR:-$(cd "${CARGO_TARGET_DIR:-target}/release" && pwd)}" \
     "$envoy_bin" -c "$config" --concurrency "${ENVOY_CONCURRENCY:-1}" \
     --disable-hot-restart -l error >"$work/envoy-$4.log" 2>&1 &
   ENVOY_PID=$!; ENVOY_PORT=$port

@@ -153,6 +153,19 @@ impl BodyExtractor {
         }
     }
 
+    /// Scans the next chunk, lent for this call only. See
+    /// [`ModelExtractor::feed_lent`].
+    pub fn feed_lent(&mut self, chunk: &[u8]) -> Result<Status, Error> {
+        match self {
+            BodyExtractor::Json(x) => x.feed_lent(chunk),
+            BodyExtractor::Multipart(x) => x.feed_lent(chunk),
+            // The compressed bytes are decoded into the extractor's own
+            // buffer: nothing of them is kept.
+            #[cfg(feature = "decompress")]
+            BodyExtractor::Compressed(x) => x.feed(chunk),
+        }
+    }
+
     /// Ends the body. See [`ModelExtractor::finish`].
     pub fn finish(&mut self) -> Result<&Extraction, Error> {
         match self {

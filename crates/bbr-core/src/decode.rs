@@ -157,7 +157,7 @@ mod decoding {
             &self.inner
         }
 
-        pub(crate) fn feed(&mut self, chunk: &Bytes) -> Result<Status, Error> {
+        pub(crate) fn feed(&mut self, chunk: &[u8]) -> Result<Status, Error> {
             if let Some(error) = &self.error {
                 return Err(error.clone());
             }

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use crate::{
     Error, ErrorKind, Extraction, ExtractorConfig, FieldValue, Model, Status,
     config::MAX_FIELD_NAME_LEN,
-    progress::{self, Progress, Scan},
+    progress::{self, Chunk, Progress, Scan},
     scan,
 };
 
@@ -206,7 +206,15 @@ impl ModelExtractor {
     /// Past the configured body limit without a decision, the error is
     /// [`ErrorKind::TooLarge`].
     pub fn feed(&mut self, chunk: &Bytes) -> Result<Status, Error> {
-        progress::feed(self, chunk)
+        progress::feed(self, Chunk::Shared(chunk))
+    }
+
+    /// Scans the next chunk, lent for this call only (a proxy's buffer
+    /// read in place): as [`feed`](Self::feed), but a model found whole in
+    /// the chunk is copied instead of sliced, so nothing refers to `chunk`
+    /// once the call returns.
+    pub fn feed_lent(&mut self, chunk: &[u8]) -> Result<Status, Error> {
+        progress::feed(self, Chunk::Lent(chunk))
     }
 
     /// Ends the body: checks that it is complete and returns the decision.
@@ -249,8 +257,8 @@ impl ModelExtractor {
     }
 
     /// Scans `chunk[from..to]`. Stops early once decided in the fast policy.
-    fn scan_json(&mut self, chunk: &Bytes, from: usize, to: usize) -> Result<(), Error> {
-        let buf = &chunk[..to];
+    fn scan_json(&mut self, chunk: Chunk<'_>, from: usize, to: usize) -> Result<(), Error> {
+        let buf = &chunk.bytes()[..to];
         let base = self.p.base;
         let mut i = from;
         // Where the block path may be tried again.
@@ -762,7 +770,7 @@ impl ModelExtractor {
     }
 
     /// The closing quote of a string at `chunk[i]`.
-    fn end_string(&mut self, chunk: &Bytes, base: u64, i: usize) -> Result<(), Error> {
+    fn end_string(&mut self, chunk: Chunk<'_>, base: u64, i: usize) -> Result<(), Error> {
         let end = base + i as u64 + 1;
         if !self.capturing {
             if self.kind == StrKind::Key {
@@ -776,7 +784,7 @@ impl ModelExtractor {
         let (content, overflow): (&[u8], bool) = if self.spilled {
             (&self.buf, self.overflow)
         } else {
-            let content = &chunk[self.cap_from.min(i)..i];
+            let content = &chunk.bytes()[self.cap_from.min(i)..i];
             (content, content.len() > self.capture_limit())
         };
         match self.kind {
@@ -815,11 +823,13 @@ impl ModelExtractor {
                 // invalid JSON, refused before the closing quote.
                 let max_len = self.p.config.max_model_len();
                 progress::check_model(content, overflow, !self.spilled, start, max_len)?;
-                // Borrowed when the whole value lies in this chunk, unescaped.
+                // Borrowed when the whole value lies in this chunk, unescaped
+                // (and the chunk is the caller's to share).
                 let model = if self.spilled {
                     Model::new(Bytes::copy_from_slice(content), start..end, false)
                 } else {
-                    Model::new(chunk.slice(self.cap_from..i), start..end, true)
+                    let (text, borrowed) = chunk.keep(self.cap_from..i);
+                    Model::new(text, start..end, borrowed)
                 };
                 self.p.set_model(model, end);
                 self.after_value(end);
@@ -932,7 +942,7 @@ impl Scan for ModelExtractor {
         &mut self.p
     }
 
-    fn scan(&mut self, chunk: &Bytes, from: usize, to: usize) -> Result<(), Error> {
+    fn scan(&mut self, chunk: Chunk<'_>, from: usize, to: usize) -> Result<(), Error> {
         self.scan_json(chunk, from, to)
     }
 

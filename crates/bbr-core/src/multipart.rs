@@ -12,7 +12,7 @@ use memchr::memmem;
 
 use crate::{
     Error, ErrorKind, Extraction, ExtractorConfig, FieldValue, Model, Status,
-    progress::{self, Progress, Scan},
+    progress::{self, Chunk, Progress, Scan},
 };
 
 /// The largest header block a part may have, in bytes.
@@ -116,7 +116,13 @@ impl MultipartExtractor {
 
     /// Scans the next chunk. See [`ModelExtractor::feed`](crate::ModelExtractor::feed).
     pub fn feed(&mut self, chunk: &Bytes) -> Result<Status, Error> {
-        progress::feed(self, chunk)
+        progress::feed(self, Chunk::Shared(chunk))
+    }
+
+    /// Scans the next chunk, lent for this call only. See
+    /// [`ModelExtractor::feed_lent`](crate::ModelExtractor::feed_lent).
+    pub fn feed_lent(&mut self, chunk: &[u8]) -> Result<Status, Error> {
+        progress::feed(self, Chunk::Lent(chunk))
     }
 
     /// Ends the body. In the strict policy the closing delimiter must have
@@ -146,8 +152,8 @@ impl MultipartExtractor {
     }
 
     /// Scans `chunk[from..to]`.
-    fn scan_multipart(&mut self, chunk: &Bytes, from: usize, to: usize) -> Result<(), Error> {
-        let buf = &chunk[..to];
+    fn scan_multipart(&mut self, chunk: Chunk<'_>, from: usize, to: usize) -> Result<(), Error> {
+        let buf = &chunk.bytes()[..to];
         let base = self.p.base;
         let mut i = from;
         while i < buf.len() {
@@ -350,7 +356,7 @@ impl Scan for MultipartExtractor {
         &mut self.p
     }
 
-    fn scan(&mut self, chunk: &Bytes, from: usize, to: usize) -> Result<(), Error> {
+    fn scan(&mut self, chunk: Chunk<'_>, from: usize, to: usize) -> Result<(), Error> {
         self.scan_multipart(chunk, from, to)
     }
 

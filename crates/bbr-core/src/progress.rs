@@ -2,9 +2,42 @@
 //! the body limit before a decision, sticky errors, and the feed/finish
 //! protocol around each one's scanner.
 
+use std::ops::Range;
+
 use bytes::Bytes;
 
 use crate::{Error, ErrorKind, Extraction, ExtractorConfig, FieldValue, Model, Policy, Status};
+
+/// A body chunk as a scanner sees it: the caller's [`Bytes`], of which a
+/// value found whole in the chunk is kept as a refcounted slice, or bytes
+/// only lent for the call (a proxy's own buffer), of which a value kept is
+/// copied.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Chunk<'a> {
+    Shared(&'a Bytes),
+    Lent(&'a [u8]),
+}
+
+impl<'a> Chunk<'a> {
+    /// The chunk's bytes.
+    #[inline]
+    pub(crate) fn bytes(self) -> &'a [u8] {
+        match self {
+            Chunk::Shared(chunk) => chunk,
+            Chunk::Lent(chunk) => chunk,
+        }
+    }
+
+    /// `range` of the chunk, kept past the call: a slice of a shared chunk
+    /// (`true`: borrowed, nothing copied), a copy of a lent one.
+    #[inline]
+    pub(crate) fn keep(self, range: Range<usize>) -> (Bytes, bool) {
+        match self {
+            Chunk::Shared(chunk) => (chunk.slice(range), true),
+            Chunk::Lent(chunk) => (Bytes::copy_from_slice(&chunk[range]), false),
+        }
+    }
+}
 
 /// The most extra fields one extractor looks for (a bit each in a `u64`).
 pub(crate) const MAX_FIELDS: usize = 64;
@@ -210,7 +243,7 @@ pub(crate) trait Scan {
     fn progress(&self) -> &Progress;
     fn progress_mut(&mut self) -> &mut Progress;
     /// Scans `chunk[from..to]`; offsets are relative to `progress().base`.
-    fn scan(&mut self, chunk: &Bytes, from: usize, to: usize) -> Result<(), Error>;
+    fn scan(&mut self, chunk: Chunk<'_>, from: usize, to: usize) -> Result<(), Error>;
     /// Whether the body may end here in the strict policy.
     fn complete(&self) -> bool;
     /// Whether later chunks still need scanning.
@@ -221,7 +254,8 @@ pub(crate) trait Scan {
 
 /// Scans the next chunk: the body limit applies before the decision only;
 /// after an error every call returns it.
-pub(crate) fn feed<S: Scan>(s: &mut S, chunk: &Bytes) -> Result<Status, Error> {
+pub(crate) fn feed<S: Scan>(s: &mut S, chunk: Chunk<'_>) -> Result<Status, Error> {
+    let len = chunk.bytes().len();
     let p = s.progress();
     if let Some(err) = &p.error {
         return Err(err.clone());
@@ -229,13 +263,13 @@ pub(crate) fn feed<S: Scan>(s: &mut S, chunk: &Bytes) -> Result<Status, Error> {
     if p.decided && !s.needs_scanning() {
         return Ok(Status::Found);
     }
-    let mut end = chunk.len();
+    let mut end = len;
     if !p.decided {
         let budget = p.config.max_body().saturating_sub(p.base);
         end = end.min(usize::try_from(budget).unwrap_or(usize::MAX));
     }
     let mut result = s.scan(chunk, 0, end);
-    if result.is_ok() && end < chunk.len() {
+    if result.is_ok() && end < len {
         let p = s.progress();
         if !p.decided {
             result = Err(Error::new(
@@ -244,11 +278,11 @@ pub(crate) fn feed<S: Scan>(s: &mut S, chunk: &Bytes) -> Result<Status, Error> {
                 "request body is larger than the limit before the model",
             ));
         } else if s.needs_scanning() {
-            result = s.scan(chunk, end, chunk.len());
+            result = s.scan(chunk, end, len);
         }
     }
     let p = s.progress_mut();
-    p.base += chunk.len() as u64;
+    p.base += len as u64;
     match result {
         Ok(()) if p.decided => Ok(Status::Found),
         Ok(()) => Ok(Status::Pending),

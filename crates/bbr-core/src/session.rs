@@ -275,6 +275,21 @@ impl Session {
     /// `BUFFERED`, the whole body).
     #[inline]
     pub fn chunk(&mut self, decider: &Decider, chunk: &Bytes, end: bool) -> Step {
+        self.piece(decider, Piece::Shared(chunk), end)
+    }
+
+    /// A body chunk the adapter only lends for this call, in `parts` (a
+    /// proxy's buffer read where it lies, Envoy's slices): the same step as
+    /// [`chunk`](Self::chunk) on the parts joined, but nothing refers to
+    /// them once the call returns — a model found in them is copied, the
+    /// rest of the bytes are not.
+    #[inline]
+    pub fn lent_chunk(&mut self, decider: &Decider, parts: &[&[u8]], end: bool) -> Step {
+        self.piece(decider, Piece::Lent(parts), end)
+    }
+
+    #[inline]
+    fn piece(&mut self, decider: &Decider, chunk: Piece<'_>, end: bool) -> Step {
         match self.phase {
             Phase::Start | Phase::Passing => Step::Release,
             Phase::Done => Step::Drop,
@@ -284,9 +299,10 @@ impl Session {
                     return Step::Release;
                 };
                 let mut status = Ok(Status::Pending);
-                if !chunk.is_empty() {
-                    status = x.feed(chunk);
-                    self.held += chunk.len() as u64;
+                let len = chunk.len();
+                if len != 0 {
+                    status = chunk.feed(x);
+                    self.held += len;
                 }
                 match status {
                     Ok(Status::Pending) if !end => Step::Hold,
@@ -305,7 +321,7 @@ impl Session {
     pub fn end(&mut self, decider: &Decider) -> Step {
         match self.phase {
             Phase::Reading => self.read_done(decider, true),
-            Phase::Checking => self.check(decider, &Bytes::new(), true),
+            Phase::Checking => self.check(decider, Piece::Lent(&[]), true),
             Phase::Done => Step::Drop,
             Phase::Start | Phase::Passing => Step::Release,
         }
@@ -372,13 +388,13 @@ impl Session {
     }
 
     /// Checks a chunk after the verdict (strict policy).
-    fn check(&mut self, decider: &Decider, chunk: &Bytes, end: bool) -> Step {
+    fn check(&mut self, decider: &Decider, chunk: Piece<'_>, end: bool) -> Step {
         let Some(x) = self.extractor.as_mut() else {
             return Step::Release;
         };
         let mut result = Ok(());
-        if x.needs_scanning() && !chunk.is_empty() {
-            result = x.feed(chunk).map(drop);
+        if x.needs_scanning() && chunk.len() != 0 {
+            result = chunk.feed(x).map(drop);
         }
         if result.is_ok() && end {
             result = x.finish().map(drop);
@@ -503,6 +519,44 @@ impl Session {
             Step::Reject(error) => f(Tally::Rejected(error.kind())),
             Step::ReleaseUnchecked(error) => f(Tally::FailOpen(error.kind())),
             _ => {}
+        }
+    }
+}
+
+/// A body chunk as the session is given it.
+#[derive(Clone, Copy)]
+enum Piece<'a> {
+    /// The adapter's own: what the extractor keeps of it is a slice.
+    Shared(&'a Bytes),
+    /// Lent for the call, in parts: what the extractor keeps is copied.
+    Lent(&'a [&'a [u8]]),
+}
+
+impl Piece<'_> {
+    #[inline]
+    fn len(self) -> u64 {
+        match self {
+            Piece::Shared(chunk) => chunk.len() as u64,
+            Piece::Lent(parts) => parts.iter().map(|p| p.len() as u64).sum(),
+        }
+    }
+
+    /// Feeds the chunk to `x`, its parts in turn (the extractor resumes
+    /// across them as across chunks), up to the first error.
+    #[inline]
+    fn feed(self, x: &mut BodyExtractor) -> Result<Status, Error> {
+        match self {
+            Piece::Shared(chunk) => x.feed(chunk),
+            Piece::Lent(parts) => {
+                let mut status = Ok(Status::Pending);
+                for part in parts.iter().filter(|p| !p.is_empty()) {
+                    status = x.feed_lent(part);
+                    if status.is_err() {
+                        break;
+                    }
+                }
+                status
+            }
         }
     }
 }

@@ -9,7 +9,7 @@
 //!   here under their ABI names (`envoy_dynamic_module_on_*`); those bbr
 //!   has no use for (callouts, scheduling, watermarks, response events)
 //!   answer at once;
-//! - fourteen callbacks, looked up in the Envoy process with `dlsym` when
+//! - seventeen callbacks, looked up in the Envoy process with `dlsym` when
 //!   the module is loaded rather than linked against: a callback missing
 //!   from the Envoy it runs in refuses the module at load time, with the
 //!   callback's name, instead of failing at its first call.
@@ -33,9 +33,10 @@ use std::{
     ffi::{CStr, c_char, c_void},
     panic::{AssertUnwindSafe, catch_unwind},
     sync::{Arc, OnceLock},
+    time::Duration,
 };
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use crate::{
     config::{RulesWatch, Settings},
@@ -193,6 +194,8 @@ macro_rules! callbacks {
 callbacks! {
     log: c"envoy_dynamic_module_callback_log"
         => unsafe extern "C" fn(CEnum, ModuleBuffer),
+    log_enabled: c"envoy_dynamic_module_callback_log_enabled"
+        => unsafe extern "C" fn(CEnum) -> bool,
     get_headers_size: c"envoy_dynamic_module_callback_http_get_headers_size"
         => unsafe extern "C" fn(*mut c_void, CEnum) -> usize,
     get_headers: c"envoy_dynamic_module_callback_http_get_headers"
@@ -218,16 +221,42 @@ callbacks! {
     set_buffer_limit: c"envoy_dynamic_module_callback_http_set_buffer_limit"
         => unsafe extern "C" fn(*mut c_void, u64),
     define_counter: c"envoy_dynamic_module_callback_http_filter_config_define_counter"
-        => unsafe extern "C" fn(*mut c_void, ModuleBuffer, *mut ModuleBuffer, usize, *mut usize) -> CEnum,
+        => DefineMetric,
     increment_counter: c"envoy_dynamic_module_callback_http_filter_increment_counter"
-        => unsafe extern "C" fn(*mut c_void, usize, *mut ModuleBuffer, usize, u64) -> CEnum,
+        => RecordMetric,
+    define_histogram: c"envoy_dynamic_module_callback_http_filter_config_define_histogram"
+        => DefineMetric,
+    record_histogram: c"envoy_dynamic_module_callback_http_filter_record_histogram_value"
+        => RecordMetric,
 }
+
+/// `…_config_define_{counter,histogram}`: the configuration, the name, the
+/// label names and their count, where the id goes; a metrics result.
+type DefineMetric =
+    unsafe extern "C" fn(*mut c_void, ModuleBuffer, *mut ModuleBuffer, usize, *mut usize) -> CEnum;
+/// `…_increment_counter`, `…_record_histogram_value`: the stream, the id,
+/// the label values and their count, the value; a metrics result.
+type RecordMetric =
+    unsafe extern "C" fn(*mut c_void, usize, *mut ModuleBuffer, usize, u64) -> CEnum;
 
 /// Logs through Envoy (the `dynamic_modules` logger), once it is bound.
 fn log(level: CEnum, message: &str) {
     if let Some(cb) = CALLBACKS.get() {
         // SAFETY: the message outlives the call; Envoy copies it.
         unsafe { (cb.log)(level, ModuleBuffer::of(message.as_bytes())) }
+    }
+}
+
+/// Logs the message `make` makes through Envoy, only when Envoy's
+/// `dynamic_modules` logger is at `level` or below (so a debug line costs
+/// a request nothing when debug logs are off).
+fn log_lazily(level: CEnum, make: impl FnOnce() -> String) {
+    let Some(cb) = CALLBACKS.get() else {
+        return;
+    };
+    // SAFETY: a plain query of Envoy's logger.
+    if unsafe { (cb.log_enabled)(level) } {
+        log(level, &make());
     }
 }
 
@@ -262,15 +291,15 @@ extern "C" fn envoy_dynamic_module_on_program_init() -> *const c_char {
 /// The in-module filter configuration.
 struct FilterConfig {
     settings: Arc<Settings>,
-    counters: Option<Counters>,
+    stats: Option<Stats>,
     _watch: Option<RulesWatch>,
 }
 
-/// The ids of the counters defined in Envoy's stats for a configuration:
-/// the ext_proc server's metric names, under the module's
+/// The ids of the counters and histograms defined in Envoy's stats for a
+/// configuration: the ext_proc server's metric names, under the module's
 /// `metrics_namespace`.
 #[derive(Clone, Copy, Debug)]
-struct Counters {
+struct Stats {
     success: usize,
     routed: usize,
     model_not_in_body: usize,
@@ -278,51 +307,71 @@ struct Counters {
     rejected: usize,
     fail_open: usize,
     route_matches: usize,
+    decision_microseconds: usize,
+    bytes_before_decision: usize,
 }
+
+/// The decision-latency histogram: the ext_proc server's
+/// `bbr_decision_duration_seconds` in microseconds, as Envoy's histograms
+/// take whole numbers.
+const DECISION_MICROSECONDS: &str = "bbr_decision_duration_microseconds";
 
 /// `envoy_dynamic_module_type_metrics_result_Success`.
 const METRICS_SUCCESS: CEnum = 0;
 
-impl Counters {
-    /// Defines the counters on the Envoy configuration `envoy`; `None` (and
+impl Stats {
+    /// Defines the stats on the Envoy configuration `envoy`; `None` (and
     /// no counting) when Envoy refuses one.
-    fn define(cb: &Callbacks, envoy: *mut c_void) -> Option<Counters> {
-        let define = |name: &str, labels: &[&str]| {
-            let mut labels: Vec<ModuleBuffer> = labels
-                .iter()
-                .map(|l| ModuleBuffer::of(l.as_bytes()))
-                .collect();
-            let mut id = 0usize;
-            // SAFETY: `envoy` is the configuration of this config_new call;
-            // the name and labels outlive the call (Envoy copies them) and
-            // `id` is a valid place for the result.
-            let result = unsafe {
-                (cb.define_counter)(
-                    envoy,
-                    ModuleBuffer::of(name.as_bytes()),
-                    labels.as_mut_ptr(),
-                    labels.len(),
-                    &mut id,
-                )
-            };
-            (result == METRICS_SUCCESS).then_some(id)
-        };
-        Some(Counters {
-            success: define("bbr_success_total", &[])?,
-            routed: define("bbr_routed_total", &[])?,
-            model_not_in_body: define("bbr_model_not_in_body_total", &[])?,
-            model_not_parsed: define("bbr_model_not_parsed_total", &[])?,
-            rejected: define("bbr_rejected_total", &["reason"])?,
-            fail_open: define("bbr_fail_open_total", &["reason"])?,
-            route_matches: define("bbr_route_matches_total", &["rule", "pool"])?,
+    fn define(cb: &Callbacks, envoy: *mut c_void) -> Option<Stats> {
+        let counter =
+            |name: &str, labels: &[&str]| Self::define_one(cb.define_counter, envoy, name, labels);
+        let histogram = |name: &str| Self::define_one(cb.define_histogram, envoy, name, &[]);
+        Some(Stats {
+            success: counter("bbr_success_total", &[])?,
+            routed: counter("bbr_routed_total", &[])?,
+            model_not_in_body: counter("bbr_model_not_in_body_total", &[])?,
+            model_not_parsed: counter("bbr_model_not_parsed_total", &[])?,
+            rejected: counter("bbr_rejected_total", &["reason"])?,
+            fail_open: counter("bbr_fail_open_total", &["reason"])?,
+            route_matches: counter("bbr_route_matches_total", &["rule", "pool"])?,
+            decision_microseconds: histogram(DECISION_MICROSECONDS)?,
+            bytes_before_decision: histogram("bbr_bytes_before_decision")?,
         })
+    }
+
+    /// Defines one counter or histogram (`define`, Envoy's callback for
+    /// it) with `labels`; its id, or `None` when Envoy refuses it.
+    fn define_one(
+        define: DefineMetric,
+        envoy: *mut c_void,
+        name: &str,
+        labels: &[&str],
+    ) -> Option<usize> {
+        let mut labels: Vec<ModuleBuffer> = labels
+            .iter()
+            .map(|l| ModuleBuffer::of(l.as_bytes()))
+            .collect();
+        let mut id = 0usize;
+        // SAFETY: `envoy` is the configuration of this config_new call;
+        // the name and labels outlive the call (Envoy copies them) and
+        // `id` is a valid place for the result.
+        let result = unsafe {
+            define(
+                envoy,
+                ModuleBuffer::of(name.as_bytes()),
+                labels.as_mut_ptr(),
+                labels.len(),
+                &mut id,
+            )
+        };
+        (result == METRICS_SUCCESS).then_some(id)
     }
 }
 
 /// The in-module filter of one HTTP stream.
 struct ModuleFilter {
     filter: RequestFilter,
-    counters: Option<Counters>,
+    stats: Option<Stats>,
 }
 
 /// A new filter configuration from `config` (JSON); null refuses it, with
@@ -362,16 +411,16 @@ extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
             }
             None => None,
         };
-        let counters = match (CALLBACKS.get(), filter_config_envoy_ptr.is_null()) {
-            (Some(cb), false) => Counters::define(cb, filter_config_envoy_ptr),
+        let stats = match (CALLBACKS.get(), filter_config_envoy_ptr.is_null()) {
+            (Some(cb), false) => Stats::define(cb, filter_config_envoy_ptr),
             _ => None,
         };
-        if counters.is_none() && CALLBACKS.get().is_some() {
-            log(LOG_ERROR, "bbr: Envoy refused the counters; none are kept");
+        if stats.is_none() && CALLBACKS.get().is_some() {
+            log(LOG_ERROR, "bbr: Envoy refused the metrics; none are kept");
         }
         Ok(Box::new(FilterConfig {
             settings,
-            counters,
+            stats,
             _watch: watch,
         }))
     });
@@ -415,7 +464,7 @@ extern "C" fn envoy_dynamic_module_on_http_filter_new(
         let config = unsafe { &*config.cast::<FilterConfig>() };
         let filter = Box::new(ModuleFilter {
             filter: RequestFilter::new(Arc::clone(&config.settings)),
-            counters: config.counters,
+            stats: config.stats,
         });
         Box::into_raw(filter).cast_const().cast::<c_void>()
     })
@@ -457,7 +506,7 @@ fn with_filter<R>(
     let mut stream = EnvoyStream {
         envoy,
         cb,
-        counters: filter.counters,
+        stats: filter.stats,
     };
     let filter = &mut filter.filter;
     match catch_unwind(AssertUnwindSafe(|| hook(filter, &mut stream))) {
@@ -492,11 +541,7 @@ extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
     end_of_stream: bool,
 ) -> CEnum {
     with_filter(envoy, filter, CONTINUE, |f, s| {
-        let chunk = match f.wants_body() {
-            true => s.received_body(),
-            false => Bytes::new(),
-        };
-        match f.on_request_body(s, &chunk, end_of_stream) {
+        match f.on_request_body(s, end_of_stream) {
             BodyStatus::Continue => CONTINUE,
             BodyStatus::Buffer => STOP_ITERATION_AND_BUFFER,
             BodyStatus::Drop => STOP_ITERATION_NO_BUFFER,
@@ -656,42 +701,67 @@ extern "C" fn envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_
 struct EnvoyStream {
     envoy: *mut c_void,
     cb: &'static Callbacks,
-    counters: Option<Counters>,
+    stats: Option<Stats>,
 }
 
-impl EnvoyStream {
-    /// The body chunk of this `on_request_body`, copied out of Envoy (its
-    /// slices live only for the hook; the extractor may keep the model's).
-    fn received_body(&mut self) -> Bytes {
-        self.body(RECEIVED_REQUEST_BODY)
-    }
+/// How many body slices are looked up without a heap allocation: Envoy
+/// hands a body event's chunk in one slice or a few.
+const INLINE_SLICES: usize = 8;
+/// How many request headers are looked up without a heap allocation.
+const INLINE_HEADERS: usize = 32;
 
-    /// The request body of `kind` (received or buffered), copied.
-    fn body(&mut self, kind: CEnum) -> Bytes {
+impl EnvoyStream {
+    /// Calls `f` with the slices of the request body of `kind` (received
+    /// or buffered) where Envoy holds them, in order; none when Envoy has
+    /// no such body. They are valid while `f` runs: nothing changes the
+    /// body in between, and `f` cannot reach the stream.
+    fn with_body<R>(&mut self, kind: CEnum, f: impl FnOnce(&[&[u8]]) -> R) -> R {
         // SAFETY: `envoy` is the live stream of the current hook.
         let n = unsafe { (self.cb.get_body_chunks_size)(self.envoy, kind) };
         if n == 0 {
-            return Bytes::new();
+            return f(&[]);
         }
-        let mut slices = vec![EnvoyBuffer::EMPTY; n];
-        // SAFETY: `slices` has room for the `n` buffers Envoy reported for
-        // this body, in this hook, with no body change in between.
-        let ok = unsafe { (self.cb.get_body_chunks)(self.envoy, kind, slices.as_mut_ptr()) };
-        if !ok {
-            return Bytes::new();
-        }
-        let total = slices
-            .iter()
-            .map(|s| s.length)
-            .fold(0usize, usize::saturating_add);
-        let mut body = BytesMut::with_capacity(total);
-        for slice in slices {
-            // SAFETY: Envoy's body slices stay valid until the hook returns.
-            if let Some(bytes) = unsafe { slice.as_slice() } {
-                body.extend_from_slice(bytes);
+        let mut inline = [EnvoyBuffer::EMPTY; INLINE_SLICES];
+        let mut heap = Vec::new();
+        let buffers: &mut [EnvoyBuffer] = match n <= INLINE_SLICES {
+            true => &mut inline[..n],
+            false => {
+                heap.resize(n, EnvoyBuffer::EMPTY);
+                &mut heap
             }
+        };
+        // SAFETY: `buffers` has room for the `n` buffers Envoy reported for
+        // this body, in this hook, with no body change in between.
+        let ok = unsafe { (self.cb.get_body_chunks)(self.envoy, kind, buffers.as_mut_ptr()) };
+        if !ok {
+            return f(&[]);
         }
-        body.freeze()
+        let mut inline_parts: [&[u8]; INLINE_SLICES] = [&[]; INLINE_SLICES];
+        let mut heap_parts = Vec::new();
+        let parts: &mut [&[u8]] = match n <= INLINE_SLICES {
+            true => &mut inline_parts[..n],
+            false => {
+                heap_parts.resize(n, &[][..]);
+                &mut heap_parts
+            }
+        };
+        for (part, buffer) in parts.iter_mut().zip(buffers.iter()) {
+            // SAFETY: Envoy's body slices stay valid until the hook returns
+            // or the body changes; `parts` does not outlive this call, in
+            // which nothing changes the body.
+            *part = unsafe { buffer.as_slice() }.unwrap_or_default();
+        }
+        f(parts)
+    }
+
+    /// The request body of `kind` (received or buffered), copied: what a
+    /// rewrite splices, before the body is replaced.
+    fn copied_body(&mut self, kind: CEnum) -> Bytes {
+        self.with_body(kind, |parts| match parts {
+            [] => Bytes::new(),
+            [one] => Bytes::copy_from_slice(one),
+            parts => Bytes::from(parts.concat()),
+        })
     }
 }
 
@@ -708,14 +778,22 @@ impl Stream for EnvoyStream {
             value_ptr: std::ptr::null(),
             value_length: 0,
         };
-        let mut headers = vec![empty; n];
+        let mut inline = [empty; INLINE_HEADERS];
+        let mut heap = Vec::new();
+        let headers: &mut [EnvoyHttpHeader] = match n <= INLINE_HEADERS {
+            true => &mut inline[..n],
+            false => {
+                heap.resize(n, empty);
+                &mut heap
+            }
+        };
         // SAFETY: `headers` has room for the `n` headers Envoy reported, in
         // this hook, with no header change in between.
         let ok = unsafe { (self.cb.get_headers)(self.envoy, REQUEST_HEADER, headers.as_mut_ptr()) };
         if !ok {
             return;
         }
-        for h in headers {
+        for h in headers.iter() {
             let key = EnvoyBuffer {
                 ptr: h.key_ptr,
                 length: h.key_length,
@@ -770,17 +848,20 @@ impl Stream for EnvoyStream {
         if limit != 0 && limit < bytes {
             // SAFETY: as above.
             unsafe { (self.cb.set_buffer_limit)(self.envoy, bytes) }
-            log(
-                LOG_DEBUG,
-                &format!("bbr: request buffer limit raised from {limit} to {bytes}"),
-            );
+            log_lazily(LOG_DEBUG, || {
+                format!("bbr: request buffer limit raised from {limit} to {bytes}")
+            });
         }
     }
 
+    fn read_received_body(&mut self, f: &mut dyn FnMut(&[&[u8]])) {
+        self.with_body(RECEIVED_REQUEST_BODY, f);
+    }
+
     fn held_request_body(&mut self, with_received: bool) -> Vec<Bytes> {
-        let mut held = vec![self.body(BUFFERED_REQUEST_BODY)];
+        let mut held = vec![self.copied_body(BUFFERED_REQUEST_BODY)];
         if with_received {
-            held.push(self.received_body());
+            held.push(self.copied_body(RECEIVED_REQUEST_BODY));
         }
         held
     }
@@ -808,7 +889,7 @@ impl Stream for EnvoyStream {
     }
 
     fn count(&mut self, tally: Tally<'_>) {
-        let Some(c) = self.counters else {
+        let Some(c) = self.stats else {
             return;
         };
         let (id, labels): (usize, &[&str]) = match tally {
@@ -819,19 +900,35 @@ impl Stream for EnvoyStream {
             Tally::Rejected(kind) => (c.rejected, &[kind.as_str()]),
             Tally::FailOpen(kind) => (c.fail_open, &[kind.as_str()]),
             Tally::RouteMatch { rule, pool } => (c.route_matches, &[rule, pool]),
-            // The module defines no body-field counters.
+            // The module defines no body-field stats.
             _ => return,
         };
-        let mut labels: Vec<ModuleBuffer> = labels
-            .iter()
-            .map(|l| ModuleBuffer::of(l.as_bytes()))
-            .collect();
+        // Two labels at most: no allocation.
+        let mut buffers = [ModuleBuffer::NULL; 2];
+        for (buffer, label) in buffers.iter_mut().zip(labels) {
+            *buffer = ModuleBuffer::of(label.as_bytes());
+        }
         // SAFETY: `envoy` is the live stream of the current hook, `id` a
         // counter of its configuration with as many labels as given; the
         // label values outlive the call.
         unsafe {
-            (self.cb.increment_counter)(self.envoy, id, labels.as_mut_ptr(), labels.len(), 1)
+            (self.cb.increment_counter)(self.envoy, id, buffers.as_mut_ptr(), labels.len(), 1)
         };
+    }
+
+    fn decided(&mut self, elapsed: Duration, bytes: u64) {
+        let Some(stats) = self.stats else {
+            return;
+        };
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        for (id, value) in [
+            (stats.decision_microseconds, micros),
+            (stats.bytes_before_decision, bytes),
+        ] {
+            // SAFETY: `envoy` is the live stream of the current hook, `id`
+            // a histogram of its configuration, without labels.
+            unsafe { (self.cb.record_histogram)(self.envoy, id, std::ptr::null_mut(), 0, value) };
+        }
     }
 
     fn send_local_reply(&mut self, reply: &LocalReply) {
@@ -857,6 +954,68 @@ impl Stream for EnvoyStream {
                 ModuleBuffer::of(reply.details.as_bytes()),
             );
         }
+    }
+}
+
+/// The bytes the unit tests allocate, thread by thread: how a test shows
+/// what the filter copies of a request (a copy of body bytes needs room
+/// to go to).
+#[cfg(test)]
+pub(crate) mod allocations {
+    use std::{
+        alloc::{GlobalAlloc, Layout, System},
+        cell::Cell,
+    };
+
+    thread_local! {
+        static ALLOCATED: Cell<u64> = const { Cell::new(0) };
+    }
+
+    fn add(bytes: usize) {
+        // A constant thread-local without a destructor: no allocation, and
+        // none after the thread's end (`try_with`).
+        let _ = ALLOCATED.try_with(|n| n.set(n.get() + bytes as u64));
+    }
+
+    /// The system allocator, counting the room it hands out.
+    struct Counting;
+
+    // SAFETY: every call is passed to the system allocator with the
+    // caller's arguments; counting touches no allocated memory.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            add(layout.size());
+            // SAFETY: the caller keeps `GlobalAlloc::alloc`'s contract.
+            unsafe { System.alloc(layout) }
+        }
+
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            add(layout.size());
+            // SAFETY: as for `alloc`.
+            unsafe { System.alloc_zeroed(layout) }
+        }
+
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            add(new_size.saturating_sub(layout.size()));
+            // SAFETY: the caller keeps `GlobalAlloc::realloc`'s contract.
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // SAFETY: the caller keeps `GlobalAlloc::dealloc`'s contract.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+    }
+
+    #[global_allocator]
+    static COUNTING: Counting = Counting;
+
+    /// Runs `f`; returns what it returned and the bytes it allocated on
+    /// this thread.
+    pub(crate) fn during<R>(f: impl FnOnce() -> R) -> (R, u64) {
+        let before = ALLOCATED.with(Cell::get);
+        let r = f();
+        (r, ALLOCATED.with(Cell::get) - before)
     }
 }
 

@@ -488,3 +488,55 @@ async fn routing_fails_without_clearing_the_route_cache() {
     assert_eq!(&r.body[..], b"no route for this model\n");
     assert_eq!(s.seen(), 0);
 }
+
+/// The decision latency and the bytes read before the decision, in
+/// Envoy's histograms with the ext_proc server's buckets
+/// (`examples/envoy/module.yaml`): one sample per request decided on its
+/// body, none for a request without one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_are_recorded_in_envoys_histograms() {
+    // Histograms reach the admin endpoint when Envoy flushes its stats:
+    // here, at each admin request.
+    let Some(s) = scene_with(|config| format!("stats_flush_on_admin: true\n{config}")).await else {
+        return;
+    };
+    let r = s.post("/v1/chat/completions", &[], CHAT).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let late = format!(
+        r#"{{"messages":[{{"role":"user","content":"{}"}}],"model":"chatbot"}}"#,
+        "x".repeat(100_000)
+    );
+    let r = s.post("/v1/chat/completions", &[], late).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = http::get(s.envoy.addr(), "/v1/models").await.unwrap();
+    assert_eq!(r.status, 404, "{r:?}");
+
+    let bytes = "envoy_dynamicmodulescustom_bbr_bytes_before_decision";
+    let micros = "envoy_dynamicmodulescustom_bbr_decision_duration_microseconds";
+    let want = [
+        format!("{bytes}_count{{}} 2"),
+        format!("{micros}_count{{}} 2"),
+        // The model first in one body (18 bytes), after 100 000 in the other.
+        format!(r#"{bytes}_bucket{{le="64"}} 1"#),
+        format!(r#"{bytes}_bucket{{le="65536"}} 1"#),
+        format!(r#"{bytes}_bucket{{le="262144"}} 2"#),
+        format!(r#"{micros}_bucket{{le="+Inf"}} 2"#),
+    ];
+    // Envoy merges its workers' histograms after the flush an admin
+    // request starts: the next one shows them.
+    let mut text = String::new();
+    for _ in 0..100 {
+        let stats = http::get(s.envoy.admin, "/stats/prometheus").await.unwrap();
+        text = String::from_utf8_lossy(&stats.body).into_owned();
+        if text.lines().any(|l| l == want[0]) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for line in &want {
+        assert!(
+            text.lines().any(|l| l == line),
+            "{line} missing from\n{text}"
+        );
+    }
+}

@@ -435,6 +435,24 @@ fn the_model_is_borrowed_when_it_lies_in_one_chunk() {
 }
 
 #[test]
+fn a_lent_chunk_gives_the_same_model_copied() {
+    let body = br#"{"messages":[],"model":"chatbot"}"#;
+    let mut x = ModelExtractor::new(strict());
+    assert_eq!(x.feed_lent(&body[..10]).unwrap(), Status::Pending);
+    assert_eq!(x.feed_lent(&body[10..]).unwrap(), Status::Found);
+    let model = x.finish().unwrap().model().unwrap();
+    assert!(!model.is_borrowed());
+    assert_eq!(model.as_str(), "chatbot");
+    assert_eq!(model.span(), 23..32);
+    let base = body.as_ptr() as usize;
+    let ptr = model.as_bytes().as_ptr() as usize;
+    assert!(
+        ptr < base || ptr >= base + body.len(),
+        "not in the lent bytes"
+    );
+}
+
+#[test]
 fn extra_fields_in_the_same_pass() {
     let config = ExtractorConfig::new()
         .with_field("stream")

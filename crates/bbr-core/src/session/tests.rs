@@ -36,6 +36,20 @@ fn drive(
     chunks: &[&[u8]],
     trailers: bool,
 ) -> (Outcome, Vec<&'static str>) {
+    let events: Vec<[&[u8]; 1]> = chunks.iter().map(|c| [*c]).collect();
+    let events: Vec<&[&[u8]]> = events.iter().map(|e| &e[..]).collect();
+    drive_events(decider, config, &events, trailers, false)
+}
+
+/// [`drive`] with each chunk in parts: given to [`Session::lent_chunk`]
+/// when `lent`, else joined and given to [`Session::chunk`].
+fn drive_events(
+    decider: &Decider,
+    config: &ExtractorConfig,
+    chunks: &[&[&[u8]]],
+    trailers: bool,
+    lent: bool,
+) -> (Outcome, Vec<&'static str>) {
     let table = Arc::new(RuleTable::from_yaml(RULES).unwrap());
     let mut session = Session::new(table);
     let head = Head {
@@ -95,13 +109,16 @@ fn drive(
         }
     };
     take(first, &session, &mut held, &mut sent, None);
-    for (i, chunk) in chunks.iter().enumerate() {
-        let chunk = Bytes::copy_from_slice(chunk);
+    for (i, parts) in chunks.iter().enumerate() {
+        let chunk = Bytes::from(parts.concat());
         let end = !trailers && i + 1 == chunks.len();
         if session.is_reading() {
             held.push(chunk.clone());
         }
-        let step = session.chunk(decider, &chunk, end);
+        let step = match lent {
+            true => session.lent_chunk(decider, parts, end),
+            false => session.chunk(decider, &chunk, end),
+        };
         take(step, &session, &mut held, &mut sent, Some(&chunk));
     }
     if trailers || chunks.is_empty() {
@@ -210,6 +227,53 @@ fn every_split_ends_as_the_whole_body_does() {
             }
         }
     }
+}
+
+#[test]
+fn a_chunk_lent_in_parts_steps_as_the_parts_joined() {
+    for (name, decider, config) in policies() {
+        for body in BODIES {
+            let bytes = body.as_bytes();
+            let whole = drive(&decider, &config, &[bytes], false);
+            for a in 0..=bytes.len() {
+                for b in a..=bytes.len() {
+                    // One event in three parts, and two events split at `b`.
+                    let parts: &[&[u8]] = &[&bytes[..a], &bytes[a..b], &bytes[b..]];
+                    let lent = drive_events(&decider, &config, &[parts], false, true);
+                    assert_eq!(lent, whole, "{name} {body} parts {a},{b}");
+                    let events: &[&[&[u8]]] = &[&[&bytes[..a], &bytes[a..b]], &[&bytes[b..]]];
+                    let joined = drive_events(&decider, &config, events, false, false);
+                    let lent = drive_events(&decider, &config, events, false, true);
+                    assert_eq!(lent, joined, "{name} {body} events {a},{b}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_lent_chunk_is_not_kept() {
+    let table = Arc::new(RuleTable::from_yaml(RULES).unwrap());
+    let decider = Decider::new();
+    let head = Head {
+        content_type: Some("application/json"),
+        ..Head::default()
+    };
+    let body = br#"{"model":"chatbot","messages":[]}"#.to_vec();
+    let mut session = Session::new(table);
+    session.start(&decider, &ExtractorConfig::new(), &head, true);
+    let step = session.lent_chunk(&decider, &[&body[..20], &body[20..]], true);
+    assert!(matches!(step, Step::Verdict(Verdict::Route(_))), "{step:?}");
+    let len = body.len() as u64;
+    drop(body);
+    let extraction = session.extractor().and_then(BodyExtractor::extraction);
+    let model = extraction.and_then(|x| x.model()).unwrap();
+    assert!(
+        !model.is_borrowed(),
+        "a copy, not a slice of the lent bytes"
+    );
+    assert_eq!(model.as_str(), "chatbot");
+    assert_eq!(session.held_bytes(), len);
 }
 
 #[test]
