@@ -312,22 +312,30 @@ impl std::fmt::Debug for ProcessStream {
 
 /// The response body of a `Process` stream: the answers of a
 /// [`ProcessStream`] in gRPC framing, then the `grpc-status` trailers.
-/// Each answer is encoded by [`wire::encode_framed`]: a chunk sent back in
-/// full duplex leaves as a body frame of its own, the buffer it arrived in,
-/// rather than copied into an encoding buffer (which tonic's own response
-/// body would do: one more copy of every body that goes through the server
-/// in `FULL_DUPLEX_STREAMED`).
+/// The answers ready at once go out in one frame, as tonic's own response
+/// body sends them; each is encoded by [`wire::encode_framed`], so that a
+/// chunk sent back in full duplex leaves as a frame of its own, the buffer
+/// it arrived in, rather than copied into the encoding buffer (which
+/// tonic's body would do: one more copy of every body that goes through
+/// the server in `FULL_DUPLEX_STREAMED`).
 struct ResponseBody {
     answers: ProcessStream,
     /// The chunk of the answer whose first bytes went out last.
     chunk: Option<Bytes>,
+    /// How the stream ends, once the answers are over (sent after the
+    /// frame of the answers before).
+    end: Option<Status>,
     /// The largest message sent (the answer is an error past it).
     max_message_size: usize,
     done: bool,
 }
 
+/// Answers are gathered in one frame up to this many bytes (tonic's own
+/// threshold).
+const BATCH_LEN: usize = 32 * 1024;
+
 impl ResponseBody {
-    fn end(&mut self, status: &Status) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+    fn trailers(&mut self, status: &Status) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         self.done = true;
         let mut trailers = http::HeaderMap::new();
         // A status whose message is not a valid header value still has its
@@ -354,24 +362,56 @@ impl http_body::Body for ResponseBody {
         if this.done {
             return Poll::Ready(None);
         }
-        match std::task::ready!(Pin::new(&mut this.answers).poll_next(cx)) {
-            Some(Ok(answer)) => match wire::encode_framed(answer) {
-                Ok((head, chunk)) => {
-                    let len = head.len() - 5 + chunk.as_ref().map_or(0, Bytes::len);
-                    if len > this.max_message_size {
-                        return this.end(&Status::out_of_range(format!(
-                            "an answer of {len} bytes, over the limit of {}",
-                            this.max_message_size
-                        )));
-                    }
-                    this.chunk = chunk;
-                    Poll::Ready(Some(Ok(Frame::data(head))))
-                }
-                Err(status) => this.end(&status),
-            },
-            Some(Err(status)) => this.end(&status),
-            None => this.end(&Status::ok("")),
+        if let Some(status) = this.end.take() {
+            return this.trailers(&status);
         }
+        let mut buf = bytes::BytesMut::new();
+        while buf.len() < BATCH_LEN {
+            match Pin::new(&mut this.answers).poll_next(cx) {
+                Poll::Ready(Some(Ok(answer))) => {
+                    let start = buf.len();
+                    match wire::encode_framed(answer, &mut buf) {
+                        Ok(chunk) => {
+                            let len = buf.len() - start - 5 + chunk.as_ref().map_or(0, Bytes::len);
+                            if len > this.max_message_size {
+                                buf.truncate(start);
+                                this.end = Some(Status::out_of_range(format!(
+                                    "an answer of {len} bytes, over the limit of {}",
+                                    this.max_message_size
+                                )));
+                                break;
+                            }
+                            if chunk.is_some() {
+                                this.chunk = chunk;
+                                break;
+                            }
+                        }
+                        Err(status) => {
+                            this.end = Some(status);
+                            break;
+                        }
+                    }
+                }
+                Poll::Ready(Some(Err(status))) => {
+                    this.end = Some(status);
+                    break;
+                }
+                Poll::Ready(None) => {
+                    this.end = Some(Status::ok(""));
+                    break;
+                }
+                Poll::Pending if buf.is_empty() => return Poll::Pending,
+                Poll::Pending => break,
+            }
+        }
+        if buf.is_empty() {
+            // Nothing before the end: the trailers now.
+            return match this.end.take() {
+                Some(status) => this.trailers(&status),
+                None => Poll::Ready(None),
+            };
+        }
+        Poll::Ready(Some(Ok(Frame::data(buf.freeze()))))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -452,6 +492,7 @@ where
         let body = ResponseBody {
             answers,
             chunk: None,
+            end: None,
             max_message_size: limit,
             done: false,
         };

@@ -477,22 +477,25 @@ impl<E, D: prost::Message + Default> Decoder for Codec<E, D> {
 /// their own would cost more than the copy).
 pub const SPLIT_CHUNK_LEN: usize = 4096;
 
-/// Encodes `msg` as one gRPC message: the 5-byte prefix (not compressed,
-/// the length), then the message.
+/// Appends `msg` to `buf` as one gRPC message: the 5-byte prefix (not
+/// compressed, the length), then the message.
 ///
 /// When `msg` answers a body message with a `streamed_response` chunk of at
 /// least [`SPLIT_CHUNK_LEN`] bytes, the chunk is not copied: the message is
 /// encoded with the chunk as its last bytes (the other fields first, which
-/// protobuf allows), and returned as those first bytes and the chunk
-/// itself, to be sent one after the other. A chunk sent back in full
-/// duplex then goes from the received buffer to the socket as it came.
-/// Otherwise the second part is `None`.
+/// protobuf allows), the bytes before it appended to `buf`, and the chunk
+/// itself returned, to be sent right after `buf`. A chunk sent back in
+/// full duplex then goes from the received buffer to the socket as it
+/// came. Otherwise the whole message is in `buf` and `None` is returned.
 ///
 /// # Errors
 ///
 /// A message of 4 GiB or more, which a gRPC prefix cannot give the length
-/// of.
-pub fn encode_framed(mut msg: ProcessingResponse) -> Result<(Bytes, Option<Bytes>), Status> {
+/// of (`buf` is then left as it was).
+pub fn encode_framed(
+    mut msg: ProcessingResponse,
+    buf: &mut bytes::BytesMut,
+) -> Result<Option<Bytes>, Status> {
     use bytes::BufMut;
     use prost::{
         Message,
@@ -521,12 +524,12 @@ pub fn encode_framed(mut msg: ProcessingResponse) -> Result<(Bytes, Option<Bytes
     };
     let Some(chunk) = chunk else {
         let len = msg.encoded_len();
-        let mut buf = bytes::BytesMut::with_capacity(5 + len);
+        let prefix = u32::try_from(len).map_err(|_| too_large())?;
+        buf.reserve(5 + len);
         buf.put_u8(0);
-        buf.put_u32(u32::try_from(len).map_err(|_| too_large())?);
-        msg.encode(&mut buf)
-            .map_err(|e| Status::internal(format!("encoding a message: {e}")))?;
-        return Ok((buf.freeze(), None));
+        buf.put_u32(prefix);
+        msg.encode_raw(buf);
+        return Ok(None);
     };
     // Taken apart from the outside in: what is left of each level is
     // encoded by prost, the level below after it, the chunk last.
@@ -546,24 +549,26 @@ pub fn encode_framed(mut msg: ProcessingResponse) -> Result<(Bytes, Option<Bytes
     let common_len = common.encoded_len() + field(3, mutation_len);
     let body_len = field(1, common_len);
     let total = msg.encoded_len() + field(tag, body_len);
-    let mut buf = bytes::BytesMut::with_capacity(5 + total - chunk.len());
+    let prefix = u32::try_from(total).map_err(|_| too_large())?;
+    let start = buf.len();
+    buf.reserve(5 + total - chunk.len());
     buf.put_u8(0);
-    buf.put_u32(u32::try_from(total).map_err(|_| too_large())?);
+    buf.put_u32(prefix);
     let delimited = |buf: &mut bytes::BytesMut, tag: u32, len: usize| {
         encode_key(tag, WireType::LengthDelimited, buf);
         encode_varint(len as u64, buf);
     };
     // The dynamic metadata, the only field left in `msg`.
-    msg.encode_raw(&mut buf);
-    delimited(&mut buf, tag, body_len);
-    delimited(&mut buf, 1, common_len);
-    common.encode_raw(&mut buf);
-    delimited(&mut buf, 3, mutation_len);
-    delimited(&mut buf, 3, streamed_len);
-    streamed.encode_raw(&mut buf);
-    delimited(&mut buf, 1, chunk.len());
-    debug_assert_eq!(buf.len() + chunk.len(), 5 + total);
-    Ok((buf.freeze(), Some(chunk)))
+    msg.encode_raw(buf);
+    delimited(buf, tag, body_len);
+    delimited(buf, 1, common_len);
+    common.encode_raw(buf);
+    delimited(buf, 3, mutation_len);
+    delimited(buf, 3, streamed_len);
+    streamed.encode_raw(buf);
+    delimited(buf, 1, chunk.len());
+    debug_assert_eq!(buf.len() - start + chunk.len(), 5 + total);
+    Ok(Some(chunk))
 }
 
 #[cfg(test)]
@@ -1003,7 +1008,11 @@ mod tests {
                 *body = Bytes::from((0..len).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
                 body.clone()
             });
-            let (head, rest) = encode_framed(r.clone()).unwrap();
+            // After another message, as answers are batched.
+            let mut head = bytes::BytesMut::from(&b"before"[..]);
+            let rest = encode_framed(r.clone(), &mut head).unwrap();
+            prop_assert_eq!(&head[..6], b"before");
+            let head = head.split_off(6);
             let split = chunk.as_ref().is_some_and(|c| c.len() >= SPLIT_CHUNK_LEN);
             prop_assert_eq!(rest.is_some(), split);
             if let (Some(rest), Some(chunk)) = (&rest, &chunk) {
