@@ -12,17 +12,22 @@
 #                         v1.5.0 (cmd/epp)
 #   llm-d-inference-sim   the model servers, v0.10.2, CGO_ENABLED=0
 #   envoy-gateway         Envoy Gateway v1.9.0 (cmd/envoy-gateway)
+#   ai-gateway            Envoy AI Gateway v1.1.0's ext_proc server
+#                         (./cmd/extproc), for benches/load/envoy.sh's
+#                         `aigw` mode (built only when named)
 #
-# Istio is not served by the Go module proxy (it answers 403 for
-# istio.io/istio at any version): its source comes from a `git archive` of
-# the tag beside the clone when there is one (`tarball` below), else from a
-# shallow clone of the upstream tag; its dependencies resolve through the
-# proxy. The others are built from their modules.
+# Istio and Envoy AI Gateway are not served by the Go module proxy (it
+# answers 403 for istio.io/istio at any version, and for
+# github.com/envoyproxy/ai-gateway): their sources come from a `git archive`
+# of the tag beside the clone when there is one (`source_archive` below),
+# else from a shallow clone of the upstream tag; their dependencies resolve
+# through the proxy. The others are built from their modules.
 #
 # Every build runs under `nice`, so that it can run beside other work.
 # Prints `export NAME=PATH` lines (BBR_ISTIOD, BBR_ISTIO_CHARTS, BBR_EPP,
-# BBR_MODEL_SIM, BBR_ENVOY_GATEWAY) for `eval`. With arguments, builds only
-# the named tools (istiod, epp, sim, envoy-gateway).
+# BBR_MODEL_SIM, BBR_ENVOY_GATEWAY, BBR_AI_GATEWAY) for `eval`. With
+# arguments, builds only the named tools (istiod, epp, sim, envoy-gateway,
+# ai-gateway); without, all but ai-gateway.
 #
 # Usage: eval "$(scripts/install-control-planes.sh)"
 set -euo pipefail
@@ -32,6 +37,7 @@ ISTIO_VERSION=1.29.0
 GIE_VERSION=v1.5.0
 SIM_VERSION=v0.10.2
 EG_VERSION=v1.9.0
+AIGW_VERSION=v1.1.0
 
 cache="${BBR_TOOLS_CACHE:-$HOME/.cache/bbr-tools}"
 log() { echo "install-control-planes: $*" >&2; }
@@ -63,21 +69,22 @@ install_pkg() { # name module package version [env…]
   echo "$out"
 }
 
+# A source archive of a tag, when one is at hand: in $BBR_SOURCE_ARCHIVES,
+# or in a third-party/ folder beside the checkout; prints its path, or
+# nothing (the caller then clones the tag).
+source_archive() { # file name
+  local dir
+  for dir in ${BBR_SOURCE_ARCHIVES:-} "$PWD"/../*/third-party; do
+    if [ -f "$dir/$1" ]; then echo "$dir/$1"; return; fi
+  done
+}
+
 istiod() {
   local root="$cache/istiod-$ISTIO_VERSION"
   local bin="$root/bin/pilot-discovery" src="$root/src"
   if [ ! -x "$bin" ] || [ ! -d "$root/charts/istio-discovery" ] || [ ! -f "$root/charts/crd-all.gen.yaml" ]; then
     local start=$SECONDS tarball
-    # A source archive of the tag, when one is at hand: in
-    # $BBR_SOURCE_ARCHIVES, or in a third-party/ folder beside the
-    # checkout; otherwise the tag is cloned.
-    tarball=""
-    for dir in ${BBR_SOURCE_ARCHIVES:-} "$PWD"/../*/third-party; do
-      if [ -f "$dir/istio-$ISTIO_VERSION-src.tar.gz" ]; then
-        tarball="$dir/istio-$ISTIO_VERSION-src.tar.gz"
-        break
-      fi
-    done
+    tarball="$(source_archive "istio-$ISTIO_VERSION-src.tar.gz")"
     rm -rf "$src"
     mkdir -p "$root/bin" "$root/charts"
     if [ -n "$tarball" ]; then
@@ -120,6 +127,35 @@ envoy_gateway() {
   echo "export BBR_ENVOY_GATEWAY='$out'"
 }
 
+# Envoy AI Gateway's ext_proc server (its router-level and upstream
+# filters' server), from its source tag: the module's `go.mod` pins every
+# dependency, resolved through the proxy (about 2 minutes on 2 cores from
+# an empty module cache, an 87 MB binary before `-s -w`).
+ai_gateway() {
+  local root="$cache/ai-gateway-$AIGW_VERSION"
+  local bin="$root/bin/extproc" src="$root/src"
+  if [ ! -x "$bin" ]; then
+    local start=$SECONDS tarball
+    tarball="$(source_archive "ai-gateway-${AIGW_VERSION#v}-src.tar.gz")"
+    rm -rf "$src"
+    mkdir -p "$root/bin"
+    if [ -n "$tarball" ]; then
+      log "unpacking Envoy AI Gateway $AIGW_VERSION from $tarball"
+      mkdir -p "$src"
+      tar -xzf "$tarball" -C "$src" --strip-components=1
+    else
+      log "cloning Envoy AI Gateway $AIGW_VERSION from github.com/envoyproxy/ai-gateway"
+      git clone --quiet --depth 1 --branch "$AIGW_VERSION" https://github.com/envoyproxy/ai-gateway "$src" >&2
+    fi
+    log "building Envoy AI Gateway's extproc $AIGW_VERSION (minutes the first time)"
+    (cd "$src" && CGO_ENABLED=0 GOWORK=off gobuild_env go build -ldflags='-s -w' -o "$bin" ./cmd/extproc >&2)
+    rm -rf "$src"
+    log "ai-gateway extproc $AIGW_VERSION built in $((SECONDS - start)) s"
+  fi
+  [ -x "$bin" ] || { log "ai-gateway extproc missing after the build"; exit 1; }
+  echo "export BBR_AI_GATEWAY='$bin'"
+}
+
 [ $# -gt 0 ] || set -- istiod epp sim envoy-gateway
 for tool in "$@"; do
   case "$tool" in
@@ -127,6 +163,7 @@ for tool in "$@"; do
     epp) epp ;;
     sim) sim ;;
     envoy-gateway) envoy_gateway ;;
+    ai-gateway) ai_gateway ;;
     *) log "unknown tool: $tool"; exit 2 ;;
   esac
 done

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Load benchmark through a real Envoy on loopback: requests/s and p99
-# latency, and the CPU time Envoy and the ext_proc server spend per request,
-# of these modes, all in one run:
+# Load benchmark through a real Envoy on loopback: requests/s, p50 and p99
+# latency, the CPU time Envoy and the ext_proc server spend per request,
+# and their peak resident memory, of these modes, all in one run:
 #
 #   header        Envoy routing on an X-Gateway-Model-Name the client sent
 #                 (no ext_proc: the floor),
@@ -33,18 +33,29 @@
 #                            libbbr_envoy.so in the directory
 #                            $BBR_BASE_MODULE (not in the default MODES).
 #
+# and, BUFFERED only:
+#
+#   aigw      Envoy AI Gateway v1.1.0's ext_proc server behind its
+#             router-level filter as AI Gateway's control plane configures
+#             it (benches/load/envoy-aigw.yaml: request and response bodies
+#             BUFFERED, plaintext over a Unix socket), routes matching the
+#             x-ai-eg-model header it sets.
+#
 # Every ext_proc server is behind the same Envoy configuration
 # (examples/envoy/), TLS to the server by default (the Go v0.5.1 router
 # always serves TLS; BBR_TLS=false makes the others plaintext). Before the
 # timing, one request of each size through each mode must answer 200 from
 # pool gemma3, the pool having seen X-Gateway-Model-Name: chatbot (except
-# json-meta and headers-only, which set no header); whether the body reached
-# the pool unchanged is printed too.
+# json-meta, headers-only and aigw, which set no such header: aigw reaches
+# gemma3 only through its x-ai-eg-model: chatbot); whether the body reached
+# the pool unchanged is printed too. Under load any answer but 2xx (a 404
+# for a request routed on no model) fails the run.
 #
 # The modes run side by side and are measured in turn, ROUNDS times, so
 # that the load of a shared machine spreads over all of them; the figures
-# are medians, and the CPU times (from /proc/PID/stat) are totals over the
-# rounds divided by the requests served.
+# are medians, the CPU times (from /proc/PID/stat) are totals over the
+# rounds divided by the requests served, and the peak RSS (VmHWM) is each
+# process's peak over the whole run, all sizes together.
 #
 # Environment: DURATION (default 5s), ROUNDS (3), CONNECTIONS (16), SIZES
 # ("1024 102400 1048576 10485760"), MODES (all of the above),
@@ -64,7 +75,7 @@ DURATION=${DURATION:-5s}
 ROUNDS=${ROUNDS:-3}
 CONNECTIONS=${CONNECTIONS:-16}
 SIZES=${SIZES:-"1024 102400 1048576 10485760"}
-MODES=${MODES:-"header json-meta headers-only module passthrough full-duplex go-v1.5 go-v0.5 ipp passthrough-buffered buffered go-v1.5-buffered go-v0.5-buffered"}
+MODES=${MODES:-"header json-meta headers-only module passthrough full-duplex go-v1.5 go-v0.5 ipp passthrough-buffered buffered go-v1.5-buffered go-v0.5-buffered aigw"}
 
 benches/load/install-wrk.sh
 
@@ -83,7 +94,7 @@ server_of() {
 body_of() {
   case "$1" in
     header|json-meta|module|module-base) echo none ;;
-    buffered|*-buffered) echo buffered ;;
+    buffered|*-buffered|aigw) echo buffered ;;
     *) echo full-duplex ;;
   esac
 }
@@ -112,6 +123,7 @@ for mode in $MODES; do
       start_server "$server" "$body" "$mode"
       SERVER[$mode]=$SERVER_PID
       template=$(envoy_template "$body")
+      [ "$mode" = aigw ] && template=benches/load/envoy-aigw.yaml
       if [ "$mode" = headers-only ]; then
         # No body to bbr-extproc; what no header routes goes to the first pool.
         sed -e 's/request_body_mode: FULL_DUPLEX_STREAMED/request_body_mode: NONE/' \
@@ -147,9 +159,9 @@ for size in $SIZES; do
     unchanged=no; [ "$(h x-pool-received-sha256)" = "$sum" ] && unchanged=yes
     printf '  %-20s %9s  %s %s %s body-unchanged=%s\n' "$mode" "$size" "$code" "${pool:--}" "${seen:--}" "$unchanged" >&2
     want_header=chatbot
-    case "$mode" in json-meta|headers-only) want_header="" ;; esac
+    case "$mode" in json-meta|headers-only|aigw) want_header="" ;; esac
     if [ "$code" != 200 ] || [ "$pool" != gemma3 ] || [ "$seen" != "$want_header" ]; then
-      echo "  $mode $size: not routed to gemma3 with X-Gateway-Model-Name: chatbot; left out" >&2
+      echo "  $mode $size: not routed to gemma3${want_header:+ with X-Gateway-Model-Name: $want_header}; left out" >&2
       FAILED[$mode,$size]="status $code"
     fi
   done
@@ -175,14 +187,22 @@ for round in $(seq 1 "$ROUNDS"); do
         echo "$mode: errors under load" >&2; echo "$out" >&2; exit 1
       fi
       rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+      p50=$(echo "$out" | awk '$1 == "50%" {print $2}')
       p99=$(echo "$out" | awk '$1 == "99%" {print $2}')
       total=$(echo "$out" | awk '/requests in/ {print $1}')
       envoy_after=$(cpu_ticks "${ENVOY_PID[$mode]}")
       server_after=0; [ -n "${SERVER[$mode]:-}" ] && server_after=$(cpu_ticks "${SERVER[$mode]}")
-      RUNS[$mode,$size]+="$rps $p99 $total $((envoy_after - envoy_before)) $((server_after - server_before));"
+      RUNS[$mode,$size]+="$rps $p99 $total $((envoy_after - envoy_before)) $((server_after - server_before)) $p50;"
       echo "round $round: $mode $size: $rps req/s, p99 $p99" >&2
     done
   done
+done
+
+# Peaks over the whole run, in KiB: Envoy's and the ext_proc server's.
+declare -A PEAK
+for mode in $MODES; do
+  server_peak=0; [ -n "${SERVER[$mode]:-}" ] && server_peak=$(peak_rss_kib "${SERVER[$mode]}")
+  PEAK[$mode]="$(peak_rss_kib "${ENVOY_PID[$mode]}") $server_peak"
 done
 
 python3 - "$MODES" "$SIZES" "$(getconf CLK_TCK)" <<PY
@@ -191,31 +211,40 @@ modes, sizes, tck = sys.argv[1].split(), sys.argv[2].split(), int(sys.argv[3])
 runs, failed = {}, {}
 $(for key in "${!RUNS[@]}"; do echo "runs['$key'] = '${RUNS[$key]}'"; done)
 $(for key in "${!FAILED[@]}"; do echo "failed['$key'] = '${FAILED[$key]}'"; done)
+peak = {}
+$(for key in "${!PEAK[@]}"; do echo "peak['$key'] = '${PEAK[$key]}'"; done)
 def ms(t):
     return float(t[:-2]) if t.endswith("ms") else float(t[:-2]) / 1000 if t.endswith("us") else float(t[:-1]) * 1000
 def summary(key):
     rows = [r.split() for r in runs[key].split(";") if r.strip()]
     rps = statistics.median(float(r[0]) for r in rows)
     p99 = statistics.median(ms(r[1]) for r in rows)
+    p50 = statistics.median(ms(r[5]) for r in rows)
     n = max(sum(int(r[2]) for r in rows), 1)
     envoy_us = sum(int(r[3]) for r in rows) / tck / n * 1e6
     server_us = sum(int(r[4]) for r in rows) / tck / n * 1e6
-    return rps, p99, envoy_us, server_us
-print(f"{'mode':<20} {'body':>9} {'req/s':>9} {'p99 ms':>8} {'envoy CPU/req':>14} {'ext_proc CPU/req':>17} {'vs header':>9}")
+    return rps, p99, envoy_us, server_us, p50
+print(f"{'mode':<20} {'body':>9} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'envoy CPU/req':>14} {'ext_proc CPU/req':>17} {'vs header':>9}")
 for size in sizes:
     floor = summary(f"header,{size}")[0] if f"header,{size}" in runs else None
     for mode in modes:
         if f"{mode},{size}" in failed:
             print(f"{mode:<20} {size:>9}   route check failed ({failed[f'{mode},{size}']}), not timed")
             continue
-        rps, p99, e, s = summary(f"{mode},{size}")
+        rps, p99, e, s, p50 = summary(f"{mode},{size}")
         vs = f"{rps/floor:>8.2f}x" if floor else f"{'-':>9}"
-        print(f"{mode:<20} {size:>9} {rps:>9.0f} {p99:>8.1f} {e:>11.0f} us {s:>14.0f} us {vs}")
+        print(f"{mode:<20} {size:>9} {rps:>9.0f} {p50:>8.1f} {p99:>8.1f} {e:>11.0f} us {s:>14.0f} us {vs}")
+print()
+print(f"{'mode':<20} {'peak RSS over the run: envoy':>29} {'ext_proc':>10}")
+for mode in modes:
+    e, s = (int(x) for x in peak[mode].split())
+    sv = f"{s / 1024:>6.1f} MiB" if s else f"{'-':>10}"
+    print(f"{mode:<20} {e / 1024:>25.1f} MiB {sv}")
 # bbr against each peer in the same body mode: req/s and p99 ratios, and
 # ext_proc server CPU per request (peer / bbr: how many times more the peer
 # spends).
-pairs = [("full-duplex", p) for p in ("go-v1.5", "go-v0.5", "ipp", "passthrough")] + \
-        [("buffered", p) for p in ("go-v1.5-buffered", "go-v0.5-buffered", "passthrough-buffered")]
+pairs = [("full-duplex", p) for p in ("go-v1.5", "go-v0.5", "ipp", "passthrough", "aigw")] + \
+        [("buffered", p) for p in ("go-v1.5-buffered", "go-v0.5-buffered", "passthrough-buffered", "aigw")]
 pairs = [(b, p) for b, p in pairs if b in modes and p in modes]
 if pairs:
     print()
@@ -224,8 +253,8 @@ if pairs:
         for b, p in pairs:
             if f"{b},{size}" in failed or f"{p},{size}" in failed:
                 continue
-            rb, pb, _, sb = summary(f"{b},{size}")
-            rp, pp, _, sp = summary(f"{p},{size}")
+            rb, pb, _, sb, _ = summary(f"{b},{size}")
+            rp, pp, _, sp, _ = summary(f"{p},{size}")
             cpu = f"{sp/sb:>16.2f}x" if sb > 0 else f"{'-':>17}"
             print(f"{b + ' / ' + p:<34} {size:>9} {rb/rp:>14.2f}x {pb/pp:>12.2f}x {cpu}")
 PY

@@ -14,8 +14,14 @@
 #   go-v0.5      the Go router, v0.5.1 (always TLS)
 #   ipp          the llm-d Inference Payload Processor v0.1.0, the same plugin
 #                (FULL_DUPLEX_STREAMED only)
+#   aigw         Envoy AI Gateway v1.1.0's ext_proc server (./cmd/extproc,
+#                scripts/install-control-planes.sh ai-gateway), with the
+#                flags its controller gives its sidecar, on a Unix socket
+#                (SERVER_PORT is then the socket's path): it sets
+#                x-ai-eg-model from the body's `model` (Envoy from
+#                benches/load/envoy-aigw.yaml, BUFFERED only)
 # The Go servers listen on all interfaces (they take a port, not an
-# address); they are given free ports and reached on 127.0.0.1. They want a
+# address; aigw's admin port too); they are given free ports and reached on 127.0.0.1. They want a
 # kubeconfig at start: one naming an unused loopback port is enough, since
 # the plugins given here watch nothing.
 
@@ -56,6 +62,11 @@ build_servers() { # server...
     case "$s" in
       passthrough) nice -n 10 cargo build --release -q -p bbr-benches --bin passthrough-extproc ;;
       go-*|ipp) go=true ;;
+      aigw)
+        local exports
+        exports="$(scripts/install-control-planes.sh ai-gateway)"
+        eval "$exports"
+        ;;
     esac
   done
   if [ "$go" = true ]; then eval "$(scripts/install-go-bbr.sh)"; fi
@@ -92,6 +103,17 @@ profiles:
   plugins:
     request:
     - pluginRef: body-field-to-header'
+
+# Envoy AI Gateway's filter configuration (filterapi.Config): the models its
+# /v1/models lists; `version` must be the binary's (`dev` when built from
+# source), or it refuses the file. No backends: with no upstream-level
+# filter in front of the pools, none is looked up.
+AIGW_CONFIG='version: dev
+models:
+- name: chatbot
+  ownedBy: bbr-bench
+- name: recommender
+  ownedBy: bbr-bench'
 
 # Starts server $1 for body mode $2 (full-duplex or buffered), logging to
 # $work/$3.log; sets SERVER_PID, SERVER_PORT and SERVER_TLS.
@@ -150,17 +172,33 @@ start_server() { # server body-mode name
       SERVER_PORT=$grpc
       wait_port "$grpc" "$log"
       ;;
+    aigw)
+      [ "$body" = buffered ] || { echo "aigw runs as AI Gateway configures it: BUFFERED" >&2; return 1; }
+      local admin
+      admin=$(free_port)
+      SERVER_TLS=false SERVER_PORT="$work/$3.sock"
+      printf '%s\n' "$AIGW_CONFIG" >"$work/$3-config.yaml"
+      # The flags of its controller's sidecar (logLevel info, maxRecvMsgSize
+      # 512 MiB, rootPrefix /), the admin port aside.
+      "$BBR_AI_GATEWAY" -configPath "$work/$3-config.yaml" -extProcAddr "unix://$SERVER_PORT" \
+        -adminPort "$admin" -logLevel info -maxRecvMsgSize 536870912 -rootPrefix / >"$log" 2>&1 &
+      SERVER_PID=$!
+      for _ in $(seq 1 200); do [ -S "$SERVER_PORT" ] && break; sleep 0.05; done
+      [ -S "$SERVER_PORT" ] || { echo "aigw did not listen on $SERVER_PORT" >&2; cat "$log" >&2; return 1; }
+      ;;
     *) echo "unknown server $server" >&2; return 1 ;;
   esac
   pids+=("$SERVER_PID")
 }
 
-# Starts Envoy from template $1 with the ext_proc server on port $2 (TLS
-# when $3 is true); logs to $work/$4.log; sets ENVOY_PID and ENVOY_PORT.
+# Starts Envoy from template $1 with the ext_proc server on port $2 (or on
+# the Unix socket $2, for a template with ${EXTPROC_SOCKET}; TLS when $3 is
+# true); logs to $work/$4.log; sets ENVOY_PID and ENVOY_PORT.
 start_envoy() { # template server-port tls name
   local template=$1 port admin config="$work/envoy-$4.yaml"
   port=$(free_port); admin=$(free_port)
-  sed -e "s/\${ADMIN_PORT}/$admin/" -e "s/\${LISTEN_PORT}/$port/" -e "s/\${BBR_PORT}/${2:-0}/" \
+  sed -e "s/\${ADMIN_PORT}/$admin/" -e "s/\${LISTEN_PORT}/$port/" -e "s|\${BBR_PORT}|${2:-0}|" \
+      -e "s|\${EXTPROC_SOCKET}|${2:-}|" \
       -e "s/\${GEMMA3_PORT}/$gemma3/" -e "s/\${DEEPSEEK_PORT}/$deepseek/" \
       -e "s|\${RULES_FILE}|$(pwd)/examples/config/gateway.yaml|" \
       "$template" >"$config"

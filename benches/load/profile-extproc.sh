@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Where bbr-extproc's time goes behind Envoy: runs it under valgrind (one
-# worker thread, FULL_DUPLEX_STREAMED, TLS unless BBR_TLS=false), sends
+# worker thread, FULL_DUPLEX_STREAMED or, with BODY_MODE=buffered,
+# BUFFERED, TLS unless BBR_TLS=false), sends
 # REQUESTS requests of a SIZE-byte body (`messages` before `model`) one after
 # the other through Envoy, and prints what a request costs:
 #
@@ -12,10 +13,10 @@
 # REQUESTS), and without it, from a second run of BASE requests subtracted
 # ((total - base) / (REQUESTS - BASE)); BASE=0 skips the second run. The
 # valgrind output of the full run is kept in OUT (default
-# target/TOOL-extproc-SIZE.out; `callgrind_annotate --inclusive=yes OUT`,
+# target/TOOL-extproc-SIZE[-buffered].out; `callgrind_annotate --inclusive=yes OUT`,
 # or dhat's viewer).
 #
-# Environment: TOOL, SIZE (1024), REQUESTS (2000 at 1 KiB, else 50),
+# Environment: TOOL, SIZE (1024), BODY_MODE (full-duplex), REQUESTS (2000 at 1 KiB, else 50),
 # BASE (REQUESTS / 10), BBR_TLS, BBR_ENVOY, BBR_EXTPROC (a bbr-extproc binary
 # to measure instead of building this tree's).
 set -euo pipefail
@@ -25,7 +26,13 @@ TOOL=${TOOL:-callgrind}
 SIZE=${SIZE:-1024}
 if [ "$SIZE" -le 4096 ]; then REQUESTS=${REQUESTS:-2000}; else REQUESTS=${REQUESTS:-50}; fi
 BASE=${BASE:-$((REQUESTS / 10))}
-OUT=${OUT:-${CARGO_TARGET_DIR:-target}/$TOOL-extproc-$SIZE.out}
+BODY_MODE=${BODY_MODE:-full-duplex}
+case "$BODY_MODE" in
+  full-duplex) suffix="" ;;
+  buffered) suffix="-buffered" ;;
+  *) echo "BODY_MODE is full-duplex or buffered, not $BODY_MODE" >&2; exit 1 ;;
+esac
+OUT=${OUT:-${CARGO_TARGET_DIR:-target}/$TOOL-extproc-$SIZE$suffix.out}
 command -v valgrind >/dev/null || { echo "valgrind is needed (apt-get install valgrind)" >&2; exit 1; }
 case "$TOOL" in
   callgrind|dhat) ;;
@@ -44,7 +51,7 @@ fi
 start_pools
 make_body "$SIZE" "$work/body.json"
 # Under valgrind the server is ~50x slower: give Envoy's message timeout room.
-sed 's/message_timeout: 5s/message_timeout: 60s/' examples/envoy/envoy-full-duplex.yaml >"$work/envoy.yaml"
+sed 's/message_timeout: 5s/message_timeout: 60s/' "$(envoy_template "$BODY_MODE")" >"$work/envoy.yaml"
 
 # Runs the server under $TOOL for `n` requests, writing valgrind's output
 # to `out`; prints the run's total: instructions (callgrind) or
@@ -52,7 +59,8 @@ sed 's/message_timeout: 5s/message_timeout: 60s/' examples/envoy/envoy-full-dupl
 run() { # n out
   local n=$1 out=$2 log="$work/bbr-$1.log" vg port
   local flags=(--address 127.0.0.1 --grpc-port 0 --grpc-health-port 0 --metrics-port 0
-    -v 1 --streaming --worker-threads 1 "--secure-serving=$BBR_TLS")
+    -v 1 "--streaming=$([ "$BODY_MODE" = full-duplex ] && echo true || echo false)"
+    --worker-threads 1 "--secure-serving=$BBR_TLS")
   case "$TOOL" in
     callgrind) valgrind --tool=callgrind --callgrind-out-file="$out" "$server_bin" "${flags[@]}" >"$log" 2>&1 & ;;
     dhat) valgrind --tool=dhat --dhat-out-file="$out" "$server_bin" "${flags[@]}" >"$log" 2>&1 & ;;
@@ -92,7 +100,7 @@ if [ "$BASE" -gt 0 ]; then
 fi
 case "$TOOL" in
   callgrind)
-    echo "bbr-extproc under callgrind: $REQUESTS requests of $SIZE B, $full instructions in all," \
+    echo "bbr-extproc under callgrind ($BODY_MODE): $REQUESTS requests of $SIZE B, $full instructions in all," \
       "$((full / REQUESTS)) a request (start-up included)"
     [ -z "$base" ] || echo "without start-up (minus a run of $BASE requests):" \
       "$(((full - base) / (REQUESTS - BASE))) instructions a request"
@@ -100,7 +108,7 @@ case "$TOOL" in
     ;;
   dhat)
     read -r blocks bytes <<<"$full"
-    echo "bbr-extproc under dhat: $REQUESTS requests of $SIZE B, $blocks blocks ($bytes bytes)" \
+    echo "bbr-extproc under dhat ($BODY_MODE): $REQUESTS requests of $SIZE B, $blocks blocks ($bytes bytes)" \
       "allocated in all, $((blocks / REQUESTS)) blocks ($((bytes / REQUESTS)) bytes) a request (start-up included)"
     if [ -n "$base" ]; then
       read -r base_blocks base_bytes <<<"$base"

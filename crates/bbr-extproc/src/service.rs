@@ -9,17 +9,16 @@ use std::{
 };
 
 use bbr_core::{BodyFieldHeader, Decider, ExtractorConfig, FailurePolicy, rules::SharedRules};
+use bytes::Bytes;
+use http_body::Frame;
 use tokio_stream::Stream;
-use tonic::{
-    Request, Response, Status, Streaming,
-    server::{Grpc, NamedService},
-};
+use tonic::{Status, Streaming, server::NamedService};
 use tower_service::Service;
 
 use crate::{
     DynamicMetadata,
     exchange::{BodyMode, Exchange, Shared},
-    wire::{Codec, ProcessingRequest, ProcessingResponse},
+    wire::{self, Codec, ProcessingRequest, ProcessingResponse},
 };
 
 /// The fully qualified gRPC name of the service, as health checks ask for it.
@@ -311,6 +310,115 @@ impl std::fmt::Debug for ProcessStream {
     }
 }
 
+/// The response body of a `Process` stream: the answers of a
+/// [`ProcessStream`] in gRPC framing, then the `grpc-status` trailers.
+/// The answers ready at once go out in one frame, as tonic's own response
+/// body sends them; each is encoded by [`wire::encode_framed`], so that a
+/// chunk sent back in full duplex leaves as a frame of its own, the buffer
+/// it arrived in, rather than copied into the encoding buffer (which
+/// tonic's body would do: one more copy of every body that goes through
+/// the server in `FULL_DUPLEX_STREAMED`).
+struct ResponseBody {
+    answers: ProcessStream,
+    /// The chunk of the answer whose first bytes went out last.
+    chunk: Option<Bytes>,
+    /// How the stream ends, once the answers are over (sent after the
+    /// frame of the answers before).
+    end: Option<Status>,
+    /// The largest message sent (the answer is an error past it).
+    max_message_size: usize,
+    done: bool,
+}
+
+/// Answers are gathered in one frame up to this many bytes (tonic's own
+/// threshold).
+const BATCH_LEN: usize = 32 * 1024;
+
+impl ResponseBody {
+    fn trailers(&mut self, status: &Status) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        self.done = true;
+        let mut trailers = http::HeaderMap::new();
+        // A status whose message is not a valid header value still has its
+        // code written; only the message is left out.
+        if status.add_header(&mut trailers).is_err() {
+            trailers.insert("grpc-status", http::HeaderValue::from(status.code() as i32));
+        }
+        Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+    }
+}
+
+impl http_body::Body for ResponseBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let this = self.get_mut();
+        if let Some(chunk) = this.chunk.take() {
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if let Some(status) = this.end.take() {
+            return this.trailers(&status);
+        }
+        let mut buf = bytes::BytesMut::new();
+        while buf.len() < BATCH_LEN {
+            match Pin::new(&mut this.answers).poll_next(cx) {
+                Poll::Ready(Some(Ok(answer))) => {
+                    let start = buf.len();
+                    match wire::encode_framed(answer, &mut buf) {
+                        Ok(chunk) => {
+                            let len = buf.len() - start - 5 + chunk.as_ref().map_or(0, Bytes::len);
+                            if len > this.max_message_size {
+                                buf.truncate(start);
+                                this.end = Some(Status::out_of_range(format!(
+                                    "an answer of {len} bytes, over the limit of {}",
+                                    this.max_message_size
+                                )));
+                                break;
+                            }
+                            if chunk.is_some() {
+                                this.chunk = chunk;
+                                break;
+                            }
+                        }
+                        Err(status) => {
+                            this.end = Some(status);
+                            break;
+                        }
+                    }
+                }
+                Poll::Ready(Some(Err(status))) => {
+                    this.end = Some(status);
+                    break;
+                }
+                Poll::Ready(None) => {
+                    this.end = Some(Status::ok(""));
+                    break;
+                }
+                Poll::Pending if buf.is_empty() => return Poll::Pending,
+                Poll::Pending => break,
+            }
+        }
+        if buf.is_empty() {
+            // Nothing before the end: the trailers now.
+            return match this.end.take() {
+                Some(status) => this.trailers(&status),
+                None => Poll::Ready(None),
+            };
+        }
+        Poll::Ready(Some(Ok(Frame::data(buf.freeze()))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done && self.chunk.is_none()
+    }
+}
+
 /// The gRPC path of the one method, `Process`.
 const PROCESS_PATH: &str = "/envoy.service.ext_proc.v3.ExternalProcessor/Process";
 
@@ -361,35 +469,38 @@ where
             let status = Status::unimplemented(format!("no method {}", request.uri().path()));
             return Box::pin(std::future::ready(Ok(status.into_http())));
         }
-        let process = Process(Arc::clone(&self.shared));
+        // Envoy does not compress its messages; a client that says it does
+        // is told so, as tonic's own service would.
+        if let Some(encoding) = request.headers().get("grpc-encoding")
+            && encoding.as_bytes() != b"identity"
+        {
+            let status = Status::unimplemented("compressed messages are not accepted");
+            return Box::pin(std::future::ready(Ok(status.into_http())));
+        }
         let limit = self.max_message_size;
-        Box::pin(async move {
-            let mut grpc = Grpc::new(Codec::<ProcessingResponse, ProcessingRequest>::default())
-                .max_decoding_message_size(limit)
-                .max_encoding_message_size(limit);
-            Ok(grpc.streaming(process, request).await)
-        })
-    }
-}
-
-/// The `Process` method: one [`ProcessStream`] per call.
-struct Process(Arc<Shared>);
-
-impl Service<Request<Streaming<ProcessingRequest>>> for Process {
-    type Response = Response<ProcessStream>;
-    type Error = Status;
-    type Future = std::future::Ready<Result<Response<ProcessStream>, Status>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<Streaming<ProcessingRequest>>) -> Self::Future {
-        std::future::ready(Ok(Response::new(ProcessStream {
-            inbound: request.into_inner(),
-            exchange: Exchange::new(Arc::clone(&self.0)),
+        let answers = ProcessStream {
+            inbound: Streaming::new_request(
+                Codec::<ProcessingResponse, ProcessingRequest>::default(),
+                request.into_body(),
+                None,
+                Some(limit),
+            ),
+            exchange: Exchange::new(Arc::clone(&self.shared)),
             out: Vec::new(),
             next: 0,
-        })))
+        };
+        let body = ResponseBody {
+            answers,
+            chunk: None,
+            end: None,
+            max_message_size: limit,
+            done: false,
+        };
+        let mut response = http::Response::new(tonic::body::Body::new(body));
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/grpc"),
+        );
+        Box::pin(std::future::ready(Ok(response)))
     }
 }

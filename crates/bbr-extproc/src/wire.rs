@@ -472,6 +472,105 @@ impl<E, D: prost::Message + Default> Decoder for Codec<E, D> {
     }
 }
 
+/// Streamed chunks at least this long leave [`encode_framed`] apart from
+/// the bytes before them, uncopied; shorter ones are copied in (a frame of
+/// their own would cost more than the copy).
+pub const SPLIT_CHUNK_LEN: usize = 4096;
+
+/// Appends `msg` to `buf` as one gRPC message: the 5-byte prefix (not
+/// compressed, the length), then the message.
+///
+/// When `msg` answers a body message with a `streamed_response` chunk of at
+/// least [`SPLIT_CHUNK_LEN`] bytes, the chunk is not copied: the message is
+/// encoded with the chunk as its last bytes (the other fields first, which
+/// protobuf allows), the bytes before it appended to `buf`, and the chunk
+/// itself returned, to be sent right after `buf`. A chunk sent back in
+/// full duplex then goes from the received buffer to the socket as it
+/// came. Otherwise the whole message is in `buf` and `None` is returned.
+///
+/// # Errors
+///
+/// A message of 4 GiB or more, which a gRPC prefix cannot give the length
+/// of (`buf` is then left as it was).
+pub fn encode_framed(
+    mut msg: ProcessingResponse,
+    buf: &mut bytes::BytesMut,
+) -> Result<Option<Bytes>, Status> {
+    use bytes::BufMut;
+    use prost::{
+        Message,
+        encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len},
+    };
+
+    let too_large = || Status::internal("a message of 4 GiB or more");
+    let chunk = match &mut msg.response {
+        Some(
+            processing_response::Response::RequestBody(b)
+            | processing_response::Response::ResponseBody(b),
+        ) => match b
+            .response
+            .as_mut()
+            .and_then(|c| c.body_mutation.as_mut())
+            .and_then(|m| m.mutation.as_mut())
+        {
+            Some(body_mutation::Mutation::StreamedResponse(s))
+                if s.body.len() >= SPLIT_CHUNK_LEN =>
+            {
+                Some(std::mem::take(&mut s.body))
+            }
+            _ => None,
+        },
+        _ => None,
+    };
+    let Some(chunk) = chunk else {
+        let len = msg.encoded_len();
+        let prefix = u32::try_from(len).map_err(|_| too_large())?;
+        buf.reserve(5 + len);
+        buf.put_u8(0);
+        buf.put_u32(prefix);
+        msg.encode_raw(buf);
+        return Ok(None);
+    };
+    // Taken apart from the outside in: what is left of each level is
+    // encoded by prost, the level below after it, the chunk last.
+    let (tag, body) = match msg.response.take() {
+        Some(processing_response::Response::RequestBody(b)) => (3, b),
+        Some(processing_response::Response::ResponseBody(b)) => (4, b),
+        _ => unreachable!("the chunk was found in a body response"),
+    };
+    let mut common = body.response.unwrap_or_default();
+    let streamed = match common.body_mutation.take().and_then(|m| m.mutation) {
+        Some(body_mutation::Mutation::StreamedResponse(s)) => s,
+        _ => unreachable!("the chunk was found in a streamed response"),
+    };
+    let field = |tag: u32, len: usize| key_len(tag) + encoded_len_varint(len as u64) + len;
+    let streamed_len = streamed.encoded_len() + field(1, chunk.len());
+    let mutation_len = field(3, streamed_len);
+    let common_len = common.encoded_len() + field(3, mutation_len);
+    let body_len = field(1, common_len);
+    let total = msg.encoded_len() + field(tag, body_len);
+    let prefix = u32::try_from(total).map_err(|_| too_large())?;
+    let start = buf.len();
+    buf.reserve(5 + total - chunk.len());
+    buf.put_u8(0);
+    buf.put_u32(prefix);
+    let delimited = |buf: &mut bytes::BytesMut, tag: u32, len: usize| {
+        encode_key(tag, WireType::LengthDelimited, buf);
+        encode_varint(len as u64, buf);
+    };
+    // The dynamic metadata, the only field left in `msg`.
+    msg.encode_raw(buf);
+    delimited(buf, tag, body_len);
+    delimited(buf, 1, common_len);
+    common.encode_raw(buf);
+    delimited(buf, 3, mutation_len);
+    delimited(buf, 3, streamed_len);
+    streamed.encode_raw(buf);
+    delimited(buf, 1, chunk.len());
+    debug_assert_eq!(buf.len() - start + chunk.len(), 5 + total);
+    Ok(Some(chunk))
+}
+
 #[cfg(test)]
 mod tests {
     //! Wire compatibility with Envoy's generated types, both ways: a message
@@ -877,7 +976,61 @@ mod tests {
         e
     }
 
+    /// The streamed chunk of a body response, if it has one.
+    fn streamed_chunk(r: &mut ProcessingResponse) -> Option<&mut Bytes> {
+        use processing_response::Response as W;
+        match &mut r.response {
+            Some(W::RequestBody(b) | W::ResponseBody(b)) => {
+                match b
+                    .response
+                    .as_mut()?
+                    .body_mutation
+                    .as_mut()?
+                    .mutation
+                    .as_mut()?
+                {
+                    body_mutation::Mutation::StreamedResponse(s) => Some(&mut s.body),
+                    _ => None,
+                }
+            }
+            _ => None,
+        }
+    }
+
     proptest! {
+        #[test]
+        fn framed_responses_read_by_envoy_types_as_written(
+            mut r in response(),
+            len in 0..3 * SPLIT_CHUNK_LEN,
+        ) {
+            // Chunks on both sides of the split length.
+            let chunk = streamed_chunk(&mut r).map(|body| {
+                *body = Bytes::from((0..len).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+                body.clone()
+            });
+            // After another message, as answers are batched.
+            let mut head = bytes::BytesMut::from(&b"before"[..]);
+            let rest = encode_framed(r.clone(), &mut head).unwrap();
+            prop_assert_eq!(&head[..6], b"before");
+            let head = head.split_off(6);
+            let split = chunk.as_ref().is_some_and(|c| c.len() >= SPLIT_CHUNK_LEN);
+            prop_assert_eq!(rest.is_some(), split);
+            if let (Some(rest), Some(chunk)) = (&rest, &chunk) {
+                // The chunk itself, not a copy of it.
+                prop_assert_eq!(rest.as_ptr(), chunk.as_ptr());
+                prop_assert_eq!(rest.len(), chunk.len());
+            }
+            let mut framed = head.to_vec();
+            framed.extend_from_slice(rest.as_deref().unwrap_or_default());
+            prop_assert_eq!(framed[0], 0);
+            let len = u32::from_be_bytes(framed[1..5].try_into().unwrap());
+            prop_assert_eq!(len as usize, framed.len() - 5);
+            let decoded = ep::ProcessingResponse::decode(&framed[5..]).unwrap();
+            prop_assert_eq!(decoded, processing_response(&r));
+            let decoded = ProcessingResponse::decode(Bytes::from(framed[5..].to_vec())).unwrap();
+            prop_assert_eq!(decoded, r);
+        }
+
         #[test]
         fn requests_read_by_envoy_types_as_written(r in request()) {
             let bytes = r.encode_to_vec();
