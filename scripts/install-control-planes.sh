@@ -79,22 +79,29 @@ source_archive() { # file name
   done
 }
 
+# The source of a tag in SRC (emptied first): its archive when one is at
+# hand, else a shallow clone of the tag.
+source_tree() { # label tag archive-file repository src
+  local tarball
+  tarball="$(source_archive "$3")"
+  rm -rf "$5"
+  if [ -n "$tarball" ]; then
+    log "unpacking $1 $2 from $tarball"
+    mkdir -p "$5"
+    tar -xzf "$tarball" -C "$5" --strip-components=1
+  else
+    log "cloning $1 $2 from $4"
+    git clone --quiet --depth 1 --branch "$2" "https://$4" "$5" >&2
+  fi
+}
+
 istiod() {
   local root="$cache/istiod-$ISTIO_VERSION"
   local bin="$root/bin/pilot-discovery" src="$root/src"
   if [ ! -x "$bin" ] || [ ! -d "$root/charts/istio-discovery" ] || [ ! -f "$root/charts/crd-all.gen.yaml" ]; then
-    local start=$SECONDS tarball
-    tarball="$(source_archive "istio-$ISTIO_VERSION-src.tar.gz")"
-    rm -rf "$src"
+    local start=$SECONDS
     mkdir -p "$root/bin" "$root/charts"
-    if [ -n "$tarball" ]; then
-      log "unpacking Istio $ISTIO_VERSION from $tarball"
-      mkdir -p "$src"
-      tar -xzf "$tarball" -C "$src" --strip-components=1
-    else
-      log "cloning Istio $ISTIO_VERSION from github.com/istio/istio"
-      git clone --quiet --depth 1 --branch "$ISTIO_VERSION" https://github.com/istio/istio "$src" >&2
-    fi
+    source_tree Istio "$ISTIO_VERSION" "istio-$ISTIO_VERSION-src.tar.gz" github.com/istio/istio "$src"
     if [ ! -x "$bin" ]; then
       log "building pilot-discovery $ISTIO_VERSION (about 7 minutes on 2 cores the first time)"
       (cd "$src" && CGO_ENABLED=0 gobuild_env go build -ldflags='-s -w' -o "$bin" ./pilot/cmd/pilot-discovery >&2)
@@ -135,18 +142,10 @@ ai_gateway() {
   local root="$cache/ai-gateway-$AIGW_VERSION"
   local bin="$root/bin/extproc" src="$root/src"
   if [ ! -x "$bin" ]; then
-    local start=$SECONDS tarball
-    tarball="$(source_archive "ai-gateway-${AIGW_VERSION#v}-src.tar.gz")"
-    rm -rf "$src"
+    local start=$SECONDS
     mkdir -p "$root/bin"
-    if [ -n "$tarball" ]; then
-      log "unpacking Envoy AI Gateway $AIGW_VERSION from $tarball"
-      mkdir -p "$src"
-      tar -xzf "$tarball" -C "$src" --strip-components=1
-    else
-      log "cloning Envoy AI Gateway $AIGW_VERSION from github.com/envoyproxy/ai-gateway"
-      git clone --quiet --depth 1 --branch "$AIGW_VERSION" https://github.com/envoyproxy/ai-gateway "$src" >&2
-    fi
+    source_tree "Envoy AI Gateway" "$AIGW_VERSION" "ai-gateway-${AIGW_VERSION#v}-src.tar.gz" \
+      github.com/envoyproxy/ai-gateway "$src"
     log "building Envoy AI Gateway's extproc $AIGW_VERSION (minutes the first time)"
     (cd "$src" && CGO_ENABLED=0 GOWORK=off gobuild_env go build -ldflags='-s -w' -o "$bin" ./cmd/extproc >&2)
     rm -rf "$src"

@@ -633,44 +633,39 @@ local_argv() {
     esac
   done <<<"$1"
 }
-start_with_chart_args() {
-  local out="$work/chart-args.log" args
-  args="$("$kubectl" -n bbr-go-v1-5-0 get deployment body-based-router \
+# Starts the real bbr-extproc with the args of namespace NS's rendered
+# Deployment (bounded: 60 s), waits up to 20 s for PATTERN in its log
+# FILE, and stops it.
+run_deployment_args() { # ns pattern file
+  local args
+  args="$("$kubectl" -n "$1" get deployment body-based-router \
     -o jsonpath='{range .spec.template.spec.containers[0].args[*]}{@}{"\n"}{end}')" || return 1
   local -a argv
   mapfile -t argv < <(local_argv "$args")
   echo "args: ${argv[*]}"
-  NAMESPACE=bbr-go-v1-5-0 timeout 60 "$binary" "${argv[@]}" >"$out" 2>&1 &
+  NAMESPACE="$1" timeout 60 "$binary" "${argv[@]}" >"$3" 2>&1 &
   local pid=$!
-  # Listening, then the ConfigMaps listed (bounded: 20 s).
   for _ in $(seq 1 200); do
-    grep -q 'base-model ConfigMaps listed' "$out" && break
+    grep -q "$2" "$3" && break
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.1
   done
-  grep -q 'base-model ConfigMaps listed' "$out"; local listed=$?
   kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
-  grep -q 'bbr-extproc listening' "$out" && [ "$listed" = 0 ] || { cat "$out"; return 1; }
+}
+# Listening, then the ConfigMaps listed.
+start_with_chart_args() {
+  local out="$work/chart-args.log"
+  run_deployment_args bbr-go-v1-5-0 'base-model ConfigMaps listed' "$out" || return 1
+  grep -q 'bbr-extproc listening' "$out" && grep -q 'base-model ConfigMaps listed' "$out" ||
+    { cat "$out"; return 1; }
 }
 check "the chart's Deployment args start bbr-extproc, which lists the ConfigMaps" start_with_chart_args
 
 # The discovery values' args: bbr-extproc reads the namespace's
 # InferencePools (the demo's two, no pods yet).
 discovery_args_read_pools() {
-  local out="$work/discovery-args.log" args
-  args="$("$kubectl" -n bbr-discovery get deployment body-based-router \
-    -o jsonpath='{range .spec.template.spec.containers[0].args[*]}{@}{"\n"}{end}')" || return 1
-  local -a argv
-  mapfile -t argv < <(local_argv "$args")
-  echo "args: ${argv[*]}"
-  NAMESPACE=bbr-discovery timeout 60 "$binary" "${argv[@]}" >"$out" 2>&1 &
-  local pid=$!
-  for _ in $(seq 1 200); do
-    grep -q 'InferencePool endpoints changed' "$out" && break
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
+  local out="$work/discovery-args.log"
+  run_deployment_args bbr-discovery 'InferencePool endpoints changed' "$out" || return 1
   grep 'InferencePool endpoints changed' "$out" | grep -q 'gemma3' || { cat "$out"; return 1; }
 }
 check "the discovery values' args start bbr-extproc, which reads the InferencePools" discovery_args_read_pools
