@@ -24,6 +24,11 @@
 #     once it runs again (module: there is no bbr-extproc; instead, the chart
 #     rendered none, and the module's counters in the gateway Envoy's stats
 #     count the requests);
+#   - bbr-extproc back with the chart's model discovery on: an adapter loaded
+#     on gemma3's model server (/v1/load_lora_adapter), in no rule and no
+#     ConfigMap, reaches the gemma3 pod as its base model (Istio only: the
+#     Envoy Gateway runs have no InferencePools; not in the module runs:
+#     discovery is bbr-extproc's);
 #   - one pool's endpoint picker killed: that pool fails, the other serves
 #     (Istio only: on Envoy Gateway, InferencePool backends need Envoy AI
 #     Gateway, so there the routes name Services; said and skipped).
@@ -408,12 +413,39 @@ extproc_down_checks() {
   else
     fail "bbr-extproc down: requests fail closed: $(describe)"
   fi
+  # It comes back with model discovery on (bbr.discovery, the chart's
+  # values; the rule for gemma3's base model as above): the args of the
+  # upgraded Deployment, as the kubelet would start a new pod with.
+  "$helm" upgrade body-based-router charts/body-based-routing -n default \
+    -f "$work/$provider/values-changed.yaml" "${values_more[@]}" \
+    --set bbr.discovery.inferencePools=true --set bbr.discovery.periodSeconds=1 >/dev/null
   start_bbr
   if until_ok 60 routes_to chatbot gemma3-0; then
     ok "bbr-extproc back: chatbot reaches the gemma3 pod again"
   else
     fail "bbr-extproc back: chatbot reaches the gemma3 pod again: $(describe)"
   fi
+
+  # An adapter loaded on gemma3's model server, named in no rule and no
+  # ConfigMap: bbr-extproc reads the InferencePools' pods, learns the
+  # adapter's parent from the server's /v1/models and routes it as that
+  # base model (the base model's rule, header and HTTPRoute).
+  if [ "$cp" = envoy-gateway ]; then
+    skip "an adapter learned from the InferencePools' pods: this run has no InferencePools (its routes name Services)"
+    "$helm" upgrade body-based-router charts/body-based-routing -n default -f "$values" "${values_more[@]}" >/dev/null
+    return
+  fi
+  request chat-lora
+  local before="$code" loaded
+  loaded="$(curl -sS -m 10 -o /dev/null -w '%{http_code}' \
+    "http://${pod_ip[gemma3]}:8000/v1/load_lora_adapter" -H 'content-type: application/json' \
+    -d '{"lora_name":"chat-lora","lora_path":"/chat-lora"}' 2>&1)" || true
+  if [ "$before" != 200 ] && [ "$loaded" = 200 ] && until_ok 20 routes_to chat-lora gemma3-0; then
+    ok "an adapter loaded on gemma3's server reaches the gemma3 pod, learned from the InferencePool's pods (before: HTTP $before)"
+  else
+    fail "an adapter loaded on gemma3's server reaches the gemma3 pod (before: HTTP $before, load: $loaded): $(describe)"
+  fi
+  "$helm" upgrade body-based-router charts/body-based-routing -n default -f "$values" "${values_more[@]}" >/dev/null
 }
 
 # The gateway's Envoy: the process listening on the gateway's port.
