@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use bbr_core::rules::RuleTableBuilder;
+use bbr_core::rules::{RuleTable, RuleTableBuilder, SharedRules};
 use bbr_discovery::{Lists, ModelDiscovery, Options, Pool};
 use bytes::Bytes;
 use http_body_util::Full;
@@ -69,6 +69,17 @@ async fn until(rx: &mut mpsc::UnboundedReceiver<Lists>, want: impl Fn(&Lists) ->
     .expect("the lists did not come within 10 s")
 }
 
+/// The rule table the lists make alone (no rules file).
+fn table_of(lists: &Lists) -> RuleTable {
+    lists
+        .iter()
+        .fold(RuleTableBuilder::new(), |b, (pool, models)| {
+            b.discovered_models(pool, models.clone())
+        })
+        .build()
+        .unwrap()
+}
+
 fn ids(lists: &Lists, pool: &str) -> Vec<String> {
     lists
         .get(pool)
@@ -97,13 +108,7 @@ async fn adapters_loaded_and_unloaded_reach_the_table_and_a_silent_server_drops_
     // the lists, and listed with its parent.
     *served.lock().unwrap() = list(&[("qwen", None), ("sql-lora", Some("qwen"))]);
     let lists = until(&mut rx, |l| ids(l, "qwen-pool").len() == 2).await;
-    let table = lists
-        .iter()
-        .fold(RuleTableBuilder::new(), |b, (pool, models)| {
-            b.discovered_models(pool, models.clone())
-        })
-        .build()
-        .unwrap();
+    let table = table_of(&lists);
     assert_eq!(table.base_model("sql-lora"), Some("qwen"));
     let route = table.route("sql-lora", None).unwrap().unwrap();
     assert_eq!(route.base_model(), Some("qwen"));
@@ -166,7 +171,6 @@ async fn an_answer_past_the_size_bound_or_not_a_list_is_not_taken() {
 /// model or, while it is not loaded, to none; never to the other pool's.
 #[tokio::test]
 async fn adapters_come_and_go_under_traffic_and_nothing_is_misrouted() {
-    use bbr_core::rules::{RuleTable, SharedRules};
     let qwen = Arc::new(Mutex::new(list(&[("qwen", None)])));
     let llama = Arc::new(Mutex::new(list(&[("llama", None)])));
     let (qwen_url, qwen_task) = server(Arc::clone(&qwen)).await;
@@ -180,14 +184,7 @@ async fn adapters_come_and_go_under_traffic_and_nothing_is_misrouted() {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let poller = ModelDiscovery::new(pools, Options::default().period(Duration::from_millis(20)))
         .spawn(move |lists: &Lists| {
-            let table = lists
-                .iter()
-                .fold(RuleTableBuilder::new(), |b, (pool, models)| {
-                    b.discovered_models(pool, models.clone())
-                })
-                .build()
-                .unwrap();
-            served.replace(table);
+            served.replace(table_of(lists));
             let _ = tx.send(lists.clone());
         });
     until(&mut rx, |l| l.len() == 2).await;
