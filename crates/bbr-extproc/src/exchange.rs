@@ -18,12 +18,13 @@ use bbr_core::{
 use bytes::Bytes;
 
 use crate::{
+    inbound::{Chunk, Inbound},
     metrics,
     pb::BodySendMode,
     reply,
     wire::{
-        CommonResponse, HttpBody, HttpHeaders, ProcessingRequest, ProcessingResponse,
-        ProtocolConfiguration, processing_request::Request, processing_response::Response,
+        CommonResponse, HttpHeaders, ProcessingResponse, ProtocolConfiguration,
+        processing_request::Request, processing_response::Response,
     },
 };
 
@@ -90,7 +91,7 @@ pub(crate) struct Exchange {
     answered: bool,
     /// The chunks held until the verdict (one per body message: an empty
     /// one too, since each is owed a response in BUFFERED and STREAMED).
-    held: Vec<Bytes>,
+    held: Vec<Chunk>,
     /// FULL_DUPLEX_STREAMED: the request headers response is still owed.
     headers_owed: bool,
     /// Headers the client sent that it may not send, removed from the request.
@@ -124,7 +125,26 @@ impl Exchange {
     }
 
     /// Handles one message from Envoy, appending the responses to `out`.
-    pub(crate) fn on_message(&mut self, msg: ProcessingRequest, out: &mut Vec<ProcessingResponse>) {
+    #[cfg(test)]
+    pub(crate) fn on_message(
+        &mut self,
+        msg: crate::wire::ProcessingRequest,
+        out: &mut Vec<ProcessingResponse>,
+    ) {
+        self.on_inbound(
+            Inbound {
+                request: msg,
+                parts: None,
+            },
+            out,
+        );
+    }
+
+    /// Handles one message from Envoy as the reader hands it over (its
+    /// body chunk perhaps in pieces), appending the responses to `out`.
+    pub(crate) fn on_inbound(&mut self, mut inbound: Inbound, out: &mut Vec<ProcessingResponse>) {
+        let chunk = inbound.take_chunk();
+        let msg = inbound.request;
         if msg.observability_mode {
             self.observability = true;
         }
@@ -134,12 +154,12 @@ impl Exchange {
         let start = out.len();
         match msg.request {
             Some(Request::RequestHeaders(h)) => self.on_request_headers(h, out),
-            Some(Request::RequestBody(b)) => self.on_request_body(b, out),
+            Some(Request::RequestBody(b)) => self.on_request_body(chunk, b.end_of_stream, out),
             Some(Request::RequestTrailers(_)) => self.on_request_trailers(out),
             Some(Request::ResponseHeaders(_)) => out.push(reply::response(
                 Response::ResponseHeaders(Default::default()),
             )),
-            Some(Request::ResponseBody(b)) => self.on_response_body(b, out),
+            Some(Request::ResponseBody(b)) => self.on_response_body(chunk, b.end_of_stream, out),
             Some(Request::ResponseTrailers(_)) => out.push(reply::response(
                 Response::ResponseTrailers(Default::default()),
             )),
@@ -233,7 +253,7 @@ impl Exchange {
         }
     }
 
-    fn on_request_body(&mut self, b: HttpBody, out: &mut Vec<ProcessingResponse>) {
+    fn on_request_body(&mut self, chunk: Chunk, eos: bool, out: &mut Vec<ProcessingResponse>) {
         if self.answered {
             return;
         }
@@ -244,13 +264,18 @@ impl Exchange {
         let Some(session) = self.session.as_mut() else {
             return;
         };
-        let (chunk, eos) = (b.body, b.end_of_stream);
         let reading = session.is_reading();
         // A BUFFERED body message is the whole body, even when trailers
         // follow it.
         let end = eos || (reading && self.request_mode == BodyMode::Buffered);
         let timer = (reading && !self.shared.plugin_histograms.is_empty()).then(Instant::now);
-        let step = session.chunk(&self.shared.decider, &chunk, end);
+        let step = match &chunk {
+            Chunk::One(bytes) => session.chunk(&self.shared.decider, bytes, end),
+            Chunk::Parts(parts) => {
+                let parts: Vec<&[u8]> = parts.iter().map(|p| &p[..]).collect();
+                session.lent_chunk(&self.shared.decider, &parts, end)
+            }
+        };
         if reading {
             if let (Some(start), Step::Verdict(_)) = (timer, &step) {
                 let seconds = start.elapsed().as_secs_f64();
@@ -303,10 +328,10 @@ impl Exchange {
         }
     }
 
-    fn on_response_body(&mut self, b: HttpBody, out: &mut Vec<ProcessingResponse>) {
+    fn on_response_body(&mut self, chunk: Chunk, eos: bool, out: &mut Vec<ProcessingResponse>) {
         // Never held: token streams must keep flowing.
-        let chunk = (self.response_mode == BodyMode::FullDuplexStreamed)
-            .then_some((b.body, b.end_of_stream));
+        let chunk =
+            (self.response_mode == BodyMode::FullDuplexStreamed).then(|| (chunk.into_bytes(), eos));
         out.push(reply::response_body(chunk));
     }
 
@@ -315,7 +340,7 @@ impl Exchange {
     fn take_step(
         &mut self,
         step: Step,
-        chunk: Option<Bytes>,
+        chunk: Option<Chunk>,
         eos: bool,
         out: &mut Vec<ProcessingResponse>,
     ) {
@@ -359,12 +384,13 @@ impl Exchange {
         let first = out.len();
         let mut common = self.common(&verdict);
         let mut held = std::mem::take(&mut self.held);
-        if let Some(change) = self
-            .session
-            .as_ref()
-            .and_then(|s| s.change_body(&verdict, &held))
-        {
-            held = change.chunks;
+        let rewrites = matches!(&verdict, Verdict::Route(r) if r.rewrite().is_some());
+        let change = self.session.as_ref().filter(|_| rewrites).and_then(|s| {
+            let pieces: Vec<Bytes> = held.iter().flat_map(Chunk::parts).cloned().collect();
+            s.change_body(&verdict, &pieces)
+        });
+        if let Some(change) = change {
+            held = change.chunks.into_iter().map(Chunk::One).collect();
             match change.content_length {
                 Some(ContentLength::Set(len)) => {
                     let mutation = common.header_mutation.get_or_insert_default();
@@ -380,7 +406,13 @@ impl Exchange {
                 None => {}
             }
             if self.request_mode == BodyMode::Buffered {
-                let body = Bytes::from(held.concat());
+                let body = Bytes::from(held.iter().flat_map(Chunk::parts).fold(
+                    Vec::new(),
+                    |mut body, part| {
+                        body.extend_from_slice(part);
+                        body
+                    },
+                ));
                 out.push(reply::request_body(Some(reply::with_body(common, body))));
                 return self.add_metadata(&verdict, &mut out[first..]);
             }
@@ -391,7 +423,7 @@ impl Exchange {
             let n = held.len();
             let mut common = Some(common);
             for (i, chunk) in held.into_iter().enumerate() {
-                let mut chunk = reply::request_chunk(chunk, eos && i + 1 == n);
+                let mut chunk = reply::request_chunk(chunk.into_bytes(), eos && i + 1 == n);
                 if let (Some(common), Some(Response::RequestBody(b))) =
                     (common.take(), chunk.response.as_mut())
                 {
@@ -407,7 +439,7 @@ impl Exchange {
             let n = held.len();
             for (i, chunk) in held.into_iter().enumerate() {
                 if self.request_mode == BodyMode::FullDuplexStreamed {
-                    out.push(reply::request_chunk(chunk, eos && i + 1 == n));
+                    out.push(reply::request_chunk(chunk.into_bytes(), eos && i + 1 == n));
                 } else {
                     out.push(reply::request_body(None));
                 }
@@ -452,9 +484,9 @@ impl Exchange {
         }
     }
 
-    fn release(&mut self, chunk: Bytes, eos: bool, out: &mut Vec<ProcessingResponse>) {
+    fn release(&mut self, chunk: Chunk, eos: bool, out: &mut Vec<ProcessingResponse>) {
         if self.request_mode == BodyMode::FullDuplexStreamed {
-            out.push(reply::request_chunk(chunk, eos));
+            out.push(reply::request_chunk(chunk.into_bytes(), eos));
         } else {
             out.push(reply::request_body(None));
         }
@@ -487,7 +519,8 @@ mod tests {
 
     use super::*;
     use crate::wire::{
-        HeaderMap, HeaderValue as PbHeaderValue, HttpTrailers, body_mutation::Mutation as BodyMut,
+        HeaderMap, HeaderValue as PbHeaderValue, HttpBody, HttpTrailers, ProcessingRequest,
+        body_mutation::Mutation as BodyMut,
     };
     use bbr_core::{ErrorKind, FailureAction, FailurePolicy, rules::RuleTable};
 

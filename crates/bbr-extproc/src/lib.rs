@@ -123,6 +123,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod exchange;
+mod inbound;
 #[cfg(feature = "kubernetes")]
 #[cfg_attr(docsrs, doc(cfg(feature = "kubernetes")))]
 pub mod inference_pools;

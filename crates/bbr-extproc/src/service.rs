@@ -12,13 +12,14 @@ use bbr_core::{BodyFieldHeader, Decider, ExtractorConfig, FailurePolicy, rules::
 use bytes::Bytes;
 use http_body::Frame;
 use tokio_stream::Stream;
-use tonic::{Status, Streaming, server::NamedService};
+use tonic::{Status, server::NamedService};
 use tower_service::Service;
 
 use crate::{
     DynamicMetadata,
     exchange::{BodyMode, Exchange, Shared},
-    wire::{self, Codec, ProcessingRequest, ProcessingResponse},
+    inbound::Reader,
+    wire::{self, ProcessingResponse},
 };
 
 /// The fully qualified gRPC name of the service, as health checks ask for it.
@@ -270,7 +271,7 @@ impl ProcessorBuilder {
 /// its messages are taken. The answers to one message wait in a buffer
 /// that is reused for the next.
 pub struct ProcessStream {
-    inbound: Streaming<ProcessingRequest>,
+    inbound: Reader,
     exchange: Exchange,
     out: Vec<ProcessingResponse>,
     /// The first answer in `out` not yet sent.
@@ -289,11 +290,11 @@ impl Stream for ProcessStream {
             }
             this.out.clear();
             this.next = 0;
-            match std::task::ready!(Pin::new(&mut this.inbound).poll_next(cx)) {
-                Some(Ok(msg)) => this.exchange.on_message(msg, &mut this.out),
+            match std::task::ready!(this.inbound.poll_next(cx)) {
+                Some(Ok(msg)) => this.exchange.on_inbound(msg, &mut this.out),
                 Some(Err(status)) => {
-                    tracing::debug!(%status, "ext_proc stream ended by the client");
-                    return Poll::Ready(None);
+                    tracing::debug!(%status, "ext_proc stream ended");
+                    return Poll::Ready(Some(Err(status)));
                 }
                 None => return Poll::Ready(None),
             }
@@ -426,9 +427,9 @@ const PROCESS_PATH: &str = "/envoy.service.ext_proc.v3.ExternalProcessor/Process
 /// ([`BodyRoutingProcessor::into_server`]): Envoy's
 /// `envoy.service.ext_proc.v3.ExternalProcessor`, to add to a
 /// [`tonic::transport::Server`] (or any server of `http` requests). Its
-/// messages are the [`wire`](crate::wire) types, decoded with
-/// [`wire::Codec`](crate::wire::Codec) so that body chunks are not copied
-/// out of the received messages.
+/// messages are the [`wire`](crate::wire) types, read straight from the
+/// HTTP/2 frames they arrive in: a body chunk is a slice of those frames
+/// (several, when it spans frames), never copied into one buffer first.
 ///
 /// Cheap to clone. Other methods than `Process` answer `UNIMPLEMENTED`.
 #[derive(Clone, Debug)]
@@ -479,12 +480,7 @@ where
         }
         let limit = self.max_message_size;
         let answers = ProcessStream {
-            inbound: Streaming::new_request(
-                Codec::<ProcessingResponse, ProcessingRequest>::default(),
-                request.into_body(),
-                None,
-                Some(limit),
-            ),
+            inbound: Reader::new(request.into_body(), limit),
             exchange: Exchange::new(Arc::clone(&self.shared)),
             out: Vec::new(),
             next: 0,

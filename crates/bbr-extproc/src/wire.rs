@@ -572,7 +572,7 @@ pub fn encode_framed(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     //! Wire compatibility with Envoy's generated types, both ways: a message
     //! encoded from one decodes to the same content in the other, and the
     //! fields the wire types leave out are skipped.
@@ -626,7 +626,7 @@ mod tests {
         }
     }
 
-    fn processing_request(r: &ProcessingRequest) -> ep::ProcessingRequest {
+    pub(crate) fn processing_request(r: &ProcessingRequest) -> ep::ProcessingRequest {
         use ep::processing_request::Request as E;
         use processing_request::Request as W;
         ep::ProcessingRequest {
@@ -773,7 +773,7 @@ mod tests {
         vec(header(), 0..6).prop_map(|headers| HeaderMap { headers })
     }
 
-    fn request() -> impl Strategy<Value = ProcessingRequest> + Clone {
+    pub(crate) fn request() -> impl Strategy<Value = ProcessingRequest> + Clone {
         use processing_request::Request as W;
         let http_headers = || {
             (option::of(headers()), any::<bool>()).prop_map(|(headers, eos)| HttpHeaders {
@@ -918,7 +918,7 @@ mod tests {
 
     /// Fields of Envoy's messages the wire types leave out, of every wire
     /// type (varint, fixed, length-delimited, nested), for decoding to skip.
-    fn with_request_extras(
+    pub(crate) fn with_request_extras(
         mut e: ep::ProcessingRequest,
         extras: (bool, i64, u8),
     ) -> ep::ProcessingRequest {
