@@ -229,7 +229,8 @@ struct Args {
     /// metrics ports and files.
     #[arg(long)]
     max_connections: Option<usize>,
-    /// Runtime worker threads (0: one per CPU).
+    /// Threads serving the ext_proc port, each connection on one of them
+    /// (0: one per CPU).
     #[arg(long, default_value_t = 0)]
     worker_threads: usize,
     /// Log verbosity: 0 errors … 1 warnings, 2 info (default), 3 debug, 4+ trace.
@@ -481,11 +482,13 @@ fn main() -> ExitCode {
         e.exit();
     }
     init_logging(args.verbosity, args.log_format);
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if args.worker_threads > 0 {
-        builder.worker_threads(args.worker_threads);
-    }
-    let runtime = match builder.enable_all().build() {
+    // The ext_proc port is served on threads of its own (`serve_grpc`);
+    // this runtime runs the rest: the side ports, watches, discovery.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the runtime");
@@ -633,9 +636,6 @@ async fn run(args: Args) -> Result<(), BoxError> {
             .http2_keepalive_interval(Some(keepalive))
             .http2_keepalive_timeout(Some(keepalive))
     };
-    let main_router = server()
-        .add_service(health_service.clone())
-        .add_service(processor.clone().into_server());
     // TLS is OpenSSL's: it accepts any server name (see bbr_extproc::tls).
     // Each handshake runs under the listener's deadline from accept.
     let acceptor = match (args.secure_serving, &args.cert_path) {
@@ -643,15 +643,44 @@ async fn run(args: Args) -> Result<(), BoxError> {
         (true, Some(dir)) => Some(tls::TlsAcceptor::from_dir(dir)?),
         (true, None) => Some(tls::TlsAcceptor::self_signed()?),
     };
-    let main_task = match acceptor {
-        Some(acceptor) => {
-            let connections = grpc.incoming_with(move |tcp| {
-                let acceptor = acceptor.clone();
-                async move { acceptor.accept(tcp).await }
-            });
-            tokio::spawn(main_router.serve_with_incoming_shutdown(connections, stopped()))
+    let threads = match args.worker_threads {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    };
+    let mut main_tasks = Vec::with_capacity(threads);
+    for (i, share) in grpc.spread(threads).into_iter().enumerate() {
+        let router = server()
+            .add_service(health_service.clone())
+            .add_service(processor.clone().into_server());
+        let acceptor = acceptor.clone();
+        let stopped = stopped();
+        main_tasks.push(serve_grpc(i, async move {
+            match acceptor {
+                Some(acceptor) => {
+                    let connections = share.incoming_with(move |tcp| {
+                        let acceptor = acceptor.clone();
+                        async move { acceptor.accept(tcp).await }
+                    });
+                    router
+                        .serve_with_incoming_shutdown(connections, stopped)
+                        .await
+                }
+                None => {
+                    router
+                        .serve_with_incoming_shutdown(share.incoming(), stopped)
+                        .await
+                }
+            }
+        })?);
+    }
+    let main_task = async move {
+        for task in main_tasks {
+            match task.await {
+                Ok(served) => served?,
+                Err(_) => return Err("an ext_proc serving thread ended without serving".into()),
+            }
         }
-        None => tokio::spawn(main_router.serve_with_incoming_shutdown(grpc.incoming(), stopped())),
+        Ok::<(), BoxError>(())
     };
     let health_task = tokio::spawn(
         server()
@@ -722,10 +751,42 @@ async fn run(args: Args) -> Result<(), BoxError> {
         flush_traces(traces).await;
     }
     if let Ok((main, health, _)) = drained {
-        main??;
+        main?;
         health??;
     }
     Ok(())
+}
+
+/// Serves the ext_proc port's connections of one [`Share`](bbr_listen::Share)
+/// on a thread of its own, with a current-thread runtime: each connection
+/// (Envoy opens one per worker thread) lives on one thread, and the tasks
+/// of its streams wake no other. On 2 CPUs beside Envoy this took 20–30 %
+/// off the CPU time per request of a multi-threaded runtime, where the
+/// streams of one connection ran on every worker in turn (BENCHMARKS.md).
+fn serve_grpc<F>(
+    index: usize,
+    serve: F,
+) -> std::io::Result<tokio::sync::oneshot::Receiver<Result<(), tonic::transport::Error>>>
+where
+    F: std::future::Future<Output = Result<(), tonic::transport::Error>> + Send + 'static,
+{
+    let (done, finished) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(format!("bbr-grpc-{index}"))
+        .spawn(move || {
+            let served = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime.block_on(serve),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start a serving thread's runtime");
+                    return;
+                }
+            };
+            let _ = done.send(served);
+        })?;
+    Ok(finished)
 }
 
 /// How long the spans still queued at shutdown may take to be exported.

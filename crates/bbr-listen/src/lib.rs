@@ -48,12 +48,14 @@ pub mod limits;
 mod listener;
 pub mod probe;
 mod signal;
+mod spread;
 #[cfg(feature = "tonic")]
 mod tonic;
 
 pub use guard::Guarded;
 pub use listener::{Listener, ListenerOptions};
 pub use signal::shutdown_signal;
+pub use spread::Share;
 
 /// Counter: connections accepted.
 pub const CONNECTIONS_ACCEPTED: &str = "bbr_connections_accepted_total";

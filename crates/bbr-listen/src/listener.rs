@@ -92,7 +92,7 @@ pub struct Listener {
     tcp: TcpListener,
     options: ListenerOptions,
     slots: Arc<Semaphore>,
-    counters: Counters,
+    pub(crate) counters: Counters,
 }
 
 /// The first pause after an accept error; it doubles up to [`MAX_BACKOFF`]
@@ -199,7 +199,7 @@ fn is_per_connection(e: &io::Error) -> bool {
 }
 
 /// How many accepted connections may wait for the server to take them.
-const QUEUE: usize = 64;
+pub(crate) const QUEUE: usize = 64;
 
 impl Listener {
     /// The connections it accepts, as a stream (for tonic's
@@ -260,27 +260,61 @@ impl Listener {
                     accepted = self.accept_raw() => accepted,
                     () = tx.closed() => return,
                 };
-                let counters = self.counters.clone();
-                let handshake = handshake(stream);
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    match tokio::time::timeout_at(deadline, handshake).await {
-                        Ok(Ok(io)) => {
-                            let _ = tx
-                                .send(Ok(Guarded::new(io, deadline, counters, Some(slot))))
-                                .await;
-                        }
-                        Ok(Err(e)) => {
-                            tracing::debug!(listener = name, %peer, error = %e, "handshake failed");
-                        }
-                        Err(_) => {
-                            counters.timed_out.increment(1);
-                            tracing::debug!(listener = name, %peer, "handshake timed out");
-                        }
-                    }
-                });
+                tokio::spawn(hand_over(
+                    handshake(stream),
+                    Handover {
+                        peer,
+                        slot,
+                        deadline,
+                        counters: self.counters.clone(),
+                        name,
+                    },
+                    tx.clone(),
+                ));
             }
         });
         tokio_stream::wrappers::ReceiverStream::new(rx)
+    }
+}
+
+/// What comes with a connection until its handshake is over.
+pub(crate) struct Handover {
+    pub(crate) peer: SocketAddr,
+    pub(crate) slot: OwnedSemaphorePermit,
+    pub(crate) deadline: Instant,
+    pub(crate) counters: Counters,
+    pub(crate) name: &'static str,
+}
+
+/// Runs a connection's handshake within its header timeout, then hands
+/// the connection to the server through `tx` (a failed or late handshake
+/// closes it).
+pub(crate) async fn hand_over<F, IO>(
+    handshake: F,
+    with: Handover,
+    tx: tokio::sync::mpsc::Sender<io::Result<Guarded<IO>>>,
+) where
+    F: std::future::Future<Output = io::Result<IO>>,
+{
+    let Handover {
+        peer,
+        slot,
+        deadline,
+        counters,
+        name,
+    } = with;
+    match tokio::time::timeout_at(deadline, handshake).await {
+        Ok(Ok(io)) => {
+            let _ = tx
+                .send(Ok(Guarded::new(io, deadline, counters, Some(slot))))
+                .await;
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(listener = name, %peer, error = %e, "handshake failed");
+        }
+        Err(_) => {
+            counters.timed_out.increment(1);
+            tracing::debug!(listener = name, %peer, "handshake timed out");
+        }
     }
 }
