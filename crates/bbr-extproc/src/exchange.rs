@@ -102,6 +102,82 @@ pub(crate) struct Exchange {
     span: crate::otel::RequestSpan,
 }
 
+/// The answers to one message, in order. A chunk sent back that arrived
+/// in pieces is kept apart from its answer, as those pieces, so that it
+/// goes out as they came ([`wire::encode_framed_pieces`](crate::wire)).
+#[derive(Debug, Default)]
+pub(crate) struct Answers {
+    answers: Vec<ProcessingResponse>,
+    /// (index in `answers`, the pieces of its streamed chunk).
+    pieces: Vec<(usize, Vec<Bytes>)>,
+}
+
+impl std::ops::Deref for Answers {
+    type Target = Vec<ProcessingResponse>;
+
+    fn deref(&self) -> &Vec<ProcessingResponse> {
+        &self.answers
+    }
+}
+
+impl std::ops::DerefMut for Answers {
+    fn deref_mut(&mut self) -> &mut Vec<ProcessingResponse> {
+        &mut self.answers
+    }
+}
+
+impl Answers {
+    /// Appends a streamed-chunk answer whose chunk, when `pieces` is
+    /// given, is those pieces (its own body being empty).
+    fn push_chunk(&mut self, answer: ProcessingResponse, pieces: Option<Vec<Bytes>>) {
+        if let Some(pieces) = pieces {
+            self.pieces.push((self.answers.len(), pieces));
+        }
+        self.answers.push(answer);
+    }
+
+    /// Keeps the first `len` answers.
+    pub(crate) fn truncate(&mut self, len: usize) {
+        self.answers.truncate(len);
+        self.pieces.retain(|(i, _)| *i < len);
+    }
+
+    /// Empties it for the next message.
+    pub(crate) fn clear(&mut self) {
+        self.answers.clear();
+        self.pieces.clear();
+    }
+
+    /// Takes answer `i` out (a default one is left) with the pieces of its
+    /// chunk (none when the chunk, if any, is in the answer).
+    pub(crate) fn take(&mut self, i: usize) -> (ProcessingResponse, Vec<Bytes>) {
+        let pieces = match self.pieces.iter().position(|(at, _)| *at == i) {
+            Some(p) => self.pieces.swap_remove(p).1,
+            None => Vec::new(),
+        };
+        (std::mem::take(&mut self.answers[i]), pieces)
+    }
+
+    /// Takes answer `i` out with its chunk joined into it.
+    #[cfg(test)]
+    pub(crate) fn take_joined(&mut self, i: usize) -> ProcessingResponse {
+        let (mut answer, pieces) = self.take(i);
+        if !pieces.is_empty() {
+            crate::wire::join_streamed(&mut answer, &pieces);
+        }
+        answer
+    }
+}
+
+/// The answer sending `chunk` back in `FULL_DUPLEX_STREAMED`, and the
+/// chunk's pieces when it is in several (the answer's body then empty).
+fn chunk_answer(chunk: Chunk, eos: bool) -> (ProcessingResponse, Option<Vec<Bytes>>) {
+    match chunk {
+        Chunk::One(bytes) => (reply::request_chunk(bytes, eos), None),
+        Chunk::Parts(pieces) => (reply::request_chunk(Bytes::new(), eos), Some(pieces)),
+    }
+}
+
 impl Exchange {
     pub(crate) fn new(shared: Arc<Shared>) -> Exchange {
         let mode = shared.default_mode;
@@ -131,18 +207,20 @@ impl Exchange {
         msg: crate::wire::ProcessingRequest,
         out: &mut Vec<ProcessingResponse>,
     ) {
+        let mut answers = Answers::default();
         self.on_inbound(
             Inbound {
                 request: msg,
                 parts: None,
             },
-            out,
+            &mut answers,
         );
+        out.extend((0..answers.len()).map(|i| answers.take_joined(i)));
     }
 
     /// Handles one message from Envoy as the reader hands it over (its
     /// body chunk perhaps in pieces), appending the responses to `out`.
-    pub(crate) fn on_inbound(&mut self, mut inbound: Inbound, out: &mut Vec<ProcessingResponse>) {
+    pub(crate) fn on_inbound(&mut self, mut inbound: Inbound, out: &mut Answers) {
         let chunk = inbound.take_chunk();
         let msg = inbound.request;
         if msg.observability_mode {
@@ -195,7 +273,7 @@ impl Exchange {
         }
     }
 
-    fn on_request_headers(&mut self, h: HttpHeaders, out: &mut Vec<ProcessingResponse>) {
+    fn on_request_headers(&mut self, h: HttpHeaders, out: &mut Answers) {
         if self.session.is_some() || self.answered {
             // A second headers message is a protocol error on Envoy's side;
             // answer it so that the stream does not hang.
@@ -253,7 +331,7 @@ impl Exchange {
         }
     }
 
-    fn on_request_body(&mut self, chunk: Chunk, eos: bool, out: &mut Vec<ProcessingResponse>) {
+    fn on_request_body(&mut self, chunk: Chunk, eos: bool, out: &mut Answers) {
         if self.answered {
             return;
         }
@@ -313,7 +391,7 @@ impl Exchange {
         self.session = Some(session);
     }
 
-    fn on_request_trailers(&mut self, out: &mut Vec<ProcessingResponse>) {
+    fn on_request_trailers(&mut self, out: &mut Answers) {
         if self.answered {
             return;
         }
@@ -328,7 +406,7 @@ impl Exchange {
         }
     }
 
-    fn on_response_body(&mut self, chunk: Chunk, eos: bool, out: &mut Vec<ProcessingResponse>) {
+    fn on_response_body(&mut self, chunk: Chunk, eos: bool, out: &mut Answers) {
         // Never held: token streams must keep flowing.
         let chunk =
             (self.response_mode == BodyMode::FullDuplexStreamed).then(|| (chunk.into_bytes(), eos));
@@ -337,13 +415,7 @@ impl Exchange {
 
     /// Translates a session step to Envoy's protocol: `chunk` is the body
     /// message's chunk after the verdict (before it, chunks are held).
-    fn take_step(
-        &mut self,
-        step: Step,
-        chunk: Option<Chunk>,
-        eos: bool,
-        out: &mut Vec<ProcessingResponse>,
-    ) {
+    fn take_step(&mut self, step: Step, chunk: Option<Chunk>, eos: bool, out: &mut Answers) {
         let Some(session) = self.session.as_ref() else {
             return;
         };
@@ -375,7 +447,7 @@ impl Exchange {
 
     /// Sends the verdict (headers response or body response, by mode) and
     /// the held chunks.
-    fn carry_out(&mut self, verdict: Verdict, eos: bool, out: &mut Vec<ProcessingResponse>) {
+    fn carry_out(&mut self, verdict: Verdict, eos: bool, out: &mut Answers) {
         self.span.verdict(&verdict);
         if let Verdict::Reject(e) = &verdict {
             return self.reject(e, out);
@@ -423,7 +495,7 @@ impl Exchange {
             let n = held.len();
             let mut common = Some(common);
             for (i, chunk) in held.into_iter().enumerate() {
-                let mut chunk = reply::request_chunk(chunk.into_bytes(), eos && i + 1 == n);
+                let (mut chunk, pieces) = chunk_answer(chunk, eos && i + 1 == n);
                 if let (Some(common), Some(Response::RequestBody(b))) =
                     (common.take(), chunk.response.as_mut())
                 {
@@ -431,7 +503,7 @@ impl Exchange {
                     streamed.header_mutation = common.header_mutation;
                     streamed.clear_route_cache = common.clear_route_cache;
                 }
-                out.push(chunk);
+                out.push_chunk(chunk, pieces);
             }
         } else if self.headers_owed || self.request_mode == BodyMode::FullDuplexStreamed {
             self.headers_owed = false;
@@ -439,7 +511,8 @@ impl Exchange {
             let n = held.len();
             for (i, chunk) in held.into_iter().enumerate() {
                 if self.request_mode == BodyMode::FullDuplexStreamed {
-                    out.push(reply::request_chunk(chunk.into_bytes(), eos && i + 1 == n));
+                    let (answer, pieces) = chunk_answer(chunk, eos && i + 1 == n);
+                    out.push_chunk(answer, pieces);
                 } else {
                     out.push(reply::request_body(None));
                 }
@@ -466,7 +539,7 @@ impl Exchange {
         }
     }
 
-    fn reject(&mut self, e: &Error, out: &mut Vec<ProcessingResponse>) {
+    fn reject(&mut self, e: &Error, out: &mut Answers) {
         self.span.rejected(e);
         tracing::debug!(
             kind = e.kind().as_str(),
@@ -477,16 +550,17 @@ impl Exchange {
         out.push(reply::immediate(e));
     }
 
-    fn flush_owed_headers(&mut self, out: &mut Vec<ProcessingResponse>) {
+    fn flush_owed_headers(&mut self, out: &mut Answers) {
         if self.headers_owed {
             self.headers_owed = false;
             out.push(reply::request_headers(self.strip_only()));
         }
     }
 
-    fn release(&mut self, chunk: Chunk, eos: bool, out: &mut Vec<ProcessingResponse>) {
+    fn release(&mut self, chunk: Chunk, eos: bool, out: &mut Answers) {
         if self.request_mode == BodyMode::FullDuplexStreamed {
-            out.push(reply::request_chunk(chunk.into_bytes(), eos));
+            let (answer, pieces) = chunk_answer(chunk, eos);
+            out.push_chunk(answer, pieces);
         } else {
             out.push(reply::request_body(None));
         }
@@ -648,6 +722,81 @@ mod tests {
         let out = body(&mut x, b"}", true);
         assert_eq!(out.len(), 1);
         assert_eq!(streamed(&out[0]), (b"}".to_vec(), true));
+    }
+
+    /// A body message whose chunk came in pieces (it spanned HTTP/2
+    /// frames): read as the joined chunk, and sent back in full duplex as
+    /// those pieces, not a copy.
+    #[test]
+    fn a_chunk_in_pieces_is_read_whole_and_sent_back_as_its_pieces() {
+        let pieces = |parts: &[&'static [u8]]| -> Vec<Bytes> {
+            parts.iter().map(|p| Bytes::from_static(p)).collect()
+        };
+        let body_message = |parts: Vec<Bytes>, eos: bool| Inbound {
+            request: ProcessingRequest {
+                request: Some(Request::RequestBody(HttpBody {
+                    body: Bytes::new(),
+                    end_of_stream: eos,
+                })),
+                ..Default::default()
+            },
+            parts: Some(parts),
+        };
+        // Full duplex: the model lies across the pieces of the first chunk.
+        let mut x = exchange(BodyMode::FullDuplexStreamed);
+        assert!(headers(&mut x, &[JSON], false).is_empty());
+        let first = pieces(&[br#"{"messages":[],"mo"#, br#"del":"chat"#, br#"bot","n":1"#]);
+        let mut out = Answers::default();
+        x.on_inbound(body_message(first.clone(), false), &mut out);
+        assert_eq!(out.len(), 2, "{:?}", *out);
+        assert_eq!(
+            set(out[0].response.as_ref().unwrap()),
+            [("x-gateway-model-name".to_owned(), "chatbot".to_owned())]
+        );
+        let (answer, sent) = out.take(1);
+        assert_eq!(
+            streamed(answer.response.as_ref().unwrap()),
+            (Vec::new(), false)
+        );
+        assert_eq!(sent.len(), first.len());
+        for (sent, piece) in sent.iter().zip(&first) {
+            assert_eq!(sent.as_ptr(), piece.as_ptr(), "a piece was copied");
+        }
+        // After the verdict: checked, and sent back as its pieces too.
+        let last = pieces(&[b"", b"}"]);
+        let mut out = Answers::default();
+        x.on_inbound(body_message(last, true), &mut out);
+        let (answer, sent) = out.take(0);
+        assert_eq!(
+            streamed(answer.response.as_ref().unwrap()),
+            (Vec::new(), true)
+        );
+        assert_eq!(sent.concat(), b"}");
+
+        // BUFFERED: the whole body in pieces, routed; a bad one refused.
+        let mut x = exchange(BodyMode::Buffered);
+        headers(&mut x, &[JSON], false);
+        let mut out = Answers::default();
+        x.on_inbound(
+            body_message(pieces(&[br#"{"model":"cha"#, br#"tbot"}"#]), true),
+            &mut out,
+        );
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            set(out[0].response.as_ref().unwrap()),
+            [("x-gateway-model-name".to_owned(), "chatbot".to_owned())]
+        );
+        let mut x = exchange(BodyMode::Buffered);
+        headers(&mut x, &[JSON], false);
+        let mut out = Answers::default();
+        x.on_inbound(
+            body_message(pieces(&[br#"{"model":"cha"#, br#"tbot",}"#]), true),
+            &mut out,
+        );
+        assert!(matches!(
+            out[0].response,
+            Some(Response::ImmediateResponse(_))
+        ));
     }
 
     /// The routing response carries the decision as dynamic metadata, in

@@ -17,7 +17,7 @@ use tower_service::Service;
 
 use crate::{
     DynamicMetadata,
-    exchange::{BodyMode, Exchange, Shared},
+    exchange::{Answers, BodyMode, Exchange, Shared},
     inbound::Reader,
     wire::{self, ProcessingResponse},
 };
@@ -273,20 +273,27 @@ impl ProcessorBuilder {
 pub struct ProcessStream {
     inbound: Reader,
     exchange: Exchange,
-    out: Vec<ProcessingResponse>,
+    out: Answers,
     /// The first answer in `out` not yet sent.
     next: usize,
 }
 
-impl Stream for ProcessStream {
-    type Item = Result<ProcessingResponse, Status>;
+/// An answer, and the pieces of its streamed chunk when that came in
+/// several (its own chunk then empty).
+type Answer = (ProcessingResponse, Vec<Bytes>);
 
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.get_mut();
+impl ProcessStream {
+    /// The next answer, with the pieces of a streamed chunk that arrived
+    /// in several (to be sent as they are after it).
+    fn poll_answer(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Answer, Status>>> {
+        let this = self;
         loop {
-            if let Some(r) = this.out.get_mut(this.next) {
+            if this.next < this.out.len() {
                 this.next += 1;
-                return Poll::Ready(Some(Ok(std::mem::take(r))));
+                return Poll::Ready(Some(Ok(this.out.take(this.next - 1))));
             }
             this.out.clear();
             this.next = 0;
@@ -299,6 +306,22 @@ impl Stream for ProcessStream {
                 None => return Poll::Ready(None),
             }
         }
+    }
+}
+
+impl Stream for ProcessStream {
+    type Item = Result<ProcessingResponse, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        Poll::Ready(std::task::ready!(this.poll_answer(cx)).map(|answer| {
+            answer.map(|(mut answer, pieces)| {
+                if !pieces.is_empty() {
+                    wire::join_streamed(&mut answer, &pieces);
+                }
+                answer
+            })
+        }))
     }
 }
 
@@ -321,8 +344,8 @@ impl std::fmt::Debug for ProcessStream {
 /// the server in `FULL_DUPLEX_STREAMED`).
 struct ResponseBody {
     answers: ProcessStream,
-    /// The chunk of the answer whose first bytes went out last.
-    chunk: Option<Bytes>,
+    /// The chunk of the answer whose first bytes went out last, in pieces.
+    chunk: std::collections::VecDeque<Bytes>,
     /// How the stream ends, once the answers are over (sent after the
     /// frame of the answers before).
     end: Option<Status>,
@@ -357,8 +380,8 @@ impl http_body::Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         let this = self.get_mut();
-        if let Some(chunk) = this.chunk.take() {
-            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        if let Some(piece) = this.chunk.pop_front() {
+            return Poll::Ready(Some(Ok(Frame::data(piece))));
         }
         if this.done {
             return Poll::Ready(None);
@@ -368,12 +391,13 @@ impl http_body::Body for ResponseBody {
         }
         let mut buf = bytes::BytesMut::new();
         while buf.len() < BATCH_LEN {
-            match Pin::new(&mut this.answers).poll_next(cx) {
-                Poll::Ready(Some(Ok(answer))) => {
+            match this.answers.poll_answer(cx) {
+                Poll::Ready(Some(Ok((answer, pieces)))) => {
                     let start = buf.len();
-                    match wire::encode_framed(answer, &mut buf) {
+                    match wire::encode_framed_pieces(answer, pieces, &mut buf) {
                         Ok(chunk) => {
-                            let len = buf.len() - start - 5 + chunk.as_ref().map_or(0, Bytes::len);
+                            let len =
+                                buf.len() - start - 5 + chunk.iter().map(Bytes::len).sum::<usize>();
                             if len > this.max_message_size {
                                 buf.truncate(start);
                                 this.end = Some(Status::out_of_range(format!(
@@ -382,8 +406,8 @@ impl http_body::Body for ResponseBody {
                                 )));
                                 break;
                             }
-                            if chunk.is_some() {
-                                this.chunk = chunk;
+                            if !chunk.is_empty() {
+                                this.chunk = chunk.into();
                                 break;
                             }
                         }
@@ -416,7 +440,7 @@ impl http_body::Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done && self.chunk.is_none()
+        self.done && self.chunk.is_empty()
     }
 }
 
@@ -482,12 +506,12 @@ where
         let answers = ProcessStream {
             inbound: Reader::new(request.into_body(), limit),
             exchange: Exchange::new(Arc::clone(&self.shared)),
-            out: Vec::new(),
+            out: Answers::default(),
             next: 0,
         };
         let body = ResponseBody {
             answers,
-            chunk: None,
+            chunk: Default::default(),
             end: None,
             max_message_size: limit,
             done: false,

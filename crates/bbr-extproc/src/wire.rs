@@ -493,17 +493,15 @@ pub const SPLIT_CHUNK_LEN: usize = 4096;
 /// A message of 4 GiB or more, which a gRPC prefix cannot give the length
 /// of (`buf` is then left as it was).
 pub fn encode_framed(
-    mut msg: ProcessingResponse,
+    msg: ProcessingResponse,
     buf: &mut bytes::BytesMut,
 ) -> Result<Option<Bytes>, Status> {
-    use bytes::BufMut;
-    use prost::{
-        Message,
-        encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len},
-    };
+    encode_framed_pieces(msg, Vec::new(), buf).map(|pieces| pieces.into_iter().next())
+}
 
-    let too_large = || Status::internal("a message of 4 GiB or more");
-    let chunk = match &mut msg.response {
+/// The streamed chunk of a body response, if it is one.
+fn streamed_body(msg: &mut ProcessingResponse) -> Option<&mut Bytes> {
+    match &mut msg.response {
         Some(
             processing_response::Response::RequestBody(b)
             | processing_response::Response::ResponseBody(b),
@@ -513,24 +511,60 @@ pub fn encode_framed(
             .and_then(|c| c.body_mutation.as_mut())
             .and_then(|m| m.mutation.as_mut())
         {
-            Some(body_mutation::Mutation::StreamedResponse(s))
-                if s.body.len() >= SPLIT_CHUNK_LEN =>
-            {
-                Some(std::mem::take(&mut s.body))
-            }
+            Some(body_mutation::Mutation::StreamedResponse(s)) => Some(&mut s.body),
             _ => None,
         },
         _ => None,
+    }
+}
+
+/// Puts `pieces`, joined, as the streamed chunk of `msg`.
+pub(crate) fn join_streamed(msg: &mut ProcessingResponse, pieces: &[Bytes]) {
+    if let Some(body) = streamed_body(msg) {
+        *body = Bytes::from(pieces.concat());
+    }
+}
+
+/// [`encode_framed`] for a streamed chunk given in `pieces` (the answer's
+/// own chunk being empty): from [`SPLIT_CHUNK_LEN`] bytes they are
+/// returned as they are, to be sent in order after `buf`; below, they are
+/// copied into it. Without pieces, as [`encode_framed`], the chunk
+/// returned as the only piece.
+pub(crate) fn encode_framed_pieces(
+    mut msg: ProcessingResponse,
+    pieces: Vec<Bytes>,
+    buf: &mut bytes::BytesMut,
+) -> Result<Vec<Bytes>, Status> {
+    use bytes::BufMut;
+    use prost::{
+        Message,
+        encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len},
     };
-    let Some(chunk) = chunk else {
+
+    let too_large = || Status::internal("a message of 4 GiB or more");
+    let chunk_len: usize = pieces.iter().map(Bytes::len).sum();
+    let pieces = match streamed_body(&mut msg) {
+        Some(body) if chunk_len >= SPLIT_CHUNK_LEN => {
+            debug_assert!(body.is_empty(), "a chunk both in the answer and in pieces");
+            pieces
+        }
+        Some(body) if !pieces.is_empty() => {
+            *body = Bytes::from(pieces.concat());
+            Vec::new()
+        }
+        Some(body) if body.len() >= SPLIT_CHUNK_LEN => vec![std::mem::take(body)],
+        _ => Vec::new(),
+    };
+    if pieces.is_empty() {
         let len = msg.encoded_len();
         let prefix = u32::try_from(len).map_err(|_| too_large())?;
         buf.reserve(5 + len);
         buf.put_u8(0);
         buf.put_u32(prefix);
         msg.encode_raw(buf);
-        return Ok(None);
-    };
+        return Ok(pieces);
+    }
+    let chunk_len: usize = pieces.iter().map(Bytes::len).sum();
     // Taken apart from the outside in: what is left of each level is
     // encoded by prost, the level below after it, the chunk last.
     let (tag, body) = match msg.response.take() {
@@ -544,14 +578,14 @@ pub fn encode_framed(
         _ => unreachable!("the chunk was found in a streamed response"),
     };
     let field = |tag: u32, len: usize| key_len(tag) + encoded_len_varint(len as u64) + len;
-    let streamed_len = streamed.encoded_len() + field(1, chunk.len());
+    let streamed_len = streamed.encoded_len() + field(1, chunk_len);
     let mutation_len = field(3, streamed_len);
     let common_len = common.encoded_len() + field(3, mutation_len);
     let body_len = field(1, common_len);
     let total = msg.encoded_len() + field(tag, body_len);
     let prefix = u32::try_from(total).map_err(|_| too_large())?;
     let start = buf.len();
-    buf.reserve(5 + total - chunk.len());
+    buf.reserve(5 + total - chunk_len);
     buf.put_u8(0);
     buf.put_u32(prefix);
     let delimited = |buf: &mut bytes::BytesMut, tag: u32, len: usize| {
@@ -566,9 +600,9 @@ pub fn encode_framed(
     delimited(buf, 3, mutation_len);
     delimited(buf, 3, streamed_len);
     streamed.encode_raw(buf);
-    delimited(buf, 1, chunk.len());
-    debug_assert_eq!(buf.len() - start + chunk.len(), 5 + total);
-    Ok(Some(chunk))
+    delimited(buf, 1, chunk_len);
+    debug_assert_eq!(buf.len() - start + chunk_len, 5 + total);
+    Ok(pieces)
 }
 
 #[cfg(test)]
@@ -1029,6 +1063,44 @@ pub(crate) mod tests {
             prop_assert_eq!(decoded, processing_response(&r));
             let decoded = ProcessingResponse::decode(Bytes::from(framed[5..].to_vec())).unwrap();
             prop_assert_eq!(decoded, r);
+        }
+
+        #[test]
+        fn framed_responses_with_the_chunk_in_pieces_read_as_joined(
+            mut r in response(),
+            len in 0..3 * SPLIT_CHUNK_LEN,
+            cuts in vec(any::<usize>(), 0..4),
+        ) {
+            let Some(body) = streamed_chunk(&mut r) else {
+                return Ok(());
+            };
+            let chunk = Bytes::from((0..len).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+            *body = Bytes::new();
+            let mut at: Vec<usize> = cuts.iter().map(|c| c % (len + 1)).collect();
+            at.extend([0, len]);
+            at.sort_unstable();
+            at.dedup();
+            let pieces: Vec<Bytes> = at.windows(2).map(|w| chunk.slice(w[0]..w[1])).collect();
+            let mut head = bytes::BytesMut::new();
+            let rest = encode_framed_pieces(r.clone(), pieces.clone(), &mut head).unwrap();
+            if len >= SPLIT_CHUNK_LEN {
+                // The pieces themselves, in order, not copies.
+                prop_assert_eq!(rest.len(), pieces.len());
+                for (sent, piece) in rest.iter().zip(&pieces) {
+                    prop_assert_eq!(sent.as_ptr(), piece.as_ptr());
+                }
+            } else {
+                prop_assert!(rest.is_empty());
+            }
+            let mut framed = head.to_vec();
+            for piece in &rest {
+                framed.extend_from_slice(piece);
+            }
+            let len_prefix = u32::from_be_bytes(framed[1..5].try_into().unwrap());
+            prop_assert_eq!(len_prefix as usize, framed.len() - 5);
+            join_streamed(&mut r, &pieces);
+            let decoded = ep::ProcessingResponse::decode(&framed[5..]).unwrap();
+            prop_assert_eq!(decoded, processing_response(&r));
         }
 
         #[test]
