@@ -285,10 +285,7 @@ type Answer = (ProcessingResponse, Vec<Bytes>);
 impl ProcessStream {
     /// The next answer, with the pieces of a streamed chunk that arrived
     /// in several (to be sent as they are after it).
-    fn poll_answer(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Answer, Status>>> {
+    fn poll_answer(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Answer, Status>>> {
         let this = self;
         loop {
             if this.next < this.out.len() {

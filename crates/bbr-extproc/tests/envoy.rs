@@ -375,9 +375,13 @@ async fn full_duplex_routes_a_10_mib_body() {
         BodyRoutingProcessor::builder().build(),
     )
     .await;
+    // Letters in a period of 23 bytes, so that a piece of the body sent
+    // back out of place changes the hash the pool reports.
+    let content: String = (0..10 << 20)
+        .map(|i| char::from(b'a' + (i % 23) as u8))
+        .collect();
     let body = format!(
-        r#"{{"messages":[{{"role":"user","content":"{}"}}],"model":"recommender","max_tokens":1}}"#,
-        "y".repeat(10 << 20)
+        r#"{{"messages":[{{"role":"user","content":"{content}"}}],"model":"recommender","max_tokens":1}}"#
     );
     let r = s.post("/v1/chat/completions", &[], body.clone()).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
