@@ -234,23 +234,29 @@ impl Reader {
     }
 
     /// The first `len` received bytes, as slices of their frames.
-    fn take_parts(&mut self, mut len: usize) -> Vec<Bytes> {
+    fn take_parts(&mut self, len: usize) -> Vec<Bytes> {
         self.buffered -= len;
-        let mut parts = Vec::with_capacity(1);
-        while len > 0 {
-            let Some(front) = self.frames.front_mut() else {
-                unreachable!("fewer bytes received than counted");
-            };
-            if front.len() <= len {
-                len -= front.len();
-                parts.extend(self.frames.pop_front());
-            } else {
-                parts.push(front.split_to(len));
-                len = 0;
-            }
-        }
-        parts
+        split_front(&mut self.frames, len)
     }
+}
+
+/// Takes the first `len` bytes (at most what there is) off `queue`, as
+/// slices of its buffers.
+fn split_front(queue: &mut VecDeque<Bytes>, mut len: usize) -> Vec<Bytes> {
+    let mut out = Vec::with_capacity(1);
+    while len > 0 {
+        let Some(front) = queue.front_mut() else {
+            break;
+        };
+        if front.len() <= len {
+            len -= front.len();
+            out.extend(queue.pop_front());
+        } else {
+            out.push(front.split_to(len));
+            len = 0;
+        }
+    }
+    out
 }
 
 /// Decodes one message from its pieces.
@@ -376,23 +382,10 @@ impl Pieces {
     }
 
     /// The next `len` bytes (at most what is left), as slices.
-    fn take_parts(&mut self, mut len: usize) -> Vec<Bytes> {
-        len = len.min(self.remaining);
+    fn take_parts(&mut self, len: usize) -> Vec<Bytes> {
+        let len = len.min(self.remaining);
         self.remaining -= len;
-        let mut out = Vec::new();
-        while len > 0 {
-            let Some(front) = self.parts.front_mut() else {
-                break;
-            };
-            if front.len() <= len {
-                len -= front.len();
-                out.extend(self.parts.pop_front());
-            } else {
-                out.push(front.split_to(len));
-                len = 0;
-            }
-        }
-        out
+        split_front(&mut self.parts, len)
     }
 }
 

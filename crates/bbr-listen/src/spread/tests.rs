@@ -38,6 +38,14 @@ fn serve_on_thread(share: Share, name: String) -> std::thread::JoinHandle<()> {
         .unwrap()
 }
 
+async fn bind(options: ListenerOptions) -> (Listener, std::net::SocketAddr) {
+    let listener = Listener::bind("127.0.0.1:0".parse().unwrap(), options)
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    (listener, addr)
+}
+
 async fn line(client: &mut tokio::net::TcpStream) -> String {
     let mut buf = [0u8; 64];
     let n = tokio::time::timeout(Duration::from_secs(10), client.read(&mut buf))
@@ -49,13 +57,7 @@ async fn line(client: &mut tokio::net::TcpStream) -> String {
 
 #[tokio::test]
 async fn connections_go_to_the_shares_in_turn_each_served_on_its_thread() {
-    let listener = Listener::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        ListenerOptions::new("test", 16),
-    )
-    .await
-    .unwrap();
-    let addr = listener.local_addr().unwrap();
+    let (listener, addr) = bind(ListenerOptions::new("test", 16)).await;
     let threads: Vec<_> = listener
         .spread(3)
         .into_iter()
@@ -87,10 +89,7 @@ async fn connections_go_to_the_shares_in_turn_each_served_on_its_thread() {
 #[tokio::test]
 async fn the_header_timeout_counts_from_accept_on_the_serving_thread() {
     let options = ListenerOptions::new("test", 16).header_timeout(Duration::from_millis(200));
-    let listener = Listener::bind("127.0.0.1:0".parse().unwrap(), options)
-        .await
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
+    let (listener, addr) = bind(options).await;
     let mut shares = listener.spread(1);
     let share = shares.pop().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -117,13 +116,7 @@ async fn the_header_timeout_counts_from_accept_on_the_serving_thread() {
 
 #[tokio::test]
 async fn the_connection_limit_holds_over_all_shares() {
-    let listener = Listener::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        ListenerOptions::new("test", 1),
-    )
-    .await
-    .unwrap();
-    let addr = listener.local_addr().unwrap();
+    let (listener, addr) = bind(ListenerOptions::new("test", 1)).await;
     let _threads: Vec<_> = listener
         .spread(2)
         .into_iter()
@@ -148,13 +141,7 @@ async fn the_connection_limit_holds_over_all_shares() {
 
 #[tokio::test]
 async fn the_listener_closes_once_every_share_is_dropped() {
-    let listener = Listener::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        ListenerOptions::new("test", 16),
-    )
-    .await
-    .unwrap();
-    let addr = listener.local_addr().unwrap();
+    let (listener, addr) = bind(ListenerOptions::new("test", 16)).await;
     drop(listener.spread(2));
     for _ in 0..100 {
         if tokio::net::TcpStream::connect(addr).await.is_err() {
