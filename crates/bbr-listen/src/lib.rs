@@ -41,6 +41,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod ahead;
 mod guard;
 #[cfg(feature = "http")]
 pub mod http;
@@ -52,6 +53,7 @@ mod spread;
 #[cfg(feature = "tonic")]
 mod tonic;
 
+pub use ahead::ReadAhead;
 pub use guard::Guarded;
 pub use listener::{Listener, ListenerOptions};
 pub use signal::shutdown_signal;
