@@ -667,9 +667,9 @@ async fn run(args: Args) -> Result<(), BoxError> {
                 }
                 None => {
                     use tokio_stream::StreamExt;
-                    let connections = share
-                        .incoming()
-                        .map(|connection| connection.map(|io| ReadAhead::new(io, READ_AHEAD)));
+                    let connections = share.incoming().map(|connection| {
+                        connection.map(|io| ReadAhead::new(io, serve::READ_AHEAD))
+                    });
                     router
                         .serve_with_incoming_shutdown(connections, stopped)
                         .await
@@ -760,15 +760,6 @@ async fn run(args: Args) -> Result<(), BoxError> {
     }
     Ok(())
 }
-
-/// How many bytes of a plaintext ext_proc connection are read at a time
-/// ([`ReadAhead`]): h2 reads a 16 KiB DATA frame in two reads of 8 KiB, so
-/// a large body cost two system calls every 16 KiB. Reading 64 KiB ahead
-/// took about 10 % off the server's CPU a request for `BUFFERED` bodies of
-/// 100 KiB and 1 MiB on 2 CPUs beside Envoy (BENCHMARKS.md); gRPC-Go reads
-/// through a 32 KiB buffer for the same reason. (TLS reads whole records
-/// already.)
-const READ_AHEAD: usize = 64 * 1024;
 
 /// Serves the ext_proc port's connections of one [`Share`](bbr_listen::Share)
 /// on a thread of its own, with a current-thread runtime: each connection
