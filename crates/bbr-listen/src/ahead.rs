@@ -23,8 +23,9 @@ pin_project! {
     /// buffer still in the cache. A read asking for `capacity` bytes or
     /// more while the buffer is empty goes straight to the connection.
     ///
-    /// The buffer is allocated at the first read and kept for the
-    /// connection's life.
+    /// The first read goes straight to the connection; the buffer is
+    /// allocated once it has brought bytes, and kept for the connection's
+    /// life (a connection that never sends a byte costs none).
     ///
     /// ```
     /// use bbr_listen::ReadAhead;
@@ -85,11 +86,18 @@ impl<IO: AsyncRead> AsyncRead for ReadAhead<IO> {
     ) -> Poll<io::Result<()>> {
         let this = self.project();
         if *this.start == *this.end {
+            if this.buffer.is_empty() {
+                // The first read goes straight through: a connection that
+                // never sends a byte costs no buffer.
+                let before = out.filled().len();
+                ready!(this.io.poll_read(cx, out))?;
+                if out.filled().len() > before {
+                    *this.buffer = vec![0; *this.capacity].into_boxed_slice();
+                }
+                return Poll::Ready(Ok(()));
+            }
             if out.remaining() >= *this.capacity {
                 return this.io.poll_read(cx, out);
-            }
-            if this.buffer.is_empty() {
-                *this.buffer = vec![0; *this.capacity].into_boxed_slice();
             }
             let mut ahead = ReadBuf::new(this.buffer);
             ready!(this.io.poll_read(cx, &mut ahead))?;
@@ -167,6 +175,9 @@ mod tests {
         client.write_all(&[7; 40_000]).await.unwrap();
         let mut server = ReadAhead::new(server, 16 * 1024);
         let mut buf = [0; 9];
+        // The first read is the connection's own.
+        assert_eq!(server.read(&mut buf).await.unwrap(), 9);
+        assert!(server.buffered().is_empty());
         assert_eq!(server.read(&mut buf).await.unwrap(), 9);
         // The rest of the 16 KiB the connection gave is waiting here.
         assert_eq!(server.buffered().len(), 16 * 1024 - 9);
@@ -174,8 +185,22 @@ mod tests {
         assert_eq!(server.read(&mut big).await.unwrap(), 16 * 1024 - 9);
         // Empty again: a read of the buffer's size or more goes straight
         // to the connection, past the buffer.
-        assert_eq!(server.read(&mut big).await.unwrap(), 40_000 - 16 * 1024);
+        assert_eq!(server.read(&mut big).await.unwrap(), 40_000 - 9 - 16 * 1024);
         assert!(server.buffered().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_silent_connection_holds_no_buffer() {
+        let (client, server) = tokio::io::duplex(64);
+        let mut server = ReadAhead::new(server, 64 * 1024);
+        let mut buf = [0; 9];
+        let read =
+            tokio::time::timeout(std::time::Duration::from_millis(20), server.read(&mut buf));
+        assert!(read.await.is_err(), "nothing was sent");
+        assert!(server.buffer.is_empty());
+        drop(client);
+        assert_eq!(server.read(&mut buf).await.unwrap(), 0);
+        assert!(server.buffer.is_empty());
     }
 
     #[tokio::test]
